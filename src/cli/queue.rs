@@ -1,0 +1,93 @@
+//! `smtprelay queue …`: reads the spool directly, so it works with or without the daemon.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::queue::SpoolPaths;
+
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    received_at: u64,
+    age_seconds: u64,
+    sender: String,
+    recipients: Vec<String>,
+    size: u64,
+    state: &'static str,
+}
+
+pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
+    let paths = SpoolPaths::new(config.spool_dir());
+    let scan = paths.scan().map_err(|e| {
+        eprintln!("error: cannot read {}: {e}", paths.queue().display());
+        ExitCode::FAILURE
+    })?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let rows: Vec<Row> = scan
+        .messages
+        .iter()
+        .map(|(_, file)| Row {
+            id: file.envelope.id.to_string(),
+            received_at: file.envelope.received_at,
+            age_seconds: now_ms.saturating_sub(file.envelope.received_at) / 1000,
+            sender: file.envelope.sender.clone(),
+            recipients: file.envelope.recipients.clone(),
+            size: file.content_len,
+            state: "queued",
+        })
+        .collect();
+    for (path, problem) in &scan.damaged {
+        eprintln!("warning: {}: {problem}", path.display());
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialise")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("Queue is empty.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<26}  {:>8}  {:>10}  {:<8}  SENDER / RECIPIENTS",
+        "ID", "AGE", "SIZE", "STATE"
+    );
+    for row in &rows {
+        let sender = if row.sender.is_empty() {
+            "<>"
+        } else {
+            &row.sender
+        };
+        println!(
+            "{:<26}  {:>8}  {:>10}  {:<8}  {}",
+            row.id,
+            format_age(Duration::from_secs(row.age_seconds)),
+            row.size,
+            row.state,
+            sender
+        );
+        for recipient in &row.recipients {
+            println!("{:60}  -> {recipient}", "");
+        }
+    }
+    let total: u64 = rows.iter().map(|r| r.size).sum();
+    println!("-- {} message(s), {total} bytes", rows.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_age(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}

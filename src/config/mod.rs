@@ -1,0 +1,825 @@
+//! The configuration admins edit: one TOML file, read once at start-up (and on reload).
+//!
+//! Loading never stops at the first mistake: every unknown key, wrong type, bad value and
+//! impossible combination is collected as a [`Problem`] naming file, line and key. Defaults
+//! sit next to the code that reads each key.
+
+mod reader;
+pub mod values;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use reader::Problem;
+use reader::{Section, Source};
+use values::{AddressGlob, Rate, parse_duration, parse_network, parse_size};
+
+/// Every problem found in a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub listen: Vec<ListenConfig>,
+    pub tls: Option<TlsConfig>,
+    pub access: AccessConfig,
+    pub users: Vec<UserConfig>,
+    pub accounts: Vec<AccountConfig>,
+    pub queue: QueueConfig,
+    pub tokens: TokensConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub hostname: String,
+    pub state_dir: PathBuf,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub bare_newline: BareNewline,
+    /// How long a shutdown waits for sessions in DATA to finish before cutting them off.
+    pub shutdown_timeout: Duration,
+    /// Protocol errors tolerated in one session before it is closed with 421.
+    pub max_errors: u32,
+}
+
+/// A string-valued setting with a fixed set of spellings.
+macro_rules! choice {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            fn parse(text: &str) -> Result<Self, String> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "unknown value {other:?}; expected one of: {}",
+                        [$(concat!("\"", $text, "\"")),+].join(", ")
+                    )),
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+choice!(
+    /// What to do with a bare CR or LF in message content.
+    BareNewline {
+        /// Rewrite it to CRLF for every client.
+        Normalize = "normalize",
+        /// Reject the message from clients outside `trusted_networks`; normalise for the rest
+        /// (printers on the LAN are the usual senders of bare LF).
+        Reject = "reject",
+        /// Reject the message from every client.
+        RejectAll = "reject-all",
+    }
+);
+
+choice!(ListenTls { None = "none", StartTls = "starttls", Implicit = "implicit" });
+choice!(AuthMode { None = "none", Optional = "optional", Required = "required" });
+choice!(Provider { Microsoft = "microsoft", Generic = "generic" });
+choice!(Flow {
+    ClientCredentials = "client_credentials",
+    DeviceCode = "device_code",
+    AuthorizationCode = "authorization_code",
+});
+choice!(Transport { Smtp = "smtp", Graph = "graph" });
+choice!(UpstreamTls { StartTls = "starttls", Implicit = "implicit" });
+choice!(OnFailure { Bounce = "bounce", Keep = "keep" });
+choice!(TokenStoreKind { File = "file", Redis = "redis" });
+choice!(LogFormat { Text = "text", Json = "json" });
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    pub tls: ListenTls,
+    pub auth: AuthMode,
+    pub allow_plaintext_auth: bool,
+    pub require_tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    pub trusted_networks: Vec<IpNet>,
+    pub allowed_senders: Vec<AddressGlob>,
+    pub allowed_recipients: Vec<AddressGlob>,
+    pub client_rate: Rate,
+    pub auth_failure_limit: Rate,
+}
+
+#[derive(Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub password_hash: String,
+    pub allowed_senders: Vec<AddressGlob>,
+}
+
+impl fmt::Debug for UserConfig {
+    // The hash is not a secret in the strict sense, but it has no business in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("allowed_senders", &self.allowed_senders)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub name: String,
+    pub provider: Provider,
+    pub tenant: Option<String>,
+    pub client_id: String,
+    pub flow: Flow,
+    pub client_secret_file: Option<PathBuf>,
+    pub client_certificate: Option<PathBuf>,
+    pub client_private_key: Option<PathBuf>,
+    pub mailbox: String,
+    pub senders: Vec<AddressGlob>,
+    pub rewrite_sender: bool,
+    pub transport: Transport,
+    pub authority: String,
+    pub token_endpoint: Option<String>,
+    pub device_authorization_endpoint: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub scope: Option<String>,
+    pub redirect_port: u16,
+    pub upstream: UpstreamConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    pub ca_file: Option<PathBuf>,
+    pub max_connections: usize,
+    pub rate: Rate,
+    pub daily_recipients: u32,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub retry: Vec<Duration>,
+    pub max_age: Duration,
+    pub on_failure: OnFailure,
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    pub store: TokenStoreKind,
+    pub file: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub refresh_before: Duration,
+    pub retry_attempts: u32,
+    pub retry_delay: Duration,
+    pub backups: u32,
+    pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub token_expiry_warning: Duration,
+    pub refresh_failure_threshold: u32,
+    pub webhook: Option<String>,
+    pub email: Option<String>,
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                file: path.to_owned(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Config::parse(path, text)
+    }
+
+    /// Checks `text` as if it were the content of `path`.
+    pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
+        let source = Source::new(path, text);
+        let config = parse_document(&source);
+        match config {
+            Some(config) if !source.has_problems() => Ok(config),
+            _ => Err(ConfigError {
+                problems: source.into_problems(),
+            }),
+        }
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.server.state_dir.join("spool")
+    }
+}
+
+fn parse_document(source: &Source) -> Option<Config> {
+    let document = match toml_edit::ImDocument::parse(source.text()) {
+        Ok(document) => document,
+        Err(e) => {
+            source.report(e.span(), "", format!("not valid TOML: {}", e.message()));
+            return None;
+        }
+    };
+    let root = Section::new(source, document.as_table(), None, String::new());
+
+    let server = read_server(root.table("server"));
+    let listen: Vec<ListenConfig> = root
+        .tables("listen")
+        .into_iter()
+        .filter_map(read_listen)
+        .collect();
+    let tls = root.table("tls").and_then(read_tls);
+    let access = read_access(root.table("access"));
+    let users: Vec<UserConfig> = root
+        .tables("user")
+        .into_iter()
+        .filter_map(read_user)
+        .collect();
+    let accounts: Vec<AccountConfig> = root
+        .tables("account")
+        .into_iter()
+        .filter_map(read_account)
+        .collect();
+    let queue = read_queue(root.table("queue"));
+    let tokens = read_tokens(root.table("tokens"));
+    let admin = read_admin(root.table("admin"));
+    let log = read_log(root.table("log"));
+    let alerts = read_alerts(root.table("alerts"));
+
+    check_combinations(&root, &listen, tls.is_some(), &users, &accounts, &tokens);
+    if listen.is_empty() && !source.has_problems() {
+        root.report("listen", "at least one [[listen]] table is needed");
+    }
+    root.finish();
+
+    Some(Config {
+        path: source.path.clone(),
+        server,
+        listen,
+        tls,
+        access,
+        users,
+        accounts,
+        queue,
+        tokens,
+        admin,
+        log,
+        alerts,
+    })
+}
+
+fn read_server(section: Option<Section>) -> ServerConfig {
+    let s = section.as_ref();
+    let duration = |key: &str, default: &str| {
+        s.and_then(|s| s.parse(key, parse_duration))
+            .unwrap_or_else(|| parse_duration(default).expect("valid default"))
+    };
+    let server = ServerConfig {
+        hostname: s
+            .and_then(|s| s.get::<String>("hostname"))
+            .unwrap_or_else(machine_hostname),
+        state_dir: s
+            .and_then(|s| s.path("state_dir"))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/smtprelay")),
+        max_message_size: s
+            .and_then(|s| s.parse("max_message_size", parse_size))
+            .unwrap_or(35 << 20),
+        max_recipients: s.and_then(|s| s.get("max_recipients")).unwrap_or(500),
+        max_connections: s.and_then(|s| s.get("max_connections")).unwrap_or(1000),
+        command_timeout: duration("command_timeout", "5m"),
+        data_timeout: duration("data_timeout", "10m"),
+        bare_newline: s
+            .and_then(|s| s.parse("bare_newline", BareNewline::parse))
+            .unwrap_or(BareNewline::Normalize),
+        shutdown_timeout: duration("shutdown_timeout", "30s"),
+        max_errors: s.and_then(|s| s.get("max_errors")).unwrap_or(20),
+    };
+    if let Some(s) = section {
+        if server.hostname.trim().is_empty() || server.hostname.contains(char::is_whitespace) {
+            s.report("hostname", "must be a host name without spaces");
+        }
+        if server.max_recipients == 0 {
+            s.report("max_recipients", "must be at least 1");
+        }
+        if server.max_connections == 0 {
+            s.report("max_connections", "must be at least 1");
+        }
+        if server.max_message_size < 1024 {
+            s.report("max_message_size", "must be at least 1KiB");
+        }
+        s.finish();
+    }
+    server
+}
+
+fn read_listen(s: Section) -> Option<ListenConfig> {
+    let address = s.require::<String>("address").and_then(|text| {
+        text.parse::<SocketAddr>()
+            .map_err(|_| {
+                s.report(
+                    "address",
+                    format!("expected an address and port such as \"0.0.0.0:25\" or \"[::]:587\", got {text:?}"),
+                )
+            })
+            .ok()
+    });
+    let tls = s.parse("tls", ListenTls::parse).unwrap_or(ListenTls::None);
+    let listen = ListenConfig {
+        address: address?,
+        tls,
+        auth: s
+            .parse("auth", AuthMode::parse)
+            .unwrap_or(AuthMode::Optional),
+        allow_plaintext_auth: s.get("allow_plaintext_auth").unwrap_or(false),
+        require_tls: s.get("require_tls").unwrap_or(false),
+    };
+    if listen.require_tls && listen.tls != ListenTls::StartTls {
+        s.report(
+            "require_tls",
+            "only makes sense with tls = \"starttls\" (implicit TLS is always encrypted)",
+        );
+    }
+    if listen.auth == AuthMode::Required
+        && listen.tls == ListenTls::None
+        && !listen.allow_plaintext_auth
+    {
+        s.report(
+            "auth",
+            "AUTH is required but can never be offered: the listener has no TLS and allow_plaintext_auth is false",
+        );
+    }
+    s.finish();
+    Some(listen)
+}
+
+fn read_tls(s: Section) -> Option<TlsConfig> {
+    let tls = TlsConfig {
+        certificate: s.require_path("certificate")?,
+        private_key: s.require_path("private_key")?,
+    };
+    s.finish();
+    Some(tls)
+}
+
+fn read_access(section: Option<Section>) -> AccessConfig {
+    let s = section.as_ref();
+    let globs = |key: &str| {
+        s.and_then(|s| s.parse_list(key, AddressGlob::new))
+            .unwrap_or_default()
+    };
+    let rate = |key: &str, default: &str| {
+        s.and_then(|s| s.parse(key, str::parse::<Rate>))
+            .unwrap_or_else(|| default.parse().expect("valid default"))
+    };
+    let access = AccessConfig {
+        trusted_networks: s
+            .and_then(|s| s.parse_list("trusted_networks", parse_network))
+            .unwrap_or_else(|| {
+                vec![
+                    parse_network("127.0.0.0/8").expect("valid default"),
+                    parse_network("::1/128").expect("valid default"),
+                ]
+            }),
+        allowed_senders: globs("allowed_senders"),
+        allowed_recipients: globs("allowed_recipients"),
+        client_rate: rate("client_rate", "120/min"),
+        auth_failure_limit: rate("auth_failure_limit", "10/15min"),
+    };
+    if let Some(s) = section {
+        s.finish();
+    }
+    access
+}
+
+fn read_user(s: Section) -> Option<UserConfig> {
+    let name = s.require::<String>("name");
+    let password_hash = s.require::<String>("password_hash");
+    if let Some(hash) = &password_hash
+        && argon2::PasswordHash::new(hash).is_err()
+    {
+        s.report(
+            "password_hash",
+            "not a password hash in PHC format; create one with `smtprelay hash-password`",
+        );
+    }
+    let allowed_senders = s
+        .parse_list("allowed_senders", AddressGlob::new)
+        .unwrap_or_default();
+    s.finish();
+    Some(UserConfig {
+        name: name?,
+        password_hash: password_hash?,
+        allowed_senders,
+    })
+}
+
+fn read_account(s: Section) -> Option<AccountConfig> {
+    let name = s.require::<String>("name");
+    let provider = s
+        .parse("provider", Provider::parse)
+        .unwrap_or(Provider::Microsoft);
+    let flow = s
+        .parse("flow", Flow::parse)
+        .unwrap_or(Flow::ClientCredentials);
+    let endpoint = |key: &str| s.parse(key, check_endpoint);
+    let account = AccountConfig {
+        name: name?,
+        provider,
+        tenant: s.get("tenant"),
+        client_id: s.require("client_id")?,
+        flow,
+        client_secret_file: s.path("client_secret_file"),
+        client_certificate: s.path("client_certificate"),
+        client_private_key: s.path("client_private_key"),
+        mailbox: s.require("mailbox")?,
+        senders: s
+            .parse_list("senders", AddressGlob::new)
+            .unwrap_or_default(),
+        rewrite_sender: s.get("rewrite_sender").unwrap_or(false),
+        transport: s
+            .parse("transport", Transport::parse)
+            .unwrap_or(Transport::Smtp),
+        authority: endpoint("authority")
+            .unwrap_or_else(|| "https://login.microsoftonline.com".into()),
+        token_endpoint: endpoint("token_endpoint"),
+        device_authorization_endpoint: endpoint("device_authorization_endpoint"),
+        authorization_endpoint: endpoint("authorization_endpoint"),
+        scope: s.get("scope"),
+        redirect_port: s.get("redirect_port").unwrap_or(8400),
+        upstream: read_upstream(s.table("upstream")),
+    };
+    if account.transport == Transport::Graph {
+        s.report(
+            "transport",
+            "the Microsoft Graph transport is not available in this version; use \"smtp\"",
+        );
+    }
+    match account.provider {
+        Provider::Microsoft if account.tenant.is_none() => s.report(
+            "tenant",
+            "the microsoft provider needs a tenant (GUID or domain)",
+        ),
+        Provider::Generic if account.token_endpoint.is_none() => s.report(
+            "token_endpoint",
+            "the generic provider needs a token_endpoint",
+        ),
+        _ => {}
+    }
+    if account.flow == Flow::ClientCredentials {
+        let has_secret = account.client_secret_file.is_some();
+        let has_certificate =
+            account.client_certificate.is_some() || account.client_private_key.is_some();
+        if has_secret == has_certificate {
+            s.report(
+                "flow",
+                "client_credentials needs either client_secret_file or client_certificate with client_private_key",
+            );
+        } else if has_certificate
+            && (account.client_certificate.is_none() || account.client_private_key.is_none())
+        {
+            s.report(
+                "client_certificate",
+                "client_certificate and client_private_key go together",
+            );
+        }
+    }
+    if account.mailbox.trim().is_empty() {
+        s.report("mailbox", "may not be empty");
+    }
+    s.finish();
+    Some(account)
+}
+
+/// Endpoints must be https, except on loopback where tests and local proxies live.
+fn check_endpoint(text: &str) -> Result<String, String> {
+    let rest = if let Some(rest) = text.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = text.strip_prefix("http://") {
+        let host = rest.split(['/', ':']).next().unwrap_or("");
+        let host_v6 = rest
+            .strip_prefix('[')
+            .and_then(|r| r.split(']').next())
+            .unwrap_or("");
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            || host_v6
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err("plain http is accepted only for loopback addresses; use https".into());
+        }
+        rest
+    } else {
+        return Err(format!("expected an https:// URL, got {text:?}"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("the URL {text:?} has no host"));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
+fn read_upstream(section: Option<Section>) -> UpstreamConfig {
+    let s = section.as_ref();
+    let duration = |key: &str, default: &str| {
+        s.and_then(|s| s.parse(key, parse_duration))
+            .unwrap_or_else(|| parse_duration(default).expect("valid default"))
+    };
+    let upstream = UpstreamConfig {
+        host: s
+            .and_then(|s| s.get("host"))
+            .unwrap_or_else(|| "smtp.office365.com".into()),
+        port: s.and_then(|s| s.get("port")).unwrap_or(587),
+        tls: s
+            .and_then(|s| s.parse("tls", UpstreamTls::parse))
+            .unwrap_or(UpstreamTls::StartTls),
+        // An empty string is how the reference spells "no extra root".
+        ca_file: s.and_then(|s| s.optional_path("ca_file")),
+        max_connections: s.and_then(|s| s.get("max_connections")).unwrap_or(2),
+        rate: s
+            .and_then(|s| s.parse("rate", str::parse::<Rate>))
+            .unwrap_or_else(|| "30/min".parse().expect("valid default")),
+        daily_recipients: s.and_then(|s| s.get("daily_recipients")).unwrap_or(10_000),
+        connect_timeout: duration("connect_timeout", "30s"),
+        command_timeout: duration("command_timeout", "2m"),
+    };
+    if let Some(s) = section {
+        if upstream.max_connections == 0 {
+            s.report("max_connections", "must be at least 1");
+        }
+        s.finish();
+    }
+    upstream
+}
+
+fn read_queue(section: Option<Section>) -> QueueConfig {
+    let s = section.as_ref();
+    let queue = QueueConfig {
+        retry: s
+            .and_then(|s| s.parse_list("retry", parse_duration))
+            .unwrap_or_else(|| {
+                ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+                    .iter()
+                    .map(|d| parse_duration(d).expect("valid default"))
+                    .collect()
+            }),
+        max_age: s
+            .and_then(|s| s.parse("max_age", parse_duration))
+            .unwrap_or(Duration::from_secs(5 * 86400)),
+        on_failure: s
+            .and_then(|s| s.parse("on_failure", OnFailure::parse))
+            .unwrap_or(OnFailure::Bounce),
+        fsync: s.and_then(|s| s.get("fsync")).unwrap_or(true),
+    };
+    if let Some(s) = section {
+        if queue.retry.is_empty() {
+            s.report("retry", "needs at least one interval");
+        }
+        s.finish();
+    }
+    queue
+}
+
+fn read_tokens(section: Option<Section>) -> TokensConfig {
+    let s = section.as_ref();
+    let tokens = TokensConfig {
+        store: s
+            .and_then(|s| s.parse("store", TokenStoreKind::parse))
+            .unwrap_or(TokenStoreKind::File),
+        // Relative to state_dir, not to the config file: resolved by the token store.
+        file: s
+            .and_then(|s| s.get::<String>("file"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("tokens.json.enc")),
+        key_file: s.and_then(|s| s.path("key_file")),
+        refresh_before: s
+            .and_then(|s| s.parse("refresh_before", parse_duration))
+            .unwrap_or(Duration::from_secs(300)),
+        retry_attempts: s.and_then(|s| s.get("retry_attempts")).unwrap_or(3),
+        retry_delay: s
+            .and_then(|s| s.parse("retry_delay", parse_duration))
+            .unwrap_or(Duration::from_secs(1)),
+        backups: s.and_then(|s| s.get("backups")).unwrap_or(5),
+        redis_url: s.and_then(|s| s.get("redis_url")),
+    };
+    if let Some(s) = section {
+        if tokens.store == TokenStoreKind::Redis {
+            s.report(
+                "store",
+                "the redis token store is not available in this version; use \"file\"",
+            );
+        }
+        s.finish();
+    }
+    tokens
+}
+
+fn read_admin(section: Option<Section>) -> AdminConfig {
+    let s = section.as_ref();
+    let listen = match s.and_then(|s| s.get::<String>("listen")) {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
+        Some(text) if text.is_empty() => None,
+        Some(text) => {
+            match text.parse() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    if let Some(s) = s {
+                        s.report(
+                        "listen",
+                        format!("expected an address and port such as \"127.0.0.1:8025\", got {text:?}"),
+                    );
+                    }
+                    None
+                }
+            }
+        }
+    };
+    if let Some(s) = section {
+        s.finish();
+    }
+    AdminConfig { listen }
+}
+
+fn read_log(section: Option<Section>) -> LogConfig {
+    let s = section.as_ref();
+    let log = LogConfig {
+        level: s
+            .and_then(|s| s.get("level"))
+            .unwrap_or_else(|| "info".into()),
+        format: s
+            .and_then(|s| s.parse("format", LogFormat::parse))
+            .unwrap_or(LogFormat::Text),
+    };
+    if let Some(s) = section {
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            s.report(
+                "level",
+                "expected a level (error, warn, info, debug, trace) or a filter such as \"info,tokens=debug\"",
+            );
+        }
+        s.finish();
+    }
+    log
+}
+
+fn read_alerts(section: Option<Section>) -> AlertsConfig {
+    let s = section.as_ref();
+    let non_empty = |key: &str| {
+        s.and_then(|s| s.get::<String>(key))
+            .filter(|v| !v.is_empty())
+    };
+    let alerts = AlertsConfig {
+        token_expiry_warning: s
+            .and_then(|s| s.parse("token_expiry_warning", parse_duration))
+            .unwrap_or(Duration::from_secs(3600)),
+        refresh_failure_threshold: s
+            .and_then(|s| s.get("refresh_failure_threshold"))
+            .unwrap_or(3),
+        webhook: non_empty("webhook"),
+        email: non_empty("email"),
+    };
+    if let Some(s) = section {
+        if let Some(url) = &alerts.webhook
+            && let Err(e) = check_endpoint(url)
+        {
+            s.report("webhook", e);
+        }
+        s.finish();
+    }
+    alerts
+}
+
+fn check_combinations(
+    root: &Section,
+    listen: &[ListenConfig],
+    have_tls: bool,
+    users: &[UserConfig],
+    accounts: &[AccountConfig],
+    tokens: &TokensConfig,
+) {
+    let source = root.source();
+    // Problems about one [[listen]] table are reported at that table's position.
+    let document = toml_edit::ImDocument::parse(source.text()).ok();
+    let listen_span = |i: usize| {
+        document
+            .as_ref()
+            .and_then(|d| d.get("listen"))
+            .and_then(|item| item.as_array_of_tables())
+            .and_then(|a| a.get(i))
+            .and_then(|t| t.span())
+    };
+    for (i, l) in listen.iter().enumerate() {
+        let key = format!("listen[{}]", i + 1);
+        if l.tls != ListenTls::None && !have_tls {
+            source.report(
+                listen_span(i),
+                &format!("{key}.tls"),
+                "this listener uses TLS but there is no [tls] table with a certificate",
+            );
+        }
+        if l.auth != AuthMode::None && users.is_empty() {
+            source.report(
+                listen_span(i),
+                &format!("{key}.auth"),
+                "AUTH is offered but no [[user]] is configured (set auth = \"none\" or add users)",
+            );
+        }
+        if listen[..i].iter().any(|other| other.address == l.address) {
+            source.report(
+                listen_span(i),
+                &format!("{key}.address"),
+                format!("{} is already used by another listener", l.address),
+            );
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for user in users {
+        if !names.insert(user.name.as_str()) {
+            root.report("user", format!("user {:?} is defined twice", user.name));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for account in accounts {
+        if !names.insert(account.name.as_str()) {
+            root.report(
+                "account",
+                format!("account {:?} is defined twice", account.name),
+            );
+        }
+    }
+    if tokens.file.is_absolute() || tokens.file.components().count() != 1 {
+        root.report(
+            "tokens",
+            "tokens.file must be a plain file name: the store lives in state_dir",
+        );
+    }
+}
+
+fn machine_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length and gethostname NUL-terminates within it
+    // (or truncates, in which case we take the bytes up to the buffer's end).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

@@ -1,0 +1,8 @@
+//! smtprelay: accepts SMTP from devices and apps, spools every message durably, and relays it
+//! to Exchange Online with OAuth2. `ARCHITECTURE.md` maps the modules.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod queue;
+pub mod smtp;

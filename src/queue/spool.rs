@@ -1,0 +1,482 @@
+//! The durable spool under `state_dir/spool`:
+//!
+//! ```text
+//! spool/lock      held (flock) by the one daemon that owns the spool
+//! spool/tmp/      messages being received; never acknowledged, removed at start-up
+//! spool/queue/    one complete, fsync'd file per accepted message (see message_file.rs)
+//! spool/corrupt/  files found damaged at start-up, kept for a human to look at
+//! ```
+//!
+//! A message is acknowledged only after its file has been written, `fdatasync`'d, renamed into
+//! `queue/`, and `queue/` itself fsync'd. Directory syncs are group-committed: one fsync covers
+//! every rename that happened before it started (see [`DirSync`]).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::id::QueueId;
+use super::message_file::{Envelope, MessageFile, SpoolFileError, encode_header, encode_trailer};
+
+/// Content is held in memory up to this size, then streamed to the temporary file.
+const SPILL_THRESHOLD: usize = 128 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} is locked by another smtprelay process")]
+    Locked(PathBuf),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What start-up found on disk.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub queued: usize,
+    pub removed_incomplete: usize,
+    pub moved_to_corrupt: usize,
+}
+
+/// The paths of a spool, usable without owning it (the CLI reads them while the daemon runs).
+#[derive(Debug, Clone)]
+pub struct SpoolPaths {
+    pub root: PathBuf,
+}
+
+impl SpoolPaths {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SpoolPaths { root: root.into() }
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    pub fn queue(&self) -> PathBuf {
+        self.root.join("queue")
+    }
+    pub fn corrupt(&self) -> PathBuf {
+        self.root.join("corrupt")
+    }
+    pub fn message(&self, id: QueueId) -> PathBuf {
+        self.queue().join(format!("{id}.msg"))
+    }
+
+    /// Reads every message file in `queue/`, in ID order, with the problems found.
+    pub fn scan(&self) -> io::Result<ScanResult> {
+        let mut result = ScanResult::default();
+        let dir = match fs::read_dir(self.queue()) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(result),
+            Err(e) => return Err(e),
+        };
+        let mut paths: Vec<PathBuf> = dir
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .collect();
+        paths.sort();
+        for path in paths {
+            match MessageFile::open(&path) {
+                Ok(file) if path_matches(&path, &file) => result.messages.push((path, file)),
+                Ok(_) => result.damaged.push((
+                    path,
+                    SpoolFileError::BadEnvelope("the file name does not match its queue ID".into()),
+                )),
+                // Gone between listing and opening: delivered or deleted meanwhile.
+                Err(SpoolFileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => result.damaged.push((path, e)),
+            }
+        }
+        Ok(result)
+    }
+}
+
+fn path_matches(path: &Path, file: &MessageFile) -> bool {
+    path.file_name().and_then(|n| n.to_str()) == Some(&format!("{}.msg", file.envelope.id))
+}
+
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    pub messages: Vec<(PathBuf, MessageFile)>,
+    pub damaged: Vec<(PathBuf, SpoolFileError)>,
+}
+
+pub struct Spool {
+    paths: SpoolPaths,
+    fsync: bool,
+    dir_sync: DirSync,
+    index: Mutex<BTreeMap<QueueId, MessageFile>>,
+    arrivals: Notify,
+    // Held for the life of the spool: the flock is released when the file closes.
+    _lock: File,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root`, and rebuilds the queue from disk.
+    /// Must be called inside a Tokio runtime.
+    pub fn open(root: &Path, fsync: bool) -> Result<(Arc<Spool>, Recovery), SpoolError> {
+        let paths = SpoolPaths::new(root);
+        for dir in [
+            paths.root.clone(),
+            paths.tmp(),
+            paths.queue(),
+            paths.corrupt(),
+        ] {
+            fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        }
+        let lock_path = paths.root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(paths.root)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
+        }
+
+        let mut recovery = Recovery::default();
+        // Nothing in tmp/ was ever acknowledged: the client got no 250 for it.
+        let tmp = paths.tmp();
+        for entry in fs::read_dir(&tmp).map_err(io_error(&tmp))? {
+            let path = entry.map_err(io_error(&tmp))?.path();
+            fs::remove_file(&path).map_err(io_error(&path))?;
+            recovery.removed_incomplete += 1;
+        }
+        let queue = paths.queue();
+        let scan = paths.scan().map_err(io_error(&queue))?;
+        for (path, problem) in scan.damaged {
+            let name = path.file_name().unwrap_or_default();
+            let target = paths.corrupt().join(name);
+            tracing::error!(file = %path.display(), %problem,
+                moved_to = %target.display(), "damaged spool file moved aside");
+            fs::rename(&path, &target).map_err(io_error(&path))?;
+            recovery.moved_to_corrupt += 1;
+        }
+        if recovery.moved_to_corrupt > 0 {
+            sync_dir(&queue).map_err(io_error(&queue))?;
+            sync_dir(&paths.corrupt()).map_err(io_error(&queue))?;
+        }
+        let index: BTreeMap<QueueId, MessageFile> = scan
+            .messages
+            .into_iter()
+            .map(|(_, file)| (file.envelope.id, file))
+            .collect();
+        recovery.queued = index.len();
+
+        let spool = Arc::new(Spool {
+            dir_sync: DirSync::start(queue),
+            paths,
+            fsync,
+            index: Mutex::new(index),
+            arrivals: Notify::new(),
+            _lock: lock,
+        });
+        Ok((spool, recovery))
+    }
+
+    pub fn paths(&self) -> &SpoolPaths {
+        &self.paths
+    }
+
+    /// Starts receiving a message with this envelope.
+    pub fn create(self: &Arc<Self>, envelope: Envelope) -> MessageWriter {
+        let tmp_path = self.paths.tmp().join(format!("{}.msg", envelope.id));
+        MessageWriter {
+            spool: Arc::clone(self),
+            buffer: encode_header(&envelope),
+            envelope,
+            file: None,
+            content_len: 0,
+            crc: crc32fast::Hasher::new(),
+            tmp_path,
+        }
+    }
+
+    /// The messages in the queue, oldest first.
+    pub fn messages(&self) -> Vec<MessageFile> {
+        self.index().values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.index().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index().is_empty()
+    }
+
+    /// Resolves when a message is added after the call.
+    pub async fn arrival(&self) {
+        self.arrivals.notified().await
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, BTreeMap<QueueId, MessageFile>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A message being received. Dropping it without [`MessageWriter::commit`] discards it.
+pub struct MessageWriter {
+    spool: Arc<Spool>,
+    envelope: Envelope,
+    /// Bytes not yet in the file (all of them while the message is small).
+    buffer: Vec<u8>,
+    file: Option<File>,
+    content_len: u64,
+    crc: crc32fast::Hasher,
+    tmp_path: PathBuf,
+}
+
+impl MessageWriter {
+    pub fn id(&self) -> QueueId {
+        self.envelope.id
+    }
+
+    pub fn content_len(&self) -> u64 {
+        self.content_len
+    }
+
+    /// Appends message content.
+    pub async fn write(&mut self, content: &[u8]) -> io::Result<()> {
+        self.crc.update(content);
+        self.content_len += content.len() as u64;
+        self.buffer.extend_from_slice(content);
+        if self.buffer.len() >= SPILL_THRESHOLD {
+            self.spill().await?;
+        }
+        Ok(())
+    }
+
+    async fn spill(&mut self) -> io::Result<()> {
+        let buffer = std::mem::take(&mut self.buffer);
+        let file = self.file.take();
+        let path = self.tmp_path.clone();
+        let (file, mut buffer) = blocking(move || {
+            let mut file = match file {
+                Some(file) => file,
+                None => create_private(&path)?,
+            };
+            file.write_all(&buffer)?;
+            Ok((file, buffer))
+        })
+        .await?;
+        buffer.clear();
+        self.buffer = buffer;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Makes the message durable and queues it. When this returns `Ok`, the message survives
+    /// a crash or power loss (with `fsync = true`), and only then may the client get its 250.
+    pub async fn commit(mut self) -> io::Result<QueueId> {
+        let spool = Arc::clone(&self.spool);
+        let trailer = encode_trailer(self.content_len, self.crc.clone().finalize());
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.extend_from_slice(&trailer);
+        let file = self.file.take();
+        let tmp_path = self.tmp_path.clone();
+        let id = self.envelope.id;
+        let final_path = spool.paths.message(id);
+        let fsync = spool.fsync;
+        blocking(move || {
+            let mut file = match file {
+                Some(file) => file,
+                None => create_private(&tmp_path)?,
+            };
+            file.write_all(&buffer)?;
+            if fsync {
+                file.sync_data()?;
+            }
+            fs::rename(&tmp_path, &final_path)
+        })
+        // On failure the temporary file is removed by Drop.
+        .await?;
+        // Renamed: from here the file is the queue's, not ours to remove.
+        self.tmp_path = PathBuf::new();
+        if fsync {
+            spool.dir_sync.sync().await?;
+        }
+        let file = MessageFile {
+            content_offset: encode_header(&self.envelope).len() as u64,
+            content_len: self.content_len,
+            crc: self.crc.clone().finalize(),
+            envelope: self.envelope.clone(),
+        };
+        spool.index().insert(id, file);
+        spool.arrivals.notify_waiters();
+        Ok(id)
+    }
+}
+
+impl Drop for MessageWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() || !self.tmp_path.as_os_str().is_empty() {
+            // Never acknowledged; ignore "not found" (nothing was spilled yet).
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+type SyncWaiter = oneshot::Sender<Result<(), Arc<io::Error>>>;
+
+/// Group commit for directory fsyncs: callers queue up while one fsync runs, and the next
+/// fsync answers all of them. Under load, one fsync covers many messages.
+struct DirSync {
+    requests: mpsc::UnboundedSender<SyncWaiter>,
+}
+
+impl DirSync {
+    fn start(dir: PathBuf) -> DirSync {
+        let (requests, mut pending) = mpsc::unbounded_channel::<SyncWaiter>();
+        tokio::spawn(async move {
+            while let Some(first) = pending.recv().await {
+                let mut waiters = vec![first];
+                while let Ok(more) = pending.try_recv() {
+                    waiters.push(more);
+                }
+                let dir = dir.clone();
+                let result = blocking(move || sync_dir(&dir)).await.map_err(Arc::new);
+                for waiter in waiters {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        });
+        DirSync { requests }
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(tx)
+            .map_err(|_| io::Error::other("spool directory sync stopped"))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+            Err(_) => Err(io::Error::other("spool directory sync stopped")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::message_file::ClientInfo;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: QueueId::generate(),
+            received_at: 0,
+            sender: "a@b.example".into(),
+            recipients: vec!["c@d.example".into()],
+            smtputf8: false,
+            eight_bit: false,
+            client: ClientInfo {
+                address: "127.0.0.1".parse().unwrap(),
+                helo: "test".into(),
+                user: None,
+                tls: false,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn small_and_large_messages_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), true).unwrap();
+        let large: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        for content in [b"small\r\n".to_vec(), large] {
+            let mut writer = spool.create(envelope());
+            for chunk in content.chunks(7000) {
+                writer.write(chunk).await.unwrap();
+            }
+            let id = writer.commit().await.unwrap();
+            let path = spool.paths().message(id);
+            let file = MessageFile::open(&path).unwrap();
+            assert_eq!(file.read_content(&path).unwrap(), content);
+        }
+        assert_eq!(spool.len(), 2);
+        assert_eq!(fs::read_dir(spool.paths().tmp()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), true).unwrap();
+        let mut writer = spool.create(envelope());
+        writer
+            .write(&vec![b'x'; SPILL_THRESHOLD * 2])
+            .await
+            .unwrap();
+        assert_eq!(fs::read_dir(spool.paths().tmp()).unwrap().count(), 1);
+        drop(writer);
+        assert_eq!(fs::read_dir(spool.paths().tmp()).unwrap().count(), 0);
+        assert!(spool.is_empty());
+    }
+
+    #[tokio::test]
+    async fn recovery_removes_partial_and_moves_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = {
+            let (spool, _) = Spool::open(dir.path(), true).unwrap();
+            let mut writer = spool.create(envelope());
+            writer.write(b"hello\r\n").await.unwrap();
+            writer.commit().await.unwrap()
+        };
+        let paths = SpoolPaths::new(dir.path());
+        fs::write(paths.tmp().join("partial.msg"), b"SMTPRELAY-SPOOL 1\n{").unwrap();
+        fs::write(paths.queue().join("junk.msg"), b"garbage").unwrap();
+        let (spool, recovery) = Spool::open(dir.path(), true).unwrap();
+        assert_eq!(recovery.queued, 1);
+        assert_eq!(recovery.removed_incomplete, 1);
+        assert_eq!(recovery.moved_to_corrupt, 1);
+        assert!(paths.corrupt().join("junk.msg").exists());
+        assert_eq!(spool.messages()[0].envelope.id, good);
+    }
+
+    #[tokio::test]
+    async fn a_second_owner_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_spool, _) = Spool::open(dir.path(), true).unwrap();
+        assert!(matches!(
+            Spool::open(dir.path(), true),
+            Err(SpoolError::Locked(_))
+        ));
+    }
+}

@@ -1,0 +1,163 @@
+//! Accepts connections on every `[[listen]]` socket and runs one [`Session`] per connection.
+//!
+//! Shutdown (as in mini-redis): the accept loops stop, sessions waiting for a command get
+//! `421 4.3.0`, sessions inside DATA finish their message, and `run` returns once every
+//! session has ended or `shutdown_timeout` has passed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::error::SmtpError;
+use super::reply::Reply;
+use super::session::{Intake, Session};
+use super::stream::Stream;
+use crate::config::{ListenConfig, ListenTls};
+
+pub struct Server {
+    intake: Arc<Intake>,
+    listeners: Vec<(TcpListener, Arc<ListenConfig>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address}: {source}")]
+pub struct BindError {
+    pub address: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+impl Server {
+    /// Binds every configured listener; fails on the first that cannot be bound.
+    pub async fn bind(intake: Arc<Intake>) -> Result<Server, BindError> {
+        let mut listeners = Vec::new();
+        for listen in &intake.config.listen {
+            let listener = TcpListener::bind(listen.address)
+                .await
+                .map_err(|source| BindError {
+                    address: listen.address,
+                    source,
+                })?;
+            listeners.push((listener, Arc::new(listen.clone())));
+        }
+        Ok(Server { intake, listeners })
+    }
+
+    /// The bound addresses, in configuration order (port 0 resolved to the real port).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until the intake's shutdown token is cancelled, then drains the sessions.
+    pub async fn run(self) {
+        let intake = self.intake;
+        let connections = Arc::new(Semaphore::new(intake.config.server.max_connections));
+        let sessions = TaskTracker::new();
+        let mut accept_loops = Vec::new();
+        for (listener, listen) in self.listeners {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, tls = listen.tls.as_str(), auth = listen.auth.as_str(), "listening");
+            }
+            accept_loops.push(tokio::spawn(accept_loop(
+                listener,
+                listen,
+                Arc::clone(&intake),
+                Arc::clone(&connections),
+                sessions.clone(),
+            )));
+        }
+        let housekeeping = {
+            let intake = Arc::clone(&intake);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    intake.policy.housekeeping();
+                }
+            })
+        };
+
+        intake.shutdown.cancelled().await;
+        for accept_loop in accept_loops {
+            let _ = accept_loop.await;
+        }
+        housekeeping.abort();
+        sessions.close();
+        let grace = intake.config.server.shutdown_timeout;
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+            // Sessions still inside DATA after the grace period have not been answered, so
+            // dropping them loses nothing the clients think was accepted.
+            tracing::warn!(
+                remaining = sessions.len(),
+                "shutdown timeout: closing sessions still in progress"
+            );
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    listen: Arc<ListenConfig>,
+    intake: Arc<Intake>,
+    connections: Arc<Semaphore>,
+    sessions: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = intake.shutdown.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            sessions.spawn(refuse(socket, SmtpError::TooManyConnections));
+            continue;
+        };
+        let intake = Arc::clone(&intake);
+        let listen = Arc::clone(&listen);
+        sessions.spawn(async move {
+            let _permit = permit;
+            let stream = match listen.tls {
+                ListenTls::Implicit => {
+                    let Some(acceptor) = intake.tls.clone() else {
+                        return;
+                    };
+                    let timeout = intake.config.server.command_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                        Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                ListenTls::None | ListenTls::StartTls => Stream::Plain(socket),
+            };
+            Session::new(intake, listen, peer, stream).run().await;
+        });
+    }
+}
+
+async fn refuse(mut socket: TcpStream, error: SmtpError) {
+    let mut out = Vec::new();
+    Reply::from(&error).write_to(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.write_all(&out)).await;
+}

@@ -1,0 +1,177 @@
+//! DATA: streams the message through the [`DataReceiver`] into the spool and answers 250 only
+//! once the spool says the message is durable.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{End, Flow, Session, Transaction};
+use crate::config::BareNewline;
+use crate::queue::{ClientInfo, Envelope, QueueId};
+use crate::smtp::command::Body;
+use crate::smtp::data::DataReceiver;
+use crate::smtp::error::SmtpError;
+use crate::smtp::reply::Reply;
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
+    pub(super) async fn data(&mut self) -> Result<Flow, End> {
+        let transaction = match self.transaction.take() {
+            None => return self.refuse(SmtpError::BadSequence("need MAIL before DATA")),
+            Some(t) if t.recipients.is_empty() => {
+                // Keep the transaction: a pipelining client may still be sending RCPTs that
+                // failed; RFC 2920 says reply 554 and let it RSET.
+                self.transaction = Some(t);
+                return self.refuse(SmtpError::NoValidRecipients);
+            }
+            Some(t) => t,
+        };
+        self.push(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        let result = self.receive(transaction).await?;
+        match result {
+            Ok(reply) => self.push(reply),
+            Err(error) => {
+                self.refuse(error)?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Reads the content to its end. Always consumes the whole message, even when it will be
+    /// refused, so the next command is read in step.
+    async fn receive(&mut self, transaction: Transaction) -> Result<Result<Reply, SmtpError>, End> {
+        let max_size = self.config().server.max_message_size;
+        let data_timeout = self.config().server.data_timeout;
+        let id = QueueId::generate();
+        let received_header = self.received_header(id, &transaction);
+        let envelope = Envelope {
+            id,
+            received_at: unix_ms(),
+            sender: transaction.sender,
+            recipients: transaction.recipients,
+            smtputf8: transaction.params.smtputf8,
+            eight_bit: transaction.params.body == Body::EightBitMime,
+            client: ClientInfo {
+                address: self.peer.ip(),
+                helo: self
+                    .helo
+                    .as_ref()
+                    .map(|h| h.name.clone())
+                    .unwrap_or_default(),
+                user: self.user.clone(),
+                tls: self.stream.is_tls(),
+            },
+        };
+        let mut writer = Some(self.intake.spool.create(envelope));
+        let mut refusal = None;
+        if let Some(w) = writer.as_mut()
+            && let Err(e) = w.write(received_header.as_bytes()).await
+        {
+            tracing::error!(error = %e, "cannot write to the spool");
+            refusal = Some(SmtpError::StorageFailed);
+            writer = None;
+        }
+
+        let mut receiver = DataReceiver::new();
+        let mut content = Vec::with_capacity(16 * 1024);
+        let mut size: u64 = 0;
+        loop {
+            if !self.input.pending().is_empty() {
+                content.clear();
+                let consumed = receiver.feed(self.input.pending(), &mut content);
+                self.input.consume(consumed);
+                size += content.len() as u64;
+                if size > max_size && refusal.is_none() {
+                    refusal = Some(SmtpError::MessageTooLarge);
+                    writer = None;
+                }
+                if let Some(w) = writer.as_mut()
+                    && let Err(e) = w.write(&content).await
+                {
+                    tracing::error!(error = %e, "cannot write to the spool");
+                    refusal = Some(SmtpError::StorageFailed);
+                    writer = None;
+                }
+                if receiver.is_done() {
+                    break;
+                }
+            }
+            self.flush().await?;
+            self.read_more(data_timeout, false).await?;
+        }
+
+        let policy = self.config().server.bare_newline;
+        let reject_bare =
+            policy == BareNewline::RejectAll || (policy == BareNewline::Reject && !self.trusted);
+        if receiver.saw_bare_newline() && reject_bare && refusal.is_none() {
+            refusal = Some(SmtpError::BareNewline);
+        }
+        if let Some(error) = refusal {
+            tracing::info!(peer = %self.peer, %error, size, "message refused");
+            return Ok(Err(error));
+        }
+        let writer = writer.expect("no refusal means the writer is intact");
+        let envelope_log = (writer.content_len(), id);
+        match writer.commit().await {
+            Ok(id) => {
+                tracing::info!(queue_id = %id, peer = %self.peer, size = envelope_log.0,
+                    user = self.user.as_deref().unwrap_or(""), "message accepted");
+                Ok(Ok(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))))
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %envelope_log.1, error = %e, "cannot commit to the spool");
+                Ok(Err(SmtpError::StorageFailed))
+            }
+        }
+    }
+
+    /// The trace header (RFC 5321 4.4), with the protocol keyword of RFC 3848.
+    fn received_header(&self, id: QueueId, transaction: &Transaction) -> String {
+        let helo = self.helo.as_ref();
+        let helo_name: String = helo
+            .map(|h| h.name.as_str())
+            .unwrap_or("unknown")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() && c != '(' && c != ')' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        let protocol = match (
+            helo.is_some_and(|h| h.extended),
+            self.stream.is_tls(),
+            self.user.is_some(),
+        ) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
+        let address = match self.peer.ip() {
+            std::net::IpAddr::V4(v4) => format!("[{v4}]"),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => format!("[{v4}]"),
+                None => format!("[IPv6:{v6}]"),
+            },
+        };
+        // Naming the recipient only when there is one keeps Bcc recipients private.
+        let recipient = match transaction.recipients.as_slice() {
+            [only] => format!("\r\n\tfor <{only}>"),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo_name} ({address})\r\n\tby {} (smtprelay) with {protocol} id {id}{recipient};\r\n\t{}\r\n",
+            self.config().server.hostname,
+            chrono::Utc::now().to_rfc2822(),
+        )
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,290 @@
+//! One inbound SMTP connection: reads command lines, dispatches them to the verb handlers
+//! (`verbs.rs`, `auth.rs`, `data.rs`), and writes replies.
+//!
+//! Replies are buffered and flushed only when no further complete command is waiting, which
+//! is what PIPELINING (RFC 2920) asks for. Every read has a timeout; a shutdown interrupts a
+//! session only between commands, never inside DATA.
+
+mod auth;
+mod data;
+mod verbs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::command::{self, Command, MailParams};
+use super::error::SmtpError;
+use super::line::{InputBuffer, Line};
+use super::policy::Policy;
+use super::reply::Reply;
+use super::stream::Stream;
+use crate::config::{Config, ListenConfig};
+use crate::queue::Spool;
+
+/// Longest command line accepted. RFC 5321 asks for at least 512; AUTH responses and
+/// extension parameters need more.
+const MAX_COMMAND_LINE: usize = 4096;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What every session shares: configuration, policy, the spool and the shutdown signal.
+pub struct Intake {
+    pub config: Arc<Config>,
+    pub policy: Policy,
+    pub spool: Arc<Spool>,
+    pub tls: Option<TlsAcceptor>,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a session ended early; each maps to a last reply (or none when the client is gone).
+#[derive(Debug)]
+enum End {
+    ClientGone,
+    Io(std::io::Error),
+    Reply(SmtpError),
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> Self {
+        End::Io(e)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+struct Transaction {
+    sender: String,
+    params: MailParams,
+    recipients: Vec<String>,
+}
+
+pub struct Session<IO> {
+    intake: Arc<Intake>,
+    listener: Arc<ListenConfig>,
+    peer: SocketAddr,
+    stream: Stream<IO>,
+    input: InputBuffer,
+    output: Vec<u8>,
+    helo: Option<Helo>,
+    user: Option<String>,
+    trusted: bool,
+    transaction: Option<Transaction>,
+    errors: u32,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
+    pub fn new(
+        intake: Arc<Intake>,
+        listener: Arc<ListenConfig>,
+        peer: SocketAddr,
+        stream: Stream<IO>,
+    ) -> Self {
+        let trusted = intake.policy.is_trusted(peer.ip());
+        Session {
+            intake,
+            listener,
+            peer,
+            stream,
+            input: InputBuffer::new(MAX_COMMAND_LINE),
+            output: Vec::with_capacity(512),
+            helo: None,
+            user: None,
+            trusted,
+            transaction: None,
+            errors: 0,
+        }
+    }
+
+    /// Runs the session to its end. Errors are logged, never propagated: one bad client
+    /// must not affect the others.
+    pub async fn run(mut self) {
+        let end = self.serve().await;
+        match end {
+            Ok(()) | Err(End::ClientGone) => {}
+            Err(End::Io(e)) => tracing::debug!(peer = %self.peer, error = %e, "session I/O error"),
+            Err(End::Reply(error)) => {
+                tracing::debug!(peer = %self.peer, %error, "closing session");
+                self.push(Reply::from(&error));
+            }
+        }
+        // Best effort: the client may already be gone.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            if self.flush().await.is_ok() {
+                let _ = self.stream.shutdown().await;
+            }
+        })
+        .await;
+    }
+
+    async fn serve(&mut self) -> Result<(), End> {
+        let greeting = format!("{} ESMTP smtprelay", self.config().server.hostname);
+        self.push(Reply::new(220, "", greeting));
+        loop {
+            let flow = match self.next_line(true).await? {
+                Line::TooLong => self.refuse(SmtpError::LineTooLong)?,
+                Line::Complete(bytes) => match command::parse(&bytes) {
+                    Ok(command) => self.handle(command).await?,
+                    Err(error) => self.refuse(error)?,
+                },
+            };
+            if flow == Flow::Close {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) -> Result<Flow, End> {
+        let result = match command {
+            Command::Ehlo(name) => Ok(self.ehlo(name, true)),
+            Command::Helo(name) => Ok(self.ehlo(name, false)),
+            Command::Mail { sender, params } => self.mail(sender, params),
+            Command::Rcpt { recipient } => self.rcpt(recipient),
+            Command::Data => return self.data().await,
+            Command::Rset => {
+                self.transaction = None;
+                Ok(Reply::ok("Ok"))
+            }
+            Command::Noop => Ok(Reply::ok("Ok")),
+            Command::Vrfy => Ok(Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Help => Ok(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+            )),
+            Command::Quit => {
+                let text = format!("{} closing connection", self.config().server.hostname);
+                self.push(Reply::new(221, "2.0.0", text));
+                return Ok(Flow::Close);
+            }
+            Command::StartTls => return self.starttls().await,
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => return self.auth(mechanism, initial_response).await,
+        };
+        match result {
+            Ok(reply) => {
+                self.push(reply);
+                Ok(Flow::Continue)
+            }
+            Err(error) => self.refuse(error),
+        }
+    }
+
+    fn config(&self) -> &Config {
+        &self.intake.config
+    }
+
+    fn push(&mut self, reply: Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    /// Sends an error reply and counts it; too many end the session (a client that is lost
+    /// or probing gets no unlimited tries).
+    fn refuse(&mut self, error: SmtpError) -> Result<Flow, End> {
+        tracing::debug!(peer = %self.peer, %error, "command refused");
+        self.push(Reply::from(&error));
+        self.errors += 1;
+        if self.errors >= self.config().server.max_errors {
+            return Err(End::Reply(SmtpError::TooManyErrors));
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.config().server.command_timeout;
+        match tokio::time::timeout(timeout, self.stream.write_all(&self.output)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(End::Io(e)),
+            Err(_) => return Err(End::ClientGone),
+        }
+        self.output.clear();
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// The next command line, flushing replies first when none is buffered.
+    async fn next_line(&mut self, interruptible: bool) -> Result<Line, End> {
+        loop {
+            if let Some(line) = self.input.next_line() {
+                return Ok(line);
+            }
+            self.flush().await?;
+            let timeout = self.config().server.command_timeout;
+            self.read_more(timeout, interruptible).await?;
+        }
+    }
+
+    /// Reads more input. With `interruptible`, a shutdown ends the wait with 421.
+    async fn read_more(&mut self, timeout: Duration, interruptible: bool) -> Result<(), End> {
+        let shutdown = self.intake.shutdown.clone();
+        if interruptible && shutdown.is_cancelled() {
+            return Err(End::Reply(SmtpError::ShuttingDown));
+        }
+        let spare = self.input.spare(READ_CHUNK);
+        let result = tokio::select! {
+            read = tokio::time::timeout(timeout, self.stream.read(spare)) => match read {
+                Ok(Ok(0)) => Err(End::ClientGone),
+                Ok(Ok(n)) => Ok(n),
+                Ok(Err(e)) => Err(End::Io(e)),
+                Err(_) => Err(End::Reply(SmtpError::Timeout)),
+            },
+            _ = shutdown.cancelled(), if interruptible => Err(End::Reply(SmtpError::ShuttingDown)),
+        };
+        self.input
+            .filled(READ_CHUNK, *result.as_ref().unwrap_or(&0));
+        result.map(|_| ())
+    }
+
+    async fn starttls(&mut self) -> Result<Flow, End> {
+        if self.stream.is_tls() {
+            return self.refuse(SmtpError::BadSequence("TLS is already active"));
+        }
+        let acceptor = match (&self.intake.tls, self.listener.tls) {
+            (Some(acceptor), crate::config::ListenTls::StartTls) => acceptor.clone(),
+            _ => return self.refuse(SmtpError::NotImplemented("STARTTLS")),
+        };
+        self.push(Reply::new(220, "2.0.0", "Ready to start TLS"));
+        self.flush().await?;
+        // Anything pipelined after STARTTLS was sent in plaintext and must not be trusted
+        // as coming through TLS (CVE-2011-0411).
+        self.input.clear();
+        let Stream::Plain(io) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+            return Err(End::ClientGone);
+        };
+        let timeout = self.config().server.command_timeout;
+        match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => self.stream = Stream::Tls(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.peer, error = %e, "TLS handshake failed");
+                return Err(End::ClientGone);
+            }
+            Err(_) => return Err(End::ClientGone),
+        }
+        // RFC 3207 4.2: forget everything learnt before the handshake.
+        self.helo = None;
+        self.user = None;
+        self.transaction = None;
+        Ok(Flow::Continue)
+    }
+}

@@ -1,0 +1,54 @@
+//! The inbound TLS configuration: certificate chain and key from PEM files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("{path}: cannot read the certificate chain: {reason}")]
+    Certificate { path: PathBuf, reason: String },
+    #[error("{path}: cannot read the private key: {reason}")]
+    PrivateKey { path: PathBuf, reason: String },
+    #[error("the certificate and private key do not fit together: {0}")]
+    Mismatch(rustls::Error),
+}
+
+pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsSetupError> {
+    let chain = load_chain(&config.certificate)?;
+    let key = PrivateKeyDer::from_pem_file(&config.private_key).map_err(|e| {
+        TlsSetupError::PrivateKey {
+            path: config.private_key.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    let server =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(TlsSetupError::Mismatch)?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(TlsSetupError::Mismatch)?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let error = |reason: String| TlsSetupError::Certificate {
+        path: path.to_owned(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(|e| error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(error("no CERTIFICATE block found".into()));
+    }
+    Ok(chain)
+}

@@ -1,0 +1,354 @@
+//! Test harness: an in-process relay on 127.0.0.1:0 with its own spool, a raw SMTP client
+//! that can switch to TLS, and an rcgen certificate authority.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use smtprelay::config::Config;
+use smtprelay::queue::{MessageFile, Spool};
+use smtprelay::smtp::listener::Server;
+use smtprelay::smtp::policy::Policy;
+use smtprelay::smtp::session::Intake;
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A certificate authority and a server certificate for `localhost` / 127.0.0.1, as PEM files.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "smtprelay test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        TestPki {
+            ca_pem: ca.pem(),
+            dir,
+        }
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+
+    pub fn tls_table(&self) -> String {
+        format!(
+            "[tls]\ncertificate = {:?}\nprivate_key = {:?}\n",
+            self.cert_path(),
+            self.key_path()
+        )
+    }
+
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub dir: tempfile::TempDir,
+    pub addrs: Vec<SocketAddr>,
+    pub spool: Arc<Spool>,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<()>>,
+}
+
+/// The sections every test config needs; `extra` adds or overrides tables.
+pub fn config_text(state_dir: &Path, listen: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+hostname = "relay.test"
+state_dir = {state_dir:?}
+max_message_size = "1MiB"
+max_recipients = 5
+command_timeout = "10s"
+data_timeout = "10s"
+{extra_server}
+{listen}
+{extra}
+"#,
+        extra_server = "",
+    )
+}
+
+pub const PLAIN_LISTENER: &str =
+    "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"none\"\nauth = \"none\"\n";
+
+impl TestRelay {
+    /// Starts a relay from a full config text (with `{state_dir}` replaced).
+    pub async fn start_with(text: impl Fn(&Path) -> String) -> TestRelay {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let config_path = dir.path().join("smtprelay.toml");
+        std::fs::write(&config_path, text(&state_dir)).unwrap();
+        let config = match Config::load(&config_path) {
+            Ok(config) => config,
+            Err(e) => panic!("test config invalid:\n{e}"),
+        };
+        let (spool, _) = Spool::open(&config.spool_dir(), config.queue.fsync).unwrap();
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| smtprelay::smtp::tls::acceptor(t).unwrap());
+        let shutdown = CancellationToken::new();
+        let intake = Arc::new(Intake {
+            policy: Policy::new(&config),
+            config: Arc::new(config),
+            spool: Arc::clone(&spool),
+            tls,
+            shutdown: shutdown.clone(),
+        });
+        let server = Server::bind(intake).await.unwrap();
+        let addrs = server.local_addrs();
+        let task = tokio::spawn(server.run());
+        TestRelay {
+            dir,
+            addrs,
+            spool,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// A relay with one plaintext listener, trusted loopback, and `extra` config.
+    pub async fn start(extra: &str) -> TestRelay {
+        let extra = extra.to_owned();
+        TestRelay::start_with(move |state| config_text(state, PLAIN_LISTENER, &extra)).await
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(self.addr()).await
+    }
+
+    /// The queued messages with their content, oldest first.
+    pub fn queued(&self) -> Vec<(MessageFile, Vec<u8>)> {
+        self.spool
+            .messages()
+            .into_iter()
+            .map(|file| {
+                let path = self.spool.paths().message(file.envelope.id);
+                let content = file.read_content(&path).unwrap();
+                (file, content)
+            })
+            .collect()
+    }
+
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Strips the Received header the relay adds, leaving the bytes the client sent.
+pub fn without_received(content: &[u8]) -> &[u8] {
+    assert!(
+        content.starts_with(b"Received: "),
+        "no Received header first"
+    );
+    let mut i = 0;
+    loop {
+        let end = i + content[i..].windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        // Header continuation lines start with white space.
+        if !matches!(content.get(end), Some(b' ' | b'\t')) {
+            return &content[end..];
+        }
+        i = end;
+    }
+}
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<dyn Io>),
+}
+
+/// A raw SMTP client: sends exactly the bytes a test gives it.
+pub struct Client {
+    stream: Option<ClientStream>,
+    buffer: Vec<u8>,
+    pub greeting: (u16, String),
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut client = Client {
+            stream: Some(ClientStream::Plain(tcp)),
+            buffer: Vec::new(),
+            greeting: (0, String::new()),
+        };
+        client.greeting = client.reply().await;
+        client
+    }
+
+    /// Connects with implicit TLS.
+    pub async fn connect_tls(addr: SocketAddr, pki: &TestPki) -> Client {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = pki.connector().connect(name, tcp).await.unwrap();
+        let mut client = Client {
+            stream: Some(ClientStream::Tls(Box::new(tls))),
+            buffer: Vec::new(),
+            greeting: (0, String::new()),
+        };
+        client.greeting = client.reply().await;
+        client
+    }
+
+    fn io(&mut self) -> &mut (dyn Io + '_) {
+        match self.stream.as_mut().unwrap() {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => tls.as_mut(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io().write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.extend_from_slice(b"\r\n");
+        self.send_raw(&bytes).await;
+    }
+
+    /// Reads one reply (all its lines); returns the code and the text lines joined by '\n'.
+    pub async fn reply(&mut self) -> (u16, String) {
+        tokio::time::timeout(TIMEOUT, self.read_reply())
+            .await
+            .expect("timed out waiting for a reply")
+    }
+
+    async fn read_reply(&mut self) -> (u16, String) {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line().await;
+            assert!(line.len() >= 4, "short reply line {line:?}");
+            let code: u16 = line[..3]
+                .parse()
+                .unwrap_or_else(|_| panic!("bad reply {line:?}"));
+            let last = line.as_bytes()[3] == b' ';
+            lines.push(line[4..].to_string());
+            if last {
+                return (code, lines.join("\n"));
+            }
+        }
+    }
+
+    async fn read_line(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                return String::from_utf8(line[..end].to_vec()).unwrap();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.io().read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed while waiting for a reply");
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends a command and returns its reply.
+    pub async fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(line).await;
+        self.reply().await
+    }
+
+    /// Sends a command and asserts the reply code; returns the text.
+    pub async fn expect(&mut self, line: &str, code: u16) -> String {
+        let (got, text) = self.cmd(line).await;
+        assert_eq!(got, code, "{line:?} got {got} {text}");
+        text
+    }
+
+    /// True when the server closes the connection (after any replies still buffered).
+    pub async fn is_closed(&mut self) -> bool {
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(TIMEOUT, self.io().read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) => false,
+            Err(_) => false,
+        }
+    }
+
+    pub async fn starttls(&mut self, pki: &TestPki) {
+        self.expect("STARTTLS", 220).await;
+        self.upgrade(pki).await;
+    }
+
+    /// The TLS handshake after a 220 to STARTTLS.
+    pub async fn upgrade(&mut self, pki: &TestPki) {
+        let Some(ClientStream::Plain(tcp)) = self.stream.take() else {
+            panic!("already TLS");
+        };
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = pki.connector().connect(name, tcp).await.unwrap();
+        self.stream = Some(ClientStream::Tls(Box::new(tls)));
+    }
+
+    /// MAIL, RCPTs and DATA with `raw_data`: the exact bytes between 354 and the final dot,
+    /// ending in CRLF. Returns the final reply.
+    pub async fn send_message(
+        &mut self,
+        from: &str,
+        to: &[&str],
+        raw_data: &[u8],
+    ) -> (u16, String) {
+        self.expect(&format!("MAIL FROM:<{from}>"), 250).await;
+        for rcpt in to {
+            self.expect(&format!("RCPT TO:<{rcpt}>"), 250).await;
+        }
+        self.expect("DATA", 354).await;
+        self.send_raw(raw_data).await;
+        self.send_raw(b".\r\n").await;
+        self.reply().await
+    }
+}
