@@ -51,6 +51,15 @@ impl InputBuffer {
         self.discarding = false;
     }
 
+    /// Releases spare capacity beyond what the unread bytes need.
+    pub fn shrink(&mut self) {
+        if self.start > 0 {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        self.bytes.shrink_to(self.max_line);
+    }
+
     /// Space to read into; call [`InputBuffer::filled`] with the count read.
     pub fn spare(&mut self, at_least: usize) -> &mut [u8] {
         if self.start > 0 && self.start * 2 >= self.bytes.len() {

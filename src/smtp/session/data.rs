@@ -96,9 +96,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 }
             }
             self.flush().await?;
-            self.read_more(data_timeout, false).await?;
+            self.read_more(data_timeout, false, super::DATA_READ)
+                .await?;
         }
 
+        // Give back DATA's larger buffer: sessions often idle between messages.
+        self.input.shrink();
         let policy = self.config().server.bare_newline;
         let reject_bare =
             policy == BareNewline::RejectAll || (policy == BareNewline::Reject && !self.trusted);

@@ -29,7 +29,9 @@ use crate::queue::Spool;
 /// Longest command line accepted. RFC 5321 asks for at least 512; AUTH responses and
 /// extension parameters need more.
 const MAX_COMMAND_LINE: usize = 4096;
-const READ_CHUNK: usize = 16 * 1024;
+/// Read sizes: small between commands, so idle sessions stay cheap; larger inside DATA.
+const COMMAND_READ: usize = 4 * 1024;
+const DATA_READ: usize = 32 * 1024;
 
 /// What every session shares: configuration, policy, the spool and the shutdown signal.
 pub struct Intake {
@@ -231,17 +233,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
             self.flush().await?;
             let timeout = self.config().server.command_timeout;
-            self.read_more(timeout, interruptible).await?;
+            self.read_more(timeout, interruptible, COMMAND_READ).await?;
         }
     }
 
     /// Reads more input. With `interruptible`, a shutdown ends the wait with 421.
-    async fn read_more(&mut self, timeout: Duration, interruptible: bool) -> Result<(), End> {
+    async fn read_more(
+        &mut self,
+        timeout: Duration,
+        interruptible: bool,
+        chunk: usize,
+    ) -> Result<(), End> {
         let shutdown = self.intake.shutdown.clone();
         if interruptible && shutdown.is_cancelled() {
             return Err(End::Reply(SmtpError::ShuttingDown));
         }
-        let spare = self.input.spare(READ_CHUNK);
+        let spare = self.input.spare(chunk);
         let result = tokio::select! {
             read = tokio::time::timeout(timeout, self.stream.read(spare)) => match read {
                 Ok(Ok(0)) => Err(End::ClientGone),
@@ -251,8 +258,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             },
             _ = shutdown.cancelled(), if interruptible => Err(End::Reply(SmtpError::ShuttingDown)),
         };
-        self.input
-            .filled(READ_CHUNK, *result.as_ref().unwrap_or(&0));
+        self.input.filled(chunk, *result.as_ref().unwrap_or(&0));
         result.map(|_| ())
     }
 
