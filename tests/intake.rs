@@ -498,9 +498,12 @@ async fn shutdown_sends_421_to_idle_sessions_and_finishes_data() {
     let (code, text) = idle.reply().await;
     assert_eq!((code, &text[..5]), (421, "4.3.0"));
     assert!(idle.is_closed().await);
-    // New connections are no longer accepted.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(tokio::net::TcpStream::connect(relay.addr()).await.is_err());
+    // New connections are no longer accepted (the listeners close promptly).
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    while tokio::net::TcpStream::connect(relay.addr()).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     busy.send_raw(b"\r\nbody\r\n.\r\n").await;
     assert_eq!(busy.reply().await.0, 250);
@@ -522,9 +525,15 @@ async fn connections_beyond_max_connections_get_421() {
     let c = relay.connect().await;
     assert_eq!(c.greeting.0, 421);
     drop(_a);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let d = relay.connect().await;
-    assert_eq!(d.greeting.0, 220);
+    // The permit comes back once the server notices the close.
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    while relay.connect().await.greeting.0 != 220 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "permit never released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

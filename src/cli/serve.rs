@@ -52,24 +52,35 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     let server = Server::bind(Arc::clone(&intake))
         .await
         .map_err(|e| fail(e.to_string()))?;
-    tokio::spawn(stop_on_signal(shutdown));
+    // Installed before the listeners announce themselves, so a SIGTERM that follows the
+    // "listening" line is always a graceful stop.
+    let signals =
+        Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
+    tokio::spawn(signals.stop_on_signal(shutdown));
     server.run().await;
     tracing::info!(queued = intake.spool.len(), "stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    shutdown.cancel();
+
+    async fn stop_on_signal(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    }
 }
