@@ -6,5 +6,6 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
+pub mod oauth;
 pub mod queue;
 pub mod smtp;

@@ -1,0 +1,11 @@
+//! OAuth2 for the upstream accounts: the encrypted token store, the flows against Microsoft
+//! Entra ID (or a generic provider), and the token manager that keeps every account's token
+//! valid.
+
+pub mod key;
+pub mod secret;
+pub mod store;
+
+pub use key::TokenKey;
+pub use secret::Secret;
+pub use store::{FileStore, StoreError, StoredTokens, TokenStore};
