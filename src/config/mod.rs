@@ -115,6 +115,15 @@ choice!(Flow {
     AuthorizationCode = "authorization_code",
 });
 choice!(Transport { Smtp = "smtp", Graph = "graph" });
+choice!(
+    /// Signature algorithm of the client assertion for certificate credentials.
+    AssertionAlgorithm {
+        /// RSASSA-PSS with SHA-256 and the `x5t#S256` thumbprint: Microsoft's current advice.
+        Ps256 = "PS256",
+        /// RSASSA-PKCS1-v1_5 with SHA-256 and the SHA-1 `x5t` thumbprint: older, widely used.
+        Rs256 = "RS256",
+    }
+);
 choice!(UpstreamTls { StartTls = "starttls", Implicit = "implicit" });
 choice!(OnFailure { Bounce = "bounce", Keep = "keep" });
 choice!(TokenStoreKind { File = "file", Redis = "redis" });
@@ -171,6 +180,7 @@ pub struct AccountConfig {
     pub client_secret_file: Option<PathBuf>,
     pub client_certificate: Option<PathBuf>,
     pub client_private_key: Option<PathBuf>,
+    pub client_assertion_algorithm: AssertionAlgorithm,
     pub mailbox: String,
     pub senders: Vec<AddressGlob>,
     pub rewrite_sender: bool,
@@ -487,6 +497,9 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         client_secret_file: s.path("client_secret_file"),
         client_certificate: s.path("client_certificate"),
         client_private_key: s.path("client_private_key"),
+        client_assertion_algorithm: s
+            .parse("client_assertion_algorithm", AssertionAlgorithm::parse)
+            .unwrap_or(AssertionAlgorithm::Ps256),
         mailbox: s.require("mailbox")?,
         senders: s
             .parse_list("senders", AddressGlob::new)

@@ -2,7 +2,13 @@
 //! Entra ID (or a generic provider), and the token manager that keeps every account's token
 //! valid.
 
+pub mod credential;
+pub mod error;
+pub mod flows;
+pub mod http;
 pub mod key;
+pub mod manager;
+pub mod provider;
 pub mod secret;
 pub mod store;
 

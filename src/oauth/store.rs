@@ -46,6 +46,9 @@ pub struct StoredTokens {
     /// Unix seconds of the interactive login that started this chain of tokens.
     #[serde(default)]
     pub login_at: Option<u64>,
+    /// Unix seconds of the last successful token request for this account.
+    #[serde(default)]
+    pub refreshed_at: Option<u64>,
     #[serde(default)]
     pub scope: Option<String>,
 }
@@ -385,6 +388,7 @@ mod tests {
             refresh_token: Some(Secret::new(format!("refresh-{access}"))),
             refresh_token_issued_at: Some(1_800_000_000),
             login_at: Some(1_700_000_000),
+            refreshed_at: Some(1_800_000_000),
             scope: Some("https://outlook.office.com/SMTP.Send offline_access".into()),
         }
     }

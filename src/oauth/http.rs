@@ -1,0 +1,117 @@
+//! Form POSTs to token endpoints, and their answers turned into [`TokenError`]s.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use super::error::{ErrorBody, TokenError};
+use super::secret::Secret;
+
+/// A successful token response (RFC 6749 5.1).
+#[derive(Debug, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: Secret,
+    #[serde(default)]
+    pub token_type: String,
+    #[serde(deserialize_with = "number_or_string")]
+    pub expires_in: u64,
+    #[serde(default)]
+    pub refresh_token: Option<Secret>,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// Some servers (Azure AD v1, a few proxies) send numbers as strings.
+pub fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(u64),
+        Text(String),
+    }
+    match Number::deserialize(d)? {
+        Number::Int(n) => Ok(n),
+        Number::Text(t) => t.trim().parse().map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Clone)]
+pub struct TokenClient {
+    http: reqwest::Client,
+}
+
+impl TokenClient {
+    pub fn new() -> Result<TokenClient, TokenError> {
+        let tls = crate::client_tls::client_config(None)
+            .map_err(|e| TokenError::Credential(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("smtprelay/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| TokenError::Credential(format!("cannot set up HTTP: {e}")))?;
+        Ok(TokenClient { http })
+    }
+
+    pub async fn post_form<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<T, TokenError> {
+        let response = self
+            .http
+            .post(url)
+            .header("Accept", "application/json")
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| TokenError::Network(error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .map(Duration::from_secs);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| TokenError::Network(error_chain(&e)))?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&body)
+                .map_err(|e| TokenError::BadResponse(e.to_string()));
+        }
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(error) if !error.error.is_empty() && status != 429 && status < 500 => {
+                Err(TokenError::Rejected {
+                    status,
+                    body: error,
+                })
+            }
+            Ok(error) if !error.error.is_empty() => Err(TokenError::Http {
+                status,
+                detail: error.error_description.unwrap_or(error.error),
+                retry_after,
+            }),
+            _ => Err(TokenError::Http {
+                status,
+                detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
+                retry_after,
+            }),
+        }
+    }
+}
+
+/// reqwest's errors hide the useful part (connection refused, certificate unknown) in sources.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

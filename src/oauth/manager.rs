@@ -1,0 +1,718 @@
+//! The token manager: one per process, shared by every delivery task and the CLI.
+//!
+//! - [`TokenManager::access_token`] returns a token with more than `refresh_before` left, or
+//!   refreshes first. Callers that arrive during a refresh wait for that same refresh (one
+//!   token request, however many callers).
+//! - [`TokenManager::invalidate`] forgets a token the server refused (535 5.7.3, HTTP 401).
+//! - [`TokenManager::run`] refreshes every account before expiry even when no mail flows, so a
+//!   refresh token never idles out, and picks up tokens written by `smtprelay token login`.
+//! - A rotated refresh token is saved before anything uses it; a failed refresh never discards
+//!   stored tokens.
+//! - Accounts that need a login or a configuration fix are *held*: callers get an error at
+//!   once (no token request) until the store changes or a slow recheck comes due.
+//!
+//! In-memory deadlines use Tokio's clock, so tests drive them with `tokio::time::pause`;
+//! the store keeps Unix times.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::error::{ErrorClass, TokenError};
+use super::flows::OAuthAccount;
+use super::http::{TokenClient, TokenResponse};
+use super::secret::Secret;
+use super::store::{StoreVersion, StoredTokens, TokenStore};
+use crate::config::{AccountConfig, Config, Flow, TokensConfig};
+
+/// How long an account that needs a login waits before one more try on its own (a new
+/// login via the CLI is picked up at once).
+const NEEDS_LOGIN_RECHECK: Duration = Duration::from_secs(3600);
+/// How long a misconfigured account waits before trying again (the admin may fix consent or
+/// a secret in the portal without touching the relay).
+const MISCONFIGURED_RECHECK: Duration = Duration::from_secs(300);
+/// How often the background task looks for tokens written by another process.
+const STORE_POLL: Duration = Duration::from_secs(5);
+/// Entra's refresh tokens expire after 90 days without use.
+pub const REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 86400);
+/// Longest back-off between attempts after transient failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// A token ready for XOAUTH2.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub token: Secret,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum Health {
+    /// No token has been obtained yet (and none is needed until mail or the schedule asks).
+    NoToken,
+    Valid,
+    Refreshing,
+    /// Someone must run `smtprelay token login`.
+    NeedsLogin(String),
+    /// The admin must fix the configuration or the app registration.
+    Misconfigured(String),
+    /// Transient failures; retrying with back-off.
+    Failing(String),
+}
+
+impl Health {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Health::NoToken => "no_token",
+            Health::Valid => "valid",
+            Health::Refreshing => "refreshing",
+            Health::NeedsLogin(_) => "needs_login",
+            Health::Misconfigured(_) => "misconfigured",
+            Health::Failing(_) => "failing",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Health::NeedsLogin(r) | Health::Misconfigured(r) | Health::Failing(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TokenEventKind {
+    Refreshed {
+        expires_in_secs: u64,
+        rotated_refresh_token: bool,
+    },
+    Invalidated,
+    NeedsLogin {
+        reason: String,
+    },
+    Misconfigured {
+        reason: String,
+    },
+    NetworkError {
+        reason: String,
+    },
+    /// Tokens written by another process (the CLI) were loaded.
+    Loaded,
+    /// A refreshed token could not be saved; it is used from memory.
+    StoreFailed {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenEvent {
+    pub account: String,
+    #[serde(flatten)]
+    pub kind: TokenEventKind,
+}
+
+/// Everything `token status` and `/health` show about one account.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountStatus {
+    pub account: String,
+    pub flow: &'static str,
+    #[serde(flatten)]
+    pub health: Health,
+    pub access_token_expires_at: Option<u64>,
+    pub access_token_expires_in_secs: Option<i64>,
+    pub has_refresh_token: bool,
+    pub refresh_token_age_secs: Option<u64>,
+    /// Estimate: 90 days after the refresh token was issued, unless it is used before.
+    pub refresh_token_expires_at: Option<u64>,
+    pub login_at: Option<u64>,
+    pub last_refresh_at: Option<u64>,
+    pub next_refresh_at: Option<u64>,
+    pub auto_refresh: bool,
+    pub refreshes_total: u64,
+    pub refresh_failures_total: u64,
+    pub consecutive_failures: u32,
+    pub average_lifetime_secs: Option<u64>,
+}
+
+struct Slot {
+    account: Result<OAuthAccount, String>,
+    flow: Flow,
+    state: Mutex<SlotState>,
+    /// Held while a token request runs: the single flight.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+struct SlotState {
+    tokens: StoredTokens,
+    /// Tokio-clock mirror of `tokens.expires_at`.
+    expires: Option<Instant>,
+    health: Health,
+    /// While set and in the future, no token request is made.
+    held_until: Option<Instant>,
+    /// When the next attempt after a transient failure is due.
+    retry_at: Option<Instant>,
+    refreshes: u64,
+    failures: u64,
+    consecutive_failures: u32,
+    lifetime_total: Duration,
+}
+
+impl SlotState {
+    fn new(tokens: StoredTokens) -> SlotState {
+        let expires = tokens
+            .access_token
+            .as_ref()
+            .map(|_| instant_of(tokens.expires_at));
+        let health = if tokens.access_token.is_some() || tokens.refresh_token.is_some() {
+            Health::Valid
+        } else {
+            Health::NoToken
+        };
+        SlotState {
+            tokens,
+            expires,
+            health,
+            held_until: None,
+            retry_at: None,
+            refreshes: 0,
+            failures: 0,
+            consecutive_failures: 0,
+            lifetime_total: Duration::ZERO,
+        }
+    }
+
+    /// The current token if it has more than `margin` left.
+    fn token_with(&self, margin: Duration) -> Option<AccessToken> {
+        let token = self.tokens.access_token.as_ref()?;
+        let expires = self.expires?;
+        (expires.checked_duration_since(Instant::now())? > margin).then(|| AccessToken {
+            token: token.clone(),
+            expires_at: self.tokens.expires_at,
+        })
+    }
+
+    fn held(&self) -> Option<TokenError> {
+        let until = self.held_until?;
+        if Instant::now() >= until {
+            return None;
+        }
+        let reason = self.health.reason().unwrap_or("held").to_owned();
+        Some(TokenError::Held(reason))
+    }
+}
+
+pub struct TokenManager {
+    slots: BTreeMap<String, Arc<Slot>>,
+    store: Arc<dyn TokenStore>,
+    client: TokenClient,
+    settings: TokensConfig,
+    events: broadcast::Sender<TokenEvent>,
+    store_version: Mutex<Option<StoreVersion>>,
+}
+
+impl TokenManager {
+    /// Sets up every configured account and loads what the store holds. A store that cannot
+    /// be read (wrong key, tampering) marks the accounts misconfigured rather than failing:
+    /// intake keeps accepting mail, which waits for the admin's fix.
+    pub fn new(config: &Config, store: Arc<dyn TokenStore>, client: TokenClient) -> TokenManager {
+        let (stored, store_error) = match store.load_all() {
+            Ok(stored) => (stored, None),
+            Err(e) => (BTreeMap::new(), Some(e.to_string())),
+        };
+        let slots = config
+            .accounts
+            .iter()
+            .map(|account| {
+                let mut state =
+                    SlotState::new(stored.get(&account.name).cloned().unwrap_or_default());
+                let oauth = OAuthAccount::new(account).map_err(|e| e.to_string());
+                if let Some(reason) = store_error
+                    .clone()
+                    .or_else(|| oauth.as_ref().err().cloned())
+                {
+                    state.health = Health::Misconfigured(reason);
+                    state.held_until = Some(Instant::now() + MISCONFIGURED_RECHECK);
+                }
+                let slot = Slot {
+                    account: oauth,
+                    flow: account.flow,
+                    state: Mutex::new(state),
+                    refresh: tokio::sync::Mutex::new(()),
+                };
+                (account.name.clone(), Arc::new(slot))
+            })
+            .collect();
+        let (events, _) = broadcast::channel(256);
+        TokenManager {
+            slots,
+            store_version: Mutex::new(store.version()),
+            store,
+            client,
+            settings: config.tokens.clone(),
+            events,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<TokenEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &str> {
+        self.slots.keys().map(String::as_str)
+    }
+
+    fn slot(&self, account: &str) -> Result<&Arc<Slot>, TokenError> {
+        self.slots
+            .get(account)
+            .ok_or_else(|| TokenError::UnknownAccount(account.to_owned()))
+    }
+
+    fn emit(&self, account: &str, kind: TokenEventKind) {
+        let _ = self.events.send(TokenEvent {
+            account: account.to_owned(),
+            kind,
+        });
+    }
+
+    /// A valid token for `account`, refreshing first when less than `refresh_before` is left.
+    pub async fn access_token(&self, account: &str) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(account)?;
+        let margin = self.settings.refresh_before;
+        if let Some(token) = lock(&slot.state).token_with(margin) {
+            return Ok(token);
+        }
+        self.reload_if_changed().await;
+        let _flight = slot.refresh.lock().await;
+        // Whoever held the lock before us may have refreshed already.
+        if let Some(token) = lock(&slot.state).token_with(margin) {
+            return Ok(token);
+        }
+        let held = lock(&slot.state).held();
+        let result = match held {
+            Some(error) => Err(error),
+            None => self.refresh_locked(account, slot).await,
+        };
+        // A token that is inside the refresh margin but not expired still works.
+        result.or_else(|error| lock(&slot.state).token_with(Duration::ZERO).ok_or(error))
+    }
+
+    /// Forgets `token` after the server refused it, so the next caller gets a new one.
+    /// A token that was already replaced is left alone.
+    pub fn invalidate(&self, account: &str, token: &Secret) {
+        let Ok(slot) = self.slot(account) else {
+            return;
+        };
+        let mut state = lock(&slot.state);
+        if state.tokens.access_token.as_ref() == Some(token) {
+            state.expires = Some(Instant::now());
+            drop(state);
+            tracing::info!(target: "tokens", account, "access token refused upstream; it will be refreshed");
+            self.emit(account, TokenEventKind::Invalidated);
+        }
+    }
+
+    /// Requests a new token now, whatever the current one's expiry (`token refresh`).
+    pub async fn refresh_now(&self, account: &str) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(account)?;
+        self.reload_if_changed().await;
+        let _flight = slot.refresh.lock().await;
+        self.refresh_locked(account, slot).await
+    }
+
+    /// Saves tokens from an interactive login (or a first client-credentials request).
+    pub async fn store_response(
+        &self,
+        account: &str,
+        response: TokenResponse,
+        login: bool,
+    ) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(account)?;
+        let _flight = slot.refresh.lock().await;
+        self.accept(account, slot, response, login).await
+    }
+
+    /// Must be called with `slot.refresh` held.
+    async fn refresh_locked(&self, account: &str, slot: &Slot) -> Result<AccessToken, TokenError> {
+        let oauth = match &slot.account {
+            Ok(oauth) => oauth,
+            Err(reason) => {
+                let error = TokenError::Credential(reason.clone());
+                self.fail(account, slot, &error);
+                return Err(error);
+            }
+        };
+        let refresh_token = {
+            let mut state = lock(&slot.state);
+            state.health = Health::Refreshing;
+            state.tokens.refresh_token.clone()
+        };
+        let result = self
+            .with_retries(account, || async {
+                match (slot.flow, &refresh_token) {
+                    (Flow::ClientCredentials, _) => oauth.client_credentials(&self.client).await,
+                    (_, Some(refresh_token)) => oauth.refresh(&self.client, refresh_token).await,
+                    (_, None) => Err(TokenError::NotLoggedIn(account.to_owned())),
+                }
+            })
+            .await;
+        match result {
+            Ok(response) => self.accept(account, slot, response, false).await,
+            Err(error) => {
+                self.fail(account, slot, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Keeps a successful response: persists it first, then makes it current.
+    async fn accept(
+        &self,
+        account: &str,
+        slot: &Slot,
+        response: TokenResponse,
+        login: bool,
+    ) -> Result<AccessToken, TokenError> {
+        let now = unix_now();
+        let lifetime = Duration::from_secs(response.expires_in);
+        let mut tokens = lock(&slot.state).tokens.clone();
+        let rotated =
+            response.refresh_token.is_some() && response.refresh_token != tokens.refresh_token;
+        tokens.access_token = Some(response.access_token);
+        tokens.expires_at = now + response.expires_in;
+        if let Some(refresh_token) = response.refresh_token {
+            if rotated {
+                tokens.refresh_token_issued_at = Some(now);
+            }
+            tokens.refresh_token = Some(refresh_token);
+        }
+        if login {
+            tokens.login_at = Some(now);
+        }
+        tokens.refreshed_at = Some(now);
+        if response.scope.is_some() {
+            tokens.scope = response.scope;
+        }
+        // Persist before use: after rotation the old refresh token may already be dead, so
+        // this one must survive a crash.
+        let store = Arc::clone(&self.store);
+        let (name, to_save) = (account.to_owned(), tokens.clone());
+        let saved = tokio::task::spawn_blocking(move || store.save(&name, &to_save))
+            .await
+            .unwrap_or_else(|e| {
+                Err(super::store::StoreError::Io {
+                    path: Default::default(),
+                    error: std::io::Error::other(e),
+                })
+            });
+        match saved {
+            Ok(()) => *lock(&self.store_version) = self.store.version(),
+            Err(e) => {
+                tracing::error!(target: "tokens", account, error = %e, "cannot save the new token; using it from memory");
+                self.emit(
+                    account,
+                    TokenEventKind::StoreFailed {
+                        reason: e.to_string(),
+                    },
+                );
+            }
+        }
+        let token = AccessToken {
+            token: tokens.access_token.clone().expect("just set"),
+            expires_at: tokens.expires_at,
+        };
+        {
+            let mut state = lock(&slot.state);
+            state.expires = Some(Instant::now() + lifetime);
+            state.tokens = tokens;
+            state.health = Health::Valid;
+            state.held_until = None;
+            state.retry_at = None;
+            state.refreshes += 1;
+            state.consecutive_failures = 0;
+            state.lifetime_total += lifetime;
+        }
+        tracing::info!(target: "tokens", account, expires_in = lifetime.as_secs(), rotated, "token refreshed");
+        self.emit(
+            account,
+            TokenEventKind::Refreshed {
+                expires_in_secs: lifetime.as_secs(),
+                rotated_refresh_token: rotated,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Records a failed request; stored tokens are kept whatever the failure.
+    fn fail(&self, account: &str, slot: &Slot, error: &TokenError) {
+        let reason = error.to_string();
+        let (kind, health, held, retry) = match error.class() {
+            ErrorClass::Reauthenticate => (
+                TokenEventKind::NeedsLogin {
+                    reason: reason.clone(),
+                },
+                Health::NeedsLogin(reason),
+                Some(NEEDS_LOGIN_RECHECK),
+                None,
+            ),
+            ErrorClass::Misconfigured => (
+                TokenEventKind::Misconfigured {
+                    reason: reason.clone(),
+                },
+                Health::Misconfigured(reason),
+                Some(MISCONFIGURED_RECHECK),
+                None,
+            ),
+            ErrorClass::Transient => {
+                let failures = lock(&slot.state).consecutive_failures + 1;
+                let backoff = self
+                    .settings
+                    .retry_delay
+                    .saturating_mul(1 << failures.min(16))
+                    .min(MAX_BACKOFF);
+                (
+                    TokenEventKind::NetworkError {
+                        reason: reason.clone(),
+                    },
+                    Health::Failing(reason),
+                    None,
+                    Some(error.retry_after().unwrap_or(backoff).min(MAX_BACKOFF)),
+                )
+            }
+        };
+        tracing::warn!(target: "tokens", account, state = health.name(), error = %error, "token request failed");
+        {
+            let mut state = lock(&slot.state);
+            state.health = health;
+            state.held_until = held.map(|d| Instant::now() + d);
+            state.retry_at = retry.map(|d| Instant::now() + d);
+            state.failures += 1;
+            state.consecutive_failures += 1;
+        }
+        self.emit(account, kind);
+    }
+
+    /// Runs `request` with up to `retry_attempts` retries for transient errors, doubling
+    /// `retry_delay` with jitter, and honouring Retry-After.
+    async fn with_retries<F, Fut>(
+        &self,
+        account: &str,
+        request: F,
+    ) -> Result<TokenResponse, TokenError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<TokenResponse, TokenError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let error = match request().await {
+                Ok(response) => return Ok(response),
+                Err(e) => e,
+            };
+            let retryable = error.class() == ErrorClass::Transient || error.is_clock_skew();
+            if !retryable || attempt >= self.settings.retry_attempts {
+                return Err(error);
+            }
+            let base = self
+                .settings
+                .retry_delay
+                .saturating_mul(1 << attempt.min(16));
+            let jitter = 0.5 + rand::random::<f64>();
+            let delay = error
+                .retry_after()
+                .unwrap_or_else(|| base.mul_f64(jitter))
+                .min(MAX_BACKOFF);
+            tracing::info!(target: "tokens", account, error = %error, retry_in_ms = delay.as_millis() as u64, "token request failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Loads the store again if another process (the CLI) wrote it.
+    pub async fn reload_if_changed(&self) {
+        let version = self.store.version();
+        if *lock(&self.store_version) == version {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let loaded = tokio::task::spawn_blocking(move || store.load_all()).await;
+        let stored = match loaded {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => {
+                tracing::error!(target: "tokens", error = %e, "cannot read the token store");
+                *lock(&self.store_version) = version;
+                return;
+            }
+            Err(_) => return,
+        };
+        *lock(&self.store_version) = version;
+        for (account, slot) in &self.slots {
+            let on_disk = stored.get(account).cloned().unwrap_or_default();
+            let mut state = lock(&slot.state);
+            if state.tokens == on_disk {
+                continue;
+            }
+            let fresh = SlotState::new(on_disk);
+            state.tokens = fresh.tokens;
+            state.expires = fresh.expires;
+            state.health = fresh.health;
+            state.held_until = None;
+            state.retry_at = None;
+            state.consecutive_failures = 0;
+            drop(state);
+            tracing::info!(target: "tokens", account, "loaded tokens written by another process");
+            self.emit(account, TokenEventKind::Loaded);
+        }
+    }
+
+    /// When the account next needs a token request, if it does on its own.
+    fn next_refresh(&self, slot: &Slot) -> Option<Instant> {
+        let state = lock(&slot.state);
+        if let Some(until) = state.held_until {
+            return Some(until);
+        }
+        if let Some(retry) = state.retry_at {
+            return Some(retry);
+        }
+        match (&state.tokens.access_token, state.expires) {
+            (Some(_), Some(expires)) => Some(
+                expires
+                    .checked_sub(self.settings.refresh_before)
+                    .unwrap_or_else(Instant::now),
+            ),
+            // App-only accounts can get their first token without anyone's help; delegated
+            // accounts with a refresh token but no access token can too.
+            _ if slot.flow == Flow::ClientCredentials || state.tokens.refresh_token.is_some() => {
+                Some(Instant::now())
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps every account fresh until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let now = Instant::now();
+            let mut wake = now + STORE_POLL;
+            for (account, slot) in &self.slots {
+                let Some(due) = self.next_refresh(slot) else {
+                    continue;
+                };
+                if due <= now {
+                    let _flight = slot.refresh.lock().await;
+                    // Re-check under the lock: a caller may have just refreshed.
+                    if self.next_refresh(slot).is_some_and(|d| d <= Instant::now()) {
+                        let _ = self.refresh_locked(account, slot).await;
+                    }
+                } else {
+                    wake = wake.min(due);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            self.reload_if_changed().await;
+        }
+    }
+
+    pub fn statuses(&self) -> Vec<AccountStatus> {
+        let now = unix_now();
+        self.slots
+            .iter()
+            .map(|(account, slot)| {
+                let next = self.next_refresh(slot).map(|at| unix_of(at, now));
+                let state = lock(&slot.state);
+                let tokens = &state.tokens;
+                AccountStatus {
+                    account: account.clone(),
+                    flow: slot.flow.as_str(),
+                    health: state.health.clone(),
+                    access_token_expires_at: tokens
+                        .access_token
+                        .as_ref()
+                        .map(|_| tokens.expires_at),
+                    access_token_expires_in_secs: tokens
+                        .access_token
+                        .as_ref()
+                        .map(|_| tokens.expires_at as i64 - now as i64),
+                    has_refresh_token: tokens.refresh_token.is_some(),
+                    refresh_token_age_secs: tokens
+                        .refresh_token_issued_at
+                        .map(|at| now.saturating_sub(at)),
+                    refresh_token_expires_at: tokens
+                        .refresh_token
+                        .as_ref()
+                        .and(tokens.refresh_token_issued_at)
+                        .map(|at| at + REFRESH_TOKEN_LIFETIME.as_secs()),
+                    login_at: tokens.login_at,
+                    last_refresh_at: tokens.refreshed_at,
+                    next_refresh_at: next,
+                    auto_refresh: slot.flow == Flow::ClientCredentials
+                        || tokens.refresh_token.is_some(),
+                    refreshes_total: state.refreshes,
+                    refresh_failures_total: state.failures,
+                    consecutive_failures: state.consecutive_failures,
+                    average_lifetime_secs: (state.refreshes > 0)
+                        .then(|| state.lifetime_total.as_secs() / state.refreshes),
+                }
+            })
+            .collect()
+    }
+
+    pub fn account_config(&self, account: &str) -> Option<&AccountConfig> {
+        self.slots
+            .get(account)
+            .and_then(|s| s.account.as_ref().ok())
+            .map(|a| &a.config)
+    }
+
+    pub fn oauth_account(&self, account: &str) -> Result<&OAuthAccount, TokenError> {
+        match &self.slot(account)?.account {
+            Ok(oauth) => Ok(oauth),
+            Err(reason) => Err(TokenError::Credential(reason.clone())),
+        }
+    }
+
+    pub fn client(&self) -> &TokenClient {
+        &self.client
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The Tokio instant at which a Unix time falls (in the past if it has passed).
+fn instant_of(unix: u64) -> Instant {
+    let now = unix_now();
+    let now_instant = Instant::now();
+    if unix >= now {
+        now_instant + Duration::from_secs(unix - now)
+    } else {
+        now_instant
+            .checked_sub(Duration::from_secs(now - unix))
+            .unwrap_or(now_instant)
+    }
+}
+
+fn unix_of(at: Instant, now_unix: u64) -> u64 {
+    let now = Instant::now();
+    if at >= now {
+        now_unix + (at - now).as_secs()
+    } else {
+        now_unix.saturating_sub((now - at).as_secs())
+    }
+}
