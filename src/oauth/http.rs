@@ -36,12 +36,72 @@ pub fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error
     }
 }
 
-#[derive(Clone)]
-pub struct TokenClient {
+/// One HTTP exchange as the token client sees it.
+pub struct RawResponse {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Sends a form POST. Production uses HTTPS via reqwest; tests can answer in-process (with
+/// Tokio's clock paused, where real sockets and timeouts do not mix).
+pub trait Transport: Send + Sync {
+    /// `Err` is a network-level failure, described for the admin.
+    fn post_form<'a>(
+        &'a self,
+        url: &'a str,
+        form: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<RawResponse, String>>;
+}
+
+struct Https {
     http: reqwest::Client,
 }
 
+impl Transport for Https {
+    fn post_form<'a>(
+        &'a self,
+        url: &'a str,
+        form: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<RawResponse, String>> {
+        Box::pin(async move {
+            let response = self
+                .http
+                .post(url)
+                .header("Accept", "application/json")
+                .form(form)
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .map(Duration::from_secs);
+            let body = response.bytes().await.map_err(|e| error_chain(&e))?;
+            Ok(RawResponse {
+                status,
+                retry_after,
+                body: body.to_vec(),
+            })
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct TokenClient {
+    transport: std::sync::Arc<dyn Transport>,
+}
+
 impl TokenClient {
+    pub fn with_transport(transport: std::sync::Arc<dyn Transport>) -> TokenClient {
+        TokenClient { transport }
+    }
+
     pub fn new() -> Result<TokenClient, TokenError> {
         let tls = crate::client_tls::client_config(None)
             .map_err(|e| TokenError::Credential(e.to_string()))?;
@@ -52,7 +112,9 @@ impl TokenClient {
             .user_agent(concat!("smtprelay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TokenError::Credential(format!("cannot set up HTTP: {e}")))?;
-        Ok(TokenClient { http })
+        Ok(TokenClient::with_transport(std::sync::Arc::new(Https {
+            http,
+        })))
     }
 
     pub async fn post_form<T: DeserializeOwned>(
@@ -60,25 +122,15 @@ impl TokenClient {
         url: &str,
         form: &[(&str, &str)],
     ) -> Result<T, TokenError> {
-        let response = self
-            .http
-            .post(url)
-            .header("Accept", "application/json")
-            .form(form)
-            .send()
+        let RawResponse {
+            status,
+            retry_after,
+            body,
+        } = self
+            .transport
+            .post_form(url, form)
             .await
-            .map_err(|e| TokenError::Network(error_chain(&e)))?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .map(Duration::from_secs);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| TokenError::Network(error_chain(&e)))?;
+            .map_err(TokenError::Network)?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&body)
                 .map_err(|e| TokenError::BadResponse(e.to_string()));

@@ -2,6 +2,9 @@
 //! that can switch to TLS, and an rcgen certificate authority.
 #![allow(dead_code)]
 
+pub mod entra;
+pub mod tokens;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,112 @@
+//! Token manager fixtures: configs pointing at the Entra double, stores, certificates.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use smtprelay::config::Config;
+use smtprelay::oauth::http::TokenClient;
+use smtprelay::oauth::manager::TokenManager;
+use smtprelay::oauth::{FileStore, TokenKey};
+
+use super::entra::{App, Entra, TENANT};
+
+pub const SECRET: &str = "Xq8Q~client-secret-value-0123456789";
+
+pub struct TokenFixture {
+    pub dir: tempfile::TempDir,
+    pub entra: Entra,
+    pub key: TokenKey,
+    pub config: Config,
+}
+
+/// An `[[account]]` table for the Entra double.
+pub fn account(entra: &Entra, name: &str, client_id: &str, flow: &str, extra: &str) -> String {
+    format!(
+        "[[account]]\nname = {name:?}\ntenant = {TENANT:?}\nclient_id = {client_id:?}\nflow = {flow:?}\n\
+         authority = {:?}\nmailbox = \"relay@contoso.com\"\n{extra}\n",
+        entra.authority()
+    )
+}
+
+impl TokenFixture {
+    /// A config with the given `[[account]]` tables; files named in them are relative to
+    /// the fixture's directory.
+    pub async fn new(entra: Entra, accounts: impl Fn(&Entra) -> String) -> TokenFixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
+        let text = format!(
+            "[server]\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
+             [tokens]\nretry_attempts = 3\nretry_delay = \"20ms\"\nrefresh_before = \"5m\"\n{}",
+            accounts(&entra)
+        );
+        let path = dir.path().join("smtprelay.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&config.server.state_dir).unwrap();
+        TokenFixture {
+            dir,
+            entra,
+            key: TokenKey::generate(),
+            config,
+        }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.config.server.state_dir.join("tokens.json.enc")
+    }
+
+    pub fn store(&self) -> FileStore {
+        FileStore::new(self.store_path(), self.key.clone(), 5)
+    }
+
+    pub fn manager(&self) -> Arc<TokenManager> {
+        Arc::new(TokenManager::new(
+            &self.config,
+            Arc::new(self.store()),
+            TokenClient::new().unwrap(),
+        ))
+    }
+}
+
+/// A self-signed certificate for `key_pem`, written next to the key; returns (cert path,
+/// key path, certificate DER).
+pub fn certificate(dir: &Path, key_pem: &str, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["smtprelay-app".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pem).unwrap();
+    (cert_path, key_path, cert.der().to_vec())
+}
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+pub fn app(client_id: &str) -> App {
+    App {
+        client_id: client_id.into(),
+        user: "relay@contoso.com".into(),
+        ..Default::default()
+    }
+}
+
+/// Decodes a JWT's claims without checking its signature (as `token test` does).
+pub fn claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
