@@ -421,26 +421,34 @@ async fn authorization_code_with_pkce_through_the_loopback_listener() {
     assert!(manager.access_token("contoso").await.is_ok());
 }
 
-#[tokio::test]
-async fn authorization_code_with_a_pasted_redirect_url() {
+/// A login where the browser runs elsewhere and the admin pastes what `paste` makes of the
+/// redirected URL, line by line.
+async fn pasted_login(
+    paste: fn(String) -> Vec<String>,
+) -> Result<smtprelay::oauth::http::TokenResponse, smtprelay::oauth::error::TokenError> {
     let fx = auth_code_fixture(free_port()).await;
     let manager = fx.manager();
     let oauth = manager.oauth_account("contoso").unwrap();
-    let (paste, pasted) = tokio::sync::mpsc::channel(4);
-    let response = oauth
+    let (lines, pasted) = tokio::sync::mpsc::channel(4);
+    oauth
         .authorization_code(
             manager.client(),
             |url| {
                 let url = url.to_owned();
                 tokio::spawn(async move {
-                    // The browser ran elsewhere; the admin pastes the address bar.
-                    let redirect = browser(url).await;
-                    paste.send("not the url".into()).await.unwrap();
-                    paste.send(redirect).await.unwrap();
+                    for line in paste(browser(url).await) {
+                        lines.send(line).await.unwrap();
+                    }
                 });
             },
             pasted,
         )
+        .await
+}
+
+#[tokio::test]
+async fn authorization_code_with_a_pasted_redirect_url() {
+    let response = pasted_login(|redirect| vec!["not the url".into(), redirect])
         .await
         .unwrap();
     assert!(response.refresh_token.is_some());
@@ -448,23 +456,7 @@ async fn authorization_code_with_a_pasted_redirect_url() {
 
 #[tokio::test]
 async fn a_forged_redirect_state_is_refused() {
-    let fx = auth_code_fixture(free_port()).await;
-    let manager = fx.manager();
-    let oauth = manager.oauth_account("contoso").unwrap();
-    let (paste, pasted) = tokio::sync::mpsc::channel(4);
-    let error = oauth
-        .authorization_code(
-            manager.client(),
-            |url| {
-                let url = url.to_owned();
-                tokio::spawn(async move {
-                    let redirect = browser(url).await;
-                    let forged = redirect.replace("state=", "state=x");
-                    paste.send(forged).await.unwrap();
-                });
-            },
-            pasted,
-        )
+    let error = pasted_login(|redirect| vec![redirect.replace("state=", "state=x")])
         .await
         .unwrap_err();
     assert!(

@@ -527,12 +527,28 @@ async fn token(
             .unwrap_or("")
     );
     let scope = form.get("scope").cloned().unwrap_or_default();
+    let known_grant = matches!(
+        grant_type.as_str(),
+        "client_credentials"
+            | "refresh_token"
+            | "authorization_code"
+            | "urn:ietf:params:oauth:grant-type:device_code"
+    );
+    if !known_grant {
+        return error(
+            400,
+            "unsupported_grant_type",
+            70003,
+            &format!("The app requested an unsupported grant type '{grant_type}'."),
+        );
+    }
+    // Only client credentials demand a confidential client.
+    let app = match authenticate_client(&s, &form, &endpoint, grant_type == "client_credentials") {
+        Ok(app) => app,
+        Err(response) => return response,
+    };
     match grant_type.as_str() {
         "client_credentials" => {
-            let app = match authenticate_client(&s, &form, &endpoint, true) {
-                Ok(app) => app,
-                Err(response) => return response,
-            };
             if !scope.ends_with("/.default") || scope.contains(' ') {
                 return error(
                     400,
@@ -544,10 +560,6 @@ async fn token(
             issue(&mut s, &app, &scope, false)
         }
         "refresh_token" => {
-            let app = match authenticate_client(&s, &form, &endpoint, false) {
-                Ok(app) => app,
-                Err(response) => return response,
-            };
             let presented = form.get("refresh_token").cloned().unwrap_or_default();
             let Some(record) = s.refresh_tokens.get_mut(&presented) else {
                 return error(
@@ -586,10 +598,6 @@ async fn token(
             issue(&mut s, &app, &scope, true)
         }
         "urn:ietf:params:oauth:grant-type:device_code" => {
-            let app = match authenticate_client(&s, &form, &endpoint, false) {
-                Ok(app) => app,
-                Err(response) => return response,
-            };
             let code = form.get("device_code").cloned().unwrap_or_default();
             let Some(device) = s.device_codes.get_mut(&code) else {
                 return device_error("bad_verification_code", 70019);
@@ -620,10 +628,6 @@ async fn token(
             }
         }
         "authorization_code" => {
-            let app = match authenticate_client(&s, &form, &endpoint, false) {
-                Ok(app) => app,
-                Err(response) => return response,
-            };
             let code = form.get("code").cloned().unwrap_or_default();
             let Some(grant) = s.auth_codes.remove(&code) else {
                 return error(
@@ -658,12 +662,7 @@ async fn token(
             }
             issue(&mut s, &app, &grant.scope, true)
         }
-        other => error(
-            400,
-            "unsupported_grant_type",
-            70003,
-            &format!("The app requested an unsupported grant type '{other}'."),
-        ),
+        _ => unreachable!("checked above"),
     }
 }
 
