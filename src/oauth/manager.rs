@@ -716,3 +716,243 @@ fn unix_of(at: Instant, now_unix: u64) -> u64 {
         now_unix.saturating_sub((now - at).as_secs())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Timing, with Tokio's clock paused and the token endpoint answered in-process.
+
+    use std::collections::VecDeque;
+    use std::path::Path;
+
+    use super::*;
+    use crate::oauth::http::{RawResponse, Transport};
+    use crate::oauth::store::StoreError;
+
+    /// Answers token requests from a script, then with fresh tokens; records when each
+    /// request came.
+    #[derive(Default)]
+    struct Scripted {
+        script: Mutex<VecDeque<RawResponse>>,
+        requests: Mutex<Vec<(Instant, String)>>,
+        lifetime: u64,
+    }
+
+    impl Scripted {
+        fn request_times(&self) -> Vec<Duration> {
+            let requests = lock(&self.requests);
+            let start = requests.first().map(|r| r.0);
+            requests.iter().map(|r| r.0 - start.unwrap()).collect()
+        }
+    }
+
+    fn json(status: u16, body: serde_json::Value, retry_after: Option<u64>) -> RawResponse {
+        RawResponse {
+            status,
+            retry_after: retry_after.map(Duration::from_secs),
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    impl Transport for Scripted {
+        fn post_form<'a>(
+            &'a self,
+            _url: &'a str,
+            form: &'a [(&'a str, &'a str)],
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<RawResponse, String>> + Send + 'a>,
+        > {
+            let grant = form
+                .iter()
+                .find(|(k, _)| *k == "grant_type")
+                .map_or("devicecode", |(_, v)| v)
+                .to_owned();
+            lock(&self.requests).push((Instant::now(), grant.clone()));
+            let scripted = lock(&self.script).pop_front();
+            let n = lock(&self.requests).len();
+            let response = scripted.unwrap_or_else(|| {
+                json(
+                    200,
+                    serde_json::json!({
+                        "token_type": "Bearer",
+                        "access_token": format!("token-{n}"),
+                        "refresh_token": format!("refresh-{n}"),
+                        "expires_in": self.lifetime,
+                    }),
+                    None,
+                )
+            });
+            Box::pin(async move { Ok(response) })
+        }
+    }
+
+    #[derive(Default)]
+    struct MemoryStore(Mutex<BTreeMap<String, StoredTokens>>);
+
+    impl TokenStore for MemoryStore {
+        fn load_all(&self) -> Result<BTreeMap<String, StoredTokens>, StoreError> {
+            Ok(lock(&self.0).clone())
+        }
+        fn save(&self, account: &str, tokens: &StoredTokens) -> Result<(), StoreError> {
+            lock(&self.0).insert(account.to_owned(), tokens.clone());
+            Ok(())
+        }
+        fn remove(&self, account: &str) -> Result<bool, StoreError> {
+            Ok(lock(&self.0).remove(account).is_some())
+        }
+        fn version(&self) -> Option<StoreVersion> {
+            None
+        }
+    }
+
+    fn manager(dir: &Path, flow: &str, transport: Arc<Scripted>) -> Arc<TokenManager> {
+        std::fs::write(dir.join("secret"), "s3cret").unwrap();
+        let text = format!(
+            "[server]\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
+             [tokens]\nretry_attempts = 3\nretry_delay = \"1s\"\nrefresh_before = \"5m\"\n\
+             [[account]]\nname = \"contoso\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"app\"\n\
+             flow = \"{flow}\"\nclient_secret_file = \"secret\"\nmailbox = \"relay@contoso.com\"\n"
+        );
+        let config = Config::parse(&dir.join("smtprelay.toml"), text).unwrap();
+        Arc::new(TokenManager::new(
+            &config,
+            Arc::new(MemoryStore::default()),
+            TokenClient::with_transport(transport),
+        ))
+    }
+
+    fn scripted(lifetime: u64) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            lifetime,
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_happens_when_less_than_the_margin_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(3600);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint));
+        let first = manager.access_token("contoso").await.unwrap();
+        tokio::time::advance(Duration::from_secs(3600 - 300 - 1)).await;
+        assert_eq!(
+            manager.access_token("contoso").await.unwrap().token,
+            first.token
+        );
+        assert_eq!(endpoint.request_times().len(), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_ne!(
+            manager.access_token("contoso").await.unwrap().token,
+            first.token
+        );
+        assert_eq!(endpoint.request_times().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_background_task_keeps_tokens_fresh_without_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(3600);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
+        // Refreshes are due at 0, 55 min, 1 h 50 min, 2 h 45 min, 3 h 40 min.
+        tokio::time::sleep(Duration::from_secs(3 * 3600 + 20 * 60)).await;
+        let times = endpoint.request_times();
+        assert_eq!(times.len(), 4, "{times:?}");
+        for (i, at) in times.iter().enumerate() {
+            assert_eq!(at.as_secs(), i as u64 * 3300, "{times:?}");
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        let status = &manager.statuses()[0];
+        assert_eq!(status.refreshes_total, 4);
+        assert_eq!(status.average_lifetime_secs, Some(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_back_off_and_honour_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(3600);
+        lock(&endpoint.script).extend([
+            json(503, serde_json::json!({}), None),
+            json(500, serde_json::json!({}), None),
+            json(
+                429,
+                serde_json::json!({"error": "temporarily_unavailable"}),
+                Some(30),
+            ),
+        ]);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint));
+        manager.access_token("contoso").await.unwrap();
+        let times = endpoint.request_times();
+        assert_eq!(times.len(), 4);
+        // 1 s then 2 s, each with ±50% jitter, then the server's 30 s.
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps[0] >= Duration::from_millis(500) && gaps[0] < Duration::from_millis(1500),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps[1] >= Duration::from_secs(1) && gaps[1] < Duration::from_secs(3),
+            "{gaps:?}"
+        );
+        assert_eq!(gaps[2], Duration::from_secs(30), "{gaps:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn device_code_polling_follows_interval_and_slow_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(3600);
+        let pending = || {
+            json(
+                400,
+                serde_json::json!({"error": "authorization_pending"}),
+                None,
+            )
+        };
+        lock(&endpoint.script).extend([
+            json(
+                200,
+                serde_json::json!({"device_code": "dc", "user_code": "ABCD", "verification_uri": "https://microsoft.com/devicelogin", "expires_in": 900, "interval": 5}),
+                None,
+            ),
+            pending(),
+            json(400, serde_json::json!({"error": "slow_down"}), None),
+            pending(),
+        ]);
+        let manager = manager(dir.path(), "device_code", Arc::clone(&endpoint));
+        let oauth = manager.oauth_account("contoso").unwrap();
+        let response = oauth.device_code(manager.client(), |_| {}).await.unwrap();
+        assert_eq!(response.refresh_token.unwrap().expose(), "refresh-5");
+        let times: Vec<u64> = endpoint
+            .request_times()
+            .iter()
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(times, [0, 5, 10, 20, 30]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_device_code_ends_the_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(3600);
+        lock(&endpoint.script).push_back(json(
+            200,
+            serde_json::json!({"device_code": "dc", "user_code": "ABCD", "verification_uri": "https://microsoft.com/devicelogin", "expires_in": "12", "interval": "5"}),
+            None,
+        ));
+        for _ in 0..10 {
+            lock(&endpoint.script).push_back(json(
+                400,
+                serde_json::json!({"error": "authorization_pending"}),
+                None,
+            ));
+        }
+        let manager = manager(dir.path(), "device_code", endpoint);
+        let oauth = manager.oauth_account("contoso").unwrap();
+        let error = oauth
+            .device_code(manager.client(), |_| {})
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("expired"), "{error}");
+    }
+}
