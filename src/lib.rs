@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod client_tls;
 pub mod config;
+pub mod delivery;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;

@@ -19,3 +19,12 @@ pub fn init(config: &LogConfig) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// For CLI commands: warnings and errors only (token events, retries), unless `RUST_LOG` says
+/// otherwise; the command's own output goes to stdout.
+pub fn init_cli() {
+    init(&LogConfig {
+        level: "warn".into(),
+        format: LogFormat::Text,
+    });
+}

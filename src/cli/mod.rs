@@ -4,6 +4,7 @@ mod check_config;
 mod hash_password;
 mod queue;
 mod serve;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ const EXIT_CONFIG: u8 = 78;
     about = "SMTP relay for devices and apps, sending through Exchange Online with OAuth2"
 )]
 pub struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG, env = "SMTPRELAY_CONFIG")]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,9 +36,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the relay.
-    Serve(ConfigArg),
+    Serve,
     /// Check the configuration file and print every problem found.
-    CheckConfig(ConfigArg),
+    CheckConfig,
     /// Inspect the queue.
     Queue {
         #[command(subcommand)]
@@ -42,32 +46,26 @@ enum Command {
     },
     /// Hash a password for a [[user]] table (reads it from the terminal or stdin).
     HashPassword,
+    /// OAuth2 tokens: login, status, refresh, clear, backup, restore, keygen, test.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum QueueCommand {
     /// List queued messages: ID, age, size, state, sender, recipients.
     List {
-        #[command(flatten)]
-        config: ConfigArg,
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
 }
 
-#[derive(clap::Args, Debug)]
-struct ConfigArg {
-    /// The configuration file.
-    #[arg(long, short, default_value = DEFAULT_CONFIG, env = "SMTPRELAY_CONFIG")]
-    config: PathBuf,
-}
-
-impl ConfigArg {
-    /// Loads the configuration, printing every problem on failure.
-    fn load(&self) -> Result<Config, ExitCode> {
-        Config::load(&self.config).map_err(|e| report_config_error(&e))
-    }
+/// Loads the configuration, printing every problem on failure.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| report_config_error(&e))
 }
 
 fn report_config_error(error: &ConfigError) -> ExitCode {
@@ -79,13 +77,15 @@ fn report_config_error(error: &ConfigError) -> ExitCode {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    let path = cli.config.as_path();
     let result = match cli.command {
-        Command::Serve(arg) => arg.load().and_then(serve::run),
-        Command::CheckConfig(arg) => check_config::run(&arg.config),
+        Command::Serve => load(path).and_then(serve::run),
+        Command::CheckConfig => check_config::run(path),
         Command::Queue {
-            command: QueueCommand::List { config, json },
-        } => config.load().and_then(|c| queue::list(&c, json)),
+            command: QueueCommand::List { json },
+        } => load(path).and_then(|c| queue::list(&c, json)),
         Command::HashPassword => hash_password::run(),
+        Command::Token { command } => load(path).and_then(|c| token::run(c, command)),
     };
     result.unwrap_or_else(|code| code)
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod entra;
+pub mod exchange;
 pub mod tokens;
 
 use std::net::SocketAddr;

@@ -1,0 +1,350 @@
+//! `smtprelay token …`: log in, inspect, refresh, clear, back up and restore tokens, make the
+//! store key, and test a token against the upstream. Works with or without the daemon
+//! running: both share the store under its lock, and the daemon picks up what is written here.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::{Config, Flow};
+use crate::oauth::check::token_test;
+use crate::oauth::http::TokenClient;
+use crate::oauth::manager::{AccountStatus, TokenManager, unix_now};
+use crate::oauth::{FileStore, TokenKey, TokenStore};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Log in for an account (device code or browser, as its flow says).
+    Login(AccountArg),
+    /// Show every account's token state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Get a new access token now.
+    Refresh(AccountArg),
+    /// Forget an account's tokens (the previous store is kept as a backup).
+    Clear(AccountArg),
+    /// Copy the encrypted store to a file (it needs the same key to be restored).
+    Backup {
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Replace the store with a backup (default: the newest rotated copy).
+    Restore { file: Option<PathBuf> },
+    /// Write a new store key to [tokens] key_file (or --to).
+    Keygen {
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Get a token, check its claims, and log in to the upstream with it.
+    Test {
+        #[command(flatten)]
+        account: AccountArg,
+        /// Mailbox for XOAUTH2 when the account's mailbox is "{sender}".
+        #[arg(long)]
+        mailbox: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AccountArg {
+    /// The [[account]] name; may be left out when there is only one.
+    #[arg(long)]
+    account: Option<String>,
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+pub fn run(config: Config, command: TokenCommand) -> Result<ExitCode, ExitCode> {
+    crate::logging::init_cli();
+    if let TokenCommand::Keygen { to } = &command {
+        return keygen(&config, to.as_deref());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)?;
+    runtime.block_on(run_async(config, command))
+}
+
+fn open_store(config: &Config) -> Result<FileStore, ExitCode> {
+    let key = TokenKey::load(config.tokens.key_file.as_deref()).map_err(fail)?;
+    std::fs::create_dir_all(&config.server.state_dir)
+        .map_err(|e| fail(format!("{}: {e}", config.server.state_dir.display())))?;
+    Ok(FileStore::new(
+        config.server.state_dir.join(&config.tokens.file),
+        key,
+        config.tokens.backups,
+    ))
+}
+
+fn choose_account(config: &Config, arg: &AccountArg) -> Result<String, ExitCode> {
+    let names: Vec<&str> = config.accounts.iter().map(|a| a.name.as_str()).collect();
+    match (&arg.account, names.as_slice()) {
+        (Some(name), _) if names.contains(&name.as_str()) => Ok(name.clone()),
+        (Some(name), _) => Err(fail(format!(
+            "no account {name:?}; configured: {}",
+            names.join(", ")
+        ))),
+        (None, [only]) => Ok((*only).to_owned()),
+        (None, []) => Err(fail("no [[account]] is configured")),
+        (None, _) => Err(fail(format!(
+            "several accounts are configured; choose one with --account ({})",
+            names.join(", ")
+        ))),
+    }
+}
+
+async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, ExitCode> {
+    let store = open_store(&config)?;
+    let store_path = store.path().to_owned();
+    match command {
+        TokenCommand::Backup { to } => {
+            let to = to.unwrap_or_else(|| {
+                let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+                PathBuf::from(format!("{}.backup-{stamp}", store_path.display()))
+            });
+            let count = store.backup_to(&to).map_err(fail)?;
+            println!(
+                "Backed up {count} account(s) to {} (encrypted; keep the key with it).",
+                to.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        TokenCommand::Restore { file } => {
+            let from = file.unwrap_or_else(|| store.backup_path(1));
+            let count = store.restore_from(&from).map_err(fail)?;
+            println!(
+                "Restored {count} account(s) from {}; the replaced store is {}.",
+                from.display(),
+                store.backup_path(1).display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let manager = TokenManager::new(&config, Arc::new(store), TokenClient::new().map_err(fail)?);
+    match command {
+        TokenCommand::Login(arg) => login(&config, &manager, &choose_account(&config, &arg)?).await,
+        TokenCommand::Status { json } => {
+            let statuses = manager.statuses();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&statuses).expect("serialises")
+                );
+            } else {
+                print_status(&statuses);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Refresh(arg) => {
+            let account = choose_account(&config, &arg)?;
+            let token = manager.refresh_now(&account).await.map_err(fail)?;
+            println!(
+                "{account}: new access token, valid for {}.",
+                duration(token.expires_at.saturating_sub(unix_now()))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Clear(arg) => {
+            let account = choose_account(&config, &arg)?;
+            let removed = open_store(&config)?.remove(&account).map_err(fail)?;
+            if removed {
+                println!(
+                    "{account}: tokens removed (the previous store is {}.1).",
+                    store_path.display()
+                );
+            } else {
+                println!("{account}: no tokens were stored.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Test { account, mailbox } => {
+            let account = choose_account(&config, &account)?;
+            let steps = token_test(
+                &manager,
+                &account,
+                mailbox.as_deref(),
+                &config.server.hostname,
+            )
+            .await;
+            let mut ok = true;
+            for step in &steps {
+                println!(
+                    "{} {:<8} {}",
+                    if step.ok { "ok  " } else { "FAIL" },
+                    step.title,
+                    step.detail
+                );
+                ok &= step.ok;
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        TokenCommand::Backup { .. }
+        | TokenCommand::Restore { .. }
+        | TokenCommand::Keygen { .. } => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+async fn login(
+    config: &Config,
+    manager: &TokenManager,
+    account: &str,
+) -> Result<ExitCode, ExitCode> {
+    let oauth = manager.oauth_account(account).map_err(fail)?;
+    let client = manager.client();
+    let response = match oauth.config.flow {
+        Flow::ClientCredentials => {
+            println!(
+                "{account} uses client credentials: no login is needed. Checking that a token can be had…"
+            );
+            let token = manager.refresh_now(account).await.map_err(fail)?;
+            println!(
+                "ok: token valid for {}. The relay renews it by itself.",
+                duration(token.expires_at.saturating_sub(unix_now()))
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Flow::DeviceCode => oauth
+            .device_code(client, |authorization| {
+                println!();
+                match &authorization.message {
+                    Some(message) => println!("{message}"),
+                    None => println!(
+                        "To sign in, open {} in a browser and enter the code {}",
+                        authorization.verification_uri, authorization.user_code
+                    ),
+                }
+                println!(
+                    "Sign in as the mailbox this account sends as ({}). Waiting…",
+                    oauth.config.mailbox
+                );
+            })
+            .await
+            .map_err(fail)?,
+        Flow::AuthorizationCode => {
+            let (lines, pasted) = tokio::sync::mpsc::channel(4);
+            if std::io::stdin().is_terminal() {
+                std::thread::spawn(move || {
+                    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                        if lines.blocking_send(line).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            oauth
+                .authorization_code(
+                    client,
+                    |url| {
+                        println!("\nOpen this address in a browser and sign in as {}:\n\n  {url}\n", oauth.config.mailbox);
+                        println!(
+                            "The browser returns to http://localhost:{}/. If it runs on another machine, paste the address it ends on here and press Enter.",
+                            oauth.config.redirect_port
+                        );
+                    },
+                    pasted,
+                )
+                .await
+                .map_err(fail)?
+        }
+    };
+    let token = manager
+        .store_response(account, response, true)
+        .await
+        .map_err(fail)?;
+    println!(
+        "\nLogged in. Access token valid for {}; the refresh token is stored encrypted in {}.",
+        duration(token.expires_at.saturating_sub(unix_now())),
+        config.server.state_dir.join(&config.tokens.file).display()
+    );
+    println!("A running relay picks it up within seconds; held mail then goes out.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(config: &Config, to: Option<&Path>) -> Result<ExitCode, ExitCode> {
+    let path = to
+        .map(Path::to_owned)
+        .or_else(|| config.tokens.key_file.clone())
+        .ok_or_else(|| fail("no [tokens] key_file is configured; name a file with --to"))?;
+    TokenKey::write_new(&path).map_err(fail)?;
+    println!("Wrote a new token key to {} (mode 0600).", path.display());
+    println!("Keep a copy somewhere safe: the token store cannot be read without it.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 => format!("{} min", secs / 60),
+        7200..172_800 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86400),
+    }
+}
+
+fn ago(at: Option<u64>) -> String {
+    at.map_or("never".into(), |t| {
+        format!("{} ago", duration(unix_now().saturating_sub(t)))
+    })
+}
+
+fn print_status(statuses: &[AccountStatus]) {
+    if statuses.is_empty() {
+        println!("No [[account]] is configured.");
+    }
+    for status in statuses {
+        println!("{} ({})", status.account, status.flow);
+        println!("  state:          {}", status.health.name());
+        if let Some(reason) = status.health.reason() {
+            println!("  reason:         {reason}");
+        }
+        let access = match status.access_token_expires_in_secs {
+            None => "none".to_owned(),
+            Some(left) if left > 0 => format!("valid, expires in {}", duration(left as u64)),
+            Some(left) => format!(
+                "expired {} ago (renewed on next use)",
+                duration(left.unsigned_abs())
+            ),
+        };
+        println!("  access token:   {access}");
+        let refresh = match (
+            status.has_refresh_token,
+            status.refresh_token_age_secs,
+            status.refresh_token_expires_at,
+        ) {
+            (false, _, _) if status.flow == "client_credentials" => {
+                "not used (client credentials)".to_owned()
+            }
+            (false, _, _) => "none: run `smtprelay token login`".to_owned(),
+            (true, Some(age), Some(expires)) => format!(
+                "issued {} ago; lapses in about {} if never used (renewed with every refresh)",
+                duration(age),
+                duration(expires.saturating_sub(unix_now()))
+            ),
+            (true, _, _) => "present".to_owned(),
+        };
+        println!("  refresh token:  {refresh}");
+        println!("  logged in:      {}", ago(status.login_at));
+        println!("  last refresh:   {}", ago(status.last_refresh_at));
+        println!(
+            "  auto-refresh:   {}",
+            if status.auto_refresh {
+                "on"
+            } else {
+                "off (needs a login)"
+            }
+        );
+    }
+}

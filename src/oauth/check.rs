@@ -1,0 +1,256 @@
+//! `smtprelay token test`: get a token, look inside it, then log in to the upstream with it,
+//! and say in plain words what is wrong at the first step that fails.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+
+use super::manager::{TokenManager, unix_now};
+use crate::config::Flow;
+use crate::delivery::{ClientError, UpstreamConnection};
+
+/// Audiences Exchange Online accepts for SMTP: the app-only and delegated resource URIs and
+/// Exchange's application ID.
+const SMTP_AUDIENCES: &[&str] = &[
+    "https://outlook.office365.com",
+    "https://outlook.office.com",
+    "00000002-0000-0ff1-ce00-000000000000",
+];
+const GRAPH_AUDIENCES: &[&str] = &[
+    "https://graph.microsoft.com",
+    "00000003-0000-0000-c000-000000000000",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub ok: bool,
+    pub title: String,
+    pub detail: String,
+}
+
+impl Step {
+    fn pass(title: impl Into<String>, detail: impl Into<String>) -> Step {
+        Step {
+            ok: true,
+            title: title.into(),
+            detail: detail.into(),
+        }
+    }
+    fn fail(title: impl Into<String>, detail: impl Into<String>) -> Step {
+        Step {
+            ok: false,
+            title: title.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Runs every check in order, stopping at the first failure that makes the rest pointless.
+pub async fn token_test(
+    manager: &TokenManager,
+    account: &str,
+    mailbox_override: Option<&str>,
+    helo_name: &str,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let config = match manager.oauth_account(account) {
+        Ok(oauth) => oauth.config.clone(),
+        Err(e) => {
+            steps.push(Step::fail("account", e.to_string()));
+            return steps;
+        }
+    };
+    let token = match manager.access_token(account).await {
+        Ok(token) => {
+            let minutes = token.expires_at.saturating_sub(unix_now()) / 60;
+            steps.push(Step::pass(
+                "token",
+                format!("obtained; valid for {minutes} more minutes"),
+            ));
+            token
+        }
+        Err(e) => {
+            steps.push(Step::fail("token", e.to_string()));
+            return steps;
+        }
+    };
+
+    match decode_claims(token.token.expose()) {
+        None => steps.push(Step::pass(
+            "claims",
+            "the token is opaque (not a JWT), so its audience cannot be checked here",
+        )),
+        Some(claims) => {
+            let (ok, detail) = judge_claims(&claims, config.flow);
+            steps.push(Step {
+                ok,
+                title: "claims".into(),
+                detail,
+            });
+            if !ok {
+                return steps;
+            }
+        }
+    }
+
+    let mailbox = match (mailbox_override, config.mailbox.as_str()) {
+        (Some(m), _) => m.to_owned(),
+        (None, "{sender}") => {
+            steps.push(Step::fail(
+                "upstream",
+                "mailbox is \"{sender}\": name a mailbox to test with --mailbox",
+            ));
+            return steps;
+        }
+        (None, m) => m.to_owned(),
+    };
+    let tls = match crate::client_tls::client_config(config.upstream.ca_file.as_deref()) {
+        Ok(tls) => Arc::new(tls),
+        Err(e) => {
+            steps.push(Step::fail("upstream", e.to_string()));
+            return steps;
+        }
+    };
+    let upstream = &config.upstream;
+    let mut connection = match UpstreamConnection::connect(upstream, tls, helo_name).await {
+        Ok(connection) => {
+            steps.push(Step::pass(
+                "connect",
+                format!(
+                    "{}:{} with TLS, certificate verified",
+                    upstream.host, upstream.port
+                ),
+            ));
+            connection
+        }
+        Err(e) => {
+            steps.push(Step::fail("connect", explain_client_error(&e)));
+            return steps;
+        }
+    };
+    match connection.auth_xoauth2(&mailbox, &token.token).await {
+        Ok(()) => steps.push(Step::pass(
+            "auth",
+            format!("AUTH XOAUTH2 as {mailbox} accepted"),
+        )),
+        Err(e) => {
+            if let Some(reply) = e.reply()
+                && reply.is_status(535, "5.7.3")
+            {
+                manager.invalidate(account, &token.token);
+            }
+            steps.push(Step::fail(
+                "auth",
+                format!("as {mailbox}: {}", explain_client_error(&e)),
+            ));
+        }
+    }
+    connection.quit().await;
+    steps
+}
+
+pub fn explain_client_error(error: &ClientError) -> String {
+    match error.reply().and_then(|r| r.diagnosis().map(|d| (r, d))) {
+        Some((reply, diagnosis)) => format!("{diagnosis} (upstream said: {reply})"),
+        None => error.to_string(),
+    }
+}
+
+/// The claims of a JWT, without checking its signature (only Exchange can, and does).
+pub fn decode_claims(token: &str) -> Option<serde_json::Value> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn judge_claims(claims: &serde_json::Value, flow: Flow) -> (bool, String) {
+    let text = |key: &str| claims[key].as_str().unwrap_or("").to_owned();
+    let audience = text("aud");
+    let who = [
+        text("upn"),
+        text("unique_name"),
+        text("preferred_username"),
+        text("appid"),
+        text("oid"),
+    ]
+    .into_iter()
+    .find(|s| !s.is_empty())
+    .unwrap_or_default();
+    let roles: Vec<String> = claims["roles"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let scopes = text("scp");
+    let summary = format!(
+        "aud={audience} identity={who} tenant={} {} expires={}",
+        text("tid"),
+        if roles.is_empty() {
+            format!("scp={scopes}")
+        } else {
+            format!("roles={}", roles.join(","))
+        },
+        claims["exp"].as_u64().unwrap_or(0),
+    );
+    if GRAPH_AUDIENCES.contains(&audience.as_str()) {
+        return (
+            false,
+            format!(
+                "{summary}: this is a Microsoft Graph token; SMTP needs an Exchange Online token (scope https://outlook.office365.com/.default app-only, https://outlook.office.com/SMTP.Send delegated)"
+            ),
+        );
+    }
+    if !SMTP_AUDIENCES.contains(&audience.as_str()) {
+        return (
+            false,
+            format!("{summary}: the audience is not Exchange Online; check the scope"),
+        );
+    }
+    match flow {
+        Flow::ClientCredentials if !roles.iter().any(|r| r == "SMTP.SendAsApp") => (
+            false,
+            format!(
+                "{summary}: the app has no SMTP.SendAsApp application permission; add it under API permissions (Office 365 Exchange Online) and grant admin consent"
+            ),
+        ),
+        Flow::DeviceCode | Flow::AuthorizationCode
+            if !scopes.split(' ').any(|s| s == "SMTP.Send") =>
+        {
+            (
+                false,
+                format!("{summary}: the token lacks the SMTP.Send delegated permission"),
+            )
+        }
+        _ => (true, summary),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn audiences_and_permissions_are_judged() {
+        let app_only = json!({"aud": "https://outlook.office365.com", "roles": ["SMTP.SendAsApp"], "appid": "a"});
+        assert!(judge_claims(&app_only, Flow::ClientCredentials).0);
+        let graph = json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Send"]});
+        let (ok, detail) = judge_claims(&graph, Flow::ClientCredentials);
+        assert!(!ok && detail.contains("Microsoft Graph token"), "{detail}");
+        let no_role =
+            json!({"aud": "https://outlook.office365.com", "roles": ["full_access_as_app"]});
+        assert!(
+            judge_claims(&no_role, Flow::ClientCredentials)
+                .1
+                .contains("SMTP.SendAsApp")
+        );
+        let delegated =
+            json!({"aud": "https://outlook.office.com", "scp": "SMTP.Send", "upn": "u@c"});
+        assert!(judge_claims(&delegated, Flow::DeviceCode).0);
+    }
+}
