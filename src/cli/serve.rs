@@ -6,6 +6,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::oauth::http::TokenClient;
+use crate::oauth::manager::TokenManager;
+use crate::oauth::{FileStore, TokenKey};
 use crate::queue::Spool;
 use crate::smtp::listener::Server;
 use crate::smtp::policy::Policy;
@@ -42,6 +45,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
         tracing::warn!("queue.fsync = false: accepted mail can be lost in a power failure");
     }
     let shutdown = CancellationToken::new();
+    let tokens = start_token_manager(&config, &shutdown);
     let intake = Arc::new(Intake {
         policy: Policy::new(&config),
         config: Arc::new(config),
@@ -58,8 +62,48 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
         Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
     tokio::spawn(signals.stop_on_signal(shutdown));
     server.run().await;
+    if let Some(tokens) = tokens {
+        let _ = tokens.await;
+    }
     tracing::info!(queued = intake.spool.len(), "stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps every account's token fresh in the background. Without a usable store key the relay
+/// still accepts mail, which waits in the queue until the key is fixed.
+fn start_token_manager(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if config.accounts.is_empty() {
+        tracing::warn!("no [[account]] is configured: mail is queued but has nowhere to go");
+        return None;
+    }
+    let key = match TokenKey::load(config.tokens.key_file.as_deref()) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::error!(target: "tokens", error = %e, "tokens unavailable: mail is held until this is fixed");
+            return None;
+        }
+    };
+    let client = match TokenClient::new() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(target: "tokens", error = %e, "tokens unavailable");
+            return None;
+        }
+    };
+    let store = FileStore::new(
+        config.server.state_dir.join(&config.tokens.file),
+        key,
+        config.tokens.backups,
+    );
+    let manager = Arc::new(TokenManager::new(config, Arc::new(store), client));
+    for status in manager.statuses() {
+        tracing::info!(target: "tokens", account = %status.account, state = status.health.name(),
+            reason = status.health.reason().unwrap_or(""), "account");
+    }
+    Some(tokio::spawn(manager.run(shutdown.clone())))
 }
 
 struct Signals {

@@ -208,6 +208,16 @@ impl SlotState {
     }
 }
 
+/// Whether a new token that cannot be saved is still usable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Persist {
+    /// The daemon: mail keeps flowing with the token in memory (the failure is logged and
+    /// announced as an event).
+    BestEffort,
+    /// Admin commands: the stored token is the point, so a save failure is the result.
+    Required,
+}
+
 pub struct TokenManager {
     slots: BTreeMap<String, Arc<Slot>>,
     store: Arc<dyn TokenStore>,
@@ -297,7 +307,10 @@ impl TokenManager {
         let held = lock(&slot.state).held();
         let result = match held {
             Some(error) => Err(error),
-            None => self.refresh_locked(account, slot).await,
+            None => {
+                self.refresh_locked(account, slot, Persist::BestEffort)
+                    .await
+            }
         };
         // A token that is inside the refresh margin but not expired still works.
         result.or_else(|error| lock(&slot.state).token_with(Duration::ZERO).ok_or(error))
@@ -318,12 +331,15 @@ impl TokenManager {
         }
     }
 
-    /// Requests a new token now, whatever the current one's expiry (`token refresh`).
+    /// Requests a new token now, whatever the current one's expiry or hold (`token refresh`:
+    /// the admin may just have fixed what held the account). Fails if the result cannot be
+    /// saved, since the command's point is the stored token.
     pub async fn refresh_now(&self, account: &str) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
+        self.store.load_all()?;
         self.reload_if_changed().await;
         let _flight = slot.refresh.lock().await;
-        self.refresh_locked(account, slot).await
+        self.refresh_locked(account, slot, Persist::Required).await
     }
 
     /// Saves tokens from an interactive login (or a first client-credentials request).
@@ -335,11 +351,17 @@ impl TokenManager {
     ) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
         let _flight = slot.refresh.lock().await;
-        self.accept(account, slot, response, login).await
+        self.accept(account, slot, response, login, Persist::Required)
+            .await
     }
 
     /// Must be called with `slot.refresh` held.
-    async fn refresh_locked(&self, account: &str, slot: &Slot) -> Result<AccessToken, TokenError> {
+    async fn refresh_locked(
+        &self,
+        account: &str,
+        slot: &Slot,
+        persist: Persist,
+    ) -> Result<AccessToken, TokenError> {
         let oauth = match &slot.account {
             Ok(oauth) => oauth,
             Err(reason) => {
@@ -363,7 +385,7 @@ impl TokenManager {
             })
             .await;
         match result {
-            Ok(response) => self.accept(account, slot, response, false).await,
+            Ok(response) => self.accept(account, slot, response, false, persist).await,
             Err(error) => {
                 self.fail(account, slot, &error);
                 Err(error)
@@ -378,6 +400,7 @@ impl TokenManager {
         slot: &Slot,
         response: TokenResponse,
         login: bool,
+        persist: Persist,
     ) -> Result<AccessToken, TokenError> {
         let now = unix_now();
         let lifetime = Duration::from_secs(response.expires_in);
@@ -413,6 +436,7 @@ impl TokenManager {
             });
         match saved {
             Ok(()) => *lock(&self.store_version) = self.store.version(),
+            Err(e) if persist == Persist::Required => return Err(e.into()),
             Err(e) => {
                 tracing::error!(target: "tokens", account, error = %e, "cannot save the new token; using it from memory");
                 self.emit(
@@ -598,17 +622,19 @@ impl TokenManager {
     /// Keeps every account fresh until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            let now = Instant::now();
-            let mut wake = now + STORE_POLL;
+            let mut wake = Instant::now() + STORE_POLL;
             for (account, slot) in &self.slots {
                 let Some(due) = self.next_refresh(slot) else {
                     continue;
                 };
-                if due <= now {
+                // Compared with the clock read after `due`: "due now" must count as due.
+                if due <= Instant::now() {
                     let _flight = slot.refresh.lock().await;
                     // Re-check under the lock: a caller may have just refreshed.
                     if self.next_refresh(slot).is_some_and(|d| d <= Instant::now()) {
-                        let _ = self.refresh_locked(account, slot).await;
+                        let _ = self
+                            .refresh_locked(account, slot, Persist::BestEffort)
+                            .await;
                     }
                 } else {
                     wake = wake.min(due);

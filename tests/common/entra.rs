@@ -178,6 +178,18 @@ impl Entra {
         }
     }
 
+    /// Every secret this server handed out: access and refresh tokens, device codes.
+    pub fn secrets(&self) -> Vec<String> {
+        let state = self.state();
+        state
+            .issued
+            .keys()
+            .chain(state.refresh_tokens.keys())
+            .chain(state.device_codes.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Whether `token` is a current access token for `audience` (as Exchange checks).
     pub fn validate(&self, token: &str) -> Option<IssuedToken> {
         let state = self.state();

@@ -110,3 +110,24 @@ pub fn claims(token: &str) -> serde_json::Value {
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
+
+/// A tenant with two app registrations (`app-secret`: confidential, client secret
+/// [`SECRET`]; `app-public`: public client for delegated logins) and an Exchange double where
+/// app-only tokens may send as relay@contoso.com.
+pub async fn tenant() -> (Entra, super::exchange::Exchange) {
+    let entra = Entra::start().await;
+    entra.register(App {
+        secret: Some(SECRET.into()),
+        ..app("app-secret")
+    });
+    entra.register(App {
+        public_client: true,
+        ..app("app-public")
+    });
+    let exchange = super::exchange::Exchange::start(entra.clone()).await;
+    exchange
+        .state()
+        .app_mailboxes
+        .insert("relay@contoso.com".into());
+    (entra, exchange)
+}
