@@ -313,6 +313,7 @@ async fn a_revoked_refresh_token_holds_the_account_until_a_new_login() {
     let fx = device_fixture().await;
     device_login(&fx, DeviceStatus::Approved).await.unwrap();
     let manager = fx.manager();
+    let mut events = manager.subscribe();
     let token = manager.access_token("contoso").await.unwrap();
     fx.entra.revoke_refresh_tokens();
     manager.invalidate("contoso", &token.token);
@@ -322,6 +323,16 @@ async fn a_revoked_refresh_token_holds_the_account_until_a_new_login() {
         panic!()
     };
     assert!(reason.contains("log in again"), "{reason}");
+    // What metrics and alerts subscribe to.
+    let kinds: Vec<String> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|e| {
+            serde_json::to_value(&e).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["invalidated", "needs_login"]);
     // Held: no more requests, and the stored tokens are kept.
     let requests = fx.entra.state().requests.len();
     assert!(manager.access_token("contoso").await.is_err());

@@ -78,10 +78,17 @@ impl TokenKey {
 
     /// Finds the key as described in the module documentation.
     pub fn load(key_file: Option<&Path>) -> Result<TokenKey, KeyError> {
-        if let Ok(text) = std::env::var(KEY_ENV) {
+        TokenKey::load_with(key_file, |name| std::env::var(name).ok())
+    }
+
+    fn load_with(
+        key_file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<TokenKey, KeyError> {
+        if let Some(text) = env(KEY_ENV) {
             return TokenKey::parse(&text, &format!("${KEY_ENV}"));
         }
-        if let Ok(dir) = std::env::var("CREDENTIALS_DIRECTORY") {
+        if let Some(dir) = env("CREDENTIALS_DIRECTORY") {
             let path = Path::new(&dir).join(CREDENTIAL_NAME);
             if path.exists() {
                 return TokenKey::from_file(&path);
@@ -161,6 +168,34 @@ mod tests {
             Err(KeyError::Malformed { .. })
         ));
         assert!(!format!("{key:?}").contains(&hex_text[..8]));
+    }
+
+    #[test]
+    fn lookup_order_env_then_credential_then_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file_key = TokenKey::write_new(&dir.path().join("token.key")).unwrap();
+        let credentials = dir.path().join("creds");
+        fs::create_dir(&credentials).unwrap();
+        let credential_key = TokenKey::write_new(&credentials.join(CREDENTIAL_NAME)).unwrap();
+        let env_key = TokenKey::generate();
+        let env_hex = hex::encode(env_key.bytes());
+        let key_file = dir.path().join("token.key");
+        let creds = credentials.to_str().unwrap().to_owned();
+        let lookup = |with_env: bool, with_creds: bool| {
+            TokenKey::load_with(Some(&key_file), |name| match name {
+                KEY_ENV if with_env => Some(env_hex.clone()),
+                "CREDENTIALS_DIRECTORY" if with_creds => Some(creds.clone()),
+                _ => None,
+            })
+            .unwrap()
+        };
+        assert_eq!(lookup(true, true).bytes(), env_key.bytes());
+        assert_eq!(lookup(false, true).bytes(), credential_key.bytes());
+        assert_eq!(lookup(false, false).bytes(), file_key.bytes());
+        assert!(matches!(
+            TokenKey::load_with(None, |_| None),
+            Err(KeyError::Missing)
+        ));
     }
 
     #[test]
