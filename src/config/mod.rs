@@ -836,3 +836,21 @@ fn machine_hostname() -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_https_except_on_loopback() {
+        assert!(check_endpoint("https://login.microsoftonline.us").is_ok());
+        assert!(check_endpoint("http://127.0.0.1:8080/t").is_ok());
+        assert!(check_endpoint("http://localhost/t").is_ok());
+        assert!(check_endpoint("http://[::1]:9/t").is_ok());
+        let error = check_endpoint("http://login.example.com/token").unwrap_err();
+        assert!(error.contains("only for loopback"), "{error}");
+        assert!(check_endpoint("http://127.0.0.1.evil.example/t").is_err());
+        assert!(check_endpoint("ftp://x").is_err());
+        assert!(check_endpoint("https:///path").is_err());
+    }
+}
