@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::delivery::Delivery;
 use crate::oauth::http::TokenClient;
 use crate::oauth::manager::TokenManager;
 use crate::oauth::{FileStore, TokenKey};
@@ -46,10 +47,11 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     }
     let shutdown = CancellationToken::new();
     let tokens = start_token_manager(&config, &shutdown);
+    let config = Arc::new(config);
     let intake = Arc::new(Intake {
         policy: Policy::new(&config),
-        config: Arc::new(config),
-        spool,
+        config: Arc::clone(&config),
+        spool: Arc::clone(&spool),
         tls,
         shutdown: shutdown.clone(),
     });
@@ -60,10 +62,16 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     // "listening" line is always a graceful stop.
     let signals =
         Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
-    tokio::spawn(signals.stop_on_signal(shutdown));
+    tokio::spawn(signals.stop_on_signal(shutdown.clone()));
+    let delivery = tokens.map(|(manager, refresher)| {
+        let delivery = Delivery::new(Arc::clone(&spool), manager, Arc::clone(&config));
+        (refresher, tokio::spawn(delivery.run(shutdown.clone())))
+    });
     server.run().await;
-    if let Some(tokens) = tokens {
-        let _ = tokens.await;
+    if let Some((refresher, delivery)) = delivery {
+        // Workers finish the message in hand; every exchange has its own timeout.
+        let _ = delivery.await;
+        let _ = refresher.await;
     }
     tracing::info!(queued = intake.spool.len(), "stopped");
     Ok(ExitCode::SUCCESS)
@@ -74,7 +82,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
 fn start_token_manager(
     config: &Config,
     shutdown: &CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<(Arc<TokenManager>, tokio::task::JoinHandle<()>)> {
     if config.accounts.is_empty() {
         tracing::warn!("no [[account]] is configured: mail is queued but has nowhere to go");
         return None;
@@ -103,7 +111,8 @@ fn start_token_manager(
         tracing::info!(target: "tokens", account = %status.account, state = status.health.name(),
             reason = status.health.reason().unwrap_or(""), "account");
     }
-    Some(tokio::spawn(manager.run(shutdown.clone())))
+    let refresher = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
+    Some((manager, refresher))
 }
 
 struct Signals {

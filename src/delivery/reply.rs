@@ -12,6 +12,17 @@ pub struct UpstreamReply {
 }
 
 impl UpstreamReply {
+    /// A one-line reply, as recorded in a delivery state: `550 5.1.10 Recipient not found`.
+    pub fn new(code: u16, text: &str) -> UpstreamReply {
+        let mut reply = UpstreamReply {
+            code,
+            enhanced: None,
+            lines: vec![text.to_owned()],
+        };
+        reply.parse_enhanced();
+        reply
+    }
+
     pub fn text(&self) -> String {
         self.lines.join(" ")
     }
@@ -101,13 +112,7 @@ mod tests {
     use super::*;
 
     fn reply(code: u16, text: &str) -> UpstreamReply {
-        let mut reply = UpstreamReply {
-            code,
-            enhanced: None,
-            lines: vec![text.to_owned()],
-        };
-        reply.parse_enhanced();
-        reply
+        UpstreamReply::new(code, text)
     }
 
     #[test]

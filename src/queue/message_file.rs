@@ -38,6 +38,9 @@ pub struct Envelope {
     #[serde(default)]
     pub eight_bit: bool,
     pub client: ClientInfo,
+    /// A delivery status notification made by this relay: it never bounces in turn.
+    #[serde(default)]
+    pub is_dsn: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +179,7 @@ mod tests {
                 user: None,
                 tls: false,
             },
+            is_dsn: false,
         }
     }
 

@@ -1,9 +1,11 @@
-//! The durable queue: the spool on disk (this issue) and, later, the delivery scheduler.
+//! The durable queue: the spool on disk and each message's delivery state.
 
 pub mod id;
 pub mod message_file;
 pub mod spool;
+pub mod state;
 
 pub use id::QueueId;
 pub use message_file::{ClientInfo, Envelope, MessageFile};
 pub use spool::{Spool, SpoolError, SpoolPaths};
+pub use state::{DeliveryState, RecipientState, RecipientStatus};

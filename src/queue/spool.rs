@@ -5,7 +5,11 @@
 //! spool/tmp/      messages being received; never acknowledged, removed at start-up
 //! spool/queue/    one complete, fsync'd file per accepted message (see message_file.rs)
 //! spool/corrupt/  files found damaged at start-up, kept for a human to look at
+//! spool/failed/   messages that failed with `on_failure = "keep"`
 //! ```
+//!
+//! Beside each `queue/<id>.msg` may stand `queue/<id>.state`: per-recipient delivery progress,
+//! replaced atomically (see `state.rs`). The message file itself never changes.
 //!
 //! A message is acknowledged only after its file has been written, `fdatasync`'d, renamed into
 //! `queue/`, and `queue/` itself fsync'd. Directory syncs are group-committed: one fsync covers
@@ -18,10 +22,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::id::QueueId;
 use super::message_file::{Envelope, MessageFile, SpoolFileError, encode_header, encode_trailer};
+use super::state::DeliveryState;
 
 /// Content is held in memory up to this size, then streamed to the temporary file.
 const SPILL_THRESHOLD: usize = 128 * 1024;
@@ -72,8 +77,23 @@ impl SpoolPaths {
     pub fn corrupt(&self) -> PathBuf {
         self.root.join("corrupt")
     }
+    pub fn failed(&self) -> PathBuf {
+        self.root.join("failed")
+    }
     pub fn message(&self, id: QueueId) -> PathBuf {
         self.queue().join(format!("{id}.msg"))
+    }
+    pub fn state(&self, id: QueueId) -> PathBuf {
+        self.queue().join(format!("{id}.state"))
+    }
+
+    /// The delivery state of a message: its state file, or a fresh one for a new message.
+    pub fn read_state(&self, envelope: &Envelope) -> io::Result<DeliveryState> {
+        match fs::read(self.state(envelope.id)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DeliveryState::new(envelope)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads every message file in `queue/`, in ID order, with the problems found.
@@ -86,6 +106,7 @@ impl SpoolPaths {
         };
         let mut paths: Vec<PathBuf> = dir
             .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "msg"))
             .collect();
         paths.sort();
         for path in paths {
@@ -119,7 +140,8 @@ pub struct Spool {
     fsync: bool,
     dir_sync: DirSync,
     index: Mutex<BTreeMap<QueueId, MessageFile>>,
-    arrivals: Notify,
+    /// Where new queue IDs are announced (the delivery scheduler), once someone listens.
+    arrivals: Mutex<Option<mpsc::UnboundedSender<QueueId>>>,
     // Held for the life of the spool: the flock is released when the file closes.
     _lock: File,
 }
@@ -173,6 +195,15 @@ impl Spool {
             sync_dir(&queue).map_err(io_error(&queue))?;
             sync_dir(&paths.corrupt()).map_err(io_error(&queue))?;
         }
+        // A state file whose message is gone: the message was finished just before a crash.
+        for entry in fs::read_dir(&queue).map_err(io_error(&queue))? {
+            let path = entry.map_err(io_error(&queue))?.path();
+            if path.extension().is_some_and(|e| e == "state" || e == "tmp")
+                && !path.with_extension("msg").exists()
+            {
+                fs::remove_file(&path).map_err(io_error(&path))?;
+            }
+        }
         let index: BTreeMap<QueueId, MessageFile> = scan
             .messages
             .into_iter()
@@ -185,7 +216,7 @@ impl Spool {
             paths,
             fsync,
             index: Mutex::new(index),
-            arrivals: Notify::new(),
+            arrivals: Mutex::new(None),
             _lock: lock,
         });
         Ok((spool, recovery))
@@ -222,9 +253,82 @@ impl Spool {
         self.index().is_empty()
     }
 
-    /// Resolves when a message is added after the call.
-    pub async fn arrival(&self) {
-        self.arrivals.notified().await
+    /// The IDs of messages committed from now on. One listener (the delivery scheduler): a
+    /// second call replaces the first.
+    pub fn arrivals(&self) -> mpsc::UnboundedReceiver<QueueId> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.arrivals.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    pub fn get(&self, id: QueueId) -> Option<MessageFile> {
+        self.index().get(&id).cloned()
+    }
+
+    /// Records delivery progress durably: temp file, fsync, rename, directory fsync.
+    pub async fn save_state(&self, id: QueueId, state: &DeliveryState) -> io::Result<()> {
+        let path = self.paths.state(id);
+        let tmp = path.with_extension("state.tmp");
+        let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
+        let fsync = self.fsync;
+        blocking(move || {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&bytes)?;
+            if fsync {
+                file.sync_data()?;
+            }
+            fs::rename(&tmp, &path)
+        })
+        .await?;
+        if self.fsync {
+            self.dir_sync.sync().await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a finished message (every recipient delivered or failed).
+    pub async fn complete(&self, id: QueueId) -> io::Result<()> {
+        let (message, state) = (self.paths.message(id), self.paths.state(id));
+        // The message goes first: a state file left alone is cleaned up at start-up, while a
+        // message without its state would be sent again to everyone.
+        blocking(move || {
+            remove_if_present(&message)?;
+            remove_if_present(&state)
+        })
+        .await?;
+        if self.fsync {
+            self.dir_sync.sync().await?;
+        }
+        self.index().remove(&id);
+        Ok(())
+    }
+
+    /// Moves a failed message to `failed/` (`on_failure = "keep"`).
+    pub async fn keep_failed(&self, id: QueueId) -> io::Result<()> {
+        let paths = self.paths.clone();
+        let fsync = self.fsync;
+        blocking(move || {
+            let failed = paths.failed();
+            if paths.state(id).exists() {
+                fs::rename(paths.state(id), failed.join(format!("{id}.state")))?;
+            }
+            fs::rename(paths.message(id), failed.join(format!("{id}.msg")))?;
+            if fsync {
+                sync_dir(&failed)?;
+            }
+            Ok(())
+        })
+        .await?;
+        if self.fsync {
+            self.dir_sync.sync().await?;
+        }
+        self.index().remove(&id);
+        Ok(())
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, BTreeMap<QueueId, MessageFile>> {
@@ -320,7 +424,14 @@ impl MessageWriter {
             envelope: self.envelope.clone(),
         };
         spool.index().insert(id, file);
-        spool.arrivals.notify_waiters();
+        if let Some(arrivals) = spool
+            .arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = arrivals.send(id);
+        }
         Ok(id)
     }
 }
@@ -331,6 +442,13 @@ impl Drop for MessageWriter {
             // Never acknowledged; ignore "not found" (nothing was spilled yet).
             let _ = fs::remove_file(&self.tmp_path);
         }
+    }
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -413,6 +531,7 @@ mod tests {
                 user: None,
                 tls: false,
             },
+            is_dsn: false,
         }
     }
 

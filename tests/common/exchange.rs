@@ -35,6 +35,27 @@ pub struct ExchangeState {
     pub auth_faults: VecDeque<&'static str>,
     pub auth_attempts: usize,
     pub connections: usize,
+    /// A fixed reply to RCPT for these addresses (a mailbox that does not exist, say).
+    pub rcpt_replies: std::collections::HashMap<String, String>,
+    /// One-off replies, consumed in order, for the stage they name.
+    pub faults: VecDeque<(Stage, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Mail,
+    /// A RCPT after at least one was accepted in the transaction.
+    Rcpt,
+    Data,
+    /// The reply after the final dot; "drop" closes the connection without one.
+    Dot,
+}
+
+impl ExchangeState {
+    fn fault(&mut self, stage: Stage) -> Option<String> {
+        let i = self.faults.iter().position(|(s, _)| *s == stage)?;
+        self.faults.remove(i).map(|(_, reply)| reply)
+    }
 }
 
 #[derive(Clone)]
@@ -194,13 +215,32 @@ impl Session {
                         .await?
                 }
                 "MAIL" => {
+                    let fault = self.state.lock().unwrap().fault(Stage::Mail);
+                    if let Some(reply) = fault {
+                        conn.reply(&reply).await?;
+                        continue;
+                    }
                     sender = Some(path(&line));
                     recipients.clear();
                     conn.reply("250 2.1.0 Sender OK").await?;
                 }
                 "RCPT" if sender.is_none() => conn.reply("503 5.5.2 Need mail command").await?,
                 "RCPT" => {
-                    recipients.push(path(&line));
+                    let address = path(&line);
+                    let fixed = {
+                        let mut state = self.state.lock().unwrap();
+                        let fixed = state.rcpt_replies.get(&address).cloned();
+                        if fixed.is_none() && !recipients.is_empty() {
+                            state.fault(Stage::Rcpt)
+                        } else {
+                            fixed
+                        }
+                    };
+                    if let Some(reply) = fixed {
+                        conn.reply(&reply).await?;
+                        continue;
+                    }
+                    recipients.push(address);
                     conn.reply("250 2.1.5 Recipient OK").await?;
                 }
                 "DATA" if recipients.is_empty() => {

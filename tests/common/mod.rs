@@ -94,6 +94,9 @@ pub struct TestRelay {
     pub spool: Arc<Spool>,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<()>>,
+    /// With [[account]] tables: the token manager, and delivery runs.
+    pub tokens: Option<Arc<smtprelay::oauth::manager::TokenManager>>,
+    pub delivery: Option<JoinHandle<()>>,
 }
 
 /// The sections every test config needs; `extra` adds or overrides tables.
@@ -142,15 +145,42 @@ impl TestRelay {
             tls,
             shutdown: shutdown.clone(),
         });
+        let config = Arc::clone(&intake.config);
         let server = Server::bind(intake).await.unwrap();
         let addrs = server.local_addrs();
         let task = tokio::spawn(server.run());
+        let (tokens, delivery) = if config.accounts.is_empty() {
+            (None, None)
+        } else {
+            let store = smtprelay::oauth::FileStore::new(
+                config.server.state_dir.join(&config.tokens.file),
+                smtprelay::oauth::TokenKey::generate(),
+                2,
+            );
+            let manager = Arc::new(smtprelay::oauth::manager::TokenManager::new(
+                &config,
+                Arc::new(store),
+                smtprelay::oauth::http::TokenClient::new().unwrap(),
+            ));
+            tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
+            let delivery = smtprelay::delivery::Delivery::new(
+                Arc::clone(&spool),
+                Arc::clone(&manager),
+                config,
+            );
+            (
+                Some(manager),
+                Some(tokio::spawn(delivery.run(shutdown.clone()))),
+            )
+        };
         TestRelay {
             dir,
             addrs,
             spool,
             shutdown,
             task: Some(task),
+            tokens,
+            delivery,
         }
     }
 
@@ -185,6 +215,22 @@ impl TestRelay {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+        }
+        if let Some(task) = self.delivery.take() {
+            tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+        }
+    }
+
+    /// Waits until the queue is empty (everything delivered or bounced).
+    pub async fn drained(&self) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while !self.spool.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue not drained: {} left",
+                self.spool.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

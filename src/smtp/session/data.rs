@@ -60,6 +60,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 user: self.user.clone(),
                 tls: self.stream.is_tls(),
             },
+            is_dsn: false,
         };
         let mut writer = Some(self.intake.spool.create(envelope));
         let mut refusal = None;

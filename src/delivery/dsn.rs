@@ -1,0 +1,140 @@
+//! Delivery status notifications (RFC 3464 multipart/report) for recipients that failed for
+//! good, with the upstream's reply and a diagnosis in plain words.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::queue::{ClientInfo, DeliveryState, Envelope, MessageFile, QueueId, Spool};
+
+/// The original headers quoted in the report are cut at this size.
+const MAX_QUOTED_HEADERS: usize = 64 * 1024;
+
+pub struct Bounce<'a> {
+    pub original: &'a MessageFile,
+    pub original_content_head: &'a [u8],
+    pub state: &'a DeliveryState,
+    pub hostname: &'a str,
+    /// The address the report is written From (the account's mailbox: Exchange lets the
+    /// relay send only as mailboxes it may use).
+    pub from: &'a str,
+    pub upstream_host: &'a str,
+}
+
+/// Builds the report's bytes (CRLF lines).
+pub fn report(bounce: &Bounce<'_>) -> Vec<u8> {
+    let envelope = &bounce.original.envelope;
+    let boundary = format!("{}/{}", envelope.id, bounce.hostname);
+    let date = chrono::Utc::now().to_rfc2822();
+    let arrival = chrono::DateTime::from_timestamp_millis(envelope.received_at as i64)
+        .map(|d| d.to_rfc2822())
+        .unwrap_or_else(|| date.clone());
+    let mut text = String::new();
+    let mut status = String::new();
+    for recipient in bounce.state.failed() {
+        let reply = clean(recipient.reply.as_deref().unwrap_or("no reply recorded"));
+        let code = reply
+            .split(' ')
+            .nth(1)
+            .filter(|c| c.len() >= 5 && c.starts_with(['4', '5']) && c.matches('.').count() == 2)
+            .map(|c| format!("5{}", &c[1..]))
+            .unwrap_or_else(|| "5.0.0".into());
+        text.push_str(&format!("<{}>: {}\r\n", recipient.address, reply));
+        if let Some(diagnosis) = diagnosis_of(&reply) {
+            text.push_str(&format!("    {diagnosis}\r\n"));
+        }
+        text.push_str("\r\n");
+        status.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {code}\r\nRemote-MTA: dns; {}\r\nDiagnostic-Code: smtp; {reply}\r\n\r\n",
+            recipient.address, bounce.upstream_host
+        ));
+    }
+    let head_end = bounce
+        .original_content_head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(bounce.original_content_head.len(), |i| i + 2)
+        .min(MAX_QUOTED_HEADERS);
+    let headers = String::from_utf8_lossy(&bounce.original_content_head[..head_end]);
+    let mut out = format!(
+        "From: Mail Delivery System <{from}>\r\n\
+         To: <{to}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{id}.dsn@{host}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail relay at {host}.\r\n\
+         \r\n\
+         Your message (queue ID {id}) could not be delivered to the following\r\n\
+         recipients. The relay will not try again.\r\n\
+         \r\n\
+         {text}\
+         --{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {host}\r\n\
+         X-Smtprelay-Queue-ID: {id}\r\n\
+         Arrival-Date: {arrival}\r\n\
+         \r\n\
+         {status}\
+         --{boundary}\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         \r\n",
+        from = bounce.from,
+        to = envelope.sender,
+        id = envelope.id,
+        host = bounce.hostname,
+    )
+    .into_bytes();
+    out.extend_from_slice(normalise(&headers).as_bytes());
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+fn diagnosis_of(reply: &str) -> Option<&'static str> {
+    let code: u16 = reply.get(..3)?.parse().ok()?;
+    super::UpstreamReply::new(code, reply.get(4..).unwrap_or("")).diagnosis()
+}
+
+/// One line, no control characters: replies go into header-like fields.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn normalise(text: &str) -> String {
+    text.replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\n', "\r\n")
+}
+
+/// Queues the report for `bounce`; it goes out like any other message and never bounces itself.
+pub async fn queue(spool: &std::sync::Arc<Spool>, bounce: &Bounce<'_>) -> std::io::Result<QueueId> {
+    let envelope = Envelope {
+        id: QueueId::generate(),
+        received_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        sender: String::new(),
+        recipients: vec![bounce.original.envelope.sender.clone()],
+        smtputf8: bounce.original.envelope.smtputf8,
+        eight_bit: true,
+        client: ClientInfo {
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            helo: bounce.hostname.to_owned(),
+            user: None,
+            tls: false,
+        },
+        is_dsn: true,
+    };
+    let mut writer = spool.create(envelope);
+    writer.write(&report(bounce)).await?;
+    writer.commit().await
+}
