@@ -17,19 +17,28 @@ struct World {
 
 /// A relay whose single account sends through the Exchange double as relay@contoso.com.
 async fn world(extra_account: &str, extra: &str) -> World {
+    world_with("client_credentials", extra_account, extra).await
+}
+
+async fn world_with(flow: &str, extra_account: &str, extra: &str) -> World {
+    common::trace();
     let (entra, exchange) = tenant().await;
     let upstream_dir = tempfile::tempdir().unwrap();
     let secret = upstream_dir.path().join("secret");
     std::fs::write(&secret, common::tokens::SECRET).unwrap();
     let table = format!(
         "{}{}",
-        account(
-            &entra,
-            "contoso",
-            "app-secret",
-            "client_credentials",
-            &format!("client_secret_file = {secret:?}\n{extra_account}"),
-        ),
+        if flow == "client_credentials" {
+            account(
+                &entra,
+                "contoso",
+                "app-secret",
+                flow,
+                &format!("client_secret_file = {secret:?}\n{extra_account}"),
+            )
+        } else {
+            account(&entra, "contoso", "app-public", flow, extra_account)
+        },
         exchange.upstream_table(upstream_dir.path()),
     );
     let extra = format!("{table}{extra}");
@@ -233,4 +242,203 @@ async fn too_many_recipients_split_the_transaction() {
     assert_eq!(all.len(), 3, "{received:?}");
     assert_eq!(received.len(), 2);
     assert_eq!(received[0].recipients, ["a@fabrikam.com"]);
+}
+
+/// The message's Subject line, to tell messages apart.
+fn subject(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(data);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_messages_while_the_token_expires_every_few_seconds() {
+    let w = world(
+        "",
+        "rate = \"100000/min\"\n[tokens]\nrefresh_before = \"1s\"\n[access]\nclient_rate = \"100000/min\"\n",
+    )
+    .await;
+    w.entra.state().access_token_lifetime = 2;
+    let tokens = w.relay.tokens.clone().unwrap();
+    tokens.refresh_now("contoso").await.unwrap();
+    let started = std::time::Instant::now();
+    // Connections end often, so new ones log in with whatever token is current.
+    w.exchange.state().messages_per_connection = Some(7);
+    let mut clients = Vec::new();
+    for c in 0..10 {
+        let addr = w.relay.addr();
+        clients.push(tokio::spawn(async move {
+            let mut client = common::Client::connect(addr).await;
+            client.expect("EHLO load", 250).await;
+            for n in 0..50 {
+                let body = format!("Subject: {c}-{n}\r\n\r\nline one\r\n..dotted\r\n");
+                let (code, _) = client
+                    .send_message("scanner@contoso.com", &["a@fabrikam.com"], body.as_bytes())
+                    .await;
+                assert_eq!(code, 250);
+                if n % 5 == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !w.relay.spool.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} left",
+            w.relay.spool.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let received = w.exchange.state().received.clone();
+    let mut subjects: Vec<String> = received.iter().map(|r| subject(&r.data)).collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(received.len(), 500, "each delivered exactly once");
+    assert_eq!(subjects.len(), 500);
+    for r in &received {
+        assert!(without_received(&r.data).ends_with(b"line one\r\n.dotted\r\n"));
+    }
+    let renewals = w.entra.requests("client_credentials");
+    let elapsed = started.elapsed().as_secs();
+    assert!(
+        renewals >= 3,
+        "{renewals} tokens in {elapsed} s: not renewed along the way"
+    );
+}
+
+#[tokio::test]
+async fn mail_waits_while_the_upstream_is_down_and_goes_out_when_it_is_back() {
+    let w = world("", "[queue]\nretry = [\"1s\"]\n").await;
+    w.exchange.state().down =
+        Some("421 4.3.2 Service not available, closing transmission channel".into());
+    for i in 0..5 {
+        send(
+            &w.relay,
+            "scanner@contoso.com",
+            &["a@fabrikam.com"],
+            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(w.relay.spool.len(), 5);
+    let file = &w.relay.spool.messages()[0];
+    let state = w.relay.spool.paths().read_state(&file.envelope).unwrap();
+    assert!(
+        state.attempts >= 1 && state.last_error.as_deref().unwrap_or("").contains("421"),
+        "{state:?}"
+    );
+    w.exchange.state().down = None;
+    w.relay.drained().await;
+    assert_eq!(w.exchange.state().received.len(), 5);
+}
+
+#[tokio::test]
+async fn throttling_pauses_the_account_then_delivers() {
+    let w = world("", "[queue]\nretry = [\"1s\"]\n").await;
+    w.exchange.state().faults.push_back((
+        Stage::Mail,
+        "451 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded".into(),
+    ));
+    send(
+        &w.relay,
+        "scanner@contoso.com",
+        &["a@fabrikam.com"],
+        MESSAGE,
+    )
+    .await;
+    w.relay.drained().await;
+    assert_eq!(w.exchange.state().received.len(), 1);
+}
+
+#[tokio::test]
+async fn the_rate_is_never_exceeded_in_any_window() {
+    // Keys right after the upstream table belong to it.
+    let w = world("", "rate = \"3/2s\"\n").await;
+    for i in 0..9 {
+        send(
+            &w.relay,
+            "scanner@contoso.com",
+            &["a@fabrikam.com"],
+            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+    }
+    w.relay.drained().await;
+    let times = w.exchange.state().accepted_at.clone();
+    assert_eq!(times.len(), 9);
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .filter(|u| u.duration_since(*t) < std::time::Duration::from_secs(2))
+            .count();
+        assert!(in_window <= 3, "{in_window} messages within 2 s");
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_login_holds_mail_until_a_new_login() {
+    let w = world_with("device_code", "", "").await;
+    let tokens = w.relay.tokens.clone().unwrap();
+    let login = || async {
+        let oauth = tokens.oauth_account("contoso").unwrap();
+        let entra = w.entra.clone();
+        let response = oauth
+            .device_code(tokens.client(), move |a| {
+                entra.device_login(&a.user_code, common::entra::DeviceStatus::Approved)
+            })
+            .await
+            .unwrap();
+        tokens
+            .store_response("contoso", response, true)
+            .await
+            .unwrap();
+    };
+    login().await;
+    send(
+        &w.relay,
+        "scanner@contoso.com",
+        &["a@fabrikam.com"],
+        b"Subject: first\r\n\r\nx\r\n",
+    )
+    .await;
+    w.relay.drained().await;
+
+    // The user's password is reset: the refresh token is revoked, the access token refused.
+    w.entra.revoke_refresh_tokens();
+    w.exchange
+        .state()
+        .auth_faults
+        .push_back("535 5.7.3 Authentication unsuccessful [revoked]");
+    send(
+        &w.relay,
+        "scanner@contoso.com",
+        &["a@fabrikam.com"],
+        b"Subject: second\r\n\r\nx\r\n",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    assert_eq!(w.relay.spool.len(), 1, "held, not failed");
+    let status = &tokens.statuses()[0];
+    assert_eq!(status.health.name(), "needs_login", "{status:?}");
+    let file = &w.relay.spool.messages()[0];
+    let state = w.relay.spool.paths().read_state(&file.envelope).unwrap();
+    assert_eq!(
+        state.attempts, 0,
+        "a token fault is not the message's attempt"
+    );
+    assert!(state.last_error.unwrap().contains("log in again"));
+
+    login().await;
+    w.relay.drained().await;
+    let received = w.exchange.state().received.clone();
+    assert_eq!(received.len(), 2);
+    assert_eq!(subject(&received[1].data), "second");
 }

@@ -21,8 +21,7 @@ use crate::queue::{DeliveryState, MessageFile, QueueId, RecipientStatus, Spool};
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// How soon a message waiting for a token is looked at again (a token event wakes it sooner).
 pub const TOKEN_WAIT: Duration = Duration::from_secs(60);
-/// Pauses after account-wide replies.
-const THROTTLE_PAUSE: Duration = Duration::from_secs(60);
+/// Pauses after account-wide replies (throttling pauses for the first retry interval).
 const QUOTA_PAUSE: Duration = Duration::from_secs(3600);
 const HOLD_PAUSE: Duration = Duration::from_secs(900);
 
@@ -208,8 +207,9 @@ async fn attempt(
     let sender = lane.upstream_sender(&file.envelope);
     let path = shared.spool.paths().message(id);
     let mut pending: Vec<String> = state.pending().map(|r| r.address.clone()).collect();
-    lane.rate.spend(1).await;
-    lane.daily.spend(pending.len() as u64).await;
+    // Held until the attempt ends, so the budgets count when the upstream got the message.
+    let _rate = lane.rate.reserve(1).await;
+    let _daily = lane.daily.reserve(pending.len() as u64).await;
     let mut stale_retry = true;
     while !pending.is_empty() {
         if connected.as_ref().is_some_and(|c| c.mailbox != mailbox)
@@ -277,7 +277,7 @@ async fn attempt(
         }
         if let Some(effect) = outcome.effect {
             *connected = None;
-            return Err(account_effect(lane, effect));
+            return Err(account_effect(&shared.config, lane, effect));
         }
         pending = split;
     }
@@ -292,11 +292,11 @@ fn describe(reply: &UpstreamReply) -> String {
 }
 
 /// Pauses the lane as the reply asks; the message waits without counting an attempt.
-fn account_effect(lane: &Lane, effect: AccountEffect) -> Blocked {
+fn account_effect(config: &Config, lane: &Lane, effect: AccountEffect) -> Blocked {
     let (pause, reply) = match effect {
         // Refused mid-session after an accepted AUTH: the next connection logs in afresh.
         AccountEffect::TokenRejected(reply) => return Blocked::Token(describe(&reply)),
-        AccountEffect::Throttled(reply) => (THROTTLE_PAUSE, reply),
+        AccountEffect::Throttled(reply) => (retry_delay(config, 1), reply),
         AccountEffect::QuotaExceeded(reply) => (QUOTA_PAUSE, reply),
         AccountEffect::Hold(reply) => (HOLD_PAUSE, reply),
     };
@@ -340,6 +340,7 @@ async fn connect(shared: &Shared, lane: &Lane, mailbox: &str) -> Result<Connecte
             Err(ClientError::Rejected(reply)) => {
                 connection.quit().await;
                 return Err(account_effect(
+                    &shared.config,
                     lane,
                     match super::classify::classify(&reply) {
                         super::classify::Verdict::Throttled => AccountEffect::Throttled(reply),

@@ -39,6 +39,14 @@ pub struct ExchangeState {
     pub rcpt_replies: std::collections::HashMap<String, String>,
     /// One-off replies, consumed in order, for the stage they name.
     pub faults: VecDeque<(Stage, String)>,
+    /// While set, every connection gets this greeting instead of 220 (e.g. a 421).
+    pub down: Option<String>,
+    /// Added before every reply to the final dot.
+    pub slow: Option<std::time::Duration>,
+    /// When each message was accepted.
+    pub accepted_at: Vec<std::time::Instant>,
+    /// Close the connection (without a word) after this many messages on it, as servers do.
+    pub messages_per_connection: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,14 +158,16 @@ impl Conn {
     }
 
     async fn reply(&mut self, text: &str) -> Option<()> {
-        self.io.write_all(text.as_bytes()).await.ok()?;
-        self.io.write_all(b"\r\n").await.ok()?;
+        // One write per reply: split writes meet Nagle and delayed ACKs (40 ms a round trip).
+        let wire = format!("{text}\r\n");
+        self.io.write_all(wire.as_bytes()).await.ok()?;
         self.io.flush().await.ok()
     }
 }
 
 impl Session {
     async fn run(self, socket: TcpStream) -> Option<()> {
+        let _ = socket.set_nodelay(true);
         let mut conn = Conn {
             io: Box::new(socket),
             buffer: Vec::new(),
@@ -166,6 +176,12 @@ impl Session {
         let mut authenticated: Option<String> = None;
         let mut sender: Option<String> = None;
         let mut recipients = Vec::new();
+        let mut messages = 0;
+        let down = self.state.lock().unwrap().down.clone();
+        if let Some(greeting) = down {
+            conn.reply(&greeting).await?;
+            return None;
+        }
         conn.reply("220 test.outlook.office365.com Microsoft ESMTP MAIL Service ready")
             .await?;
         loop {
@@ -247,6 +263,11 @@ impl Session {
                     conn.reply("503 5.5.2 Need rcpt command").await?
                 }
                 "DATA" => {
+                    let fault = self.state.lock().unwrap().fault(Stage::Data);
+                    if let Some(reply) = fault {
+                        conn.reply(&reply).await?;
+                        continue;
+                    }
                     conn.reply("354 Start mail input; end with <CRLF>.<CRLF>")
                         .await?;
                     let mut data = Vec::new();
@@ -259,14 +280,38 @@ impl Session {
                         data.extend_from_slice(line.as_bytes());
                         data.extend_from_slice(b"\r\n");
                     }
-                    self.state.lock().unwrap().received.push(Received {
-                        mailbox: authenticated.clone().unwrap_or_default(),
-                        sender: sender.take().unwrap_or_default(),
-                        recipients: std::mem::take(&mut recipients),
-                        data,
-                    });
+                    let slow = self.state.lock().unwrap().slow;
+                    if let Some(delay) = slow {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let fault = self.state.lock().unwrap().fault(Stage::Dot);
+                    match fault.as_deref() {
+                        Some("drop") => return None,
+                        Some(reply) => {
+                            conn.reply(reply).await?;
+                            sender = None;
+                            recipients.clear();
+                            continue;
+                        }
+                        None => {}
+                    }
+                    {
+                        let mut state = self.state.lock().unwrap();
+                        state.received.push(Received {
+                            mailbox: authenticated.clone().unwrap_or_default(),
+                            sender: sender.take().unwrap_or_default(),
+                            recipients: std::mem::take(&mut recipients),
+                            data,
+                        });
+                        state.accepted_at.push(std::time::Instant::now());
+                    }
                     conn.reply("250 2.6.0 <x@test> [InternalId=1] Queued mail for delivery")
                         .await?;
+                    messages += 1;
+                    let limit = self.state.lock().unwrap().messages_per_connection;
+                    if limit.is_some_and(|limit| messages >= limit) {
+                        return None;
+                    }
                 }
                 "RSET" => {
                     sender = None;

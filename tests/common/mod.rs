@@ -402,3 +402,13 @@ impl Client {
         self.reply().await
     }
 }
+
+/// Logs to the test's output with `RUST_LOG` set (off otherwise), for debugging a test.
+pub fn trace() {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
