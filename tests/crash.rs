@@ -4,10 +4,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,28 +20,7 @@ const CLIENTS: usize = 20;
 const KILL_AFTER: usize = 300;
 
 fn start_relay(config: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The JSON log line {"message":"listening","address":"127.0.0.1:NNNN",…} gives the port.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("relay exited before listening")
-            .unwrap();
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if event["message"] == "listening" {
-            break event["address"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stderr so the relay never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, address)
+    common::start_binary(config, &[])
 }
 
 /// A message whose content names its client and sequence number; some are large enough to

@@ -412,3 +412,32 @@ pub fn trace() {
             .try_init();
     }
 }
+
+/// Starts the `smtprelay serve` binary with `config` (whose `[log]` must say
+/// `format = "json"`) and returns it with the address its first listener got.
+pub fn start_binary(config: &Path, env: &[(&str, &str)]) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The JSON log line {"message":"listening","address":"127.0.0.1:NNNN",…} gives the port.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("relay exited before listening")
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["message"] == "listening" {
+            break event["address"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the relay never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, address)
+}
