@@ -442,3 +442,56 @@ async fn a_revoked_login_holds_mail_until_a_new_login() {
     assert_eq!(received.len(), 2);
     assert_eq!(subject(&received[1].data), "second");
 }
+
+#[tokio::test]
+async fn on_failure_keep_moves_the_message_to_failed() {
+    let w = world("", "[queue]\non_failure = \"keep\"\n").await;
+    w.exchange.state().rcpt_replies.insert(
+        "ghost@fabrikam.com".into(),
+        "550 5.1.10 Recipient not found".into(),
+    );
+    let id = send(
+        &w.relay,
+        "scanner@contoso.com",
+        &["ghost@fabrikam.com"],
+        MESSAGE,
+    )
+    .await;
+    w.relay.drained().await;
+    assert!(
+        w.exchange.state().received.is_empty(),
+        "no bounce with keep"
+    );
+    let failed = w.relay.spool.paths().failed();
+    assert!(failed.join(format!("{id}.msg")).exists());
+    let state = std::fs::read_to_string(failed.join(format!("{id}.state"))).unwrap();
+    assert!(state.contains("550 5.1.10"), "{state}");
+}
+
+#[tokio::test]
+async fn mail_older_than_max_age_fails_and_is_reported() {
+    let w = world("", "[queue]\nretry = [\"1s\"]\nmax_age = \"2s\"\n").await;
+    w.exchange.state().down = Some("421 4.3.2 Service not available".into());
+    send(
+        &w.relay,
+        "scanner@contoso.com",
+        &["a@fabrikam.com"],
+        MESSAGE,
+    )
+    .await;
+    // Up again only for the report: the message itself has expired by then.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    w.exchange.state().down = None;
+    w.relay.drained().await;
+    let received = w.exchange.state().received.clone();
+    assert_eq!(received.len(), 1, "only the report");
+    let text = String::from_utf8_lossy(&received[0].data);
+    assert!(
+        text.contains("Final-Recipient: rfc822; a@fabrikam.com"),
+        "{text}"
+    );
+    assert!(
+        text.contains("421 4.3.2"),
+        "the last upstream reply is quoted: {text}"
+    );
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::queue::SpoolPaths;
+use crate::queue::{DeliveryState, SpoolPaths};
 
 #[derive(Serialize)]
 struct Row {
@@ -17,6 +17,10 @@ struct Row {
     recipients: Vec<String>,
     size: u64,
     state: &'static str,
+    attempts: u32,
+    /// Recipients still to be delivered.
+    pending: Vec<String>,
+    last_error: Option<String>,
 }
 
 pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
@@ -31,14 +35,23 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
     let rows: Vec<Row> = scan
         .messages
         .iter()
-        .map(|(_, file)| Row {
-            id: file.envelope.id.to_string(),
-            received_at: file.envelope.received_at,
-            age_seconds: now_ms.saturating_sub(file.envelope.received_at) / 1000,
-            sender: file.envelope.sender.clone(),
-            recipients: file.envelope.recipients.clone(),
-            size: file.content_len,
-            state: "queued",
+        .map(|(_, file)| {
+            // A message finished meanwhile has no state file and reads as new: harmless here.
+            let state = paths
+                .read_state(&file.envelope)
+                .unwrap_or_else(|_| DeliveryState::new(&file.envelope));
+            Row {
+                id: file.envelope.id.to_string(),
+                received_at: file.envelope.received_at,
+                age_seconds: now_ms.saturating_sub(file.envelope.received_at) / 1000,
+                sender: file.envelope.sender.clone(),
+                recipients: file.envelope.recipients.clone(),
+                size: file.content_len,
+                state: state.label(),
+                attempts: state.attempts,
+                pending: state.pending().map(|r| r.address.clone()).collect(),
+                last_error: state.last_error.clone(),
+            }
         })
         .collect();
     for (path, problem) in &scan.damaged {
@@ -74,7 +87,15 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
             sender
         );
         for recipient in &row.recipients {
-            println!("{:60}  -> {recipient}", "");
+            let done = if row.pending.contains(recipient) {
+                ""
+            } else {
+                " (done)"
+            };
+            println!("{:60}  -> {recipient}{done}", "");
+        }
+        if let Some(error) = &row.last_error {
+            println!("{:60}  last error: {error}", "");
         }
     }
     let total: u64 = rows.iter().map(|r| r.size).sum();

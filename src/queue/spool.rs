@@ -156,6 +156,7 @@ impl Spool {
             paths.tmp(),
             paths.queue(),
             paths.corrupt(),
+            paths.failed(),
         ] {
             fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         }
