@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: smtp-source → relay → upstream on loopback, beside Postfix relaying
+# the same load to smtp-sink, in one run. Both queue durably (fsync on).
+#
+#   benchmarks/delivery.sh          # needs root, Debian's postfix package and python3
+#
+# The relay's upstream is examples/bench_upstream.rs: STARTTLS with certificate
+# verification and AUTH XOAUTH2 with a token from its OAuth2 endpoint, like Exchange Online.
+# Postfix sends plain SMTP without auth. Pacing is lifted (rate, daily recipients) and both
+# use 20 parallel upstream connections (Postfix's default destination concurrency).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SESSIONS=${SESSIONS:-20}
+MESSAGES=${MESSAGES:-10000}
+SIZE=${SIZE:-2048}
+CONNECTIONS=${CONNECTIONS:-20}
+PF_PORT=10025 SINK_PORT=10027 RELAY_PORT=10026 UP_PORT=10028 TOKEN_PORT=10029
+
+command -v smtp-source >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+cargo build --release --quiet --example bench_upstream
+cargo build --release --quiet
+work=$(mktemp -d /var/tmp/smtprelay-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    postfix -c "$work/postfix/etc" stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+if ! pgrep -x rsyslogd >/dev/null && ! pgrep -f benchmarks/devlog.py >/dev/null; then
+    python3 benchmarks/devlog.py /var/tmp/smtprelay-bench-syslog &
+    sleep 0.3
+fi
+# Postfix relays everything to smtp-sink instead of holding it.
+benchmarks/postfix-anchor.sh "$PF_PORT" "$work/postfix"
+postconf -c "$work/postfix/etc" -e "header_checks =" "relayhost = [127.0.0.1]:$SINK_PORT" \
+    "default_destination_concurrency_limit = $CONNECTIONS" "smtp_tls_security_level = none"
+postfix -c "$work/postfix/etc" reload >/dev/null
+smtp-sink -c "127.0.0.1:$SINK_PORT" 1000 > "$work/sink.out" &
+pids+=($!)
+
+mkdir "$work/up"
+target/release/examples/bench_upstream "$UP_PORT" "$TOKEN_PORT" "$work/up" > "$work/up.count" &
+pids+=($!)
+echo "bench-secret" > "$work/secret"
+sleep 0.5
+cat > "$work/relay.toml" <<CONF
+[server]
+hostname = "relay.bench.internal"
+state_dir = "$work/relay"
+[[listen]]
+address = "127.0.0.1:$RELAY_PORT"
+auth = "none"
+[access]
+client_rate = "1000000/s"
+[queue]
+fsync = true
+[log]
+level = "warn"
+[[account]]
+name = "bench"
+provider = "generic"
+token_endpoint = "http://127.0.0.1:$TOKEN_PORT/token"
+client_id = "bench"
+flow = "client_credentials"
+client_secret_file = "$work/secret"
+mailbox = "relay@bench.internal"
+[account.upstream]
+host = "localhost"
+port = $UP_PORT
+ca_file = "$work/up/ca.pem"
+max_connections = $CONNECTIONS
+rate = "100000000/min"
+daily_recipients = 100000000
+CONF
+SMTPRELAY_TOKEN_KEY=$(openssl rand -hex 32) target/release/smtprelay serve --config "$work/relay.toml" &
+relay_pid=$!
+pids+=($relay_pid)
+sleep 1
+
+queued() {   # files still queued in a directory tree
+    find "$@" -type f 2>/dev/null | wc -l
+}
+end_to_end() {   # name port queue-dirs… → messages/s from the first submission to an empty queue
+    local port=$1; shift
+    local start end
+    start=$(date +%s.%N)
+    smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f bench@b.example -t sink@d.example "127.0.0.1:$port"
+    while [ "$(queued "$@")" -gt 0 ]; do sleep 0.05; done
+    end=$(date +%s.%N)
+    python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"
+}
+
+echo "== smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE → relay → upstream, fsync on, $(nproc) cores"
+pf=$(end_to_end "$PF_PORT" "$work/postfix/queue/incoming" "$work/postfix/queue/active" \
+    "$work/postfix/queue/deferred" "$work/postfix/queue/maildrop")
+echo "5" > "/proc/$relay_pid/clear_refs"
+relay=$(end_to_end "$RELAY_PORT" "$work/relay/spool/queue")
+peak=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$relay_pid/status")
+kill "$(pgrep -f examples/bench_upstream)"
+sleep 0.3
+echo "postfix → smtp-sink (plain SMTP, no auth):          $pf msg/s"
+echo "smtprelay → upstream (STARTTLS + XOAUTH2):           $relay msg/s, $(python3 -c "print(f'{$relay / $pf:.2f}')")x postfix, peak RSS $((peak / 1024)) MB"
+echo "upstream received: $(cat "$work/up.count")"
