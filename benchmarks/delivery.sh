@@ -39,7 +39,7 @@ benchmarks/postfix-anchor.sh "$PF_PORT" "$work/postfix"
 postconf -c "$work/postfix/etc" -e "header_checks =" "relayhost = [127.0.0.1]:$SINK_PORT" \
     "default_destination_concurrency_limit = $CONNECTIONS" "smtp_tls_security_level = none"
 postfix -c "$work/postfix/etc" reload >/dev/null
-smtp-sink -c "127.0.0.1:$SINK_PORT" 1000 > "$work/sink.out" &
+smtp-sink -u postfix -c "127.0.0.1:$SINK_PORT" 1000 > "$work/sink.out" &
 pids+=($!)
 
 mkdir "$work/up"
@@ -89,7 +89,11 @@ end_to_end() {   # name port queue-dirs… → messages/s from the first submiss
     local start end
     start=$(date +%s.%N)
     smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f bench@b.example -t sink@d.example "127.0.0.1:$port"
-    while [ "$(queued "$@")" -gt 0 ]; do sleep 0.05; done
+    local deadline=$((SECONDS + 600))
+    while [ "$(queued "$@")" -gt 0 ]; do
+        [ $SECONDS -lt $deadline ] || { echo "queue did not drain: $(queued "$@") left" >&2; exit 1; }
+        sleep 0.05
+    done
     end=$(date +%s.%N)
     python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"
 }

@@ -23,13 +23,17 @@ async fn main() {
     let tls = tls_acceptor(&dir);
     let received = Arc::new(AtomicU64::new(0));
 
-    let tokens = TcpListener::bind(format!("127.0.0.1:{token_port}")).await.unwrap();
+    let tokens = TcpListener::bind(format!("127.0.0.1:{token_port}"))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = tokens.accept().await {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
-                let body = format!(r#"{{"token_type":"Bearer","expires_in":3600,"access_token":"{TOKEN}"}}"#);
+                let body = format!(
+                    r#"{{"token_type":"Bearer","expires_in":3600,"access_token":"{TOKEN}"}}"#
+                );
                 let response = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -39,7 +43,9 @@ async fn main() {
         }
     });
 
-    let smtp = TcpListener::bind(format!("127.0.0.1:{smtp_port}")).await.unwrap();
+    let smtp = TcpListener::bind(format!("127.0.0.1:{smtp_port}"))
+        .await
+        .unwrap();
     let counter = Arc::clone(&received);
     tokio::spawn(async move {
         while let Ok((socket, _)) = smtp.accept().await {
@@ -51,7 +57,8 @@ async fn main() {
         }
     });
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -93,13 +100,19 @@ async fn session(
         }
         let upper = line.to_ascii_uppercase();
         if upper.starts_with("EHLO") {
-            plain.get_mut().write_all(b"250-bench\r\n250-PIPELINING\r\n250 STARTTLS\r\n").await?;
+            plain
+                .get_mut()
+                .write_all(b"250-bench\r\n250-PIPELINING\r\n250 STARTTLS\r\n")
+                .await?;
         } else if upper.starts_with("STARTTLS") {
             plain.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
             let stream = tls.accept(plain.into_inner()).await?;
             return secure(BufReader::new(stream), received).await;
         } else {
-            plain.get_mut().write_all(b"530 5.7.0 STARTTLS first\r\n").await?;
+            plain
+                .get_mut()
+                .write_all(b"530 5.7.0 STARTTLS first\r\n")
+                .await?;
         }
     }
 }
@@ -122,8 +135,13 @@ async fn secure<S: AsyncRead + AsyncWrite + Unpin>(
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(line[13..].trim())
                 .unwrap_or_default();
-            authenticated = String::from_utf8_lossy(&decoded).ends_with(&format!("auth=Bearer {TOKEN}\x01\x01"));
-            if authenticated { b"235 2.7.0 ok\r\n" } else { b"535 5.7.3 bad token\r\n" }
+            authenticated = String::from_utf8_lossy(&decoded)
+                .ends_with(&format!("auth=Bearer {TOKEN}\x01\x01"));
+            if authenticated {
+                b"235 2.7.0 ok\r\n"
+            } else {
+                b"535 5.7.3 bad token\r\n"
+            }
         } else if !authenticated {
             b"530 5.7.57 not authenticated\r\n"
         } else if upper.starts_with("DATA") {
