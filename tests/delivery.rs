@@ -495,3 +495,63 @@ async fn mail_older_than_max_age_fails_and_is_reported() {
         "the last upstream reply is quoted: {text}"
     );
 }
+
+#[tokio::test]
+async fn rewrite_sender_sends_as_the_mailbox() {
+    let w = world("rewrite_sender = true", "").await;
+    send(
+        &w.relay,
+        "printer@made-up.local",
+        &["a@fabrikam.com"],
+        MESSAGE,
+    )
+    .await;
+    w.relay.drained().await;
+    let received = w.exchange.state().received.clone();
+    assert_eq!(
+        (received[0].mailbox.as_str(), received[0].sender.as_str()),
+        ("relay@contoso.com", "relay@contoso.com")
+    );
+    assert_eq!(
+        without_received(&received[0].data),
+        CONTENT,
+        "only the envelope changes"
+    );
+}
+
+#[tokio::test]
+async fn sender_mailboxes_send_as_themselves_and_a_forbidden_one_bounces() {
+    // Not via world(): mailbox = "{sender}" replaces the fixed mailbox.
+    let (entra, exchange) = tenant().await;
+    exchange
+        .state()
+        .app_mailboxes
+        .insert("alice@contoso.com".into());
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, common::tokens::SECRET).unwrap();
+    let table = format!(
+        "{}{}",
+        account(
+            &entra,
+            "contoso",
+            "app-secret",
+            "client_credentials",
+            &format!("client_secret_file = {secret:?}")
+        )
+        .replace("mailbox = \"relay@contoso.com\"", "mailbox = \"{sender}\""),
+        exchange.upstream_table(dir.path()),
+    );
+    let relay =
+        TestRelay::start_with(move |state| config_text(state, PLAIN_LISTENER, &table)).await;
+    send(&relay, "alice@contoso.com", &["a@fabrikam.com"], MESSAGE).await;
+    send(&relay, "mallory@contoso.com", &["a@fabrikam.com"], MESSAGE).await;
+    relay.drained().await;
+    let received = exchange.state().received.clone();
+    assert_eq!(received[0].mailbox, "alice@contoso.com");
+    assert_eq!(received[0].sender, "alice@contoso.com");
+    // Mallory's message fails (the app may not send as her) and her report goes... to her,
+    // as her: refused too, and a report is never reported on.
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(relay.spool.is_empty());
+}

@@ -98,6 +98,8 @@ enum Blocked {
     Paused(Instant),
     /// The attempt failed (connection, TLS, upstream trouble): retry on schedule.
     Failed(String),
+    /// This message can never go (a `{sender}` mailbox the app may not send as): fail it.
+    Refused(UpstreamReply),
 }
 
 async fn process(
@@ -133,6 +135,13 @@ async fn process(
         Err(Blocked::Failed(reason)) => {
             tracing::info!(queue_id = %id, account = lane.name(), %reason, "delivery attempt failed");
             state.last_error = Some(reason);
+        }
+        Err(Blocked::Refused(reply)) => {
+            let pending: Vec<String> = state.pending().map(|r| r.address.clone()).collect();
+            for address in pending {
+                state.set(&address, RecipientStatus::Failed, Some(reply.to_string()));
+            }
+            state.last_error = Some(describe(&reply));
         }
     }
     if state.is_finished() {
@@ -332,6 +341,11 @@ async fn connect(shared: &Shared, lane: &Lane, mailbox: &str) -> Result<Connecte
             Err(ClientError::Rejected(reply)) if reply.is_status(535, "5.7.3") => {
                 shared.tokens.invalidate(lane.name(), &token.token);
                 connection.quit().await;
+                // With a fresh token refused too, a per-sender mailbox is the problem, not the
+                // token: that message cannot go, the others can.
+                if try_number == 1 && lane.config.mailbox == "{sender}" {
+                    return Err(Blocked::Refused(reply));
+                }
                 if try_number == 1 {
                     let why = describe(&reply);
                     lane.pause(TOKEN_WAIT, why.clone());
