@@ -1,6 +1,7 @@
 //! smtprelay: accepts SMTP from devices and apps, spools every message durably, and relays it
 //! to Exchange Online with OAuth2. `ARCHITECTURE.md` maps the modules.
 
+pub mod admin;
 pub mod cli;
 pub mod client_tls;
 pub mod config;

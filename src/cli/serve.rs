@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{Admin, Metrics};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::oauth::http::TokenClient;
@@ -48,23 +49,47 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     let shutdown = CancellationToken::new();
     let tokens = start_token_manager(&config, &shutdown);
     let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
     let intake = Arc::new(Intake {
         policy: Policy::new(&config),
         config: Arc::clone(&config),
         spool: Arc::clone(&spool),
         tls,
         shutdown: shutdown.clone(),
+        metrics: Arc::clone(&metrics),
     });
     let server = Server::bind(Arc::clone(&intake))
         .await
         .map_err(|e| fail(e.to_string()))?;
+    let admin_listener = match config.admin.listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| fail(format!("[admin] cannot listen on {address}: {e}")))?,
+        ),
+        None => None,
+    };
     // Installed before the listeners announce themselves, so a SIGTERM that follows the
     // "listening" line is always a graceful stop.
     let signals =
         Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
     tokio::spawn(signals.stop_on_signal(shutdown.clone()));
+    let admin = admin_listener.map(|listener| {
+        let admin = Arc::new(Admin {
+            config: Arc::clone(&config),
+            spool: Arc::clone(&spool),
+            tokens: tokens.as_ref().map(|(manager, _)| Arc::clone(manager)),
+            metrics: Arc::clone(&metrics),
+        });
+        tokio::spawn(crate::admin::serve(listener, admin, shutdown.clone()))
+    });
     let delivery = tokens.map(|(manager, refresher)| {
-        let delivery = Delivery::new(Arc::clone(&spool), manager, Arc::clone(&config));
+        let delivery = Delivery::new(
+            Arc::clone(&spool),
+            manager,
+            Arc::clone(&config),
+            Arc::clone(&metrics),
+        );
         (refresher, tokio::spawn(delivery.run(shutdown.clone())))
     });
     server.run().await;
@@ -72,6 +97,9 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
         // Workers finish the message in hand; every exchange has its own timeout.
         let _ = delivery.await;
         let _ = refresher.await;
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
     }
     tracing::info!(queued = intake.spool.len(), "stopped");
     Ok(ExitCode::SUCCESS)

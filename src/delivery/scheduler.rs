@@ -34,7 +34,12 @@ struct Waiting {
 }
 
 impl Delivery {
-    pub fn new(spool: Arc<Spool>, tokens: Arc<TokenManager>, config: Arc<Config>) -> Delivery {
+    pub fn new(
+        spool: Arc<Spool>,
+        tokens: Arc<TokenManager>,
+        config: Arc<Config>,
+        metrics: Arc<crate::admin::Metrics>,
+    ) -> Delivery {
         let (lanes, queues) = config
             .accounts
             .iter()
@@ -50,6 +55,7 @@ impl Delivery {
                 spool,
                 tokens,
                 config,
+                metrics,
             }),
             lanes,
         }

@@ -12,6 +12,7 @@ use super::client::{ClientError, UpstreamConnection};
 use super::lane::Lane;
 use super::reply::UpstreamReply;
 use super::transaction::{self, AccountEffect, Message, RecipientResult, TransactionError};
+use crate::admin::metrics::Outcome;
 use crate::config::{Config, OnFailure};
 use crate::oauth::error::TokenError;
 use crate::oauth::manager::TokenManager;
@@ -40,6 +41,7 @@ pub struct Shared {
     pub spool: Arc<Spool>,
     pub tokens: Arc<TokenManager>,
     pub config: Arc<Config>,
+    pub metrics: Arc<crate::admin::Metrics>,
 }
 
 struct Connected {
@@ -179,6 +181,9 @@ async fn process(
     }
     tracing::info!(queue_id = %id, account = lane.name(), attempts = state.attempts,
         retry_in_secs = delay.as_secs(), error = state.last_error.as_deref().unwrap_or(""), "deferred");
+    shared
+        .metrics
+        .delivery(lane.name(), Outcome::Deferred, state.last_error.clone());
     Next::RetryAt(Instant::now() + delay)
 }
 
@@ -421,6 +426,16 @@ async fn finish(
             }
         }
     }
+    let outcome = if failed > 0 {
+        Outcome::Bounced
+    } else {
+        let age = now_ms().saturating_sub(envelope.received_at);
+        Outcome::Delivered {
+            latency: Duration::from_millis(age),
+        }
+    };
+    let last_reply = state.recipients.iter().rev().find_map(|r| r.reply.clone());
+    shared.metrics.delivery(lane.name(), outcome, last_reply);
     match shared.spool.complete(id).await {
         Ok(()) => {
             tracing::info!(queue_id = %id, delivered = state.recipients.len() - failed, failed, "done");

@@ -134,6 +134,8 @@ async fn accept_loop(
         let listen = Arc::clone(&listen);
         sessions.spawn(async move {
             let _permit = permit;
+            intake.metrics.session_started();
+            let _counted = SessionCount(Arc::clone(&intake.metrics));
             let stream = match listen.tls {
                 ListenTls::Implicit => {
                     let Some(acceptor) = intake.tls.clone() else {
@@ -153,6 +155,15 @@ async fn accept_loop(
             };
             Session::new(intake, listen, peer, stream).run().await;
         });
+    }
+}
+
+/// Counts a session as ended however its task ends.
+struct SessionCount(Arc<crate::admin::Metrics>);
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.session_ended();
     }
 }
 

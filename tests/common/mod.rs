@@ -97,6 +97,8 @@ pub struct TestRelay {
     /// With [[account]] tables: the token manager, and delivery runs.
     pub tokens: Option<Arc<smtprelay::oauth::manager::TokenManager>>,
     pub delivery: Option<JoinHandle<()>>,
+    pub metrics: Arc<smtprelay::admin::Metrics>,
+    pub config: Arc<Config>,
 }
 
 /// The sections every test config needs; `extra` adds or overrides tables.
@@ -138,14 +140,17 @@ impl TestRelay {
             .as_ref()
             .map(|t| smtprelay::smtp::tls::acceptor(t).unwrap());
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(smtprelay::admin::Metrics::default());
         let intake = Arc::new(Intake {
             policy: Policy::new(&config),
             config: Arc::new(config),
             spool: Arc::clone(&spool),
             tls,
             shutdown: shutdown.clone(),
+            metrics: Arc::clone(&metrics),
         });
         let config = Arc::clone(&intake.config);
+        let config_for_admin = Arc::clone(&config);
         let server = Server::bind(intake).await.unwrap();
         let addrs = server.local_addrs();
         let task = tokio::spawn(server.run());
@@ -167,6 +172,7 @@ impl TestRelay {
                 Arc::clone(&spool),
                 Arc::clone(&manager),
                 config,
+                Arc::clone(&metrics),
             );
             (
                 Some(manager),
@@ -181,6 +187,8 @@ impl TestRelay {
             task: Some(task),
             tokens,
             delivery,
+            metrics,
+            config: Arc::clone(&config_for_admin),
         }
     }
 
@@ -440,4 +448,32 @@ pub fn start_binary(config: &Path, env: &[(&str, &str)]) -> (std::process::Child
     // Keep draining stderr so the relay never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, address)
+}
+
+impl TestRelay {
+    /// Serves the admin HTTP endpoint for this relay on 127.0.0.1:0; returns its base URL.
+    pub async fn admin(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let admin = Arc::new(smtprelay::admin::Admin {
+            config: Arc::clone(&self.config),
+            spool: Arc::clone(&self.spool),
+            tokens: self.tokens.clone(),
+            metrics: Arc::clone(&self.metrics),
+        });
+        tokio::spawn(smtprelay::admin::serve(
+            listener,
+            admin,
+            self.shutdown.clone(),
+        ));
+        url
+    }
+}
+
+/// GET `url`; returns the status and body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let response = reqwest::Client::new().get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
 }

@@ -110,6 +110,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             refusal = Some(SmtpError::BareNewline);
         }
         if let Some(error) = refusal {
+            self.intake
+                .metrics
+                .messages_refused_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(peer = %self.peer, %error, size, "message refused");
             return Ok(Err(error));
         }
@@ -117,6 +121,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let envelope_log = (writer.content_len(), id);
         match writer.commit().await {
             Ok(id) => {
+                self.intake
+                    .metrics
+                    .messages_received_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(queue_id = %id, peer = %self.peer, size = envelope_log.0,
                     user = self.user.as_deref().unwrap_or(""), "message accepted");
                 Ok(Ok(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))))

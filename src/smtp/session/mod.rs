@@ -40,6 +40,7 @@ pub struct Intake {
     pub spool: Arc<Spool>,
     pub tls: Option<TlsAcceptor>,
     pub shutdown: CancellationToken,
+    pub metrics: Arc<crate::admin::Metrics>,
 }
 
 /// Why a session ended early; each maps to a last reply (or none when the client is gone).

@@ -1,0 +1,235 @@
+//! The admin HTTP endpoint on `[admin].listen` (loopback by default): `GET /health` (JSON,
+//! 503 when mail cannot flow), `GET /ready`, and `GET /metrics` (Prometheus text format).
+
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::oauth::manager::{AccountStatus, Health, TokenManager, unix_now};
+use crate::queue::Spool;
+pub use metrics::Metrics;
+
+/// Mail older than this in the queue makes the relay "degraded".
+const OLD_MAIL: Duration = Duration::from_secs(3600);
+
+pub struct Admin {
+    pub config: Arc<Config>,
+    pub spool: Arc<Spool>,
+    /// `None` when the token store key is missing: no account can send.
+    pub tokens: Option<Arc<TokenManager>>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(admin)
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "admin HTTP listening");
+    }
+    let result = axum::serve(listener, router(admin))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin HTTP stopped");
+    }
+}
+
+#[derive(Serialize)]
+struct HealthReport {
+    status: &'static str,
+    reasons: Vec<String>,
+    accounts: Vec<AccountStatus>,
+    queue: QueueReport,
+    last_delivery: Option<metrics::LastDelivery>,
+}
+
+#[derive(Serialize)]
+struct QueueReport {
+    depth: usize,
+    oldest_age_seconds: Option<u64>,
+}
+
+fn queue_report(spool: &Spool) -> QueueReport {
+    let now_ms = unix_now() * 1000;
+    let messages = spool.messages();
+    QueueReport {
+        depth: messages.len(),
+        oldest_age_seconds: messages
+            .iter()
+            .map(|m| m.envelope.received_at)
+            .min()
+            .map(|at| now_ms.saturating_sub(at) / 1000),
+    }
+}
+
+fn statuses(admin: &Admin) -> Vec<AccountStatus> {
+    admin
+        .tokens
+        .as_ref()
+        .map(|t| t.statuses())
+        .unwrap_or_default()
+}
+
+async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    let accounts = statuses(&admin);
+    let queue = queue_report(&admin.spool);
+    let mut unhealthy = Vec::new();
+    let mut degraded = Vec::new();
+    if admin.tokens.is_none() && !admin.config.accounts.is_empty() {
+        unhealthy.push(
+            "tokens unavailable: no token store key (run `smtprelay token keygen`)".to_owned(),
+        );
+    }
+    for account in &accounts {
+        match &account.health {
+            Health::NeedsLogin(reason) | Health::Misconfigured(reason) => unhealthy.push(format!(
+                "account {}: {} ({reason})",
+                account.account,
+                account.health.name()
+            )),
+            Health::Failing(reason) => {
+                degraded.push(format!("account {}: failing ({reason})", account.account))
+            }
+            Health::NoToken if account.flow != "client_credentials" => unhealthy.push(format!(
+                "account {}: no token yet; run `smtprelay token login --account {}`",
+                account.account, account.account
+            )),
+            _ => {}
+        }
+    }
+    if let Some(age) = queue.oldest_age_seconds
+        && age > OLD_MAIL.as_secs()
+    {
+        degraded.push(format!(
+            "the oldest queued message is {} minutes old",
+            age / 60
+        ));
+    }
+    let (status, code) = if !unhealthy.is_empty() {
+        ("unhealthy", StatusCode::SERVICE_UNAVAILABLE)
+    } else if !degraded.is_empty() {
+        ("degraded", StatusCode::OK)
+    } else {
+        ("healthy", StatusCode::OK)
+    };
+    unhealthy.extend(degraded);
+    let report = HealthReport {
+        status,
+        reasons: unhealthy,
+        accounts,
+        queue,
+        last_delivery: admin.metrics.last_delivery(),
+    };
+    (code, axum::Json(report))
+}
+
+async fn ready() -> &'static str {
+    "ready\n"
+}
+
+/// A per-account metric read from the token manager's status: name, type, help, value.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&AccountStatus) -> Option<f64>,
+);
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    use metrics::{escape, gauge};
+    let mut out = String::new();
+    admin.metrics.render(&mut out);
+    let queue = queue_report(&admin.spool);
+    gauge(
+        &mut out,
+        "smtprelay_queue_depth",
+        "messages in the queue",
+        queue.depth as f64,
+    );
+    gauge(
+        &mut out,
+        "smtprelay_queue_oldest_age_seconds",
+        "age of the oldest queued message",
+        queue.oldest_age_seconds.unwrap_or(0) as f64,
+    );
+    let accounts = statuses(&admin);
+    let families: [Family; 5] = [
+        (
+            "smtprelay_token_expires_in_seconds",
+            "gauge",
+            "seconds until the access token expires",
+            |s| s.access_token_expires_in_secs.map(|v| v as f64),
+        ),
+        (
+            "smtprelay_token_refreshes_total",
+            "counter",
+            "token requests that succeeded",
+            |s| Some(s.refreshes_total as f64),
+        ),
+        (
+            "smtprelay_token_refresh_failures_total",
+            "counter",
+            "token requests that failed",
+            |s| Some(s.refresh_failures_total as f64),
+        ),
+        (
+            "smtprelay_token_consecutive_failures",
+            "gauge",
+            "token request failures since the last success",
+            |s| Some(s.consecutive_failures as f64),
+        ),
+        (
+            "smtprelay_token_usable",
+            "gauge",
+            "1 when the account can get tokens (valid, refreshing or not yet asked)",
+            |s| {
+                Some(matches!(
+                    s.health,
+                    Health::Valid | Health::Refreshing | Health::NoToken
+                ) as u8 as f64)
+            },
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = std::fmt::Write::write_fmt(
+            &mut out,
+            format_args!("# HELP {name} {help}\n# TYPE {name} {kind}\n"),
+        );
+        for status in &accounts {
+            if let Some(v) = value(status) {
+                let _ = std::fmt::Write::write_fmt(
+                    &mut out,
+                    format_args!("{name}{{account=\"{}\"}} {v}\n", escape(&status.account)),
+                );
+            }
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}

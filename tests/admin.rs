@@ -1,0 +1,138 @@
+//! The admin endpoint: /health, /ready and /metrics against a relay that has delivered mail.
+
+mod common;
+
+use common::tokens::{SECRET, account, tenant};
+use common::{PLAIN_LISTENER, TestRelay, config_text, http_get};
+
+async fn relay_with_account(
+    flow: &str,
+) -> (TestRelay, common::exchange::Exchange, tempfile::TempDir) {
+    let (entra, exchange) = tenant().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let account = if flow == "client_credentials" {
+        account(
+            &entra,
+            "contoso",
+            "app-secret",
+            flow,
+            &format!("client_secret_file = {secret:?}"),
+        )
+    } else {
+        account(&entra, "contoso", "app-public", flow, "")
+    };
+    let table = format!("{account}{}", exchange.upstream_table(dir.path()));
+    let relay =
+        TestRelay::start_with(move |state| config_text(state, PLAIN_LISTENER, &table)).await;
+    (relay, exchange, dir)
+}
+
+#[tokio::test]
+async fn health_and_metrics_describe_what_happened() {
+    let (relay, exchange, _dir) = relay_with_account("client_credentials").await;
+    exchange.state().rcpt_replies.insert(
+        "ghost@fabrikam.com".into(),
+        "550 5.1.10 Recipient not found".into(),
+    );
+    let mut client = relay.connect().await;
+    client.expect("EHLO app", 250).await;
+    let body = b"Subject: x\r\n\r\nx\r\n";
+    assert_eq!(
+        client
+            .send_message("scanner@contoso.com", &["a@fabrikam.com"], body)
+            .await
+            .0,
+        250
+    );
+    assert_eq!(
+        client
+            .send_message("scanner@contoso.com", &["ghost@fabrikam.com"], body)
+            .await
+            .0,
+        250
+    );
+    client.expect("QUIT", 221).await;
+    relay.drained().await;
+    let admin = relay.admin().await;
+
+    let (status, text) = http_get(&format!("{admin}/health")).await;
+    assert_eq!(status, 200, "{text}");
+    let health: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(health["status"], "healthy", "{text}");
+    assert_eq!(health["accounts"][0]["state"], "valid");
+    assert!(
+        health["accounts"][0]["access_token_expires_in_secs"]
+            .as_i64()
+            .unwrap()
+            > 3000
+    );
+    assert_eq!(health["queue"]["depth"], 0);
+    assert_eq!(health["last_delivery"]["account"], "contoso");
+
+    assert_eq!(http_get(&format!("{admin}/ready")).await.0, 200);
+
+    let (status, text) = http_get(&format!("{admin}/metrics")).await;
+    assert_eq!(status, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, account: Option<&str>| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name && account.is_none_or(|a| s.labels.get("account") == Some(a))
+            })
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a number"),
+        }
+    };
+    assert_eq!(value("smtprelay_messages_received_total", None), 2.0);
+    assert_eq!(value("smtprelay_sessions_total", None), 1.0);
+    // The good message and the bounce report went out; the other message bounced.
+    assert_eq!(
+        value("smtprelay_messages_delivered_total", Some("contoso")),
+        2.0
+    );
+    assert_eq!(
+        value("smtprelay_messages_bounced_total", Some("contoso")),
+        1.0
+    );
+    assert_eq!(value("smtprelay_queue_depth", None), 0.0);
+    assert!(value("smtprelay_token_expires_in_seconds", Some("contoso")) > 3000.0);
+    assert_eq!(
+        value("smtprelay_token_refreshes_total", Some("contoso")),
+        1.0
+    );
+    let histogram = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "smtprelay_delivery_latency_seconds")
+        .expect("latency histogram");
+    assert!(matches!(
+        histogram.value,
+        prometheus_parse::Value::Histogram(_)
+    ));
+}
+
+#[tokio::test]
+async fn an_account_without_a_login_makes_the_relay_unhealthy() {
+    let (relay, _exchange, _dir) = relay_with_account("device_code").await;
+    let admin = relay.admin().await;
+    let (status, text) = http_get(&format!("{admin}/health")).await;
+    assert_eq!(status, 503, "{text}");
+    let health: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(health["status"], "unhealthy");
+    assert!(
+        health["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("token login"),
+        "{text}"
+    );
+    assert_eq!(http_get(&format!("{admin}/ready")).await.0, 200);
+}
