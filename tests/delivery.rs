@@ -335,6 +335,20 @@ async fn mail_waits_while_the_upstream_is_down_and_goes_out_when_it_is_back() {
         state.attempts >= 1 && state.last_error.as_deref().unwrap_or("").contains("421"),
         "{state:?}"
     );
+    // What an admin sees meanwhile.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .args(["queue", "show", &file.envelope.id.to_string(), "--config"])
+        .arg(w.relay.dir.path().join("smtprelay.toml"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert!(shown.contains("state:       deferred"), "{shown}");
+    assert!(shown.contains("pending    <a@fabrikam.com>"), "{shown}");
+    assert!(
+        shown.contains("last error:  upstream replied 421 4.3.2"),
+        "{shown}"
+    );
     w.exchange.state().down = None;
     w.relay.drained().await;
     assert_eq!(w.exchange.state().received.len(), 5);

@@ -61,6 +61,12 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show one message: envelope, each recipient's state and last reply, attempts.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Loads the configuration, printing every problem on failure.
@@ -84,6 +90,9 @@ pub fn run() -> ExitCode {
         Command::Queue {
             command: QueueCommand::List { json },
         } => load(path).and_then(|c| queue::list(&c, json)),
+        Command::Queue {
+            command: QueueCommand::Show { id, json },
+        } => load(path).and_then(|c| queue::show(&c, &id, json)),
         Command::HashPassword => hash_password::run(),
         Command::Token { command } => load(path).and_then(|c| token::run(c, command)),
     };

@@ -112,3 +112,97 @@ fn format_age(age: Duration) -> String {
         _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
 }
+
+/// `queue show ID`: everything known about one message, from the queue or from failed/.
+pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode> {
+    let id: crate::queue::QueueId = id.parse().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })?;
+    let paths = SpoolPaths::new(config.spool_dir());
+    let (path, place) = [
+        (paths.message(id), "queue"),
+        (paths.failed().join(format!("{id}.msg")), "failed"),
+    ]
+    .into_iter()
+    .find(|(p, _)| p.exists())
+    .ok_or_else(|| {
+        eprintln!(
+            "error: no message {id} in {} (delivered, deleted, or never queued)",
+            paths.root.display()
+        );
+        ExitCode::FAILURE
+    })?;
+    let file = crate::queue::MessageFile::open(&path).map_err(|e| {
+        eprintln!("error: {}: {e}", path.display());
+        ExitCode::FAILURE
+    })?;
+    let state_path = path.with_extension("state");
+    let state = match std::fs::read(&state_path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| DeliveryState::new(&file.envelope))
+        }
+        Err(_) => DeliveryState::new(&file.envelope),
+    };
+    if json {
+        let value = serde_json::json!({
+            "id": id.to_string(),
+            "place": place,
+            "envelope": file.envelope,
+            "size": file.content_len,
+            "state": state,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("serialises")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let envelope = &file.envelope;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    println!("id:          {id} ({place})");
+    println!(
+        "received:    {} ago from [{}] (HELO {}{})",
+        format_age(Duration::from_millis(
+            now_ms.saturating_sub(envelope.received_at)
+        )),
+        envelope.client.address,
+        envelope.client.helo,
+        envelope
+            .client
+            .user
+            .as_ref()
+            .map(|u| format!(", user {u}"))
+            .unwrap_or_default()
+    );
+    println!("sender:      <{}>", envelope.sender);
+    println!("size:        {} bytes", file.content_len);
+    println!(
+        "state:       {}, {} attempt(s)",
+        state.label(),
+        state.attempts
+    );
+    if let Some(error) = &state.last_error {
+        println!("last error:  {error}");
+    }
+    for recipient in &state.recipients {
+        let status = match recipient.status {
+            crate::queue::RecipientStatus::Pending => "pending",
+            crate::queue::RecipientStatus::Delivered => "delivered",
+            crate::queue::RecipientStatus::Failed => "failed",
+        };
+        println!("  {:<10} <{}>", status, recipient.address);
+        if let Some(reply) = &recipient.reply {
+            println!("             {reply}");
+            let code: Option<u16> = reply.get(..3).and_then(|c| c.parse().ok());
+            if let Some(diagnosis) = code.and_then(|c| {
+                crate::delivery::UpstreamReply::new(c, reply.get(4..).unwrap_or("")).diagnosis()
+            }) {
+                println!("             ({diagnosis})");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
