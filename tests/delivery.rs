@@ -569,3 +569,110 @@ async fn sender_mailboxes_send_as_themselves_and_a_forbidden_one_bounces() {
     assert_eq!(received.len(), 1, "{received:?}");
     assert!(relay.spool.is_empty());
 }
+
+/// Runs `smtprelay queue …` against the relay's config.
+fn queue_cli(relay: &TestRelay, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .arg("queue")
+        .args(args)
+        .arg("--config")
+        .arg(relay.dir.path().join("smtprelay.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_control_while_the_relay_runs() {
+    let w = world("", "[queue]\nretry = [\"1h\"]\non_failure = \"keep\"\n").await;
+    w.exchange.state().down = Some("421 4.3.2 Service not available".into());
+    let mut ids = Vec::new();
+    for name in ["held", "flushed", "deleted"] {
+        ids.push(
+            send(
+                &w.relay,
+                "scanner@contoso.com",
+                &["a@fabrikam.com"],
+                format!("Subject: {name}\r\n\r\nx\r\n").as_bytes(),
+            )
+            .await,
+        );
+    }
+    // Each has failed once and now waits an hour.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while w.relay.spool.messages().iter().any(|m| {
+        w.relay
+            .spool
+            .paths()
+            .read_state(&m.envelope)
+            .unwrap()
+            .attempts
+            == 0
+    }) {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (ok, text) = queue_cli(&w.relay, &["hold", &ids[0]]);
+    assert!(ok && text.contains("held"), "{text}");
+    let (ok, text) = queue_cli(&w.relay, &["delete", &ids[2]]);
+    assert!(ok && text.contains("deleted"), "{text}");
+    let (ok, text) = queue_cli(&w.relay, &["delete", &ids[2]]);
+    assert!(!ok && text.contains("no message"), "{text}");
+
+    w.exchange.state().down = None;
+    let (ok, text) = queue_cli(&w.relay, &["flush"]);
+    assert!(ok && text.contains("1 message(s) due now"), "{text}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while w.exchange.state().received.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flush did not deliver"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, listing) = queue_cli(&w.relay, &["list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{listing}");
+    assert_eq!(rows[0]["state"], "held");
+
+    let (ok, text) = queue_cli(&w.relay, &["release", &ids[0]]);
+    assert!(ok && text.contains("released"), "{text}");
+    w.relay.drained().await;
+    let subjects: Vec<String> = w
+        .exchange
+        .state()
+        .received
+        .iter()
+        .map(|r| subject(&r.data))
+        .collect();
+    assert_eq!(subjects, ["flushed", "held"]);
+
+    // A failed message kept in failed/ comes back with `retry --failed`.
+    w.exchange.state().rcpt_replies.insert(
+        "ghost@fabrikam.com".into(),
+        "550 5.1.10 Recipient not found".into(),
+    );
+    send(
+        &w.relay,
+        "scanner@contoso.com",
+        &["ghost@fabrikam.com"],
+        b"Subject: kept\r\n\r\nx\r\n",
+    )
+    .await;
+    w.relay.drained().await;
+    w.exchange.state().rcpt_replies.clear();
+    let (ok, text) = queue_cli(&w.relay, &["retry", "--failed"]);
+    assert!(ok && text.contains("1 failed message(s) back"), "{text}");
+    w.relay.drained().await;
+    assert_eq!(subject(&w.exchange.state().received[2].data), "kept");
+}
+
+#[tokio::test]
+async fn queue_commands_say_so_when_the_relay_is_not_running() {
+    let relay = TestRelay::start("").await; // no account, so no delivery and no control socket
+    let (ok, text) = queue_cli(&relay, &["flush"]);
+    assert!(!ok);
+    assert!(text.contains("smtprelay is not running"), "{text}");
+}

@@ -61,6 +61,20 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make every deferred message due now (the running daemon does it).
+    Flush,
+    /// Try one message now, or bring back every failed one with --failed.
+    Retry {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        failed: bool,
+    },
+    /// Keep a message from being delivered until released.
+    Hold { id: String },
+    /// Let a held message go.
+    Release { id: String },
+    /// Remove a message from the queue (no bounce).
+    Delete { id: String },
     /// Show one message: envelope, each recipient's state and last reply, attempts.
     Show {
         id: String,
@@ -93,6 +107,7 @@ pub fn run() -> ExitCode {
         Command::Queue {
             command: QueueCommand::Show { id, json },
         } => load(path).and_then(|c| queue::show(&c, &id, json)),
+        Command::Queue { command } => load(path).and_then(|c| queue::control(&c, command)),
         Command::HashPassword => hash_password::run(),
         Command::Token { command } => load(path).and_then(|c| token::run(c, command)),
     };

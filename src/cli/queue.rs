@@ -206,3 +206,46 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Queue commands that change things go through the running daemon's control socket.
+pub fn control(config: &Config, command: super::QueueCommand) -> Result<ExitCode, ExitCode> {
+    use crate::delivery::scheduler::Control;
+    let parse = |id: &str| {
+        id.parse::<crate::queue::QueueId>().map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        })
+    };
+    let request = match command {
+        super::QueueCommand::Flush => Control::Flush,
+        super::QueueCommand::Retry { failed: true, .. } => Control::RetryFailed,
+        super::QueueCommand::Retry { id: Some(id), .. } => Control::Retry(parse(&id)?),
+        super::QueueCommand::Retry { id: None, .. } => {
+            eprintln!("error: name a queue ID, or use --failed");
+            return Err(ExitCode::FAILURE);
+        }
+        super::QueueCommand::Hold { id } => Control::Hold(parse(&id)?),
+        super::QueueCommand::Release { id } => Control::Release(parse(&id)?),
+        super::QueueCommand::Delete { id } => Control::Delete(parse(&id)?),
+        super::QueueCommand::List { .. } | super::QueueCommand::Show { .. } => {
+            unreachable!("read-only commands are handled directly")
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|_| ExitCode::FAILURE)?;
+    match runtime.block_on(crate::admin::control::request(
+        &config.server.state_dir,
+        &request,
+    )) {
+        Ok(message) => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}

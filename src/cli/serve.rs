@@ -90,13 +90,26 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
             Arc::clone(&config),
             Arc::clone(&metrics),
         );
-        (refresher, tokio::spawn(delivery.run(shutdown.clone())))
+        let socket = crate::admin::control::socket_path(&config.server.state_dir);
+        let control = tokio::spawn(crate::admin::control::serve(
+            socket,
+            delivery.control(),
+            shutdown.clone(),
+        ));
+        (
+            refresher,
+            tokio::spawn(delivery.run(shutdown.clone())),
+            control,
+        )
     });
     server.run().await;
-    if let Some((refresher, delivery)) = delivery {
+    if let Some((refresher, delivery, control)) = delivery {
         // Workers finish the message in hand; every exchange has its own timeout.
         let _ = delivery.await;
         let _ = refresher.await;
+        if let Ok(Err(e)) = control.await {
+            tracing::error!(error = %e, "control socket failed");
+        }
     }
     if let Some(admin) = admin {
         let _ = admin.await;

@@ -24,7 +24,28 @@ pub struct Delivery {
     shared: Arc<Shared>,
     lanes: Vec<Arc<Lane>>,
     queues: Vec<mpsc::UnboundedSender<QueueId>>,
+    control: mpsc::UnboundedSender<ControlRequest>,
+    requests: mpsc::UnboundedReceiver<ControlRequest>,
 }
+
+/// What an admin can ask of the running queue (`smtprelay queue …`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "command", content = "id", rename_all = "snake_case")]
+pub enum Control {
+    /// Every deferred message is due now.
+    Flush,
+    Retry(QueueId),
+    /// Failed messages (`on_failure = "keep"`) come back into the queue.
+    RetryFailed,
+    Hold(QueueId),
+    Release(QueueId),
+    Delete(QueueId),
+}
+
+pub type ControlRequest = (
+    Control,
+    tokio::sync::oneshot::Sender<Result<String, String>>,
+);
 
 #[derive(Clone, Copy)]
 struct Waiting {
@@ -49,7 +70,10 @@ impl Delivery {
                 (Arc::new(lane), queue)
             })
             .unzip();
+        let (control, requests) = mpsc::unbounded_channel();
         Delivery {
+            control,
+            requests,
             queues,
             shared: Arc::new(Shared {
                 spool,
@@ -61,8 +85,13 @@ impl Delivery {
         }
     }
 
+    /// Where queue commands go while delivery runs.
+    pub fn control(&self) -> mpsc::UnboundedSender<ControlRequest> {
+        self.control.clone()
+    }
+
     /// Delivers until `shutdown`; then lets workers finish the message in hand.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let spool = Arc::clone(&self.shared.spool);
         let mut arrivals = spool.arrivals();
         let mut token_events = self.shared.tokens.subscribe();
@@ -81,6 +110,8 @@ impl Delivery {
 
         let mut waiting: BTreeMap<QueueId, Waiting> = BTreeMap::new();
         let mut in_flight: HashSet<QueueId> = HashSet::new();
+        // Held while in flight: not rescheduled when the worker hands it back.
+        let mut held: HashSet<QueueId> = HashSet::new();
         for file in spool.messages() {
             self.enqueue(&mut waiting, file.envelope.id);
         }
@@ -111,8 +142,15 @@ impl Delivery {
                         self.enqueue(&mut waiting, id);
                     }
                 }
+                Some((command, reply)) = self.requests.recv() => {
+                    let result = self.command(command, &mut waiting, &in_flight, &mut held).await;
+                    let _ = reply.send(result);
+                }
                 Some((id, next)) = done.recv() => {
                     in_flight.remove(&id);
+                    if held.remove(&id) {
+                        continue;
+                    }
                     let lane = waiting_lane(&self.lanes, &spool, id);
                     match next {
                         Next::Done => {}
@@ -140,6 +178,91 @@ impl Delivery {
         drop(self.queues);
         workers.close();
         workers.wait().await;
+    }
+
+    async fn command(
+        &self,
+        command: Control,
+        waiting: &mut BTreeMap<QueueId, Waiting>,
+        in_flight: &HashSet<QueueId>,
+        held: &mut HashSet<QueueId>,
+    ) -> Result<String, String> {
+        let spool = &self.shared.spool;
+        let now = Instant::now();
+        let known = |id: QueueId| {
+            spool
+                .get(id)
+                .ok_or_else(|| format!("no message {id} in the queue"))
+        };
+        match command {
+            Control::Flush => {
+                for w in waiting.values_mut() {
+                    w.due = now;
+                }
+                Ok(format!("{} message(s) due now", waiting.len()))
+            }
+            Control::Retry(id) => {
+                known(id)?;
+                if in_flight.contains(&id) {
+                    return Ok(format!("{id} is being delivered now"));
+                }
+                match waiting.get_mut(&id) {
+                    Some(w) => {
+                        w.due = now;
+                        Ok(format!("{id} due now"))
+                    }
+                    None => Err(format!("{id} is held; release it instead")),
+                }
+            }
+            Control::RetryFailed => {
+                let ids = spool.restore_failed().await.map_err(|e| e.to_string())?;
+                for id in &ids {
+                    self.enqueue(waiting, *id);
+                }
+                Ok(format!("{} failed message(s) back in the queue", ids.len()))
+            }
+            Control::Hold(id) | Control::Release(id) => {
+                let file = known(id)?;
+                let hold = matches!(command, Control::Hold(_));
+                let mut state = spool
+                    .paths()
+                    .read_state(&file.envelope)
+                    .map_err(|e| e.to_string())?;
+                state.held = hold;
+                if !hold {
+                    state.next_attempt_ms = 0;
+                }
+                spool
+                    .save_state(id, &state)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if hold {
+                    waiting.remove(&id);
+                    if in_flight.contains(&id) {
+                        held.insert(id);
+                    }
+                    Ok(format!("{id} held"))
+                } else {
+                    held.remove(&id);
+                    if !in_flight.contains(&id) {
+                        self.enqueue(waiting, id);
+                    }
+                    Ok(format!("{id} released"))
+                }
+            }
+            Control::Delete(id) => {
+                known(id)?;
+                if in_flight.contains(&id) {
+                    return Err(format!(
+                        "{id} is being delivered right now; try again in a moment"
+                    ));
+                }
+                waiting.remove(&id);
+                spool.complete(id).await.map_err(|e| e.to_string())?;
+                tracing::warn!(queue_id = %id, "deleted by an admin");
+                Ok(format!("{id} deleted"))
+            }
+        }
     }
 
     fn enqueue(&self, waiting: &mut BTreeMap<QueueId, Waiting>, id: QueueId) {

@@ -309,6 +309,59 @@ impl Spool {
         Ok(())
     }
 
+    /// Brings failed messages back into the queue (`queue retry --failed`): their failed
+    /// recipients become pending again and the attempt count starts over. Returns their IDs.
+    pub async fn restore_failed(&self) -> io::Result<Vec<QueueId>> {
+        let paths = self.paths.clone();
+        let fsync = self.fsync;
+        let restored = blocking(move || {
+            let mut restored = Vec::new();
+            for entry in fs::read_dir(paths.failed())? {
+                let path = entry?.path();
+                if path.extension().is_none_or(|e| e != "msg") {
+                    continue;
+                }
+                let Ok(file) = MessageFile::open(&path) else {
+                    continue;
+                };
+                let id = file.envelope.id;
+                let state_path = path.with_extension("state");
+                let mut state = fs::read(&state_path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<DeliveryState>(&b).ok())
+                    .unwrap_or_else(|| DeliveryState::new(&file.envelope));
+                for recipient in &mut state.recipients {
+                    if recipient.status == super::state::RecipientStatus::Failed {
+                        recipient.status = super::state::RecipientStatus::Pending;
+                    }
+                }
+                state.attempts = 0;
+                state.next_attempt_ms = 0;
+                state.bounced = false;
+                let mut file_out = create_or_truncate(&paths.state(id))?;
+                file_out.write_all(&serde_json::to_vec(&state).map_err(io::Error::other)?)?;
+                if fsync {
+                    file_out.sync_data()?;
+                }
+                let _ = fs::remove_file(&state_path);
+                fs::rename(&path, paths.message(id))?;
+                restored.push(file);
+            }
+            if fsync && !restored.is_empty() {
+                sync_dir(&paths.queue())?;
+                sync_dir(&paths.failed())?;
+            }
+            Ok(restored)
+        })
+        .await?;
+        let ids = restored.iter().map(|f| f.envelope.id).collect();
+        let mut index = self.index();
+        for file in restored {
+            index.insert(file.envelope.id, file);
+        }
+        Ok(ids)
+    }
+
     /// Moves a failed message to `failed/` (`on_failure = "keep"`).
     pub async fn keep_failed(&self, id: QueueId) -> io::Result<()> {
         let paths = self.paths.clone();
@@ -451,6 +504,15 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+fn create_or_truncate(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 fn create_private(path: &Path) -> io::Result<File> {

@@ -174,6 +174,11 @@ impl TestRelay {
                 config,
                 Arc::clone(&metrics),
             );
+            tokio::spawn(smtprelay::admin::control::serve(
+                smtprelay::admin::control::socket_path(&config_for_admin.server.state_dir),
+                delivery.control(),
+                shutdown.clone(),
+            ));
             (
                 Some(manager),
                 Some(tokio::spawn(delivery.run(shutdown.clone()))),
