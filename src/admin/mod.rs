@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint on `[admin].listen` (loopback by default): `GET /health` (JSON,
 //! 503 when mail cannot flow), `GET /ready`, and `GET /metrics` (Prometheus text format).
 
+pub mod alerts;
 pub mod control;
 pub mod metrics;
 

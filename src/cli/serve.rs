@@ -83,6 +83,14 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
         });
         tokio::spawn(crate::admin::serve(listener, admin, shutdown.clone()))
     });
+    let alerts = (config.alerts.webhook.is_some() || config.alerts.email.is_some()).then(|| {
+        let alerter = crate::admin::alerts::Alerter::new(
+            Arc::clone(&config),
+            Arc::clone(&spool),
+            tokens.as_ref().map(|(manager, _)| Arc::clone(manager)),
+        );
+        tokio::spawn(alerter.run(shutdown.clone()))
+    });
     let delivery = tokens.map(|(manager, refresher)| {
         let delivery = Delivery::new(
             Arc::clone(&spool),
@@ -113,6 +121,9 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     }
     if let Some(admin) = admin {
         let _ = admin.await;
+    }
+    if let Some(alerts) = alerts {
+        let _ = alerts.await;
     }
     tracing::info!(queued = intake.spool.len(), "stopped");
     Ok(ExitCode::SUCCESS)

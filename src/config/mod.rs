@@ -241,6 +241,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone)]
 pub struct AlertsConfig {
     pub token_expiry_warning: Duration,
+    /// Alert when the oldest queued message is older than this.
+    pub queue_age_warning: Duration,
     pub refresh_failure_threshold: u32,
     pub webhook: Option<String>,
     pub email: Option<String>,
@@ -741,6 +743,9 @@ fn read_alerts(section: Option<Section>) -> AlertsConfig {
     let alerts = AlertsConfig {
         token_expiry_warning: s
             .and_then(|s| s.parse("token_expiry_warning", parse_duration))
+            .unwrap_or(Duration::from_secs(3600)),
+        queue_age_warning: s
+            .and_then(|s| s.parse("queue_age_warning", parse_duration))
             .unwrap_or(Duration::from_secs(3600)),
         refresh_failure_threshold: s
             .and_then(|s| s.get("refresh_failure_threshold"))

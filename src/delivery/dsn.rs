@@ -1,9 +1,7 @@
 //! Delivery status notifications (RFC 3464 multipart/report) for recipients that failed for
 //! good, with the upstream's reply and a diagnosis in plain words.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use crate::queue::{ClientInfo, DeliveryState, Envelope, MessageFile, QueueId, Spool};
+use crate::queue::{DeliveryState, Envelope, MessageFile, QueueId, Spool};
 
 /// The original headers quoted in the report are cut at this size.
 const MAX_QUOTED_HEADERS: usize = 64 * 1024;
@@ -117,23 +115,8 @@ fn normalise(text: &str) -> String {
 
 /// Queues the report for `bounce`; it goes out like any other message and never bounces itself.
 pub async fn queue(spool: &std::sync::Arc<Spool>, bounce: &Bounce<'_>) -> std::io::Result<QueueId> {
-    let envelope = Envelope {
-        id: QueueId::generate(),
-        received_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        sender: String::new(),
-        recipients: vec![bounce.original.envelope.sender.clone()],
-        smtputf8: bounce.original.envelope.smtputf8,
-        eight_bit: true,
-        client: ClientInfo {
-            address: std::net::Ipv4Addr::LOCALHOST.into(),
-            helo: bounce.hostname.to_owned(),
-            user: None,
-            tls: false,
-        },
-        is_dsn: true,
-    };
+    let original = &bounce.original.envelope;
+    let envelope = Envelope::from_relay(&original.sender, bounce.hostname, original.smtputf8);
     let mut writer = spool.create(envelope);
     writer.write(&report(bounce)).await?;
     writer.commit().await

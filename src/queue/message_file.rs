@@ -43,6 +43,30 @@ pub struct Envelope {
     pub is_dsn: bool,
 }
 
+impl Envelope {
+    /// A message the relay writes itself (a DSN, an alert): null sender and marked as a
+    /// report, so it never bounces or causes further mail.
+    pub fn from_relay(recipient: &str, hostname: &str, smtputf8: bool) -> Envelope {
+        Envelope {
+            id: QueueId::generate(),
+            received_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            sender: String::new(),
+            recipients: vec![recipient.to_owned()],
+            smtputf8,
+            eight_bit: true,
+            client: ClientInfo {
+                address: std::net::Ipv4Addr::LOCALHOST.into(),
+                helo: hostname.to_owned(),
+                user: None,
+                tls: false,
+            },
+            is_dsn: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
     pub address: IpAddr,

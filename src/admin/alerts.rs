@@ -1,0 +1,249 @@
+//! Alerts: conditions an admin must hear about before mail stops (tokens that will lapse,
+//! accounts that need a login or a fix, repeated refresh failures, old mail in the queue),
+//! sent to a webhook (JSON POST, retried) and/or by e-mail through the relay itself.
+//! De-duplicated: one alert when a condition starts, one when it clears.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::oauth::manager::{Health, TokenManager, unix_now};
+use crate::queue::{Envelope, QueueId, Spool};
+
+/// How often conditions are looked at when nothing else prompts it.
+const EVALUATE_EVERY: Duration = Duration::from_secs(10);
+const WEBHOOK_ATTEMPTS: u32 = 4;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AlertEvent {
+    /// Stable name of the condition, e.g. `account:contoso:needs_login`.
+    pub key: String,
+    /// `firing` or `resolved`.
+    pub state: &'static str,
+    pub summary: String,
+    pub host: String,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+pub struct Alerter {
+    config: Arc<Config>,
+    spool: Arc<Spool>,
+    tokens: Option<Arc<TokenManager>>,
+    http: Option<reqwest::Client>,
+    active: BTreeMap<String, String>,
+}
+
+impl Alerter {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<Spool>,
+        tokens: Option<Arc<TokenManager>>,
+    ) -> Alerter {
+        let http = config.alerts.webhook.as_ref().and_then(|_| {
+            let tls = crate::client_tls::client_config(None).ok()?;
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .timeout(Duration::from_secs(15))
+                .build()
+                .ok()
+        });
+        Alerter {
+            config,
+            spool,
+            tokens,
+            http,
+            active: BTreeMap::new(),
+        }
+    }
+
+    /// The conditions that hold now, by key, with a summary.
+    fn conditions(&self) -> BTreeMap<String, String> {
+        let mut now = BTreeMap::new();
+        let alerts = &self.config.alerts;
+        let Some(tokens) = &self.tokens else {
+            if !self.config.accounts.is_empty() {
+                now.insert(
+                    "tokens:unavailable".into(),
+                    "no token store key: no mail can be delivered (run `smtprelay token keygen`)"
+                        .into(),
+                );
+            }
+            return now;
+        };
+        let unix = unix_now();
+        for status in tokens.statuses() {
+            let account = &status.account;
+            match &status.health {
+                Health::NeedsLogin(reason) => {
+                    now.insert(format!("account:{account}:needs_login"), format!("account {account} needs a login (smtprelay token login --account {account}): {reason}"));
+                }
+                Health::Misconfigured(reason) => {
+                    now.insert(
+                        format!("account:{account}:misconfigured"),
+                        format!("account {account} is misconfigured: {reason}"),
+                    );
+                }
+                _ => {}
+            }
+            if status.consecutive_failures >= alerts.refresh_failure_threshold {
+                now.insert(
+                    format!("account:{account}:refresh_failures"),
+                    format!(
+                        "account {account}: {} token requests in a row failed",
+                        status.consecutive_failures
+                    ),
+                );
+            }
+            // A token that cannot be renewed by itself and lapses soon.
+            let warning = alerts.token_expiry_warning.as_secs();
+            let lapses = match (
+                status.auto_refresh,
+                status.access_token_expires_at,
+                status.refresh_token_expires_at,
+            ) {
+                (false, Some(expires), _) => Some(expires),
+                (true, _, Some(refresh_expires)) if status.flow != "client_credentials" => {
+                    Some(refresh_expires)
+                }
+                _ => None,
+            };
+            if let Some(at) = lapses
+                && at <= unix + warning
+            {
+                now.insert(
+                    format!("account:{account}:expiring"),
+                    format!("account {account}: its token lapses in {} min and cannot be renewed without a login", at.saturating_sub(unix) / 60),
+                );
+            }
+        }
+        let oldest = self
+            .spool
+            .messages()
+            .iter()
+            .map(|m| m.envelope.received_at)
+            .min();
+        if let Some(received) = oldest {
+            let age = (unix * 1000).saturating_sub(received) / 1000;
+            if age > alerts.queue_age_warning.as_secs() {
+                now.insert(
+                    "queue:old_mail".into(),
+                    format!(
+                        "the oldest message has waited {} min in the queue",
+                        age / 60
+                    ),
+                );
+            }
+        }
+        now
+    }
+
+    /// Sends what started or cleared since the last look.
+    pub async fn evaluate(&mut self) {
+        let now = self.conditions();
+        let mut events = Vec::new();
+        for (key, summary) in &now {
+            if !self.active.contains_key(key) {
+                events.push(self.event(key, "firing", summary));
+            }
+        }
+        for (key, summary) in &self.active {
+            if !now.contains_key(key) {
+                events.push(self.event(key, "resolved", summary));
+            }
+        }
+        self.active = now;
+        for event in events {
+            tracing::warn!(alert = %event.key, state = event.state, summary = %event.summary, "alert");
+            self.send(&event).await;
+        }
+    }
+
+    fn event(&self, key: &str, state: &'static str, summary: &str) -> AlertEvent {
+        AlertEvent {
+            key: key.to_owned(),
+            state,
+            summary: summary.to_owned(),
+            host: self.config.server.hostname.clone(),
+            at: unix_now(),
+        }
+    }
+
+    async fn send(&self, event: &AlertEvent) {
+        if let (Some(url), Some(http)) = (&self.config.alerts.webhook, &self.http) {
+            let mut delay = Duration::from_secs(1);
+            for attempt in 1..=WEBHOOK_ATTEMPTS {
+                match http.post(url).json(event).send().await {
+                    Ok(response) if response.status().is_success() => break,
+                    Ok(response) => {
+                        tracing::warn!(status = %response.status(), attempt, "alert webhook refused the alert")
+                    }
+                    Err(e) => tracing::warn!(error = %e, attempt, "alert webhook unreachable"),
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+        if let Some(to) = &self.config.alerts.email
+            && let Err(e) = self.queue_email(to, event).await
+        {
+            tracing::error!(error = %e, "cannot queue the alert e-mail");
+        }
+    }
+
+    /// Queues the alert as a message from the relay itself (see `Envelope::from_relay`).
+    async fn queue_email(&self, to: &str, event: &AlertEvent) -> std::io::Result<QueueId> {
+        let from = self
+            .config
+            .accounts
+            .first()
+            .map(|a| a.mailbox.clone())
+            .filter(|m| m != "{sender}")
+            .unwrap_or_else(|| to.to_owned());
+        let subject = format!(
+            "[smtprelay {}] {}: {}",
+            event.host,
+            event.state.to_uppercase(),
+            event.summary.chars().take(120).collect::<String>()
+        );
+        let content = format!(
+            "From: smtprelay on {host} <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {date}\r\n\
+             Auto-Submitted: auto-generated\r\nX-Smtprelay-Alert: {key}\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\r\n{summary}\r\n\r\nState: {state}\r\nCondition: {key}\r\n",
+            host = event.host,
+            date = chrono::Utc::now().to_rfc2822(),
+            key = event.key,
+            summary = event.summary,
+            state = event.state,
+        );
+        let envelope = Envelope::from_relay(to, &event.host, false);
+        let mut writer = self.spool.create(envelope);
+        writer.write(content.as_bytes()).await?;
+        writer.commit().await
+    }
+
+    /// Looks at the conditions every few seconds and on every token event, until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut events = self.tokens.as_ref().map(|t| t.subscribe());
+        loop {
+            self.evaluate().await;
+            let token_event = async {
+                match events.as_mut() {
+                    Some(events) => {
+                        let _ = events.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(EVALUATE_EVERY) => {}
+                _ = token_event => {}
+            }
+        }
+    }
+}

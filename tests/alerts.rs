@@ -1,0 +1,118 @@
+//! Alerts reach a webhook and a mailbox, once when a condition starts and once when it clears.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::tokens::{account, tenant};
+use common::{PLAIN_LISTENER, TestRelay, config_text};
+
+async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let store = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let store = Arc::clone(&store);
+            async move {
+                store.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_account_alerts_once_and_clears_once() {
+    let (entra, exchange) = tenant().await;
+    let (hook, hooked) = webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "an-expired-secret").unwrap();
+    let table = format!(
+        "{}{}[alerts]\nwebhook = {hook:?}\nemail = \"admin@contoso.com\"\n",
+        account(
+            &entra,
+            "contoso",
+            "app-secret",
+            "client_credentials",
+            &format!("client_secret_file = {secret:?}")
+        ),
+        exchange.upstream_table(dir.path()),
+    );
+    let relay =
+        TestRelay::start_with(move |state| config_text(state, PLAIN_LISTENER, &table)).await;
+    let tokens = relay.tokens.clone().unwrap();
+    let alerter = smtprelay::admin::alerts::Alerter::new(
+        Arc::clone(&relay.config),
+        Arc::clone(&relay.spool),
+        Some(Arc::clone(&tokens)),
+    );
+    tokio::spawn(alerter.run(relay.shutdown.clone()));
+
+    let wait_for = |count: usize| {
+        let hooked = Arc::clone(&hooked);
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while hooked.lock().unwrap().len() < count {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{:?}",
+                    hooked.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(1).await;
+    let firing = hooked.lock().unwrap()[0].clone();
+    assert_eq!(firing["key"], "account:contoso:misconfigured");
+    assert_eq!(firing["state"], "firing");
+    assert!(
+        firing["summary"]
+            .as_str()
+            .unwrap()
+            .contains("client secret is wrong"),
+        "{firing}"
+    );
+
+    // The admin puts the right secret in place (here: Entra learns the relay's one).
+    entra.register(common::entra::App {
+        secret: Some("an-expired-secret".into()),
+        ..common::tokens::app("app-secret")
+    });
+    tokens.refresh_now("contoso").await.unwrap();
+    wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = hooked.lock().unwrap().clone();
+    assert_eq!(events.len(), 2, "de-duplicated: {events:?}");
+    assert_eq!(events[1]["key"], "account:contoso:misconfigured");
+    assert_eq!(events[1]["state"], "resolved");
+
+    // Both alerts also went out as e-mail once the account could send again.
+    relay.drained().await;
+    let mails: Vec<String> = exchange
+        .state()
+        .received
+        .iter()
+        .filter(|r| r.recipients == ["admin@contoso.com"])
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect();
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.contains("] FIRING: account contoso is misconfigured"))
+    );
+    assert!(mails.iter().any(|m| m.contains("] RESOLVED: ")));
+    assert!(
+        mails
+            .iter()
+            .all(|m| m.contains("X-Smtprelay-Alert: account:contoso:misconfigured"))
+    );
+}
