@@ -136,3 +136,31 @@ async fn an_account_without_a_login_makes_the_relay_unhealthy() {
     );
     assert_eq!(http_get(&format!("{admin}/ready")).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_bearer_token_guards_the_endpoint_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "s3cret-admin-token\n").unwrap();
+    let admin_table = format!("[admin]\nbearer_token_file = {token_file:?}\n");
+    let relay =
+        TestRelay::start_with(move |state| config_text(state, PLAIN_LISTENER, &admin_table)).await;
+    let admin = relay.admin().await;
+    assert_eq!(http_get(&format!("{admin}/health")).await.0, 401);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let wrong = client
+        .get(format!("{admin}/metrics"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .get(format!("{admin}/metrics"))
+        .bearer_auth("s3cret-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+}

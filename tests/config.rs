@@ -122,3 +122,18 @@ fn a_tls_certificate_that_cannot_be_read_is_reported() {
     assert_eq!(code, 78);
     assert!(stderr.contains("missing.pem"), "{stderr}");
 }
+
+#[test]
+fn an_admin_endpoint_off_loopback_needs_a_bearer_token() {
+    let (_dir, path) = write(
+        "[[listen]]\naddress = \"127.0.0.1:2525\"\nauth = \"none\"\n[admin]\nlisten = \"0.0.0.0:8025\"\n",
+    );
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 78);
+    assert!(
+        stderr.contains(
+            ":5:1: admin.listen: 0.0.0.0:8025 is not a loopback address: set bearer_token_file"
+        ),
+        "{stderr}"
+    );
+}

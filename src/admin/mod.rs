@@ -25,6 +25,8 @@ pub use metrics::Metrics;
 const OLD_MAIL: Duration = Duration::from_secs(3600);
 
 pub struct Admin {
+    /// Requests must carry `Authorization: Bearer <this>` when set.
+    pub bearer_token: Option<crate::oauth::Secret>,
     pub config: Arc<Config>,
     pub spool: Arc<Spool>,
     /// `None` when the token store key is missing: no account can send.
@@ -37,7 +39,57 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&admin),
+            authorize,
+        ))
         .with_state(admin)
+}
+
+/// Reads the bearer token from `[admin] bearer_token_file`, if one is configured.
+pub fn bearer_token(config: &Config) -> std::io::Result<Option<crate::oauth::Secret>> {
+    config
+        .admin
+        .bearer_token_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|t| crate::oauth::Secret::new(t.trim()))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        })
+        .transpose()
+}
+
+async fn authorize(
+    State(admin): State<Arc<Admin>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(expected) = &admin.bearer_token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Digests are compared, not the tokens: how long a comparison takes then says
+        // nothing about how much of a guess was right.
+        let digest = |t: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, t)
+                .as_ref()
+                .to_vec()
+        };
+        let matches =
+            presented.is_some_and(|p| digest(p.as_bytes()) == digest(expected.expose().as_bytes()));
+        if !matches {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Serves until `shutdown`.

@@ -61,6 +61,8 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     let server = Server::bind(Arc::clone(&intake))
         .await
         .map_err(|e| fail(e.to_string()))?;
+    let admin_token = crate::admin::bearer_token(&config)
+        .map_err(|e| fail(format!("[admin] bearer_token_file: {e}")))?;
     let admin_listener = match config.admin.listen {
         Some(address) => Some(
             tokio::net::TcpListener::bind(address)
@@ -76,6 +78,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     tokio::spawn(signals.stop_on_signal(shutdown.clone()));
     let admin = admin_listener.map(|listener| {
         let admin = Arc::new(Admin {
+            bearer_token: admin_token.clone(),
             config: Arc::clone(&config),
             spool: Arc::clone(&spool),
             tokens: tokens.as_ref().map(|(manager, _)| Arc::clone(manager)),

@@ -230,6 +230,8 @@ pub struct TokensConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
+    /// A file holding the token that requests must present as `Authorization: Bearer`.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -706,10 +708,24 @@ fn read_admin(section: Option<Section>) -> AdminConfig {
             }
         }
     };
+    let bearer_token_file = s.and_then(|s| s.path("bearer_token_file"));
+    if let Some(s) = &section
+        && let Some(address) = listen
+        && !address.ip().is_loopback()
+        && bearer_token_file.is_none()
+    {
+        s.report(
+            "listen",
+            format!("{address} is not a loopback address: set bearer_token_file so that only holders of the token can read health and metrics"),
+        );
+    }
     if let Some(s) = section {
         s.finish();
     }
-    AdminConfig { listen }
+    AdminConfig {
+        listen,
+        bearer_token_file,
+    }
 }
 
 fn read_log(section: Option<Section>) -> LogConfig {

@@ -411,6 +411,10 @@ impl MessageWriter {
         self.content_len
     }
 
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
     /// Appends message content.
     pub async fn write(&mut self, content: &[u8]) -> io::Result<()> {
         self.crc.update(content);

@@ -461,6 +461,7 @@ impl TestRelay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let admin = Arc::new(smtprelay::admin::Admin {
+            bearer_token: smtprelay::admin::bearer_token(&self.config).unwrap(),
             config: Arc::clone(&self.config),
             spool: Arc::clone(&self.spool),
             tokens: self.tokens.clone(),

@@ -118,14 +118,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return Ok(Err(error));
         }
         let writer = writer.expect("no refusal means the writer is intact");
-        let envelope_log = (writer.content_len(), id);
+        let envelope_log = (
+            writer.content_len(),
+            id,
+            format!("<{}>", writer.envelope().sender),
+            writer.envelope().recipients.len(),
+        );
         match writer.commit().await {
             Ok(id) => {
                 self.intake
                     .metrics
                     .messages_received_total
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(queue_id = %id, peer = %self.peer, size = envelope_log.0,
+                tracing::info!(queue_id = %id, peer = %self.peer, from = %envelope_log.2,
+                    nrcpt = envelope_log.3, size = envelope_log.0,
                     user = self.user.as_deref().unwrap_or(""), "message accepted");
                 Ok(Ok(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))))
             }
