@@ -371,14 +371,6 @@ async fn auth_code_fixture(port: u16) -> TokenFixture {
     .await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Plays the browser: follows the authorization URL to Entra, which redirects with a code.
 async fn browser(url: String) -> String {
     // reqwest is built without a default TLS provider (the relay passes its own config).
@@ -394,7 +386,7 @@ async fn browser(url: String) -> String {
 
 #[tokio::test]
 async fn authorization_code_with_pkce_through_the_loopback_listener() {
-    let port = free_port();
+    let port = common::free_port();
     let fx = auth_code_fixture(port).await;
     let manager = fx.manager();
     let oauth = manager.oauth_account("contoso").unwrap();
@@ -437,7 +429,7 @@ async fn authorization_code_with_pkce_through_the_loopback_listener() {
 async fn pasted_login(
     paste: fn(String) -> Vec<String>,
 ) -> Result<smtprelay::oauth::http::TokenResponse, smtprelay::oauth::error::TokenError> {
-    let fx = auth_code_fixture(free_port()).await;
+    let fx = auth_code_fixture(common::free_port()).await;
     let manager = fx.manager();
     let oauth = manager.oauth_account("contoso").unwrap();
     let (lines, pasted) = tokio::sync::mpsc::channel(4);

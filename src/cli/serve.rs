@@ -1,8 +1,19 @@
-//! `smtprelay serve`: start-up, signal handling and graceful shutdown.
+//! `smtprelay serve`: start-up, signals, reload and graceful shutdown.
+//!
+//! Everything built from the configuration is a [`Generation`]: the intake (listeners,
+//! policy, TLS), the admin endpoint, and the outbound side (token manager, delivery,
+//! control socket, alerts). SIGHUP loads the file again; if it is valid, a new generation
+//! takes over the listening sockets whose address is unchanged, the old one stops accepting
+//! (its sessions finish with the settings they started with), its outbound side stops after
+//! the message in hand, and the new outbound side starts on the same spool. An invalid file
+//! is reported and the running generation stays. SIGTERM/SIGINT drain everything.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, Metrics};
@@ -25,14 +36,32 @@ pub fn run(config: Config) -> Result<ExitCode, ExitCode> {
     runtime.block_on(serve(config))
 }
 
+/// What lives for the whole process.
+struct Process {
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+/// Sockets handed from one generation to the next.
+#[derive(Default)]
+struct Sockets {
+    smtp: HashMap<SocketAddr, std::net::TcpListener>,
+    admin: Option<(SocketAddr, std::net::TcpListener)>,
+}
+
+struct Generation {
+    accepting: CancellationToken,
+    server: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
+    outbound: CancellationToken,
+    outbound_tasks: Vec<JoinHandle<()>>,
+}
+
 async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     let fail = |message: String| {
         tracing::error!("{message}");
         ExitCode::FAILURE
-    };
-    let tls = match &config.tls {
-        Some(tls) => Some(crate::smtp::tls::acceptor(tls).map_err(|e| fail(e.to_string()))?),
-        None => None,
     };
     let (spool, recovery) =
         Spool::open(&config.spool_dir(), config.queue.fsync).map_err(|e| fail(e.to_string()))?;
@@ -43,93 +72,235 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
         moved_to_corrupt = recovery.moved_to_corrupt,
         "spool opened"
     );
+    let process = Process {
+        spool,
+        metrics: Arc::new(Metrics::default()),
+        shutdown: CancellationToken::new(),
+    };
+    let mut sockets = Sockets::default();
+    let mut path = config.path.clone();
+    let prepared = prepare(&process, Arc::new(config), &mut sockets)
+        .await
+        .map_err(fail)?;
+    // Installed before the listeners announce themselves, so a SIGTERM that follows the
+    // "listening" line is always a graceful stop.
+    let mut signals =
+        Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
+    let mut current = prepared.start(&process);
+    let mut retired: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => {
+                tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                let config = match load_checked(&path) {
+                    Ok(config) => config,
+                    Err(problems) => {
+                        for problem in problems {
+                            tracing::error!("{problem}");
+                        }
+                        tracing::error!("reload refused: the running configuration stays");
+                        continue;
+                    }
+                };
+                path = config.path.clone();
+                let next = match prepare(&process, Arc::new(config), &mut sockets).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::error!("reload refused: {e}; the running configuration stays");
+                        continue;
+                    }
+                };
+                // The old generation stops accepting and sending; its sessions go on.
+                current.accepting.cancel();
+                current.outbound.cancel();
+                for task in current.outbound_tasks.drain(..) {
+                    let _ = task.await;
+                }
+                if let Some(admin) = current.admin.take() {
+                    let _ = admin.await;
+                }
+                retired.push(current.server);
+                current = next.start(&process);
+                tracing::info!("configuration reloaded");
+            }
+        }
+    }
+    process.shutdown.cancel();
+    // Close the duplicates too, so the ports refuse connections from now on.
+    drop(sockets);
+    let _ = current.server.await;
+    for server in retired {
+        let _ = server.await;
+    }
+    for task in current.outbound_tasks {
+        let _ = task.await;
+    }
+    if let Some(admin) = current.admin {
+        let _ = admin.await;
+    }
+    tracing::info!(queued = process.spool.len(), "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the file and checks what `check-config` checks.
+fn load_checked(path: &std::path::Path) -> Result<Config, Vec<String>> {
+    let config = Config::load(path)
+        .map_err(|e| e.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+    if let Some(tls) = &config.tls
+        && let Err(e) = crate::smtp::tls::acceptor(tls)
+    {
+        return Err(vec![format!("{}: [tls]: {e}", path.display())]);
+    }
+    Ok(config)
+}
+
+/// A generation whose sockets are bound, not yet started.
+struct Prepared {
+    config: Arc<Config>,
+    server: Server,
+    intake: Arc<Intake>,
+    admin_listener: Option<tokio::net::TcpListener>,
+    admin_token: Option<crate::oauth::Secret>,
+}
+
+/// Binds what the configuration asks for (reusing `sockets` where addresses are unchanged).
+/// Nothing runs yet, so a failure leaves the running generation untouched.
+async fn prepare(
+    process: &Process,
+    config: Arc<Config>,
+    sockets: &mut Sockets,
+) -> Result<Prepared, String> {
+    let tls = match &config.tls {
+        Some(tls) => Some(crate::smtp::tls::acceptor(tls).map_err(|e| e.to_string())?),
+        None => None,
+    };
     if !config.queue.fsync {
         tracing::warn!("queue.fsync = false: accepted mail can be lost in a power failure");
     }
-    let shutdown = CancellationToken::new();
-    let tokens = start_token_manager(&config, &shutdown);
-    let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::default());
     let intake = Arc::new(Intake {
         policy: Policy::new(&config),
         config: Arc::clone(&config),
-        spool: Arc::clone(&spool),
+        spool: Arc::clone(&process.spool),
         tls,
-        shutdown: shutdown.clone(),
-        metrics: Arc::clone(&metrics),
+        shutdown: process.shutdown.clone(),
+        accepting: process.shutdown.child_token(),
+        metrics: Arc::clone(&process.metrics),
     });
-    let server = Server::bind(Arc::clone(&intake))
+    // Work on duplicates: if anything below fails, `sockets` still serves the next reload.
+    let mut reuse: HashMap<SocketAddr, std::net::TcpListener> = sockets
+        .smtp
+        .iter()
+        .filter_map(|(address, socket)| socket.try_clone().ok().map(|s| (*address, s)))
+        .collect();
+    let mut server = Server::bind(Arc::clone(&intake), &mut reuse)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     let admin_token = crate::admin::bearer_token(&config)
-        .map_err(|e| fail(format!("[admin] bearer_token_file: {e}")))?;
+        .map_err(|e| format!("[admin] bearer_token_file: {e}"))?;
     let admin_listener = match config.admin.listen {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|e| fail(format!("[admin] cannot listen on {address}: {e}")))?,
-        ),
+        None => None,
+        Some(address) => {
+            let reused = sockets
+                .admin
+                .as_ref()
+                .filter(|(old, _)| *old == address)
+                .and_then(|(_, socket)| socket.try_clone().ok());
+            let socket = match reused {
+                Some(socket) => socket,
+                _ => {
+                    let socket = std::net::TcpListener::bind(address)
+                        .map_err(|e| format!("[admin] cannot listen on {address}: {e}"))?;
+                    socket
+                        .set_nonblocking(true)
+                        .map_err(|e| format!("[admin] {address}: {e}"))?;
+                    socket
+                }
+            };
+            Some(socket)
+        }
+    };
+    let admin_handoff = match (&admin_listener, config.admin.listen) {
+        (Some(socket), Some(address)) => Some((
+            address,
+            socket
+                .try_clone()
+                .map_err(|e| format!("[admin] {address}: {e}"))?,
+        )),
+        _ => None,
+    };
+    let admin_listener = match admin_listener {
+        Some(socket) => {
+            Some(tokio::net::TcpListener::from_std(socket).map_err(|e| format!("[admin]: {e}"))?)
+        }
         None => None,
     };
-    // Installed before the listeners announce themselves, so a SIGTERM that follows the
-    // "listening" line is always a graceful stop.
-    let signals =
-        Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
-    tokio::spawn(signals.stop_on_signal(shutdown.clone()));
-    let admin = admin_listener.map(|listener| {
-        let admin = Arc::new(Admin {
-            bearer_token: admin_token.clone(),
-            config: Arc::clone(&config),
-            spool: Arc::clone(&spool),
-            tokens: tokens.as_ref().map(|(manager, _)| Arc::clone(manager)),
-            metrics: Arc::clone(&metrics),
+    // Everything is bound: from here the new sockets are the ones to hand on.
+    sockets.smtp = server.handoff();
+    sockets.admin = admin_handoff;
+    Ok(Prepared {
+        config,
+        server,
+        intake,
+        admin_listener,
+        admin_token,
+    })
+}
+
+impl Prepared {
+    fn start(self, process: &Process) -> Generation {
+        let config = self.config;
+        let outbound = process.shutdown.child_token();
+        let mut outbound_tasks = Vec::new();
+        let tokens = start_token_manager(&config, &outbound);
+        let manager = tokens.map(|(manager, refresher)| {
+            outbound_tasks.push(refresher);
+            manager
         });
-        tokio::spawn(crate::admin::serve(listener, admin, shutdown.clone()))
-    });
-    let alerts = (config.alerts.webhook.is_some() || config.alerts.email.is_some()).then(|| {
-        let alerter = crate::admin::alerts::Alerter::new(
-            Arc::clone(&config),
-            Arc::clone(&spool),
-            tokens.as_ref().map(|(manager, _)| Arc::clone(manager)),
-        );
-        tokio::spawn(alerter.run(shutdown.clone()))
-    });
-    let delivery = tokens.map(|(manager, refresher)| {
-        let delivery = Delivery::new(
-            Arc::clone(&spool),
-            manager,
-            Arc::clone(&config),
-            Arc::clone(&metrics),
-        );
-        let socket = crate::admin::control::socket_path(&config.server.state_dir);
-        let control = tokio::spawn(crate::admin::control::serve(
-            socket,
-            delivery.control(),
-            shutdown.clone(),
-        ));
-        (
-            refresher,
-            tokio::spawn(delivery.run(shutdown.clone())),
-            control,
-        )
-    });
-    server.run().await;
-    if let Some((refresher, delivery, control)) = delivery {
-        // Workers finish the message in hand; every exchange has its own timeout.
-        let _ = delivery.await;
-        let _ = refresher.await;
-        if let Ok(Err(e)) = control.await {
-            tracing::error!(error = %e, "control socket failed");
+        let admin = self.admin_listener.map(|listener| {
+            let admin = Arc::new(Admin {
+                bearer_token: self.admin_token,
+                config: Arc::clone(&config),
+                spool: Arc::clone(&process.spool),
+                tokens: manager.clone(),
+                metrics: Arc::clone(&process.metrics),
+            });
+            tokio::spawn(crate::admin::serve(listener, admin, outbound.clone()))
+        });
+        if config.alerts.webhook.is_some() || config.alerts.email.is_some() {
+            let alerter = crate::admin::alerts::Alerter::new(
+                Arc::clone(&config),
+                Arc::clone(&process.spool),
+                manager.clone(),
+            );
+            outbound_tasks.push(tokio::spawn(alerter.run(outbound.clone())));
+        }
+        if let Some(manager) = manager {
+            let delivery = Delivery::new(
+                Arc::clone(&process.spool),
+                manager,
+                Arc::clone(&config),
+                Arc::clone(&process.metrics),
+            );
+            let socket = crate::admin::control::socket_path(&config.server.state_dir);
+            let control = delivery.control();
+            let stop = outbound.clone();
+            outbound_tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::admin::control::serve(socket, control, stop).await {
+                    tracing::error!(error = %e, "control socket failed");
+                }
+            }));
+            // Workers finish the message in hand; every exchange has its own timeout.
+            outbound_tasks.push(tokio::spawn(delivery.run(outbound.clone())));
+        }
+        Generation {
+            accepting: self.intake.accepting.clone(),
+            server: tokio::spawn(self.server.run()),
+            admin,
+            outbound,
+            outbound_tasks,
         }
     }
-    if let Some(admin) = admin {
-        let _ = admin.await;
-    }
-    if let Some(alerts) = alerts {
-        let _ = alerts.await;
-    }
-    tracing::info!(queued = intake.spool.len(), "stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Keeps every account's token fresh in the background. Without a usable store key the relay
@@ -137,7 +308,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
 fn start_token_manager(
     config: &Config,
     shutdown: &CancellationToken,
-) -> Option<(Arc<TokenManager>, tokio::task::JoinHandle<()>)> {
+) -> Option<(Arc<TokenManager>, JoinHandle<()>)> {
     if config.accounts.is_empty() {
         tracing::warn!("no [[account]] is configured: mail is queued but has nowhere to go");
         return None;
@@ -170,9 +341,15 @@ fn start_token_manager(
     Some((manager, refresher))
 }
 
+enum Signal {
+    Stop,
+    Reload,
+}
+
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -181,14 +358,21 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn stop_on_signal(mut self, shutdown: CancellationToken) {
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = self.term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                Signal::Stop
+            }
+            _ = self.int.recv() => {
+                tracing::info!("SIGINT: shutting down");
+                Signal::Stop
+            }
+            _ = self.hup.recv() => Signal::Reload,
         }
-        shutdown.cancel();
     }
 }

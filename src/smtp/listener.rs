@@ -3,7 +3,12 @@
 //! Shutdown (as in mini-redis): the accept loops stop, sessions waiting for a command get
 //! `421 4.3.0`, sessions inside DATA finish their message, and `run` returns once every
 //! session has ended or `shutdown_timeout` has passed.
+//!
+//! Reload: a new `Server` takes over the sockets of listeners whose address did not change
+//! ([`Server::handoff`]); the old one stops accepting (`Intake::accepting`) and lets its
+//! sessions finish with the settings they started with.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +28,8 @@ use crate::config::{ListenConfig, ListenTls};
 pub struct Server {
     intake: Arc<Intake>,
     listeners: Vec<(TcpListener, Arc<ListenConfig>)>,
+    /// Duplicates of the bound sockets, keyed by configured address, for the next server.
+    handoff: HashMap<SocketAddr, std::net::TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,19 +41,39 @@ pub struct BindError {
 }
 
 impl Server {
-    /// Binds every configured listener; fails on the first that cannot be bound.
-    pub async fn bind(intake: Arc<Intake>) -> Result<Server, BindError> {
+    /// Binds every configured listener, taking sockets from `reuse` (a previous server's
+    /// handoff) where the address is unchanged; fails on the first that cannot be bound.
+    pub async fn bind(
+        intake: Arc<Intake>,
+        reuse: &mut HashMap<SocketAddr, std::net::TcpListener>,
+    ) -> Result<Server, BindError> {
         let mut listeners = Vec::new();
+        let mut handoff = HashMap::new();
         for listen in &intake.config.listen {
-            let listener = TcpListener::bind(listen.address)
-                .await
-                .map_err(|source| BindError {
-                    address: listen.address,
-                    source,
-                })?;
+            let address = listen.address;
+            let error = |source| BindError { address, source };
+            let socket = match reuse.remove(&address) {
+                Some(socket) => socket,
+                None => {
+                    let socket = std::net::TcpListener::bind(address).map_err(error)?;
+                    socket.set_nonblocking(true).map_err(error)?;
+                    socket
+                }
+            };
+            handoff.insert(address, socket.try_clone().map_err(error)?);
+            let listener = TcpListener::from_std(socket).map_err(error)?;
             listeners.push((listener, Arc::new(listen.clone())));
         }
-        Ok(Server { intake, listeners })
+        Ok(Server {
+            intake,
+            listeners,
+            handoff,
+        })
+    }
+
+    /// The sockets, for the server that takes over after a reload.
+    pub fn handoff(&mut self) -> HashMap<SocketAddr, std::net::TcpListener> {
+        std::mem::take(&mut self.handoff)
     }
 
     /// The bound addresses, in configuration order (port 0 resolved to the real port).
@@ -57,13 +84,21 @@ impl Server {
             .collect()
     }
 
-    /// Serves until the intake's shutdown token is cancelled, then drains the sessions.
+    /// Accepts until `Intake::accepting` is cancelled, then waits for the sessions: without
+    /// limit on a reload, up to `shutdown_timeout` once the relay shuts down.
     pub async fn run(self) {
-        let intake = self.intake;
+        let Server {
+            intake,
+            listeners,
+            handoff,
+        } = self;
+        // Duplicates kept past this point would keep the ports open after the accept loops
+        // stop; whoever wants them took them with `handoff` before.
+        drop(handoff);
         let connections = Arc::new(Semaphore::new(intake.config.server.max_connections));
         let sessions = TaskTracker::new();
         let mut accept_loops = Vec::new();
-        for (listener, listen) in self.listeners {
+        for (listener, listen) in listeners {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(%address, tls = listen.tls.as_str(), auth = listen.auth.as_str(), "listening");
             }
@@ -86,14 +121,22 @@ impl Server {
             })
         };
 
-        intake.shutdown.cancelled().await;
+        intake.accepting.cancelled().await;
         for accept_loop in accept_loops {
             let _ = accept_loop.await;
         }
         housekeeping.abort();
         sessions.close();
         let grace = intake.config.server.shutdown_timeout;
-        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        let deadline = async {
+            intake.shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let finished = tokio::select! {
+            _ = sessions.wait() => true,
+            _ = deadline => false,
+        };
+        if !finished {
             // Sessions still inside DATA after the grace period have not been answered, so
             // dropping them loses nothing the clients think was accepted.
             tracing::warn!(
@@ -114,7 +157,7 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = intake.shutdown.cancelled() => return,
+            _ = intake.accepting.cancelled() => return,
         };
         let (socket, peer) = match accepted {
             Ok(pair) => pair,

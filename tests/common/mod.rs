@@ -147,11 +147,12 @@ impl TestRelay {
             spool: Arc::clone(&spool),
             tls,
             shutdown: shutdown.clone(),
+            accepting: shutdown.child_token(),
             metrics: Arc::clone(&metrics),
         });
         let config = Arc::clone(&intake.config);
         let config_for_admin = Arc::clone(&config);
-        let server = Server::bind(intake).await.unwrap();
+        let server = Server::bind(intake, &mut Default::default()).await.unwrap();
         let addrs = server.local_addrs();
         let task = tokio::spawn(server.run());
         let (tokens, delivery) = if config.accounts.is_empty() {
@@ -429,6 +430,19 @@ pub fn trace() {
 /// Starts the `smtprelay serve` binary with `config` (whose `[log]` must say
 /// `format = "json"`) and returns it with the address its first listener got.
 pub fn start_binary(config: &Path, env: &[(&str, &str)]) -> (std::process::Child, SocketAddr) {
+    let (child, address, _logs) = start_binary_with_logs(config, env);
+    (child, address)
+}
+
+/// Like [`start_binary`], and the log lines that follow the first "listening" one.
+pub fn start_binary_with_logs(
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
         .args(["serve", "--config"])
@@ -451,8 +465,32 @@ pub fn start_binary(config: &Path, env: &[(&str, &str)]) -> (std::process::Child
         }
     };
     // Keep draining stderr so the relay never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, address)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str(&line) {
+                let _ = tx.send(event);
+            }
+        }
+    });
+    (child, address, rx)
+}
+
+/// Waits for a log event whose message is `message`; returns it.
+pub fn wait_for_log(
+    logs: &std::sync::mpsc::Receiver<serde_json::Value>,
+    message: &str,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let event = logs
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no log line {message:?}"));
+        if event["message"] == message {
+            return event;
+        }
+    }
 }
 
 impl TestRelay {
@@ -482,4 +520,13 @@ pub async fn http_get(url: &str) -> (u16, String) {
     let response = reqwest::Client::new().get(url).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

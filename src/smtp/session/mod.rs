@@ -40,6 +40,9 @@ pub struct Intake {
     pub spool: Arc<Spool>,
     pub tls: Option<TlsAcceptor>,
     pub shutdown: CancellationToken,
+    /// Cancelled when this intake's listeners stop accepting: at shutdown, or when a reload
+    /// hands them to a new intake (its sessions then finish with these settings).
+    pub accepting: CancellationToken,
     pub metrics: Arc<crate::admin::Metrics>,
 }
 

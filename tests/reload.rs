@@ -1,0 +1,81 @@
+//! SIGHUP: a valid configuration takes effect for new sessions while open sessions finish
+//! with the old one; an invalid configuration is refused and the running one stays.
+
+mod common;
+
+use common::{Client, start_binary_with_logs, wait_for_log};
+
+fn config(allowed_senders: &str, extra_listener: Option<u16>) -> String {
+    let mut text = format!(
+        "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
+         [access]\nallowed_senders = {allowed_senders}\n[admin]\nlisten = \"\"\n[log]\nformat = \"json\"\n"
+    );
+    if let Some(port) = extra_listener {
+        text.push_str(&format!(
+            "[[listen]]\naddress = \"127.0.0.1:{port}\"\nauth = \"none\"\n"
+        ));
+    }
+    text
+}
+
+fn hup(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_sessions_and_applies_to_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smtprelay.toml");
+    std::fs::write(&path, config("[]", None)).unwrap();
+    let (mut relay, address, logs) = start_binary_with_logs(&path, &[]);
+
+    // A session that is half-way through a message when the configuration changes.
+    let mut open = Client::connect(address).await;
+    open.expect("EHLO before", 250).await;
+    open.expect("MAIL FROM:<printer@anywhere.example>", 250)
+        .await;
+
+    let extra = common::free_port();
+    std::fs::write(&path, config("[\"*@contoso.com\"]", Some(extra))).unwrap();
+    hup(&relay);
+    wait_for_log(&logs, "configuration reloaded");
+
+    // The open session finishes under the rules it started with.
+    open.expect("RCPT TO:<a@fabrikam.com>", 250).await;
+    open.expect("DATA", 354).await;
+    open.send_raw(b"Subject: x\r\n\r\nx\r\n.\r\n").await;
+    assert_eq!(open.reply().await.0, 250);
+
+    // New sessions, on the same socket, get the new rules; the new listener answers.
+    let mut fresh = Client::connect(address).await;
+    fresh.expect("EHLO after", 250).await;
+    assert!(
+        fresh
+            .expect("MAIL FROM:<printer@anywhere.example>", 550)
+            .await
+            .starts_with("5.7.1")
+    );
+    fresh.expect("MAIL FROM:<scanner@contoso.com>", 250).await;
+    let added = Client::connect(format!("127.0.0.1:{extra}").parse().unwrap()).await;
+    assert_eq!(added.greeting.0, 220);
+
+    // A broken file is refused; the relay keeps serving with what it has.
+    std::fs::write(&path, "[server\nthis is not toml").unwrap();
+    hup(&relay);
+    wait_for_log(&logs, "reload refused: the running configuration stays");
+    let mut still = Client::connect(address).await;
+    still.expect("EHLO still", 250).await;
+    still
+        .expect("MAIL FROM:<printer@anywhere.example>", 550)
+        .await;
+    drop((open, fresh, added, still));
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || relay.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}
