@@ -36,10 +36,35 @@ async fn reload_keeps_sessions_and_applies_to_new_ones() {
     open.expect("MAIL FROM:<printer@anywhere.example>", 250)
         .await;
 
+    // Load from other clients across the reload: every message must get its 250.
+    let load: Vec<_> = (0..4)
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut accepted = 0;
+                for n in 0..25 {
+                    let mut client = Client::connect(address).await;
+                    client.expect("EHLO load", 250).await;
+                    let body = format!("Subject: {c}-{n}\r\n\r\nx\r\n");
+                    let (code, text) = client
+                        .send_message("scanner@contoso.com", &["a@fabrikam.com"], body.as_bytes())
+                        .await;
+                    assert_eq!(code, 250, "{text}");
+                    accepted += 1;
+                }
+                accepted
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let extra = common::free_port();
     std::fs::write(&path, config("[\"*@contoso.com\"]", Some(extra))).unwrap();
     hup(&relay);
     wait_for_log(&logs, "configuration reloaded");
+    let mut accepted = 0;
+    for client in load {
+        accepted += client.await.unwrap();
+    }
+    assert_eq!(accepted, 100);
 
     // The open session finishes under the rules it started with.
     open.expect("RCPT TO:<a@fabrikam.com>", 250).await;
@@ -78,4 +103,9 @@ async fn reload_keeps_sessions_and_applies_to_new_ones() {
         .unwrap()
         .unwrap();
     assert!(status.success());
+    // The 100 load messages and the open session's message, all in the spool.
+    let queued = smtprelay::queue::SpoolPaths::new(dir.path().join("state/spool"))
+        .scan()
+        .unwrap();
+    assert_eq!(queued.messages.len(), 101);
 }
