@@ -1,0 +1,60 @@
+//! What the packages ship: the production configuration passes check-config, and the systemd
+//! unit's exposure stays at or below 2.0 (`systemd-analyze security --offline=yes`).
+
+use std::path::Path;
+use std::process::Command;
+
+fn packaging(file: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging")
+        .join(file)
+}
+
+#[test]
+fn the_shipped_configuration_is_valid() {
+    let output = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .args(["check-config", "--config"])
+        .arg(packaging("smtprelay.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_unit_is_hardened() {
+    let output = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(packaging("smtprelay.service"))
+        .output()
+        .expect("systemd-analyze is needed (Debian package systemd; .ci/run installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for smtprelay.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    assert!(exposure <= 2.0, "exposure {exposure}:\n{text}");
+    let unit = std::fs::read_to_string(packaging("smtprelay.service")).unwrap();
+    for line in [
+        "User=smtprelay",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "ProtectSystem=strict",
+        "StateDirectory=smtprelay",
+        "NoNewPrivileges=yes",
+        "SystemCallFilter=@system-service",
+        "MemoryDenyWriteExecute=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "LoadCredential=token-key:/etc/smtprelay/token.key",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line}");
+    }
+}
