@@ -58,3 +58,21 @@ fn the_unit_is_hardened() {
         assert!(unit.lines().any(|l| l == line), "missing {line}");
     }
 }
+
+#[test]
+fn maintainer_scripts_are_valid_shell() {
+    for script in [
+        "debian/postinst",
+        "debian/postrm",
+        "rpm/pre-install.sh",
+        "rpm/post-install.sh",
+        "rpm/pre-uninstall.sh",
+    ] {
+        let status = Command::new("sh")
+            .arg("-n")
+            .arg(packaging(script))
+            .status()
+            .unwrap();
+        assert!(status.success(), "{script} does not parse");
+    }
+}
