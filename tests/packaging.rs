@@ -76,3 +76,25 @@ fn maintainer_scripts_are_valid_shell() {
         assert!(status.success(), "{script} does not parse");
     }
 }
+
+#[test]
+fn man_pages_and_completions_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .arg("generate-docs")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let man = std::fs::read_to_string(dir.path().join("man/smtprelay.1")).unwrap();
+    assert!(
+        man.contains(".TH smtprelay 1") && man.contains("serve"),
+        "{man}"
+    );
+    let login = std::fs::read_to_string(dir.path().join("man/smtprelay-token-login.1")).unwrap();
+    assert!(login.contains("device code"), "{login}");
+    for file in ["smtprelay.bash", "_smtprelay", "smtprelay.fish"] {
+        let text = std::fs::read_to_string(dir.path().join("completions").join(file)).unwrap();
+        assert!(text.contains("check-config"), "{file}");
+    }
+}

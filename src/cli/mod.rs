@@ -51,6 +51,9 @@ enum Command {
         #[command(subcommand)]
         command: token::TokenCommand,
     },
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +113,33 @@ pub fn run() -> ExitCode {
         Command::Queue { command } => load(path).and_then(|c| queue::control(&c, command)),
         Command::HashPassword => hash_password::run(),
         Command::Token { command } => load(path).and_then(|c| token::run(c, command)),
+        Command::GenerateDocs { dir } => generate_docs(&dir),
     };
     result.unwrap_or_else(|code| code)
+}
+
+/// Man pages (one per command, as `smtprelay-token-login.1` and so on) and completions for
+/// bash, zsh and fish, generated from the same definitions as the parser.
+fn generate_docs(dir: &std::path::Path) -> Result<ExitCode, ExitCode> {
+    use clap::CommandFactory;
+    let fail = |e: std::io::Error| {
+        eprintln!("error: {}: {e}", dir.display());
+        ExitCode::FAILURE
+    };
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&man).map_err(fail)?;
+    std::fs::create_dir_all(&completions).map_err(fail)?;
+    let command = Cli::command();
+    clap_mangen::generate_to(command.clone(), &man).map_err(fail)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut command.clone(), "smtprelay", &completions)
+            .map_err(fail)?;
+    }
+    println!("wrote {} and {}", man.display(), completions.display());
+    Ok(ExitCode::SUCCESS)
 }
