@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientTlsError {
@@ -28,14 +26,7 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, ClientTlsE
             path: path.to_owned(),
             reason,
         };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| error(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| error(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(error("no CERTIFICATE block found".into()));
-        }
-        for cert in certs {
+        for cert in crate::smtp::tls::read_certificates(path).map_err(error)? {
             roots.add(cert).map_err(|e| error(e.to_string()))?;
         }
     } else if added == 0 {

@@ -137,13 +137,8 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
         eprintln!("error: {}: {e}", path.display());
         ExitCode::FAILURE
     })?;
-    let state_path = path.with_extension("state");
-    let state = match std::fs::read(&state_path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| DeliveryState::new(&file.envelope))
-        }
-        Err(_) => DeliveryState::new(&file.envelope),
-    };
+    let state = DeliveryState::read(&path.with_extension("state"), &file.envelope)
+        .unwrap_or_else(|_| DeliveryState::new(&file.envelope));
     if json {
         let value = serde_json::json!({
             "id": id.to_string(),

@@ -8,8 +8,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, RsaKeyPair};
+use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::error::TokenError;
 use super::secret::Secret;
@@ -89,11 +89,10 @@ impl CertificateKey {
         private_key: &Path,
         algorithm: AssertionAlgorithm,
     ) -> Result<CertificateKey, TokenError> {
-        let cert = CertificateDer::pem_file_iter(certificate)
+        // The leaf comes first; the thumbprints are of the certificate uploaded to the app.
+        let cert = crate::smtp::tls::read_certificates(certificate)
             .map_err(|e| credential_error(certificate, "cannot read the certificate", e))?
-            .next()
-            .ok_or_else(|| credential_error(certificate, "no CERTIFICATE block", "found"))?
-            .map_err(|e| credential_error(certificate, "cannot read the certificate", e))?;
+            .swap_remove(0);
         let key_der = PrivateKeyDer::from_pem_file(private_key)
             .map_err(|e| credential_error(private_key, "cannot read the private key", e))?;
         let key = match &key_der {

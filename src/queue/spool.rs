@@ -89,11 +89,7 @@ impl SpoolPaths {
 
     /// The delivery state of a message: its state file, or a fresh one for a new message.
     pub fn read_state(&self, envelope: &Envelope) -> io::Result<DeliveryState> {
-        match fs::read(self.state(envelope.id)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DeliveryState::new(envelope)),
-            Err(e) => Err(e),
-        }
+        DeliveryState::read(&self.state(envelope.id), envelope)
     }
 
     /// Reads every message file in `queue/`, in ID order, with the problems found.
@@ -326,10 +322,8 @@ impl Spool {
                 };
                 let id = file.envelope.id;
                 let state_path = path.with_extension("state");
-                let mut state = fs::read(&state_path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<DeliveryState>(&b).ok())
-                    .unwrap_or_else(|| DeliveryState::new(&file.envelope));
+                let mut state = DeliveryState::read(&state_path, &file.envelope)
+                    .unwrap_or_else(|_| DeliveryState::new(&file.envelope));
                 for recipient in &mut state.recipients {
                     if recipient.status == super::state::RecipientStatus::Failed {
                         recipient.status = super::state::RecipientStatus::Pending;

@@ -64,6 +64,15 @@ impl DeliveryState {
         }
     }
 
+    /// Reads a state file; a missing one means a message nobody has tried yet.
+    pub fn read(path: &std::path::Path, envelope: &Envelope) -> std::io::Result<DeliveryState> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DeliveryState::new(envelope)),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = &RecipientState> {
         self.recipients
             .iter()

@@ -39,16 +39,21 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsSetupError> {
 }
 
 fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let error = |reason: String| TlsSetupError::Certificate {
+    read_certificates(path).map_err(|reason| TlsSetupError::Certificate {
         path: path.to_owned(),
         reason,
-    };
-    let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(e.to_string()))?
+    })
+}
+
+/// Every CERTIFICATE block of a PEM file (at least one), or why there is none. Used for the
+/// server chain, extra trust roots and client-assertion certificates alike.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(error("no CERTIFICATE block found".into()));
+        .map_err(|e| e.to_string())?;
+    if certificates.is_empty() {
+        return Err("no CERTIFICATE block found".into());
     }
-    Ok(chain)
+    Ok(certificates)
 }
