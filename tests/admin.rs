@@ -2,36 +2,13 @@
 
 mod common;
 
-use common::tokens::{SECRET, account, tenant};
+use common::tokens::{World, WorldOptions};
 use common::{PLAIN_LISTENER, TestRelay, config_text, http_get};
-
-async fn relay_with_account(
-    flow: &str,
-) -> (TestRelay, common::exchange::Exchange, tempfile::TempDir) {
-    let (entra, exchange) = tenant().await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let account = if flow == "client_credentials" {
-        account(
-            &entra,
-            "contoso",
-            "app-secret",
-            flow,
-            &format!("client_secret_file = {secret:?}"),
-        )
-    } else {
-        account(&entra, "contoso", "app-public", flow, "")
-    };
-    let table = format!("{account}{}", exchange.upstream_table(dir.path()));
-    let relay =
-        TestRelay::start_with(move |state| config_text(state, PLAIN_LISTENER, &table)).await;
-    (relay, exchange, dir)
-}
 
 #[tokio::test]
 async fn health_and_metrics_describe_what_happened() {
-    let (relay, exchange, _dir) = relay_with_account("client_credentials").await;
+    let w = World::start(WorldOptions::default()).await;
+    let (relay, exchange) = (&w.relay, &w.exchange);
     exchange.state().rcpt_replies.insert(
         "ghost@fabrikam.com".into(),
         "550 5.1.10 Recipient not found".into(),
@@ -121,7 +98,12 @@ async fn health_and_metrics_describe_what_happened() {
 
 #[tokio::test]
 async fn an_account_without_a_login_makes_the_relay_unhealthy() {
-    let (relay, _exchange, _dir) = relay_with_account("device_code").await;
+    let w = World::start(WorldOptions {
+        flow: "device_code",
+        ..Default::default()
+    })
+    .await;
+    let relay = &w.relay;
     let admin = relay.admin().await;
     let (status, text) = http_get(&format!("{admin}/health")).await;
     assert_eq!(status, 503, "{text}");

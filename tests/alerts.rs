@@ -5,8 +5,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::tokens::{account, tenant};
-use common::{PLAIN_LISTENER, TestRelay, config_text};
+use common::tokens::{World, WorldOptions};
 
 async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
@@ -29,24 +28,15 @@ async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misconfigured_account_alerts_once_and_clears_once() {
-    let (entra, exchange) = tenant().await;
     let (hook, hooked) = webhook().await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "an-expired-secret").unwrap();
-    let table = format!(
-        "{}{}[alerts]\nwebhook = {hook:?}\nemail = \"admin@contoso.com\"\n",
-        account(
-            &entra,
-            "contoso",
-            "app-secret",
-            "client_credentials",
-            &format!("client_secret_file = {secret:?}")
-        ),
-        exchange.upstream_table(dir.path()),
-    );
-    let relay =
-        TestRelay::start_with(move |state| config_text(state, PLAIN_LISTENER, &table)).await;
+    let alerts = format!("[alerts]\nwebhook = {hook:?}\nemail = \"admin@contoso.com\"\n");
+    let w = World::start(WorldOptions {
+        secret: "an-expired-secret",
+        extra: &alerts,
+        ..Default::default()
+    })
+    .await;
+    let (relay, entra, exchange) = (&w.relay, &w.entra, &w.exchange);
     let tokens = relay.tokens.clone().unwrap();
     let alerter = smtprelay::admin::alerts::Alerter::new(
         Arc::clone(&relay.config),

@@ -3,53 +3,23 @@
 
 mod common;
 
-use common::entra::Entra;
-use common::exchange::{Exchange, Stage};
-use common::tokens::{account, tenant};
-use common::{PLAIN_LISTENER, TestRelay, config_text, without_received};
-
-struct World {
-    relay: TestRelay,
-    entra: Entra,
-    exchange: Exchange,
-    _upstream_dir: tempfile::TempDir,
-}
+use common::exchange::Stage;
+use common::tokens::{World, WorldOptions};
+use common::{TestRelay, without_received};
 
 /// A relay whose single account sends through the Exchange double as relay@contoso.com.
-async fn world(extra_account: &str, extra: &str) -> World {
-    world_with("client_credentials", extra_account, extra).await
+async fn world(account: &str, extra: &str) -> World {
+    world_with("client_credentials", account, extra).await
 }
 
-async fn world_with(flow: &str, extra_account: &str, extra: &str) -> World {
-    common::trace();
-    let (entra, exchange) = tenant().await;
-    let upstream_dir = tempfile::tempdir().unwrap();
-    let secret = upstream_dir.path().join("secret");
-    std::fs::write(&secret, common::tokens::SECRET).unwrap();
-    let table = format!(
-        "{}{}",
-        if flow == "client_credentials" {
-            account(
-                &entra,
-                "contoso",
-                "app-secret",
-                flow,
-                &format!("client_secret_file = {secret:?}\n{extra_account}"),
-            )
-        } else {
-            account(&entra, "contoso", "app-public", flow, extra_account)
-        },
-        exchange.upstream_table(upstream_dir.path()),
-    );
-    let extra = format!("{table}{extra}");
-    let relay =
-        TestRelay::start_with(move |state| config_text(state, PLAIN_LISTENER, &extra)).await;
-    World {
-        relay,
-        entra,
-        exchange,
-        _upstream_dir: upstream_dir,
-    }
+async fn world_with(flow: &str, account: &str, extra: &str) -> World {
+    World::start(WorldOptions {
+        flow,
+        account,
+        extra,
+        ..Default::default()
+    })
+    .await
 }
 
 async fn send(relay: &TestRelay, from: &str, to: &[&str], data: &[u8]) -> String {
@@ -535,39 +505,31 @@ async fn rewrite_sender_sends_as_the_mailbox() {
 
 #[tokio::test]
 async fn sender_mailboxes_send_as_themselves_and_a_forbidden_one_bounces() {
-    // Not via world(): mailbox = "{sender}" replaces the fixed mailbox.
-    let (entra, exchange) = tenant().await;
-    exchange
+    let w = World::start(WorldOptions {
+        mailbox: "{sender}",
+        ..Default::default()
+    })
+    .await;
+    w.exchange
         .state()
         .app_mailboxes
         .insert("alice@contoso.com".into());
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, common::tokens::SECRET).unwrap();
-    let table = format!(
-        "{}{}",
-        account(
-            &entra,
-            "contoso",
-            "app-secret",
-            "client_credentials",
-            &format!("client_secret_file = {secret:?}")
-        )
-        .replace("mailbox = \"relay@contoso.com\"", "mailbox = \"{sender}\""),
-        exchange.upstream_table(dir.path()),
-    );
-    let relay =
-        TestRelay::start_with(move |state| config_text(state, PLAIN_LISTENER, &table)).await;
-    send(&relay, "alice@contoso.com", &["a@fabrikam.com"], MESSAGE).await;
-    send(&relay, "mallory@contoso.com", &["a@fabrikam.com"], MESSAGE).await;
-    relay.drained().await;
-    let received = exchange.state().received.clone();
+    send(&w.relay, "alice@contoso.com", &["a@fabrikam.com"], MESSAGE).await;
+    send(
+        &w.relay,
+        "mallory@contoso.com",
+        &["a@fabrikam.com"],
+        MESSAGE,
+    )
+    .await;
+    w.relay.drained().await;
+    let received = w.exchange.state().received.clone();
     assert_eq!(received[0].mailbox, "alice@contoso.com");
     assert_eq!(received[0].sender, "alice@contoso.com");
     // Mallory's message fails (the app may not send as her) and her report goes... to her,
     // as her: refused too, and a report is never reported on.
     assert_eq!(received.len(), 1, "{received:?}");
-    assert!(relay.spool.is_empty());
+    assert!(w.relay.spool.is_empty());
 }
 
 /// Runs `smtprelay queue …` against the relay's config.

@@ -131,3 +131,78 @@ pub async fn tenant() -> (Entra, super::exchange::Exchange) {
         .insert("relay@contoso.com".into());
     (entra, exchange)
 }
+
+/// A relay whose one account ("contoso") sends through an Exchange double with tokens from
+/// an Entra double (see [`tenant`]).
+pub struct World {
+    pub relay: super::TestRelay,
+    pub entra: Entra,
+    pub exchange: super::exchange::Exchange,
+    _dir: tempfile::TempDir,
+}
+
+/// How to set up a [`World`].
+pub struct WorldOptions<'a> {
+    /// `client_credentials` uses the confidential app, the others the public one.
+    pub flow: &'a str,
+    /// What the relay's client secret file holds (client credentials only).
+    pub secret: &'a str,
+    pub mailbox: &'a str,
+    /// More keys for the `[[account]]` table.
+    pub account: &'a str,
+    /// Text after the `[account.upstream]` table: keys for it first, then other tables.
+    pub extra: &'a str,
+}
+
+impl Default for WorldOptions<'_> {
+    fn default() -> Self {
+        WorldOptions {
+            flow: "client_credentials",
+            secret: SECRET,
+            mailbox: "relay@contoso.com",
+            account: "",
+            extra: "",
+        }
+    }
+}
+
+impl World {
+    pub async fn start(options: WorldOptions<'_>) -> World {
+        super::trace();
+        let (entra, exchange) = tenant().await;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, options.secret).unwrap();
+        let table = if options.flow == "client_credentials" {
+            let keys = format!("client_secret_file = {secret:?}\n{}", options.account);
+            account(&entra, "contoso", "app-secret", options.flow, &keys)
+        } else {
+            account(
+                &entra,
+                "contoso",
+                "app-public",
+                options.flow,
+                options.account,
+            )
+        };
+        let text = format!(
+            "{}{}{}",
+            table.replace(
+                "mailbox = \"relay@contoso.com\"",
+                &format!("mailbox = {:?}", options.mailbox)
+            ),
+            exchange.upstream_table(dir.path()),
+            options.extra
+        );
+        let relay = super::TestRelay::start_with(move |state| {
+            super::config_text(state, super::PLAIN_LISTENER, &text)
+        })
+        .await;
+        World {
+            relay,
+            entra,
+            exchange,
+            _dir: dir,
+        }
+    }
+}
