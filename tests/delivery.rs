@@ -64,15 +64,7 @@ async fn messages_arrive_byte_identical_with_xoauth2() {
 #[tokio::test]
 async fn several_messages_share_a_connection() {
     let w = world("", "").await;
-    for i in 0..5 {
-        send(
-            &w.relay,
-            "scanner@contoso.com",
-            &["a@fabrikam.com"],
-            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
-        )
-        .await;
-    }
+    send_numbered(&w.relay, 5).await;
     w.relay.drained().await;
     assert_eq!(w.exchange.state().received.len(), 5);
     assert!(
@@ -214,6 +206,20 @@ async fn too_many_recipients_split_the_transaction() {
     assert_eq!(received[0].recipients, ["a@fabrikam.com"]);
 }
 
+/// Sends `count` one-line messages, subjects "0", "1", …, from scanner@contoso.com.
+async fn send_numbered(relay: &TestRelay, count: usize) {
+    for i in 0..count {
+        let body = format!("Subject: {i}\r\n\r\nx\r\n");
+        send(
+            relay,
+            "scanner@contoso.com",
+            &["a@fabrikam.com"],
+            body.as_bytes(),
+        )
+        .await;
+    }
+}
+
 /// The message's Subject line, to tell messages apart.
 fn subject(data: &[u8]) -> String {
     let text = String::from_utf8_lossy(data);
@@ -288,15 +294,7 @@ async fn mail_waits_while_the_upstream_is_down_and_goes_out_when_it_is_back() {
     let w = world("", "[queue]\nretry = [\"1s\"]\n").await;
     w.exchange.state().down =
         Some("421 4.3.2 Service not available, closing transmission channel".into());
-    for i in 0..5 {
-        send(
-            &w.relay,
-            "scanner@contoso.com",
-            &["a@fabrikam.com"],
-            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
-        )
-        .await;
-    }
+    send_numbered(&w.relay, 5).await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(w.relay.spool.len(), 5);
     let file = &w.relay.spool.messages()[0];
@@ -346,15 +344,7 @@ async fn throttling_pauses_the_account_then_delivers() {
 async fn the_rate_is_never_exceeded_in_any_window() {
     // Keys right after the upstream table belong to it.
     let w = world("", "rate = \"3/2s\"\n").await;
-    for i in 0..9 {
-        send(
-            &w.relay,
-            "scanner@contoso.com",
-            &["a@fabrikam.com"],
-            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
-        )
-        .await;
-    }
+    send_numbered(&w.relay, 9).await;
     w.relay.drained().await;
     let times = w.exchange.state().accepted_at.clone();
     assert_eq!(times.len(), 9);
