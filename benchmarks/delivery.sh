@@ -30,10 +30,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! pgrep -x rsyslogd >/dev/null && ! pgrep -f benchmarks/devlog.py >/dev/null; then
-    python3 benchmarks/devlog.py /var/tmp/smtprelay-bench-syslog &
-    sleep 0.3
-fi
 # Postfix relays everything to smtp-sink instead of holding it.
 benchmarks/postfix-anchor.sh "$PF_PORT" "$work/postfix"
 postconf -c "$work/postfix/etc" -e "header_checks =" "relayhost = [127.0.0.1]:$SINK_PORT" \
@@ -101,9 +97,11 @@ end_to_end() {   # name port queue-dirs… → messages/s from the first submiss
 echo "== smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE → relay → upstream, fsync on, $(nproc) cores"
 pf=$(end_to_end "$PF_PORT" "$work/postfix/queue/incoming" "$work/postfix/queue/active" \
     "$work/postfix/queue/deferred" "$work/postfix/queue/maildrop")
-echo "5" > "/proc/$relay_pid/clear_refs"
+# shellcheck source=benchmarks/proc.sh
+. benchmarks/proc.sh
+reset_peak "$relay_pid"
 relay=$(end_to_end "$RELAY_PORT" "$work/relay/spool/queue")
-peak=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$relay_pid/status")
+peak=$(status "$relay_pid" VmHWM)
 kill "$(pgrep -f examples/bench_upstream)"
 sleep 0.3
 echo "postfix → smtp-sink (plain SMTP, no auth):          $pf msg/s"

@@ -31,15 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Postfix logs start-up errors only to syslog; without a syslog daemon it fails silently.
-if ! pgrep -x rsyslogd >/dev/null && ! pgrep -f benchmarks/devlog.py >/dev/null; then
-    python3 benchmarks/devlog.py /var/tmp/smtprelay-bench-syslog &
-    sleep 0.3
-fi
-benchmarks/postfix-anchor.sh "$PF_PORT" "$work/postfix" || {
-    tail -5 /var/tmp/smtprelay-bench-syslog 2>/dev/null
-    exit 1
-}
+benchmarks/postfix-anchor.sh "$PF_PORT" "$work/postfix"
 
 cat > "$work/relay.toml" <<EOF
 [server]
@@ -64,8 +56,8 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-status() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }   # kB
-reset_peak() { echo 5 > "/proc/$1/clear_refs"; }
+# shellcheck source=benchmarks/proc.sh
+. benchmarks/proc.sh
 
 rate() {   # port -> messages/s
     local start end

@@ -36,4 +36,13 @@ sed -i -E "s/^smtp +inet/127.0.0.1:$port inet/" "$dir/etc/master.cf"
 sed -i -E 's/^(cleanup|pickup|tlsmgr|rewrite|bounce|defer|trace|verify|flush|proxymap|smtp|relay|showq|error|retry|discard|local|virtual|lmtp|anvil|scache|postlog)( +)(unix|fifo|unix-dgram)( +)([n-])( +)-( +)y/\1\2\3\4\5\6-\7n/' "$dir/etc/master.cf"
 chown -R postfix:postfix "$dir/queue" "$dir/data"
 postfix -c "$dir/etc" check >/dev/null 2>&1 || true
-postfix -c "$dir/etc" start
+# Postfix reports start-up errors only to syslog; without a syslog daemon it fails silently.
+syslog=/var/tmp/smtprelay-bench-syslog
+if ! pgrep -x rsyslogd >/dev/null && ! pgrep -f benchmarks/devlog.py >/dev/null; then
+    python3 "$(dirname "$0")/devlog.py" "$syslog" &
+    sleep 0.3
+fi
+postfix -c "$dir/etc" start || {
+    tail -5 "$syslog" 2>/dev/null
+    exit 1
+}

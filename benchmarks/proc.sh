@@ -1,0 +1,3 @@
+# Memory readings of a process, for the benchmark scripts (sourced).
+status() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }   # kB
+reset_peak() { echo 5 > "/proc/$1/clear_refs"; }                       # restart VmHWM
