@@ -75,6 +75,23 @@ async fn several_messages_share_a_connection() {
 }
 
 #[tokio::test]
+async fn shutdown_does_not_wait_a_command_timeout_for_a_silent_quit() {
+    let mut w = world("", "").await;
+    w.exchange
+        .state()
+        .faults
+        .push_back((Stage::Quit, "silent".into()));
+    send_numbered(&w.relay, 1).await;
+    w.relay.drained().await;
+    // The connection stays open for the next message; shutdown ends it with QUIT, which
+    // the server leaves unanswered. command_timeout is 10 s, QUIT waits 5 s.
+    let started = std::time::Instant::now();
+    w.relay.stop().await;
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(9), "{took:?}");
+}
+
+#[tokio::test]
 async fn a_refused_token_is_refreshed_and_the_message_goes_out() {
     let w = world("", "").await;
     w.exchange

@@ -20,6 +20,8 @@ use super::reply::UpstreamReply;
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::oauth::Secret;
 
+/// How long QUIT waits for its reply, whatever `command_timeout` says.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest reply accepted from the upstream, so a broken server cannot exhaust memory.
 const MAX_REPLY: usize = 64 * 1024;
 
@@ -302,6 +304,9 @@ impl UpstreamConnection {
 
     /// QUIT, best effort.
     pub async fn quit(mut self) {
+        // QUIT is a courtesy; a silent server must not hold up shutdown for a full
+        // command timeout.
+        self.timeout = self.timeout.min(QUIT_TIMEOUT);
         if self.send("QUIT").await.is_ok() {
             let _ = self.read_reply().await;
         }

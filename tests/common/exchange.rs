@@ -57,6 +57,8 @@ pub enum Stage {
     Data,
     /// The reply after the final dot; "drop" closes the connection without one.
     Dot,
+    /// "silent": no reply to QUIT; the connection stays open until the client closes it.
+    Quit,
 }
 
 impl ExchangeState {
@@ -320,6 +322,10 @@ impl Session {
                 }
                 "NOOP" => conn.reply("250 2.0.0 OK").await?,
                 "QUIT" => {
+                    if self.state.lock().unwrap().fault(Stage::Quit).is_some() {
+                        while conn.line().await.is_some() {}
+                        return None;
+                    }
                     conn.reply("221 2.0.0 Service closing transmission channel")
                         .await?;
                     return Some(());
