@@ -60,7 +60,7 @@ fn the_unit_is_hardened() {
 }
 
 #[test]
-fn maintainer_scripts_are_valid_shell() {
+fn packaging_scripts_are_valid_shell() {
     for script in [
         "debian/postinst",
         "debian/postrm",
@@ -69,6 +69,14 @@ fn maintainer_scripts_are_valid_shell() {
         "rpm/pre-uninstall.sh",
     ] {
         let status = Command::new("sh")
+            .arg("-n")
+            .arg(packaging(script))
+            .status()
+            .unwrap();
+        assert!(status.success(), "{script} does not parse");
+    }
+    for script in ["build.sh", "test-install.sh"] {
+        let status = Command::new("bash")
             .arg("-n")
             .arg(packaging(script))
             .status()
