@@ -48,6 +48,7 @@ for file in /usr/bin/smtprelay /etc/smtprelay/smtprelay.toml /usr/lib/systemd/sy
     /usr/share/bash-completion/completions/smtprelay /usr/share/doc/smtprelay/config-reference.toml; do
     check "rpm ships $file" grep -qx "$file" <<<"$rpm_files"
 done
+check "rpm requires ca-certificates" grep -q '^ca-certificates' <<<"$(rpm -qp --requires "$rpm")"
 check "rpm: binary 0755" grep -qx -- '-rwxr-xr-x root:root /usr/bin/smtprelay' <<<"$rpm_modes"
 check "rpm: configuration 0640" grep -qx -- '-rw-r----- root:root /etc/smtprelay/smtprelay.toml' <<<"$rpm_modes"
 check "rpm: configuration is noreplace" \
@@ -73,8 +74,10 @@ printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
 mount -t proc proc "$root/proc"
 in_root() { chroot "$root" "$@"; }
 
+# As an admin installs it: apt resolves the dependencies (ca-certificates) from the mirror.
 cp "$deb" "$root/tmp/smtprelay.deb"
-in_root dpkg -i /tmp/smtprelay.deb
+in_root apt-get update -qq
+DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq /tmp/smtprelay.deb
 
 passwd_entry=$(in_root getent passwd smtprelay || true)
 check "system user smtprelay exists" test -n "$passwd_entry"
@@ -94,6 +97,7 @@ check "unit is installed" test -f "$root/usr/lib/systemd/system/smtprelay.servic
 check "unit is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/smtprelay.service"
 check "man page is installed" test -f "$root/usr/share/man/man1/smtprelay.1.gz"
 check "binary runs" in_root smtprelay --version
+check "dependencies installed" in_root dpkg-query -W ca-certificates
 
 echo "== the installed relay, as the service user (tests/installed_package.rs)"
 if SMTPRELAY_INSTALL_ROOT="$root" cargo test --locked --test installed_package -- --ignored 2>&1; then

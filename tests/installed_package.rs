@@ -132,6 +132,24 @@ async fn the_installed_relay_delivers_a_message_as_the_service_user() {
     );
     let config = install_private(&root, "install-test.toml", &text);
 
+    // The admin's first step, as root (`sudo smtprelay token refresh`): the token store it
+    // makes must still belong to the service.
+    let mut refresh = Command::new("chroot");
+    refresh
+        .arg(&root)
+        .args(["smtprelay", "token", "refresh", "--config", &config])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    // Off the runtime, which serves the Entra double meanwhile.
+    let output = tokio::task::spawn_blocking(move || refresh.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // The package's dependencies brought the system trust roots Exchange Online needs.
+    assert!(!stderr.contains("no system trust roots"), "{stderr}");
+
     let mut relay = as_user(&root, SERVICE, &["smtprelay", "serve", "--config", &config])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -168,15 +186,19 @@ async fn the_installed_relay_delivers_a_message_as_the_service_user() {
     assert_eq!(received[0].mailbox, "relay@contoso.com");
     assert_eq!(received[0].sender, "scanner@contoso.com");
     assert!(received[0].data.ends_with(b"\r\nfrom the package\r\n"));
+    // With the token the admin's refresh stored: no second request to Entra.
+    assert_eq!(entra.requests("client_credentials"), 1);
 
-    // The token the relay fetched is stored encrypted, by and for the service user only.
-    let tokens = std::fs::metadata(root.join("var/lib/smtprelay/tokens.json.enc")).unwrap();
-    assert_eq!(tokens.mode() & 0o777, 0o600);
+    // The token store is the service user's alone, whoever wrote it.
     let service_uid = std::fs::metadata(root.join("var/lib/smtprelay"))
         .unwrap()
         .uid();
-    assert_eq!(tokens.uid(), service_uid);
     assert_ne!(service_uid, 0);
+    for file in ["tokens.json.enc", "tokens.json.enc.lock"] {
+        let meta = std::fs::metadata(root.join("var/lib/smtprelay").join(file)).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600, "{file}");
+        assert_eq!(meta.uid(), service_uid, "{file}");
+    }
 
     // SIGTERM, as `systemctl stop` sends it: a clean exit.
     // Waited for off the runtime: the Exchange double must still answer the relay's QUIT.

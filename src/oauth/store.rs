@@ -10,6 +10,9 @@
 //! mode 0600, replaced atomically (temp, fsync, rename, fsync the directory) under an exclusive
 //! lock shared with the CLI, and the previous `backups` versions are kept as `FILE.1` … `FILE.n`.
 //! A file that does not decrypt (wrong key, tampering) is an error and is never overwritten.
+//!
+//! Files made in the store's directory by root (an admin's `sudo smtprelay token login`) are
+//! given to the directory's owner, so the service user can still read and replace them.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -130,6 +133,7 @@ impl FileStore {
             .mode(0o600)
             .open(&lock_path)
             .map_err(self.io_error(&lock_path))?;
+        owned_like_directory(&file, &lock_path).map_err(self.io_error(&lock_path))?;
         file.lock().map_err(self.io_error(&lock_path))?;
         Ok(file)
     }
@@ -259,6 +263,7 @@ impl FileStore {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
+            owned_like_directory(&file, &tmp)?;
             file.write_all(bytes)?;
             file.sync_all()?;
             self.rotate_backups()?;
@@ -288,8 +293,9 @@ impl FileStore {
                 fs::rename(&from, self.backup_path(n + 1))?;
             }
         }
-        fs::copy(&self.path, self.backup_path(1))?;
-        Ok(())
+        let backup = self.backup_path(1);
+        fs::copy(&self.path, &backup)?;
+        owned_like_directory(&File::open(&backup)?, &backup)
     }
 
     pub fn backup_path(&self, n: u32) -> PathBuf {
@@ -331,6 +337,20 @@ impl FileStore {
         self.replace_file(&bytes)?;
         Ok(count)
     }
+}
+
+/// When root makes `file` (at `path`), hands it to the owner of the directory it is in.
+fn owned_like_directory(file: &File, path: &Path) -> io::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let owner = fs::metadata(dir)?;
+    std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))
 }
 
 impl TokenStore for FileStore {
