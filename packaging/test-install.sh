@@ -48,7 +48,9 @@ for file in /usr/bin/smtprelay /etc/smtprelay/smtprelay.toml /usr/lib/systemd/sy
     /usr/share/bash-completion/completions/smtprelay /usr/share/doc/smtprelay/config-reference.toml; do
     check "rpm ships $file" grep -qx "$file" <<<"$rpm_files"
 done
-check "rpm requires ca-certificates" grep -q '^ca-certificates' <<<"$(rpm -qp --requires "$rpm")"
+rpm_requires=$(rpm -qp --requires "$rpm")
+check "rpm requires ca-certificates" grep -q '^ca-certificates' <<<"$rpm_requires"
+check "rpm requires the unit's /usr/bin/kill" grep -q '^/usr/bin/kill' <<<"$rpm_requires"
 check "rpm: binary 0755" grep -qx -- '-rwxr-xr-x root:root /usr/bin/smtprelay' <<<"$rpm_modes"
 check "rpm: configuration 0640" grep -qx -- '-rw-r----- root:root /etc/smtprelay/smtprelay.toml' <<<"$rpm_modes"
 check "rpm: configuration is noreplace" \
@@ -94,6 +96,9 @@ check "binary is 0755 root:root" equals "$(mode /usr/bin/smtprelay)" "755 root:r
 check "configuration is a conffile" grep -q '/etc/smtprelay/smtprelay.toml' \
     <<<"$(in_root dpkg-query -W -f='${Conffiles}' smtprelay)"
 check "unit is installed" test -f "$root/usr/lib/systemd/system/smtprelay.service"
+for command in $(sed -n 's/^Exec[A-Za-z]*=[-@+!]*\([^ ]*\).*/\1/p' "$root/usr/lib/systemd/system/smtprelay.service"); do
+    check "unit's $command is installed" test -x "$root$command"
+done
 check "unit is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/smtprelay.service"
 check "man page is installed" test -f "$root/usr/share/man/man1/smtprelay.1.gz"
 check "binary runs" in_root smtprelay --version

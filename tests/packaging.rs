@@ -44,6 +44,7 @@ fn the_unit_is_hardened() {
     assert!(exposure <= 2.0, "exposure {exposure}:\n{text}");
     let unit = std::fs::read_to_string(packaging("smtprelay.service")).unwrap();
     for line in [
+        "Type=notify",
         "User=smtprelay",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",

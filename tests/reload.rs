@@ -109,3 +109,67 @@ async fn reload_keeps_sessions_and_applies_to_new_ones() {
         .unwrap();
     assert_eq!(queued.messages.len(), 101);
 }
+
+/// The next notification systemd would get on `socket`.
+fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buffer = [0u8; 4096];
+    let n = socket
+        .recv(&mut buffer)
+        .expect("a notification within the timeout");
+    String::from_utf8(buffer[..n].to_vec()).unwrap()
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smtprelay.toml");
+    std::fs::write(&path, config("[]", None)).unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let (mut relay, address, logs) =
+        start_binary_with_logs(&path, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+
+    let ready = notification(&socket);
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=listening on {address}; 0 queued")),
+        "{ready}"
+    );
+
+    // A reload, applied, then one refused: READY follows RELOADING either way.
+    for text in [config("[\"*@contoso.com\"]", None), "[server\n".to_owned()] {
+        std::fs::write(&path, text).unwrap();
+        hup(&relay);
+        let reloading = notification(&socket);
+        assert!(
+            reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+            "{reloading}"
+        );
+        assert!(notification(&socket).starts_with("READY=1\n"));
+    }
+    wait_for_log(&logs, "reload refused: the running configuration stays");
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    assert_eq!(notification(&socket), "STOPPING=1");
+    assert!(relay.wait().unwrap().success());
+}
+
+#[test]
+fn systemd_abstract_notify_sockets_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smtprelay.toml");
+    std::fs::write(&path, config("[]", None)).unwrap();
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("smtprelay-test-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let socket = std::os::unix::net::UnixDatagram::bind_addr(&address).unwrap();
+    socket.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let (mut relay, _, _logs) =
+        start_binary_with_logs(&path, &[("NOTIFY_SOCKET", &format!("@{name}"))]);
+    assert!(notification(&socket).starts_with("READY=1\n"));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    assert!(relay.wait().unwrap().success());
+}

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::notify::{State, notify};
 use crate::admin::{Admin, Metrics};
 use crate::config::Config;
 use crate::delivery::Delivery;
@@ -34,6 +35,22 @@ pub fn run(config: Config) -> Result<ExitCode, ExitCode> {
         ExitCode::FAILURE
     })?;
     runtime.block_on(serve(config))
+}
+
+/// One line for `systemctl status`.
+fn status(sockets: &Sockets, process: &Process) -> String {
+    let mut addresses: Vec<String> = sockets
+        .smtp
+        .values()
+        .filter_map(|listener| listener.local_addr().ok())
+        .map(|address| address.to_string())
+        .collect();
+    addresses.sort();
+    format!(
+        "listening on {}; {} queued",
+        addresses.join(", "),
+        process.spool.len()
+    )
 }
 
 /// What lives for the whole process.
@@ -87,11 +104,15 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     let mut signals =
         Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
     let mut current = prepared.start(&process);
+    notify(State::Ready {
+        status: &status(&sockets, &process),
+    });
     let mut retired: Vec<JoinHandle<()>> = Vec::new();
     loop {
         match signals.next().await {
             Signal::Stop => break,
-            Signal::Reload => {
+            Signal::Reload => 'reload: {
+                notify(State::Reloading);
                 tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
                 let config = match load_checked(&path) {
                     Ok(config) => config,
@@ -100,7 +121,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                             tracing::error!("{problem}");
                         }
                         tracing::error!("reload refused: the running configuration stays");
-                        continue;
+                        break 'reload;
                     }
                 };
                 path = config.path.clone();
@@ -108,7 +129,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                     Ok(next) => next,
                     Err(e) => {
                         tracing::error!("reload refused: {e}; the running configuration stays");
-                        continue;
+                        break 'reload;
                     }
                 };
                 // The old generation stops accepting and sending; its sessions go on.
@@ -125,7 +146,12 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                 tracing::info!("configuration reloaded");
             }
         }
+        // After a reload, applied or refused: either way the relay runs.
+        notify(State::Ready {
+            status: &status(&sockets, &process),
+        });
     }
+    notify(State::Stopping);
     process.shutdown.cancel();
     // Close the duplicates too, so the ports refuse connections from now on.
     drop(sockets);
