@@ -77,9 +77,9 @@ mount -t proc proc "$root/proc"
 in_root() { chroot "$root" "$@"; }
 
 # As an admin installs it: apt resolves the dependencies (ca-certificates) from the mirror.
-cp "$deb" "$root/tmp/smtprelay.deb"
+cp "$deb" "$root/root/smtprelay.deb"
 in_root apt-get update -qq
-DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq /tmp/smtprelay.deb
+DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq /root/smtprelay.deb
 
 passwd_entry=$(in_root getent passwd smtprelay || true)
 check "system user smtprelay exists" test -n "$passwd_entry"
@@ -112,6 +112,18 @@ else
     failures=$((failures + 1))
 fi
 
+echo "== the unit under systemd (tests/installed_service.rs)"
+command -v systemd-nspawn >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd-container >/dev/null
+DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq systemd >/dev/null
+umount "$root/proc" # the container mounts its own
+if SMTPRELAY_INSTALL_ROOT="$root" cargo test --locked --test installed_service -- --ignored 2>&1; then
+    echo "ok   the unit: start, relay, /health, sandbox, reload, upgrade restart, stop"
+else
+    echo "FAIL the unit under systemd"
+    failures=$((failures + 1))
+fi
+mount -t proc proc "$root/proc"
+
 echo "== upgrade, remove, purge"
 key_before=$(sha256sum <"$root/etc/smtprelay/token.key")
 # An admin's edit to the conffile, and a message waiting in the queue.
@@ -119,7 +131,7 @@ echo '# edited by the admin' >>"$root/etc/smtprelay/smtprelay.toml"
 in_root install -d -o smtprelay -g smtprelay -m 0700 /var/lib/smtprelay/queue
 in_root install -o smtprelay -g smtprelay -m 0600 /dev/null /var/lib/smtprelay/queue/01KQUEUEDWHILEUPGRADING00
 state_before=$(cd "$root/var/lib/smtprelay" && find . -type f | sort | xargs sha256sum)
-in_root dpkg -i /tmp/smtprelay.deb >/dev/null
+in_root dpkg -i /root/smtprelay.deb >/dev/null
 check "upgrade keeps the token key" equals "$(sha256sum <"$root/etc/smtprelay/token.key")" "$key_before"
 check "upgrade keeps state and queue" \
     equals "$(cd "$root/var/lib/smtprelay" && find . -type f | sort | xargs sha256sum)" "$state_before"

@@ -4,6 +4,7 @@
 
 pub mod entra;
 pub mod exchange;
+pub mod installed;
 pub mod tokens;
 
 use std::net::SocketAddr;
