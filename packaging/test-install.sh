@@ -52,7 +52,8 @@ rpm_requires=$(rpm -qp --requires "$rpm")
 check "rpm requires ca-certificates" grep -q '^ca-certificates' <<<"$rpm_requires"
 check "rpm requires the unit's /usr/bin/kill" grep -q '^/usr/bin/kill' <<<"$rpm_requires"
 check "rpm: binary 0755" grep -qx -- '-rwxr-xr-x root:root /usr/bin/smtprelay' <<<"$rpm_modes"
-check "rpm: configuration 0640" grep -qx -- '-rw-r----- root:root /etc/smtprelay/smtprelay.toml' <<<"$rpm_modes"
+# root:smtprelay in the package itself, so that `rpm -V` agrees with what post-install sets.
+check "rpm: configuration 0640 root:smtprelay" grep -qx -- '-rw-r----- root:smtprelay /etc/smtprelay/smtprelay.toml' <<<"$rpm_modes"
 check "rpm: configuration is noreplace" \
     grep -qx '/etc/smtprelay/smtprelay.toml' <<<"$(rpm -qp --configfiles "$rpm")"
 check "rpm: pre-install creates the user" grep -q 'useradd --system' <<<"$rpm_scripts"
