@@ -173,3 +173,32 @@ fn systemd_abstract_notify_sockets_work() {
     unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
     assert!(relay.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_new_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smtprelay.toml");
+    std::fs::write(&path, config("[]", None)).unwrap();
+    let (mut relay, address, logs) = start_binary_with_logs(&path, &[]);
+
+    // "command refused" is a debug event: not logged at the default level…
+    let mut client = Client::connect(address).await;
+    client.expect("BOGUS", 500).await;
+    std::fs::write(&path, config("[]", None) + "level = \"debug\"\n").unwrap();
+    hup(&relay);
+    loop {
+        let event = logs.recv_timeout(common::TIMEOUT).expect("a reload");
+        assert_ne!(event["message"], "command refused", "{event}");
+        if event["message"] == "configuration reloaded" {
+            break;
+        }
+    }
+    // … and logged once the reloaded level says debug.
+    client.expect("BOGUS", 500).await;
+    let event = wait_for_log(&logs, "command refused");
+    assert_eq!(event["level"], "DEBUG");
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    assert!(relay.wait().unwrap().success());
+}

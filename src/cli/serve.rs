@@ -96,6 +96,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     };
     let mut sockets = Sockets::default();
     let mut path = config.path.clone();
+    let log_format = config.log.format;
     let prepared = prepare(&process, Arc::new(config), &mut sockets)
         .await
         .map_err(fail)?;
@@ -125,6 +126,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                     }
                 };
                 path = config.path.clone();
+                let log = config.log.clone();
                 let next = match prepare(&process, Arc::new(config), &mut sockets).await {
                     Ok(next) => next,
                     Err(e) => {
@@ -144,6 +146,10 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                 retired.push(current.server);
                 current = next.start(&process);
                 tracing::info!("configuration reloaded");
+                crate::logging::apply_level(&log);
+                if log.format != log_format {
+                    tracing::warn!("[log] format changes take effect at the next restart");
+                }
             }
         }
         // After a reload, applied or refused: either way the relay runs.
