@@ -202,3 +202,43 @@ async fn reload_applies_a_new_log_level() {
     unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
     assert!(relay.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_serves_a_renewed_certificate_to_new_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, renewed) = (common::TestPki::new(), common::TestPki::new());
+    let install = |pki: &common::TestPki| {
+        std::fs::copy(pki.cert_path(), dir.path().join("cert.pem")).unwrap();
+        std::fs::copy(pki.key_path(), dir.path().join("key.pem")).unwrap();
+    };
+    install(&old);
+    let path = dir.path().join("smtprelay.toml");
+    std::fs::write(
+        &path,
+        "[server]\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\n\
+         auth = \"none\"\n[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n\
+         [admin]\nlisten = \"\"\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let (mut relay, address, logs) = start_binary_with_logs(&path, &[]);
+    let mut before = Client::connect(address).await;
+    before.expect("EHLO before", 250).await;
+    before.starttls(&old).await;
+
+    // What a certbot deploy hook does: new files, then a reload.
+    install(&renewed);
+    hup(&relay);
+    wait_for_log(&logs, "configuration reloaded");
+    // The handshake verifies against the renewed certificate's CA only.
+    let mut after = Client::connect(address).await;
+    after.expect("EHLO after", 250).await;
+    after.starttls(&renewed).await;
+    after.expect("EHLO after", 250).await;
+    // The session from before goes on over its TLS.
+    before.expect("EHLO before", 250).await;
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    drop((before, after));
+    assert!(relay.wait().unwrap().success());
+}
