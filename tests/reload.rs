@@ -242,3 +242,39 @@ async fn reload_serves_a_renewed_certificate_to_new_sessions() {
     drop((before, after));
     assert!(relay.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_from_before_a_reload_count_against_max_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smtprelay.toml");
+    let text = config("[]", None).replace("[server]\n", "[server]\nmax_connections = 2\n");
+    std::fs::write(&path, &text).unwrap();
+    let (mut relay, address, logs) = start_binary_with_logs(&path, &[]);
+    let mut first = Client::connect(address).await;
+    let mut second = Client::connect(address).await;
+    first.expect("EHLO first", 250).await;
+    second.expect("EHLO second", 250).await;
+
+    hup(&relay);
+    wait_for_log(&logs, "configuration reloaded");
+    let refused = Client::connect(address).await;
+    assert_eq!(refused.greeting.0, 421, "{}", refused.greeting.1);
+
+    // A slot freed under the old configuration is one for the new.
+    first.expect("QUIT", 221).await;
+    drop(first);
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let client = Client::connect(address).await;
+        if client.greeting.0 == 220 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no slot freed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    drop(second);
+    assert!(relay.wait().unwrap().success());
+}

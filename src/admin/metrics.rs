@@ -50,9 +50,19 @@ pub enum Outcome {
 }
 
 impl Metrics {
-    pub fn session_started(&self) {
-        self.sessions_total.fetch_add(1, Ordering::Relaxed);
-        self.sessions_active.fetch_add(1, Ordering::Relaxed);
+    /// Counts a new SMTP session unless `limit` are open already. The count is the process's,
+    /// so sessions still open under a configuration replaced by a reload count too.
+    pub fn try_session_start(&self, limit: usize) -> bool {
+        let admitted = self
+            .sessions_active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |active| {
+                (active < limit as u64).then_some(active + 1)
+            })
+            .is_ok();
+        if admitted {
+            self.sessions_total.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
     }
 
     pub fn session_ended(&self) {

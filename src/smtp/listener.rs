@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::error::SmtpError;
@@ -95,7 +94,6 @@ impl Server {
         // Duplicates kept past this point would keep the ports open after the accept loops
         // stop; whoever wants them took them with `handoff` before.
         drop(handoff);
-        let connections = Arc::new(Semaphore::new(intake.config.server.max_connections));
         let sessions = TaskTracker::new();
         let mut accept_loops = Vec::new();
         for (listener, listen) in listeners {
@@ -106,7 +104,6 @@ impl Server {
                 listener,
                 listen,
                 Arc::clone(&intake),
-                Arc::clone(&connections),
                 sessions.clone(),
             )));
         }
@@ -151,7 +148,6 @@ async fn accept_loop(
     listener: TcpListener,
     listen: Arc<ListenConfig>,
     intake: Arc<Intake>,
-    connections: Arc<Semaphore>,
     sessions: TaskTracker,
 ) {
     loop {
@@ -169,16 +165,18 @@ async fn accept_loop(
             }
         };
         let _ = socket.set_nodelay(true);
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+        if !intake
+            .metrics
+            .try_session_start(intake.config.server.max_connections)
+        {
             sessions.spawn(refuse(socket, SmtpError::TooManyConnections));
             continue;
-        };
+        }
+        let counted = SessionCount(Arc::clone(&intake.metrics));
         let intake = Arc::clone(&intake);
         let listen = Arc::clone(&listen);
         sessions.spawn(async move {
-            let _permit = permit;
-            intake.metrics.session_started();
-            let _counted = SessionCount(Arc::clone(&intake.metrics));
+            let _counted = counted;
             let stream = match listen.tls {
                 ListenTls::Implicit => {
                     let Some(acceptor) = intake.tls.clone() else {
