@@ -9,7 +9,8 @@
 #
 #   sudo packaging/test-install.sh
 #
-# Needs root (chroot) and Debian's mirror; installs debootstrap and rpm when missing.
+# Needs root (chroot) and Debian's mirror; installs debootstrap, rpm and systemd-container
+# when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ mirror=${SMTPRELAY_TEST_MIRROR:-http://deb.debian.org/debian}
 missing=()
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v rpm >/dev/null || missing+=(rpm)
+command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -114,7 +116,6 @@ else
 fi
 
 echo "== the unit under systemd (tests/installed_service.rs)"
-command -v systemd-nspawn >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd-container >/dev/null
 DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq systemd >/dev/null
 umount "$root/proc" # the container mounts its own
 # A machine that cannot run containers at all is said so loudly; one that can but whose
