@@ -4,8 +4,10 @@
 #   - the deb installed into a fresh Debian root (debootstrap --variant=minbase): the system
 #     user, modes, conffile, token key, enabled unit; then tests/installed_package.rs runs the
 #     installed binary there as the service user (check-config, one message relayed to the
-#     Exchange and Entra doubles); then upgrade keeps key, tokens and queue, remove keeps
-#     configuration and state, purge removes them and the user.
+#     Exchange and Entra doubles); tests/installed_service.rs boots the root with
+#     systemd-nspawn and runs the unit (start, relay, sandbox, reload, upgrade, stop); then
+#     upgrade keeps key, tokens and queue, remove keeps configuration and state, purge
+#     removes them and the user.
 #
 #   sudo packaging/test-install.sh
 #
@@ -29,7 +31,7 @@ fi
 
 failures=0
 check() { # check DESCRIPTION COMMAND...: runs the command, counts a failure
-    if "${@:2}" >/dev/null 2>&1; then
+    if "${@:2}" >/dev/null; then
         echo "ok   $1"
     else
         echo "FAIL $1"
