@@ -121,13 +121,7 @@ impl Alerter {
                 );
             }
         }
-        let oldest = self
-            .spool
-            .messages()
-            .iter()
-            .map(|m| m.envelope.received_at)
-            .min();
-        if let Some(received) = oldest {
+        if let Some(received) = self.spool.oldest_received_at() {
             let age = (unix * 1000).saturating_sub(received) / 1000;
             if age > alerts.queue_age_warning.as_secs() {
                 now.insert(

@@ -126,13 +126,10 @@ struct QueueReport {
 
 fn queue_report(spool: &Spool) -> QueueReport {
     let now_ms = unix_now() * 1000;
-    let messages = spool.messages();
     QueueReport {
-        depth: messages.len(),
-        oldest_age_seconds: messages
-            .iter()
-            .map(|m| m.envelope.received_at)
-            .min()
+        depth: spool.len(),
+        oldest_age_seconds: spool
+            .oldest_received_at()
             .map(|at| now_ms.saturating_sub(at) / 1000),
     }
 }

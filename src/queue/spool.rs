@@ -246,6 +246,12 @@ impl Spool {
         self.index().len()
     }
 
+    /// When the longest-waiting message was received (ms since the epoch), without copying
+    /// the index: /health, /metrics and alerts ask often, and the queue can be long.
+    pub fn oldest_received_at(&self) -> Option<u64> {
+        self.index().values().map(|m| m.envelope.received_at).min()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.index().is_empty()
     }
@@ -613,6 +619,23 @@ mod tests {
         }
         assert_eq!(spool.len(), 2);
         assert_eq!(fs::read_dir(spool.paths().tmp()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_message_is_the_earliest_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), false).unwrap();
+        assert_eq!(spool.oldest_received_at(), None);
+        // Not in ID order: a message can be committed after a later one started.
+        for received_at in [2_000, 1_000, 3_000] {
+            let mut writer = spool.create(Envelope {
+                received_at,
+                ..envelope()
+            });
+            writer.write(b"x\r\n").await.unwrap();
+            writer.commit().await.unwrap();
+        }
+        assert_eq!(spool.oldest_received_at(), Some(1_000));
     }
 
     #[tokio::test]
