@@ -1,10 +1,19 @@
 //! Log output: text or JSON lines on stderr (journald picks them up under systemd).
 //! `RUST_LOG` overrides `[log].level`. A reload (SIGHUP) applies a new `[log].level`; a new
 //! `[log].format` takes a restart.
+//!
+//! When stderr is the journal (`$JOURNAL_STREAM`), each line starts with its syslog priority
+//! (`<3>` … `<7>`, sd-daemon(3)) so that `journalctl -p warning` works, and text lines leave
+//! the time to journald instead of printing it twice.
 
+use std::fmt;
 use std::sync::OnceLock;
 
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
 
@@ -21,16 +30,26 @@ pub fn init(config: &LogConfig) {
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(&config.level));
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let journal = stderr_is_journal();
     let text = (config.format == LogFormat::Text).then(|| {
+        let format = tracing_subscriber::fmt::format().with_ansi(ansi);
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(ansi)
+            .event_format(match journal {
+                true => Prioritised::Journal(format.without_time()),
+                false => Prioritised::Plain(format),
+            })
     });
     let json = (config.format == LogFormat::Json).then(|| {
+        let format = tracing_subscriber::fmt::format().json().flatten_event(true);
         tracing_subscriber::fmt::layer()
             .json()
-            .flatten_event(true)
             .with_writer(std::io::stderr)
+            .event_format(match journal {
+                true => Prioritised::Journal(format),
+                false => Prioritised::Plain(format),
+            })
     });
     let installed = tracing_subscriber::registry()
         .with(filter)
@@ -41,6 +60,58 @@ pub fn init(config: &LogConfig) {
     if installed && from_config {
         let _ = LEVEL.set(handle);
     }
+}
+
+/// An event format, with the syslog priority in front when the output is the journal.
+enum Prioritised<J, P> {
+    Journal(J),
+    Plain(P),
+}
+
+impl<S, N, J, P> FormatEvent<S, N> for Prioritised<J, P>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    J: FormatEvent<S, N>,
+    P: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        match self {
+            Prioritised::Journal(format) => {
+                let priority = match *event.metadata().level() {
+                    Level::ERROR => 3,
+                    Level::WARN => 4,
+                    Level::INFO => 6,
+                    Level::DEBUG | Level::TRACE => 7,
+                };
+                write!(writer, "<{priority}>")?;
+                format.format_event(context, writer, event)
+            }
+            Prioritised::Plain(format) => format.format_event(context, writer, event),
+        }
+    }
+}
+
+/// Whether stderr is the stream systemd connected to the journal: `$JOURNAL_STREAM` holds
+/// its device and inode, and is inherited by children whose stderr may be something else.
+fn stderr_is_journal() -> bool {
+    let Some((device, inode)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (device, inode) = v.split_once(':')?;
+        Some((device.parse::<u64>().ok()?, inode.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    // SAFETY: fstat on descriptor 2 writes only the stat buffer we own.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut stat) } != 0 {
+        return false;
+    }
+    stat.st_dev == device && stat.st_ino == inode
 }
 
 /// Applies `[log].level` from a reloaded configuration (unless `RUST_LOG` rules).

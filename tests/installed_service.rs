@@ -216,7 +216,13 @@ async fn the_packaged_unit_runs_the_relay_under_systemd() {
     assert_eq!(proc_status(&container, &pid, "NoNewPrivs"), "1");
     assert_eq!(proc_status(&container, &pid, "Seccomp"), "2");
 
-    // Reload: same process, the file read again.
+    // Reload: same process, the file read again. The new file asks for text logs, which
+    // take a restart: the relay says so in a warning.
+    install_private(
+        &root,
+        "smtprelay.toml",
+        &text.replace("format = \"json\"", "format = \"text\""),
+    );
     container.systemctl(&["reload", "smtprelay"]).await;
     let deadline = Instant::now() + common::TIMEOUT;
     while !container.journal().contains("configuration reloaded") {
@@ -224,6 +230,23 @@ async fn the_packaged_unit_runs_the_relay_under_systemd() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(container.main_pid(), pid);
+    // Lines reach the journal with their priority: the warning is one, the info line not.
+    let warnings = container.output(&[
+        "journalctl",
+        "-u",
+        "smtprelay",
+        "-p",
+        "warning",
+        "--no-pager",
+        "-o",
+        "cat",
+    ]);
+    assert!(
+        warnings.contains("format changes take effect"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("configuration reloaded"), "{warnings}");
+    install_private(&root, "smtprelay.toml", &text);
 
     // An upgrade restarts the running service; it goes on relaying.
     let upgrade = container.command(&["dpkg", "-i", PACKAGE]);
