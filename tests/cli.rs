@@ -1,4 +1,4 @@
-//! The command line: `--version`, `hash-password`, and `queue list` reading the spool of a
+//! The command line: `--version`, `hash-password`, `token keygen --to`, and `queue list` reading the spool of a
 //! running relay.
 
 mod common;
@@ -21,6 +21,36 @@ fn version() {
         stdout.trim(),
         format!("smtprelay {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn keygen_to_a_file_needs_no_configuration() {
+    // What the package scripts run, even when the admin's file would not load.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("smtprelay.toml");
+    std::fs::write(&broken, "[server\n").unwrap();
+    let key = dir.path().join("token.key");
+    let output = smtprelay()
+        .args(["token", "keygen", "--to"])
+        .arg(&key)
+        .arg("--config")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(text.trim().len(), 64, "{text}");
+    // Without --to the key file comes from the configuration, which must load.
+    let output = smtprelay()
+        .args(["token", "keygen", "--config"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 # smtprelay: the token store key (made once, never replaced), modes, the service.
 if [ ! -e /etc/smtprelay/token.key ]; then
-    /usr/bin/smtprelay token keygen --to /etc/smtprelay/token.key --config /etc/smtprelay/smtprelay.toml
+    /usr/bin/smtprelay token keygen --to /etc/smtprelay/token.key
 fi
 chown root:smtprelay /etc/smtprelay/token.key /etc/smtprelay/smtprelay.toml
 chmod 0640 /etc/smtprelay/token.key /etc/smtprelay/smtprelay.toml

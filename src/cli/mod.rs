@@ -113,6 +113,9 @@ pub fn run() -> ExitCode {
         } => load(path).and_then(|c| queue::show(&c, &id, json)),
         Command::Queue { command } => load(path).and_then(|c| queue::control(&c, command)),
         Command::HashPassword => hash_password::run(),
+        Command::Token {
+            command: token::TokenCommand::Keygen { to: Some(to) },
+        } => token::write_key(&to),
         Command::Token { command } => load(path).and_then(|c| token::run(c, command)),
         Command::GenerateDocs { dir } => generate_docs(&dir),
     };

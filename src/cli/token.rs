@@ -279,7 +279,13 @@ fn keygen(config: &Config, to: Option<&Path>) -> Result<ExitCode, ExitCode> {
         .map(Path::to_owned)
         .or_else(|| config.tokens.key_file.clone())
         .ok_or_else(|| fail("no [tokens] key_file is configured; name a file with --to"))?;
-    TokenKey::write_new(&path).map_err(fail)?;
+    write_key(&path)
+}
+
+/// `token keygen --to FILE` needs no configuration, so package scripts can make the key
+/// even when an admin's edited file does not load.
+pub fn write_key(path: &Path) -> Result<ExitCode, ExitCode> {
+    TokenKey::write_new(path).map_err(fail)?;
     println!("Wrote a new token key to {} (mode 0600).", path.display());
     println!("Keep a copy somewhere safe: the token store cannot be read without it.");
     Ok(ExitCode::SUCCESS)
