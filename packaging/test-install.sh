@@ -118,7 +118,7 @@ else
 fi
 
 echo "== the unit under systemd (tests/installed_service.rs)"
-DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq systemd >/dev/null
+DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq --no-install-recommends systemd >/dev/null
 umount "$root/proc" # the container mounts its own
 # A machine that cannot run containers at all is said so loudly; one that can but whose
 # boot or unit fails is a failure.
