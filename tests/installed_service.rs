@@ -246,6 +246,18 @@ async fn the_packaged_unit_runs_the_relay_under_systemd() {
         "{warnings}"
     );
     assert!(!warnings.contains("configuration reloaded"), "{warnings}");
+    // A broken file: `systemctl reload` fails and says why; the relay runs on as it was.
+    install_private(&root, "smtprelay.toml", "[server\n");
+    let output = container
+        .command(&["systemctl", "reload", "smtprelay"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert_eq!(container.main_pid(), pid);
+    assert_eq!(
+        container.output(&["systemctl", "is-active", "smtprelay"]),
+        "active"
+    );
     install_private(&root, "smtprelay.toml", &text);
 
     // An upgrade restarts the running service; it goes on relaying.
