@@ -65,6 +65,9 @@ check "rpm: post-install makes the token key" grep -q 'token keygen' <<<"$rpm_sc
 check "rpm: post-install enables the unit" grep -q 'systemctl enable smtprelay.service' <<<"$rpm_scripts"
 check "rpm: upgrade restarts the unit" grep -q 'try-restart smtprelay.service' <<<"$rpm_scripts"
 check "rpm: removal disables the unit" grep -q 'disable --now smtprelay.service' <<<"$rpm_scripts"
+rpm_postun=$(sed -n '/^postuninstall scriptlet/,$p' <<<"$rpm_scripts")
+check "rpm: systemd forgets the removed unit" grep -q 'systemctl daemon-reload' <<<"$rpm_postun"
+
 check "rpm: binary is stripped of debug info" bash -c \
     "rpm2cpio '$rpm' | (cd \"\$(mktemp -d)\" && cpio -idm --quiet ./usr/bin/smtprelay && ! readelf -S usr/bin/smtprelay | grep -q debug_info)"
 

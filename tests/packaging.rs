@@ -69,6 +69,7 @@ fn packaging_scripts_are_valid_shell() {
         "rpm/pre-install.sh",
         "rpm/post-install.sh",
         "rpm/pre-uninstall.sh",
+        "rpm/post-uninstall.sh",
     ] {
         let status = Command::new("sh")
             .arg("-n")
