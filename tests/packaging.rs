@@ -102,6 +102,19 @@ fn man_pages_and_completions_are_generated() {
         man.contains(".TH smtprelay 1") && man.contains("serve"),
         "{man}"
     );
+    for section in ["FILES", "SIGNALS", "ENVIRONMENT", "EXIT STATUS", "SEE ALSO"] {
+        assert!(
+            man.contains(&format!(".SH \"{section}\"")) || man.contains(&format!(".SH {section}")),
+            "{section}:\n{man}"
+        );
+    }
+    assert!(man.contains("/etc/smtprelay/token.key"), "{man}");
+    // groff warns about non-ASCII input in man pages; every page stays ASCII.
+    for page in std::fs::read_dir(dir.path().join("man")).unwrap() {
+        let path = page.unwrap().path();
+        let text = std::fs::read(&path).unwrap();
+        assert!(text.is_ascii(), "{}", path.display());
+    }
     let login = std::fs::read_to_string(dir.path().join("man/smtprelay-token-login.1")).unwrap();
     assert!(login.contains("device code"), "{login}");
     for file in ["smtprelay.bash", "_smtprelay", "smtprelay.fish"] {

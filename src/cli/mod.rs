@@ -1,6 +1,7 @@
 //! The `smtprelay` command line.
 
 mod check_config;
+mod docs;
 mod hash_password;
 mod notify;
 mod queue;
@@ -10,7 +11,7 @@ mod token;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
 
@@ -24,7 +25,14 @@ const EXIT_CONFIG: u8 = 78;
 #[command(
     name = "smtprelay",
     version,
-    about = "SMTP relay for devices and apps, sending through Exchange Online with OAuth2"
+    about = "SMTP relay for devices and apps, sending through Exchange Online with OAuth2",
+    long_about = "SMTP relay for devices and apps, sending through Exchange Online with OAuth2.\n\n\
+        `smtprelay serve` accepts SMTP from printers, scanners and applications (without AUTH \
+        from [access] trusted_networks, with STARTTLS and AUTH from elsewhere), writes every \
+        message to a durable queue before answering 250, and relays it to Exchange Online \
+        with SMTP AUTH XOAUTH2. It obtains and refreshes the OAuth2 tokens itself (client \
+        credentials, device code or authorization code with PKCE) and keeps them encrypted. \
+        The other subcommands check the configuration, log in, and inspect or steer the queue."
 )]
 pub struct Cli {
     /// The configuration file.
@@ -117,33 +125,7 @@ pub fn run() -> ExitCode {
             command: token::TokenCommand::Keygen { to: Some(to) },
         } => token::write_key(&to),
         Command::Token { command } => load(path).and_then(|c| token::run(c, command)),
-        Command::GenerateDocs { dir } => generate_docs(&dir),
+        Command::GenerateDocs { dir } => docs::generate(&Cli::command(), &dir),
     };
     result.unwrap_or_else(|code| code)
-}
-
-/// Man pages (one per command, as `smtprelay-token-login.1` and so on) and completions for
-/// bash, zsh and fish, generated from the same definitions as the parser.
-fn generate_docs(dir: &std::path::Path) -> Result<ExitCode, ExitCode> {
-    use clap::CommandFactory;
-    let fail = |e: std::io::Error| {
-        eprintln!("error: {}: {e}", dir.display());
-        ExitCode::FAILURE
-    };
-    let man = dir.join("man");
-    let completions = dir.join("completions");
-    std::fs::create_dir_all(&man).map_err(fail)?;
-    std::fs::create_dir_all(&completions).map_err(fail)?;
-    let command = Cli::command();
-    clap_mangen::generate_to(command.clone(), &man).map_err(fail)?;
-    for shell in [
-        clap_complete::Shell::Bash,
-        clap_complete::Shell::Zsh,
-        clap_complete::Shell::Fish,
-    ] {
-        clap_complete::generate_to(shell, &mut command.clone(), "smtprelay", &completions)
-            .map_err(fail)?;
-    }
-    println!("wrote {} and {}", man.display(), completions.display());
-    Ok(ExitCode::SUCCESS)
 }
