@@ -120,6 +120,25 @@ async fn an_account_without_a_login_makes_the_relay_unhealthy() {
 }
 
 #[tokio::test]
+async fn a_relay_without_accounts_is_unhealthy() {
+    // A fresh install: mail is accepted, but nothing can send it on.
+    let relay = TestRelay::start("").await;
+    let admin = relay.admin().await;
+    let (status, text) = http_get(&format!("{admin}/health")).await;
+    assert_eq!(status, 503, "{text}");
+    let health: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(health["status"], "unhealthy");
+    assert!(
+        health["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("no [[account]]"),
+        "{text}"
+    );
+    assert_eq!(http_get(&format!("{admin}/ready")).await.0, 200);
+}
+
+#[tokio::test]
 async fn a_bearer_token_guards_the_endpoint_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin.token");

@@ -147,7 +147,12 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     let queue = queue_report(&admin.spool);
     let mut unhealthy = Vec::new();
     let mut degraded = Vec::new();
-    if admin.tokens.is_none() && !admin.config.accounts.is_empty() {
+    if admin.config.accounts.is_empty() {
+        unhealthy.push(
+            "no [[account]] is configured: mail is accepted and queued but has nowhere to go"
+                .to_owned(),
+        );
+    } else if admin.tokens.is_none() {
         unhealthy.push(
             "tokens unavailable: no token store key (run `smtprelay token keygen`)".to_owned(),
         );

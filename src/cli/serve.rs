@@ -145,8 +145,9 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                 }
                 retired.push(current.server);
                 current = next.start(&process);
-                tracing::info!("configuration reloaded");
+                // Before the line that says so: whoever reads it sees the new level at work.
                 crate::logging::apply_level(&log);
+                tracing::info!("configuration reloaded");
                 if log.format != log_format {
                     tracing::warn!("[log] format changes take effect at the next restart");
                 }
