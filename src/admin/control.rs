@@ -101,7 +101,7 @@ impl<R: tokio::io::AsyncRead + Unpin> TakeLine for BufReader<R> {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error(
-        "smtprelay is not running, or it runs without delivery (no token key): no control socket at {0}"
+        "smtprelay is not running, or it runs without delivery (no [[account]] or no token key): no control socket at {0}"
     )]
     NotRunning(PathBuf),
     #[error("{0}")]
