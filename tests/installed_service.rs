@@ -185,6 +185,11 @@ async fn the_packaged_unit_runs_the_relay_under_systemd() {
     std::os::unix::fs::chown(&key, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
 
+    // The shipped WatchdogSec=30s, shortened so the test sees pings.
+    let drop_in = root.join("etc/systemd/system/smtprelay.service.d");
+    std::fs::create_dir_all(&drop_in).unwrap();
+    std::fs::write(drop_in.join("test.conf"), "[Service]\nWatchdogSec=2s\n").unwrap();
+
     let container = tokio::task::spawn_blocking({
         let root = root.clone();
         move || Container::boot(&root)
@@ -215,6 +220,24 @@ async fn the_packaged_unit_runs_the_relay_under_systemd() {
     );
     assert_eq!(proc_status(&container, &pid, "NoNewPrivs"), "1");
     assert_eq!(proc_status(&container, &pid, "Seccomp"), "2");
+    // The watchdog hears from it: its last ping moves on (a ping per second here).
+    let last_ping = || {
+        let shown = container.output(&[
+            "systemctl",
+            "show",
+            "-P",
+            "WatchdogTimestampMonotonic",
+            "smtprelay",
+        ]);
+        shown.parse::<u64>().unwrap_or(0)
+    };
+    let first = last_ping();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        last_ping() > first,
+        "no watchdog ping:\n{}",
+        container.journal()
+    );
 
     // Reload: same process, the file read again. The new file asks for text logs, which
     // take a restart: the relay says so in a warning.
@@ -282,6 +305,7 @@ async fn the_packaged_unit_runs_the_relay_under_systemd() {
     );
     drop(container);
 
+    std::fs::remove_dir_all(&drop_in).unwrap();
     std::fs::write(&config_path, shipped).unwrap();
     std::os::unix::fs::chown(&key, Some(0), Some(gid(&root, "smtprelay"))).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();

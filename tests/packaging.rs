@@ -45,6 +45,7 @@ fn the_unit_is_hardened() {
     let unit = std::fs::read_to_string(packaging("smtprelay.service")).unwrap();
     for line in [
         "Type=notify",
+        "WatchdogSec=30s",
         "User=smtprelay",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",

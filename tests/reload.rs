@@ -278,3 +278,40 @@ async fn sessions_from_before_a_reload_count_against_max_connections() {
     drop(second);
     assert!(relay.wait().unwrap().success());
 }
+
+#[test]
+fn systemd_watchdog_hears_from_the_relay_only_when_it_asked_this_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smtprelay.toml");
+    std::fs::write(&path, config("[]", None)).unwrap();
+    for (pid_matches, pings) in [(true, 3), (false, 0)] {
+        let socket_path = dir.path().join(format!("notify-{pid_matches}.sock"));
+        let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+        // WatchdogSec=200ms: a ping every 100 ms. WATCHDOG_PID is set by systemd; a relay
+        // started by a process that inherited it (another pid) must not ping.
+        let mut env = vec![
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ];
+        if !pid_matches {
+            env.push(("WATCHDOG_PID", "1"));
+        }
+        let (mut relay, _, _logs) = start_binary_with_logs(&path, &env);
+        socket.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+        assert!(notification(&socket).starts_with("READY=1\n"));
+        if pings > 0 {
+            for _ in 0..pings {
+                assert_eq!(notification(&socket), "WATCHDOG=1");
+            }
+        } else {
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+                .unwrap();
+            let mut buffer = [0u8; 64];
+            assert!(socket.recv(&mut buffer).is_err(), "a ping for another pid");
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+        assert!(relay.wait().unwrap().success());
+    }
+}

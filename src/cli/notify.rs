@@ -16,6 +16,20 @@ pub enum State<'a> {
     Reloading,
     /// Draining sessions and deliveries before exit.
     Stopping,
+    /// Still alive (`WatchdogSec=`): the runtime still runs tasks.
+    Alive,
+}
+
+/// How often to tell systemd the relay is alive: half the unit's `WatchdogSec=`, if it has
+/// one and it is meant for this process.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse() != Ok(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
 }
 
 pub fn notify(state: State) {
@@ -27,6 +41,7 @@ pub fn notify(state: State) {
         // MONOTONIC_USEC lets `Type=notify-reload` (systemd 253+) match the reload it asked for.
         State::Reloading => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
         State::Stopping => "STOPPING=1".to_owned(),
+        State::Alive => "WATCHDOG=1".to_owned(),
     };
     if let Err(e) = send(&socket, message.as_bytes()) {
         tracing::warn!(error = %e, "cannot notify systemd");

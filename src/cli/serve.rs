@@ -108,6 +108,16 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     notify(State::Ready {
         status: &status(&sockets, &process),
     });
+    if let Some(interval) = super::notify::watchdog_interval() {
+        // A runtime that stops running tasks stops these pings, and systemd restarts it.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                notify(State::Alive);
+            }
+        });
+    }
     let mut retired: Vec<JoinHandle<()>> = Vec::new();
     loop {
         match signals.next().await {
