@@ -206,6 +206,13 @@ async fn the_packaged_unit_runs_the_relay_under_systemd() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"status\":\"healthy\""), "{body}");
 
+    // `systemctl status` shows what the relay said of itself.
+    let status_text = container.output(&["systemctl", "show", "-P", "StatusText", "smtprelay"]);
+    assert!(
+        status_text.starts_with(&format!("listening on 127.0.0.1:{port}; ")),
+        "{status_text}"
+    );
+
     // The sandbox systemd built from the unit.
     let pid = container.main_pid();
     let uid = proc_status(&container, &pid, "Uid");

@@ -110,13 +110,23 @@ async fn reload_keeps_sessions_and_applies_to_new_ones() {
     assert_eq!(queued.messages.len(), 101);
 }
 
-/// The next notification systemd would get on `socket`.
-fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+/// The next notification systemd would get on `socket`, including status updates.
+fn any_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
     let mut buffer = [0u8; 4096];
     let n = socket
         .recv(&mut buffer)
         .expect("a notification within the timeout");
     String::from_utf8(buffer[..n].to_vec()).unwrap()
+}
+
+/// The next notification that is more than a periodic status update.
+fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    loop {
+        let message = any_notification(socket);
+        if !message.starts_with("STATUS=") {
+            return message;
+        }
+    }
 }
 
 #[test]
@@ -133,7 +143,9 @@ fn systemd_hears_ready_reloading_and_stopping() {
     let ready = notification(&socket);
     assert!(ready.starts_with("READY=1\n"), "{ready}");
     assert!(
-        ready.contains(&format!("STATUS=listening on {address}; 0 queued")),
+        ready.contains(&format!(
+            "STATUS=listening on {address}; 0 queued, 0 sessions open"
+        )),
         "{ready}"
     );
 
@@ -279,8 +291,8 @@ async fn sessions_from_before_a_reload_count_against_max_connections() {
     assert!(relay.wait().unwrap().success());
 }
 
-#[test]
-fn systemd_watchdog_hears_from_the_relay_only_when_it_asked_this_process() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_watchdog_and_status_hear_from_the_relay_only_when_it_asked_this_process() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("smtprelay.toml");
     std::fs::write(&path, config("[]", None)).unwrap();
@@ -296,13 +308,22 @@ fn systemd_watchdog_hears_from_the_relay_only_when_it_asked_this_process() {
         if !pid_matches {
             env.push(("WATCHDOG_PID", "1"));
         }
-        let (mut relay, _, _logs) = start_binary_with_logs(&path, &env);
+        let (mut relay, address, _logs) = start_binary_with_logs(&path, &env);
         socket.set_read_timeout(Some(common::TIMEOUT)).unwrap();
         assert!(notification(&socket).starts_with("READY=1\n"));
         if pings > 0 {
             for _ in 0..pings {
-                assert_eq!(notification(&socket), "WATCHDOG=1");
+                let ping = notification(&socket);
+                assert!(ping.starts_with("WATCHDOG=1\nSTATUS="), "{ping}");
             }
+            // The status line follows the queue (no account here: the message stays).
+            let mut client = common::Client::connect(address).await;
+            client.expect("EHLO printer", 250).await;
+            let (code, _) = client
+                .send_message("a@contoso.com", &["b@fabrikam.com"], b"x\r\n")
+                .await;
+            assert_eq!(code, 250);
+            while !notification(&socket).contains("; 1 queued, 1 sessions open") {}
         } else {
             socket
                 .set_read_timeout(Some(std::time::Duration::from_secs(1)))

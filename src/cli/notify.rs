@@ -16,8 +16,8 @@ pub enum State<'a> {
     Reloading,
     /// Draining sessions and deliveries before exit.
     Stopping,
-    /// Still alive (`WatchdogSec=`): the runtime still runs tasks.
-    Alive,
+    /// Running: the current status line, and a watchdog ping when the unit has one.
+    Running { status: &'a str, watchdog: bool },
 }
 
 /// How often to tell systemd the relay is alive: half the unit's `WatchdogSec=`, if it has
@@ -41,7 +41,10 @@ pub fn notify(state: State) {
         // MONOTONIC_USEC lets `Type=notify-reload` (systemd 253+) match the reload it asked for.
         State::Reloading => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
         State::Stopping => "STOPPING=1".to_owned(),
-        State::Alive => "WATCHDOG=1".to_owned(),
+        State::Running { status, watchdog } => match watchdog {
+            true => format!("WATCHDOG=1\nSTATUS={status}"),
+            false => format!("STATUS={status}"),
+        },
     };
     if let Err(e) = send(&socket, message.as_bytes()) {
         tracing::warn!(error = %e, "cannot notify systemd");

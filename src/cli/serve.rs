@@ -37,8 +37,8 @@ pub fn run(config: Config) -> Result<ExitCode, ExitCode> {
     runtime.block_on(serve(config))
 }
 
-/// One line for `systemctl status`.
-fn status(sockets: &Sockets, process: &Process) -> String {
+/// The SMTP addresses, for `systemctl status`.
+fn listening(sockets: &Sockets) -> String {
     let mut addresses: Vec<String> = sockets
         .smtp
         .values()
@@ -46,11 +46,44 @@ fn status(sockets: &Sockets, process: &Process) -> String {
         .map(|address| address.to_string())
         .collect();
     addresses.sort();
+    addresses.join(", ")
+}
+
+/// The line `systemctl status` shows.
+fn status(listening: &str, spool: &Spool, metrics: &Metrics) -> String {
     format!(
-        "listening on {}; {} queued",
-        addresses.join(", "),
-        process.spool.len()
+        "listening on {listening}; {} queued, {} sessions open",
+        spool.len(),
+        metrics
+            .sessions_active
+            .load(std::sync::atomic::Ordering::Relaxed)
     )
+}
+
+/// How often `systemctl status` is brought up to date when no watchdog asks for more.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps `systemctl status` current and, with `WatchdogSec=`, tells systemd the relay is
+/// alive: a runtime that stops running tasks stops these, and systemd restarts it.
+async fn report_status(
+    listening: Arc<std::sync::Mutex<String>>,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+) {
+    let watchdog = super::notify::watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is now, and READY=1 just said it all.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let addresses = listening.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let line = status(&addresses, &spool, &metrics);
+        notify(State::Running {
+            status: &line,
+            watchdog: watchdog.is_some(),
+        });
+    }
 }
 
 /// What lives for the whole process.
@@ -105,19 +138,15 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     let mut signals =
         Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
     let mut current = prepared.start(&process);
+    let addresses = Arc::new(std::sync::Mutex::new(listening(&sockets)));
     notify(State::Ready {
-        status: &status(&sockets, &process),
+        status: &status(&listening(&sockets), &process.spool, &process.metrics),
     });
-    if let Some(interval) = super::notify::watchdog_interval() {
-        // A runtime that stops running tasks stops these pings, and systemd restarts it.
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tick.tick().await;
-                notify(State::Alive);
-            }
-        });
-    }
+    let reporter = tokio::spawn(report_status(
+        Arc::clone(&addresses),
+        Arc::clone(&process.spool),
+        Arc::clone(&process.metrics),
+    ));
     let mut retired: Vec<JoinHandle<()>> = Vec::new();
     loop {
         match signals.next().await {
@@ -164,10 +193,12 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
             }
         }
         // After a reload, applied or refused: either way the relay runs.
+        *addresses.lock().unwrap_or_else(|e| e.into_inner()) = listening(&sockets);
         notify(State::Ready {
-            status: &status(&sockets, &process),
+            status: &status(&listening(&sockets), &process.spool, &process.metrics),
         });
     }
+    reporter.abort();
     notify(State::Stopping);
     process.shutdown.cancel();
     // Close the duplicates too, so the ports refuse connections from now on.
