@@ -60,6 +60,16 @@ fn status(listening: &str, spool: &Spool, metrics: &Metrics) -> String {
     )
 }
 
+/// Tells systemd the relay serves (at start and after each reload), and keeps the addresses
+/// for [`report_status`].
+fn ready(addresses: &std::sync::Mutex<String>, sockets: &Sockets, process: &Process) {
+    let now = listening(sockets);
+    notify(State::Ready {
+        status: &status(&now, &process.spool, &process.metrics),
+    });
+    *addresses.lock().unwrap_or_else(|e| e.into_inner()) = now;
+}
+
 /// How often `systemctl status` is brought up to date when no watchdog asks for more.
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -138,10 +148,8 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     let mut signals =
         Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
     let mut current = prepared.start(&process);
-    let addresses = Arc::new(std::sync::Mutex::new(listening(&sockets)));
-    notify(State::Ready {
-        status: &status(&listening(&sockets), &process.spool, &process.metrics),
-    });
+    let addresses = Arc::new(std::sync::Mutex::new(String::new()));
+    ready(&addresses, &sockets, &process);
     let reporter = tokio::spawn(report_status(
         Arc::clone(&addresses),
         Arc::clone(&process.spool),
@@ -193,10 +201,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
             }
         }
         // After a reload, applied or refused: either way the relay runs.
-        *addresses.lock().unwrap_or_else(|e| e.into_inner()) = listening(&sockets);
-        notify(State::Ready {
-            status: &status(&listening(&sockets), &process.spool, &process.metrics),
-        });
+        ready(&addresses, &sockets, &process);
     }
     reporter.abort();
     notify(State::Stopping);
