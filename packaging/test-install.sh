@@ -38,6 +38,14 @@ check() { # check DESCRIPTION COMMAND...: runs the command, counts a failure
         failures=$((failures + 1))
     fi
 }
+installed_tests() { # installed_tests TEST DESCRIPTION: tests/TEST.rs against the root
+    if SMTPRELAY_INSTALL_ROOT="$root" cargo test --locked --test "$1" -- --ignored 2>&1; then
+        echo "ok   $2"
+    else
+        echo "FAIL $2"
+        failures=$((failures + 1))
+    fi
+}
 equals() { [ "$1" = "$2" ] || { echo "     got '$1', want '$2'" >&2; false; }; }
 
 echo "== $rpm"
@@ -113,12 +121,7 @@ check "binary runs" in_root smtprelay --version
 check "dependencies installed" in_root dpkg-query -W ca-certificates
 
 echo "== the installed relay, as the service user (tests/installed_package.rs)"
-if SMTPRELAY_INSTALL_ROOT="$root" cargo test --locked --test installed_package -- --ignored 2>&1; then
-    echo "ok   installed relay: check-config and one message relayed"
-else
-    echo "FAIL installed relay"
-    failures=$((failures + 1))
-fi
+installed_tests installed_package "installed relay: check-config and one message relayed"
 
 echo "== the unit under systemd (tests/installed_service.rs)"
 DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq --no-install-recommends systemd >/dev/null
@@ -127,11 +130,8 @@ umount "$root/proc" # the container mounts its own
 # boot or unit fails is a failure.
 if ! SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn -q --register=no --keep-unit -D "$root" /bin/true >/dev/null 2>&1; then
     echo "SKIP the unit under systemd: systemd-nspawn cannot run a container on this machine"
-elif SMTPRELAY_INSTALL_ROOT="$root" cargo test --locked --test installed_service -- --ignored 2>&1; then
-    echo "ok   the unit: start, relay, /health, sandbox, reload, upgrade restart, stop"
 else
-    echo "FAIL the unit under systemd"
-    failures=$((failures + 1))
+    installed_tests installed_service "the unit: start, relay, /health, sandbox, reload, upgrade restart, stop"
 fi
 mount -t proc proc "$root/proc"
 

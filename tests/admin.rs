@@ -103,36 +103,25 @@ async fn an_account_without_a_login_makes_the_relay_unhealthy() {
         ..Default::default()
     })
     .await;
-    let relay = &w.relay;
-    let admin = relay.admin().await;
-    let (status, text) = http_get(&format!("{admin}/health")).await;
-    assert_eq!(status, 503, "{text}");
-    let health: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(health["status"], "unhealthy");
-    assert!(
-        health["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("token login"),
-        "{text}"
-    );
-    assert_eq!(http_get(&format!("{admin}/ready")).await.0, 200);
+    assert_unhealthy_but_ready(&w.relay, "token login").await;
 }
 
 #[tokio::test]
 async fn a_relay_without_accounts_is_unhealthy() {
     // A fresh install: mail is accepted, but nothing can send it on.
     let relay = TestRelay::start("").await;
+    assert_unhealthy_but_ready(&relay, "no [[account]]").await;
+}
+
+/// /health answers 503 "unhealthy" with `reason` in its first reason; /ready still 200.
+async fn assert_unhealthy_but_ready(relay: &TestRelay, reason: &str) {
     let admin = relay.admin().await;
     let (status, text) = http_get(&format!("{admin}/health")).await;
     assert_eq!(status, 503, "{text}");
     let health: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(health["status"], "unhealthy");
     assert!(
-        health["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("no [[account]]"),
+        health["reasons"][0].as_str().unwrap().contains(reason),
         "{text}"
     );
     assert_eq!(http_get(&format!("{admin}/ready")).await.0, 200);

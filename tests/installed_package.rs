@@ -10,10 +10,9 @@ use std::io::BufRead;
 use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
 
-use common::Client;
 use common::installed::{
     SERVICE, as_user, configuration, delivered, free_privileged_port, in_root, install_private,
-    root, succeeds,
+    root, send, succeeds,
 };
 use common::tokens::tenant;
 
@@ -73,17 +72,7 @@ async fn the_installed_relay_delivers_a_message_as_the_service_user() {
     }
     std::thread::spawn(move || logs.for_each(drop));
 
-    let mut client = Client::connect(([127, 0, 0, 1], port).into()).await;
-    client.expect("EHLO printer", 250).await;
-    let (code, text) = client
-        .send_message(
-            "scanner@contoso.com",
-            &["someone@fabrikam.com"],
-            b"Subject: installed\r\n\r\nfrom the package\r\n",
-        )
-        .await;
-    assert_eq!(code, 250, "{text}");
-    client.expect("QUIT", 221).await;
+    send(port, b"Subject: installed\r\n\r\nfrom the package\r\n").await;
 
     delivered(&exchange, 1).await;
     let received = exchange.state().received.clone();

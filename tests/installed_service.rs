@@ -12,11 +12,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http_get;
 use common::installed::{
-    configuration, delivered, free_privileged_port, gid, in_root, install_private, root, succeeds,
+    configuration, delivered, free_privileged_port, gid, in_root, install_private, root, send,
+    succeeds,
 };
 use common::tokens::tenant;
-use common::{Client, http_get};
 
 /// Where test-install.sh puts the package inside the root, for the upgrade.
 const PACKAGE: &str = "/root/smtprelay.deb";
@@ -137,21 +138,6 @@ fn comm(pid: u32) -> Option<String> {
         .map(|c| c.trim().to_owned())
 }
 
-async fn send(port: u16, subject: &str) {
-    let mut client = Client::connect(([127, 0, 0, 1], port).into()).await;
-    client.expect("EHLO printer", 250).await;
-    let body = format!("Subject: {subject}\r\n\r\nthrough the unit\r\n");
-    let (code, text) = client
-        .send_message(
-            "scanner@contoso.com",
-            &["someone@fabrikam.com"],
-            body.as_bytes(),
-        )
-        .await;
-    assert_eq!(code, 250, "{text}");
-    client.expect("QUIT", 221).await;
-}
-
 /// The line `name:` of /proc/PID/status inside the container.
 fn proc_status(container: &Container, pid: &str, name: &str) -> String {
     let status = container.output(&["cat", &format!("/proc/{pid}/status")]);
@@ -198,7 +184,7 @@ async fn the_packaged_unit_runs_the_relay_under_systemd() {
     .unwrap();
     // Enabled by the package, so the boot started it.
     container.wait_active();
-    send(port, "first").await;
+    send(port, b"Subject: first\r\n\r\nthrough the unit\r\n").await;
     delivered(&exchange, 1).await;
     assert_eq!(entra.requests("client_credentials"), requests);
 
@@ -296,7 +282,11 @@ async fn the_packaged_unit_runs_the_relay_under_systemd() {
     container.wait_active();
     let restarted = container.main_pid();
     assert_ne!(restarted, pid, "{}", container.journal());
-    send(port, "after the upgrade").await;
+    send(
+        port,
+        b"Subject: after the upgrade\r\n\r\nthrough the unit\r\n",
+    )
+    .await;
     delivered(&exchange, 2).await;
 
     // Stop: a graceful exit, nothing left behind in the queue.

@@ -64,23 +64,18 @@ fn the_unit_is_hardened() {
 
 #[test]
 fn packaging_scripts_are_valid_shell() {
-    for script in [
-        "debian/postinst",
-        "debian/postrm",
-        "rpm/pre-install.sh",
-        "rpm/post-install.sh",
-        "rpm/pre-uninstall.sh",
-        "rpm/post-uninstall.sh",
+    // Maintainer scripts run under /bin/sh; the build and test scripts are bash.
+    for (shell, script) in [
+        ("sh", "debian/postinst"),
+        ("sh", "debian/postrm"),
+        ("sh", "rpm/pre-install.sh"),
+        ("sh", "rpm/post-install.sh"),
+        ("sh", "rpm/pre-uninstall.sh"),
+        ("sh", "rpm/post-uninstall.sh"),
+        ("bash", "build.sh"),
+        ("bash", "test-install.sh"),
     ] {
-        let status = Command::new("sh")
-            .arg("-n")
-            .arg(packaging(script))
-            .status()
-            .unwrap();
-        assert!(status.success(), "{script} does not parse");
-    }
-    for script in ["build.sh", "test-install.sh"] {
-        let status = Command::new("bash")
+        let status = Command::new(shell)
             .arg("-n")
             .arg(packaging(script))
             .status()

@@ -18,9 +18,10 @@ fn config(allowed_senders: &str, extra_listener: Option<u16>) -> String {
     text
 }
 
-fn hup(child: &std::process::Child) {
+/// Sends `signal` to the relay (SIGHUP: reload, SIGTERM: stop).
+fn signal(child: &std::process::Child, signal: i32) {
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    unsafe { libc::kill(child.id() as i32, signal) };
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +59,7 @@ async fn reload_keeps_sessions_and_applies_to_new_ones() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let extra = common::free_port();
     std::fs::write(&path, config("[\"*@contoso.com\"]", Some(extra))).unwrap();
-    hup(&relay);
+    signal(&relay, libc::SIGHUP);
     wait_for_log(&logs, "configuration reloaded");
     let mut accepted = 0;
     for client in load {
@@ -87,7 +88,7 @@ async fn reload_keeps_sessions_and_applies_to_new_ones() {
 
     // A broken file is refused; the relay keeps serving with what it has.
     std::fs::write(&path, "[server\nthis is not toml").unwrap();
-    hup(&relay);
+    signal(&relay, libc::SIGHUP);
     wait_for_log(&logs, "reload refused: the running configuration stays");
     let mut still = Client::connect(address).await;
     still.expect("EHLO still", 250).await;
@@ -96,8 +97,7 @@ async fn reload_keeps_sessions_and_applies_to_new_ones() {
         .await;
     drop((open, fresh, added, still));
 
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    signal(&relay, libc::SIGTERM);
     let status = tokio::task::spawn_blocking(move || relay.wait())
         .await
         .unwrap()
@@ -152,7 +152,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
     // A reload, applied, then one refused: READY follows RELOADING either way.
     for text in [config("[\"*@contoso.com\"]", None), "[server\n".to_owned()] {
         std::fs::write(&path, text).unwrap();
-        hup(&relay);
+        signal(&relay, libc::SIGHUP);
         let reloading = notification(&socket);
         assert!(
             reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
@@ -162,8 +162,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
     }
     wait_for_log(&logs, "reload refused: the running configuration stays");
 
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    signal(&relay, libc::SIGTERM);
     assert_eq!(notification(&socket), "STOPPING=1");
     assert!(relay.wait().unwrap().success());
 }
@@ -181,8 +180,7 @@ fn systemd_abstract_notify_sockets_work() {
     let (mut relay, _, _logs) =
         start_binary_with_logs(&path, &[("NOTIFY_SOCKET", &format!("@{name}"))]);
     assert!(notification(&socket).starts_with("READY=1\n"));
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    signal(&relay, libc::SIGTERM);
     assert!(relay.wait().unwrap().success());
 }
 
@@ -197,7 +195,7 @@ async fn reload_applies_a_new_log_level() {
     let mut client = Client::connect(address).await;
     client.expect("BOGUS", 500).await;
     std::fs::write(&path, config("[]", None) + "level = \"debug\"\n").unwrap();
-    hup(&relay);
+    signal(&relay, libc::SIGHUP);
     loop {
         let event = logs.recv_timeout(common::TIMEOUT).expect("a reload");
         assert_ne!(event["message"], "command refused", "{event}");
@@ -210,8 +208,7 @@ async fn reload_applies_a_new_log_level() {
     let event = wait_for_log(&logs, "command refused");
     assert_eq!(event["level"], "DEBUG");
 
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    signal(&relay, libc::SIGTERM);
     assert!(relay.wait().unwrap().success());
 }
 
@@ -239,7 +236,7 @@ async fn reload_serves_a_renewed_certificate_to_new_sessions() {
 
     // What a certbot deploy hook does: new files, then a reload.
     install(&renewed);
-    hup(&relay);
+    signal(&relay, libc::SIGHUP);
     wait_for_log(&logs, "configuration reloaded");
     // The handshake verifies against the renewed certificate's CA only.
     let mut after = Client::connect(address).await;
@@ -249,8 +246,7 @@ async fn reload_serves_a_renewed_certificate_to_new_sessions() {
     // The session from before goes on over its TLS.
     before.expect("EHLO before", 250).await;
 
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    signal(&relay, libc::SIGTERM);
     drop((before, after));
     assert!(relay.wait().unwrap().success());
 }
@@ -267,7 +263,7 @@ async fn sessions_from_before_a_reload_count_against_max_connections() {
     first.expect("EHLO first", 250).await;
     second.expect("EHLO second", 250).await;
 
-    hup(&relay);
+    signal(&relay, libc::SIGHUP);
     wait_for_log(&logs, "configuration reloaded");
     let refused = Client::connect(address).await;
     assert_eq!(refused.greeting.0, 421, "{}", refused.greeting.1);
@@ -285,8 +281,7 @@ async fn sessions_from_before_a_reload_count_against_max_connections() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    signal(&relay, libc::SIGTERM);
     drop(second);
     assert!(relay.wait().unwrap().success());
 }
@@ -331,8 +326,7 @@ async fn systemd_watchdog_and_status_hear_from_the_relay_only_when_it_asked_this
             let mut buffer = [0u8; 64];
             assert!(socket.recv(&mut buffer).is_err(), "a ping for another pid");
         }
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+        signal(&relay, libc::SIGTERM);
         assert!(relay.wait().unwrap().success());
     }
 }

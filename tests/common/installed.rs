@@ -122,6 +122,18 @@ pub fn configuration(
     )
 }
 
+/// Sends one message from scanner@contoso.com to someone@fabrikam.com through the relay on
+/// 127.0.0.1:`port`, as a printer would; `data` ends in CRLF.
+pub async fn send(port: u16, data: &[u8]) {
+    let mut client = super::Client::connect(([127, 0, 0, 1], port).into()).await;
+    client.expect("EHLO printer", 250).await;
+    let (code, text) = client
+        .send_message("scanner@contoso.com", &["someone@fabrikam.com"], data)
+        .await;
+    assert_eq!(code, 250, "{text}");
+    client.expect("QUIT", 221).await;
+}
+
 /// Waits until the Exchange double holds `count` messages.
 pub async fn delivered(exchange: &Exchange, count: usize) {
     let deadline = std::time::Instant::now() + super::TIMEOUT;
