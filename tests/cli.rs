@@ -128,3 +128,46 @@ async fn queue_list_shows_what_a_running_relay_queued() {
     assert!(table.contains("-> e@f.example"), "{table}");
     assert!(table.contains("-- 2 message(s)"), "{table}");
 }
+
+/// `smtprelay queue list | head` and friends: a reader that goes away ends the command the way
+/// it ends `ls`, by SIGPIPE, without a panic or a backtrace.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("smtprelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhostname = \"relay.test\"\nstate_dir = {:?}\n\
+             [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["queue", "list"][..],
+        &["queue", "list", "--json"],
+        &["check-config"],
+        &["token", "status"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = smtprelay()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_BACKTRACE", "1")
+            .env("SMTPRELAY_TOKEN_KEY", "11".repeat(32))
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {stderr}"
+        );
+    }
+}

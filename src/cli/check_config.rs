@@ -1,5 +1,6 @@
 //! `smtprelay check-config`: every problem in the file, then the files it points to.
 
+use super::output::{errln, outln};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -10,10 +11,10 @@ pub fn run(path: &Path) -> Result<ExitCode, ExitCode> {
     if let Some(tls) = &config.tls
         && let Err(e) = crate::smtp::tls::acceptor(tls)
     {
-        eprintln!("error: {}: [tls]: {e}", path.display());
+        errln!("error: {}: [tls]: {e}", path.display());
         return Err(ExitCode::from(super::EXIT_CONFIG));
     }
-    println!(
+    outln!(
         "{}: ok ({} listener(s), {} user(s), {} account(s), state in {})",
         path.display(),
         config.listen.len(),

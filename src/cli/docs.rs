@@ -3,6 +3,7 @@
 //! the clap definitions, so they cannot drift from the real options. The main page gets the
 //! sections an admin looks for that clap does not know about.
 
+use super::output::{errln, outln};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -98,7 +99,7 @@ const SECTIONS: &[(&str, &[(&str, &str)])] = &[
 
 pub fn generate(command: &clap::Command, dir: &Path) -> Result<ExitCode, ExitCode> {
     let fail = |e: std::io::Error| {
-        eprintln!("error: {}: {e}", dir.display());
+        errln!("error: {}: {e}", dir.display());
         ExitCode::FAILURE
     };
     let man = dir.join("man");
@@ -118,7 +119,7 @@ pub fn generate(command: &clap::Command, dir: &Path) -> Result<ExitCode, ExitCod
         clap_complete::generate_to(shell, &mut command.clone(), "smtprelay", &completions)
             .map_err(fail)?;
     }
-    println!("wrote {} and {}", man.display(), completions.display());
+    outln!("wrote {} and {}", man.display(), completions.display());
     Ok(ExitCode::SUCCESS)
 }
 

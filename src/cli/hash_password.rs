@@ -1,5 +1,6 @@
 //! `smtprelay hash-password`: an argon2id hash for `password_hash` in a [[user]] table.
 
+use super::output::{errln, outln};
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ pub fn run() -> Result<ExitCode, ExitCode> {
         let first = rpassword::prompt_password("Password: ").map_err(fail)?;
         let again = rpassword::prompt_password("Again: ").map_err(fail)?;
         if first != again {
-            eprintln!("error: the passwords differ");
+            errln!("error: the passwords differ");
             return Err(ExitCode::FAILURE);
         }
         first
@@ -18,14 +19,14 @@ pub fn run() -> Result<ExitCode, ExitCode> {
         line.trim_end_matches(['\r', '\n']).to_owned()
     };
     if password.is_empty() {
-        eprintln!("error: the password is empty");
+        errln!("error: the password is empty");
         return Err(ExitCode::FAILURE);
     }
-    println!("{}", crate::smtp::policy::hash_password(&password));
+    outln!("{}", crate::smtp::policy::hash_password(&password));
     Ok(ExitCode::SUCCESS)
 }
 
 fn fail(e: std::io::Error) -> ExitCode {
-    eprintln!("error: cannot read the password: {e}");
+    errln!("error: cannot read the password: {e}");
     ExitCode::FAILURE
 }

@@ -4,6 +4,7 @@ mod check_config;
 mod docs;
 mod hash_password;
 mod notify;
+mod output;
 mod queue;
 mod serve;
 mod token;
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
+use output::errln;
 
 pub const DEFAULT_CONFIG: &str = "/etc/smtprelay/smtprelay.toml";
 
@@ -102,7 +104,7 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn report_config_error(error: &ConfigError) -> ExitCode {
     for problem in &error.problems {
-        eprintln!("error: {problem}");
+        errln!("error: {problem}");
     }
     ExitCode::from(EXIT_CONFIG)
 }

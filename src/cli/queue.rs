@@ -1,5 +1,6 @@
 //! `smtprelay queue …`: reads the spool directly, so it works with or without the daemon.
 
+use super::output::{errln, outln};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +27,7 @@ struct Row {
 pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
     let paths = SpoolPaths::new(config.spool_dir());
     let scan = paths.scan().map_err(|e| {
-        eprintln!("error: cannot read {}: {e}", paths.queue().display());
+        errln!("error: cannot read {}: {e}", paths.queue().display());
         ExitCode::FAILURE
     })?;
     let now_ms = SystemTime::now()
@@ -55,22 +56,25 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
         })
         .collect();
     for (path, problem) in &scan.damaged {
-        eprintln!("warning: {}: {problem}", path.display());
+        errln!("warning: {}: {problem}", path.display());
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&rows).expect("rows serialise")
         );
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!("Queue is empty.");
+        outln!("Queue is empty.");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<26}  {:>8}  {:>10}  {:<8}  SENDER / RECIPIENTS",
-        "ID", "AGE", "SIZE", "STATE"
+        "ID",
+        "AGE",
+        "SIZE",
+        "STATE"
     );
     for row in &rows {
         let sender = if row.sender.is_empty() {
@@ -78,7 +82,7 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
         } else {
             &row.sender
         };
-        println!(
+        outln!(
             "{:<26}  {:>8}  {:>10}  {:<8}  {}",
             row.id,
             format_age(Duration::from_secs(row.age_seconds)),
@@ -92,14 +96,14 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
             } else {
                 " (done)"
             };
-            println!("{:60}  -> {recipient}{done}", "");
+            outln!("{:60}  -> {recipient}{done}", "");
         }
         if let Some(error) = &row.last_error {
-            println!("{:60}  last error: {error}", "");
+            outln!("{:60}  last error: {error}", "");
         }
     }
     let total: u64 = rows.iter().map(|r| r.size).sum();
-    println!("-- {} message(s), {total} bytes", rows.len());
+    outln!("-- {} message(s), {total} bytes", rows.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -116,7 +120,7 @@ fn format_age(age: Duration) -> String {
 /// `queue show ID`: everything known about one message, from the queue or from failed/.
 pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode> {
     let id: crate::queue::QueueId = id.parse().map_err(|e| {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         ExitCode::FAILURE
     })?;
     let paths = SpoolPaths::new(config.spool_dir());
@@ -127,14 +131,14 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
     .into_iter()
     .find(|(p, _)| p.exists())
     .ok_or_else(|| {
-        eprintln!(
+        errln!(
             "error: no message {id} in {} (delivered, deleted, or never queued)",
             paths.root.display()
         );
         ExitCode::FAILURE
     })?;
     let file = crate::queue::MessageFile::open(&path).map_err(|e| {
-        eprintln!("error: {}: {e}", path.display());
+        errln!("error: {}: {e}", path.display());
         ExitCode::FAILURE
     })?;
     let state = DeliveryState::read(&path.with_extension("state"), &file.envelope)
@@ -147,7 +151,7 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
             "size": file.content_len,
             "state": state,
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&value).expect("serialises")
         );
@@ -157,8 +161,8 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    println!("id:          {id} ({place})");
-    println!(
+    outln!("id:          {id} ({place})");
+    outln!(
         "received:    {} ago from [{}] (HELO {}{})",
         format_age(Duration::from_millis(
             now_ms.saturating_sub(envelope.received_at)
@@ -172,15 +176,15 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
             .map(|u| format!(", user {u}"))
             .unwrap_or_default()
     );
-    println!("sender:      <{}>", envelope.sender);
-    println!("size:        {} bytes", file.content_len);
-    println!(
+    outln!("sender:      <{}>", envelope.sender);
+    outln!("size:        {} bytes", file.content_len);
+    outln!(
         "state:       {}, {} attempt(s)",
         state.label(),
         state.attempts
     );
     if let Some(error) = &state.last_error {
-        println!("last error:  {error}");
+        outln!("last error:  {error}");
     }
     for recipient in &state.recipients {
         let status = match recipient.status {
@@ -188,14 +192,14 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
             crate::queue::RecipientStatus::Delivered => "delivered",
             crate::queue::RecipientStatus::Failed => "failed",
         };
-        println!("  {:<10} <{}>", status, recipient.address);
+        outln!("  {:<10} <{}>", status, recipient.address);
         if let Some(reply) = &recipient.reply {
-            println!("             {reply}");
+            outln!("             {reply}");
             let code: Option<u16> = reply.get(..3).and_then(|c| c.parse().ok());
             if let Some(diagnosis) = code.and_then(|c| {
                 crate::delivery::UpstreamReply::new(c, reply.get(4..).unwrap_or("")).diagnosis()
             }) {
-                println!("             ({diagnosis})");
+                outln!("             ({diagnosis})");
             }
         }
     }
@@ -207,7 +211,7 @@ pub fn control(config: &Config, command: super::QueueCommand) -> Result<ExitCode
     use crate::delivery::scheduler::Control;
     let parse = |id: &str| {
         id.parse::<crate::queue::QueueId>().map_err(|e| {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             ExitCode::FAILURE
         })
     };
@@ -216,7 +220,7 @@ pub fn control(config: &Config, command: super::QueueCommand) -> Result<ExitCode
         super::QueueCommand::Retry { failed: true, .. } => Control::RetryFailed,
         super::QueueCommand::Retry { id: Some(id), .. } => Control::Retry(parse(&id)?),
         super::QueueCommand::Retry { id: None, .. } => {
-            eprintln!("error: name a queue ID, or use --failed");
+            errln!("error: name a queue ID, or use --failed");
             return Err(ExitCode::FAILURE);
         }
         super::QueueCommand::Hold { id } => Control::Hold(parse(&id)?),
@@ -235,11 +239,11 @@ pub fn control(config: &Config, command: super::QueueCommand) -> Result<ExitCode
         &request,
     )) {
         Ok(message) => {
-            println!("{message}");
+            outln!("{message}");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             Err(ExitCode::FAILURE)
         }
     }

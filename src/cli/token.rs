@@ -2,6 +2,7 @@
 //! store key, and test a token against the upstream. Works with or without the daemon
 //! running: both share the store under its lock, and the daemon picks up what is written here.
 
+use super::output::{errln, outln};
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -56,7 +57,7 @@ pub struct AccountArg {
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
+    errln!("error: {message}");
     ExitCode::FAILURE
 }
 
@@ -110,7 +111,7 @@ async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, Ex
                 PathBuf::from(format!("{}.backup-{stamp}", store_path.display()))
             });
             let count = store.backup_to(&to).map_err(fail)?;
-            println!(
+            outln!(
                 "Backed up {count} account(s) to {} (encrypted; keep the key with it).",
                 to.display()
             );
@@ -119,7 +120,7 @@ async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, Ex
         TokenCommand::Restore { file } => {
             let from = file.unwrap_or_else(|| store.backup_path(1));
             let count = store.restore_from(&from).map_err(fail)?;
-            println!(
+            outln!(
                 "Restored {count} account(s) from {}; the replaced store is {}.",
                 from.display(),
                 store.backup_path(1).display()
@@ -134,7 +135,7 @@ async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, Ex
         TokenCommand::Status { json } => {
             let statuses = manager.statuses();
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&statuses).expect("serialises")
                 );
@@ -146,7 +147,7 @@ async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, Ex
         TokenCommand::Refresh(arg) => {
             let account = choose_account(&config, &arg)?;
             let token = manager.refresh_now(&account).await.map_err(fail)?;
-            println!(
+            outln!(
                 "{account}: new access token, valid for {}.",
                 duration(token.expires_at.saturating_sub(unix_now()))
             );
@@ -156,12 +157,12 @@ async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, Ex
             let account = choose_account(&config, &arg)?;
             let removed = open_store(&config)?.remove(&account).map_err(fail)?;
             if removed {
-                println!(
+                outln!(
                     "{account}: tokens removed (the previous store is {}.1).",
                     store_path.display()
                 );
             } else {
-                println!("{account}: no tokens were stored.");
+                outln!("{account}: no tokens were stored.");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -176,7 +177,7 @@ async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, Ex
             .await;
             let mut ok = true;
             for step in &steps {
-                println!(
+                outln!(
                     "{} {:<8} {}",
                     if step.ok { "ok  " } else { "FAIL" },
                     step.title,
@@ -207,11 +208,11 @@ async fn login(
     let client = manager.client();
     let response = match oauth.config.flow {
         Flow::ClientCredentials => {
-            println!(
+            outln!(
                 "{account} uses client credentials: no login is needed. Checking that a token can be had…"
             );
             let token = manager.refresh_now(account).await.map_err(fail)?;
-            println!(
+            outln!(
                 "ok: token valid for {}. The relay renews it by itself.",
                 duration(token.expires_at.saturating_sub(unix_now()))
             );
@@ -219,15 +220,16 @@ async fn login(
         }
         Flow::DeviceCode => oauth
             .device_code(client, |authorization| {
-                println!();
+                outln!();
                 match &authorization.message {
-                    Some(message) => println!("{message}"),
-                    None => println!(
+                    Some(message) => outln!("{message}"),
+                    None => outln!(
                         "To sign in, open {} in a browser and enter the code {}",
-                        authorization.verification_uri, authorization.user_code
+                        authorization.verification_uri,
+                        authorization.user_code
                     ),
                 }
-                println!(
+                outln!(
                     "Sign in as the mailbox this account sends as ({}). Waiting…",
                     oauth.config.mailbox
                 );
@@ -249,8 +251,8 @@ async fn login(
                 .authorization_code(
                     client,
                     |url| {
-                        println!("\nOpen this address in a browser and sign in as {}:\n\n  {url}\n", oauth.config.mailbox);
-                        println!(
+                        outln!("\nOpen this address in a browser and sign in as {}:\n\n  {url}\n", oauth.config.mailbox);
+                        outln!(
                             "The browser returns to http://localhost:{}/. If it runs on another machine, paste the address it ends on here and press Enter.",
                             oauth.config.redirect_port
                         );
@@ -265,12 +267,12 @@ async fn login(
         .store_response(account, response, true)
         .await
         .map_err(fail)?;
-    println!(
+    outln!(
         "\nLogged in. Access token valid for {}; the refresh token is stored encrypted in {}.",
         duration(token.expires_at.saturating_sub(unix_now())),
         config.server.state_dir.join(&config.tokens.file).display()
     );
-    println!("A running relay picks it up within seconds; held mail then goes out.");
+    outln!("A running relay picks it up within seconds; held mail then goes out.");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -286,8 +288,8 @@ fn keygen(config: &Config, to: Option<&Path>) -> Result<ExitCode, ExitCode> {
 /// even when an admin's edited file does not load.
 pub fn write_key(path: &Path) -> Result<ExitCode, ExitCode> {
     TokenKey::write_new(path).map_err(fail)?;
-    println!("Wrote a new token key to {} (mode 0600).", path.display());
-    println!("Keep a copy somewhere safe: the token store cannot be read without it.");
+    outln!("Wrote a new token key to {} (mode 0600).", path.display());
+    outln!("Keep a copy somewhere safe: the token store cannot be read without it.");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -308,13 +310,13 @@ fn ago(at: Option<u64>) -> String {
 
 fn print_status(statuses: &[AccountStatus]) {
     if statuses.is_empty() {
-        println!("No [[account]] is configured.");
+        outln!("No [[account]] is configured.");
     }
     for status in statuses {
-        println!("{} ({})", status.account, status.flow);
-        println!("  state:          {}", status.health.name());
+        outln!("{} ({})", status.account, status.flow);
+        outln!("  state:          {}", status.health.name());
         if let Some(reason) = status.health.reason() {
-            println!("  reason:         {reason}");
+            outln!("  reason:         {reason}");
         }
         let access = match status.access_token_expires_in_secs {
             None => "none".to_owned(),
@@ -324,7 +326,7 @@ fn print_status(statuses: &[AccountStatus]) {
                 duration(left.unsigned_abs())
             ),
         };
-        println!("  access token:   {access}");
+        outln!("  access token:   {access}");
         let refresh = match (
             status.has_refresh_token,
             status.refresh_token_age_secs,
@@ -341,10 +343,10 @@ fn print_status(statuses: &[AccountStatus]) {
             ),
             (true, _, _) => "present".to_owned(),
         };
-        println!("  refresh token:  {refresh}");
-        println!("  logged in:      {}", ago(status.login_at));
-        println!("  last refresh:   {}", ago(status.last_refresh_at));
-        println!(
+        outln!("  refresh token:  {refresh}");
+        outln!("  logged in:      {}", ago(status.login_at));
+        outln!("  last refresh:   {}", ago(status.last_refresh_at));
+        outln!(
             "  auto-refresh:   {}",
             if status.auto_refresh {
                 "on"
