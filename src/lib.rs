@@ -2,6 +2,7 @@
 //! to Exchange Online with OAuth2. `ARCHITECTURE.md` maps the modules.
 
 pub mod admin;
+pub mod atomic_file;
 pub mod cli;
 pub mod client_tls;
 pub mod config;

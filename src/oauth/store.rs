@@ -257,15 +257,8 @@ impl FileStore {
     fn replace_file(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let tmp = sibling(&self.path, ".tmp");
         let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let (file, tmp) = crate::atomic_file::write_temp(&self.path, bytes, true)?;
             owned_like_directory(&file, &tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
             self.rotate_backups()?;
             fs::rename(&tmp, &self.path)?;
             let dir = self.path.parent().unwrap_or(Path::new("."));

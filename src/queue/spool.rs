@@ -271,23 +271,9 @@ impl Spool {
     /// Records delivery progress durably: temp file, fsync, rename, directory fsync.
     pub async fn save_state(&self, id: QueueId, state: &DeliveryState) -> io::Result<()> {
         let path = self.paths.state(id);
-        let tmp = path.with_extension("state.tmp");
         let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
         let fsync = self.fsync;
-        blocking(move || {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(&bytes)?;
-            if fsync {
-                file.sync_data()?;
-            }
-            fs::rename(&tmp, &path)
-        })
-        .await?;
+        blocking(move || crate::atomic_file::atomic_write(&path, &bytes, fsync)).await?;
         if self.fsync {
             self.dir_sync.sync().await?;
         }
