@@ -2,29 +2,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::tokens::{World, WorldOptions};
-
-async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let store = Arc::clone(&received);
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let store = Arc::clone(&store);
-            async move {
-                store.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, received)
-}
+use common::webhook;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misconfigured_account_alerts_once_and_clears_once() {
@@ -42,6 +24,7 @@ async fn a_misconfigured_account_alerts_once_and_clears_once() {
         Arc::clone(&relay.config),
         Arc::clone(&relay.spool),
         Some(Arc::clone(&tokens)),
+        Default::default(),
     );
     tokio::spawn(alerter.run(relay.shutdown.clone()));
 

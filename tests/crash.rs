@@ -98,7 +98,7 @@ async fn acknowledged_messages_survive_sigkill() {
         &config,
         "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n\
          [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
-         [access]\nclient_rate = \"100000/s\"\n[log]\nformat = \"json\"\n",
+         [access]\nclient_rate = \"100000/s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
     )
     .unwrap();
     let (mut child, address) = start_relay(&config);

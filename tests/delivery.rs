@@ -645,3 +645,49 @@ async fn queue_commands_say_so_when_the_relay_is_not_running() {
     assert!(!ok);
     assert!(text.contains("smtprelay is not running"), "{text}");
 }
+
+/// A hold placed while the message's attempt is under way is kept, however the attempt ends
+/// (here: a 421), and survives a restart; release then delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_placed_in_flight_is_kept() {
+    let w = world("", "[queue]\nretry = [\"1s\"]\n").await;
+    {
+        let mut exchange = w.exchange.state();
+        exchange.slow = Some(std::time::Duration::from_millis(1500));
+        exchange
+            .faults
+            .push_back((Stage::Dot, "421 4.4.2 Connection dropped".into()));
+    }
+    let id = send(
+        &w.relay,
+        "scanner@contoso.com",
+        &["a@fabrikam.com"],
+        b"Subject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    // In flight: the upstream sits on the final dot.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while w.exchange.state().connections == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (ok, text) = queue_cli(&w.relay, &["hold", &id]);
+    assert!(ok && text.contains("held when this attempt ends"), "{text}");
+    // The attempt fails; the retry interval (1 s) passes; nothing is sent.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(w.exchange.state().received.is_empty());
+    let file = w.relay.spool.get(id.parse().unwrap()).unwrap();
+    let state = w.relay.spool.paths().read_state(&file.envelope).unwrap();
+    assert!(state.held, "{state:?}");
+    assert_eq!(state.attempts, 1, "{state:?}");
+    let (_, text) = queue_cli(&w.relay, &["list"]);
+    assert!(text.contains("held"), "{text}");
+
+    let (ok, text) = queue_cli(&w.relay, &["release", &id]);
+    assert!(ok && text.contains("released"), "{text}");
+    w.relay.drained().await;
+    assert_eq!(w.exchange.state().received.len(), 1);
+    let (ok, text) = queue_cli(&w.relay, &["release", &id]);
+    assert!(!ok && text.contains("no message"), "{text}");
+}

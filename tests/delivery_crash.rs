@@ -54,14 +54,13 @@ async fn killed_mid_delivery_nothing_is_lost_and_duplicates_stay_in_the_window()
         &config,
         format!(
             "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
-             [access]\nclient_rate = \"100000/min\"\n[log]\nformat = \"json\"\n{}{}rate = \"100000/min\"\nmax_connections = {CONNECTIONS}\n",
+             [access]\nclient_rate = \"100000/min\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{}{}rate = \"100000/min\"\nmax_connections = {CONNECTIONS}\n",
             account(&entra, "contoso", "app-secret", "client_credentials", "client_secret_file = \"secret\""),
             exchange.upstream_table(dir.path()),
         ),
     )
     .unwrap();
-    let key = smtprelay::oauth::TokenKey::generate();
-    let key_hex: String = key.bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let key_hex = common::token_key_hex();
     let env = [("SMTPRELAY_TOKEN_KEY", key_hex.as_str())];
 
     let (mut relay, address) = common::start_binary(&config, &env);

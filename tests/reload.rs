@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Client, start_binary_with_logs, wait_for_log};
 
 fn config(allowed_senders: &str, extra_listener: Option<u16>) -> String {
@@ -329,4 +331,98 @@ async fn systemd_watchdog_and_status_hear_from_the_relay_only_when_it_asked_this
         signal(&relay, libc::SIGTERM);
         assert!(relay.wait().unwrap().success());
     }
+}
+
+/// The token manager's counters and the alert memory live for the process: after a reload,
+/// `/metrics` goes on counting from where it was, the token in memory is used (no new token
+/// request), and a condition that is still true does not fire again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_token_counters_and_alert_memory() {
+    use common::tokens::{SECRET, account, tenant};
+    let (entra, exchange) = tenant().await;
+    let (hook, hooked) = common::webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    std::fs::write(dir.path().join("wrong-secret"), "not-the-secret").unwrap();
+    let admin = common::free_port();
+    let path = dir.path().join("smtprelay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n\
+             [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\n\
+             [alerts]\nwebhook = {hook:?}\n{}{}{}{}",
+            account(
+                &entra,
+                "contoso",
+                "app-secret",
+                "client_credentials",
+                "client_secret_file = \"secret\""
+            ),
+            exchange.upstream_table(dir.path()),
+            account(
+                &entra,
+                "broken",
+                "app-secret",
+                "client_credentials",
+                "client_secret_file = \"wrong-secret\""
+            ),
+            exchange.upstream_table(dir.path()),
+        ),
+    )
+    .unwrap();
+    let key_hex = common::token_key_hex();
+    let (mut relay, _, logs) =
+        start_binary_with_logs(&path, &[("SMTPRELAY_TOKEN_KEY", key_hex.as_str())]);
+    let metric = async |name: &str, account: &str| -> f64 {
+        let (_, body) = common::http_get(&format!("http://127.0.0.1:{admin}/metrics")).await;
+        let wanted = format!("{name}{{account=\"{account}\"}} ");
+        body.lines()
+            .find_map(|line| line.strip_prefix(&wanted))
+            .map_or(-1.0, |v| v.parse().unwrap())
+    };
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while metric("smtprelay_token_refreshes_total", "contoso").await < 1.0
+        || hooked.lock().unwrap().is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no token, or no alert"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failures = metric("smtprelay_token_refresh_failures_total", "broken").await;
+    assert!(failures >= 1.0, "{failures}");
+    let fired: Vec<String> = hooked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].to_string())
+        .collect();
+    assert_eq!(fired, ["\"account:broken:misconfigured\""], "{fired:?}");
+
+    signal(&relay, libc::SIGHUP);
+    wait_for_log(&logs, "configuration reloaded");
+    // Past the new alerter's first look at the conditions.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        hooked.lock().unwrap().len(),
+        1,
+        "{:?}",
+        hooked.lock().unwrap()
+    );
+    assert_eq!(
+        metric("smtprelay_token_refreshes_total", "contoso").await,
+        1.0
+    );
+    // The broken account counts on (a reload is a new try for it); contoso asked only once.
+    let failures_now = metric("smtprelay_token_refresh_failures_total", "broken").await;
+    assert!(failures_now >= failures, "{failures_now}");
+    assert_eq!(
+        entra.requests("client_credentials"),
+        1 + failures_now as usize
+    );
+    signal(&relay, libc::SIGTERM);
+    assert!(relay.wait().unwrap().success());
 }

@@ -36,7 +36,7 @@ impl Setup {
             ""
         };
         let text = format!(
-            "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n{}{}",
+            "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}{}",
             account(
                 &entra,
                 "contoso",
@@ -57,6 +57,7 @@ impl Setup {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        common::occupy_default_admin_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_smtprelay"));
         command
             .arg("--config")

@@ -30,12 +30,16 @@ pub struct AlertEvent {
     pub at: u64,
 }
 
+/// The conditions that fired and have not cleared, by key. It lives for the process: a
+/// reload must not make a condition that is still true fire again.
+pub type AlertMemory = Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
 pub struct Alerter {
     config: Arc<Config>,
     spool: Arc<Spool>,
     tokens: Option<Arc<TokenManager>>,
     http: Option<reqwest::Client>,
-    active: BTreeMap<String, String>,
+    active: AlertMemory,
 }
 
 impl Alerter {
@@ -43,13 +47,23 @@ impl Alerter {
         config: Arc<Config>,
         spool: Arc<Spool>,
         tokens: Option<Arc<TokenManager>>,
+        active: AlertMemory,
     ) -> Alerter {
-        let http = config.alerts.webhook.as_ref().and_then(|_| {
-            let tls = crate::client_tls::client_config(None).ok()?;
-            reqwest::Client::builder()
-                .tls_backend_preconfigured(tls)
-                .timeout(Duration::from_secs(15))
-                .build()
+        let http = config.alerts.webhook.as_ref().and_then(|url| {
+            let client = crate::client_tls::client_config(None)
+                .map_err(|e| e.to_string())
+                .and_then(|tls| {
+                    reqwest::Client::builder()
+                        .tls_backend_preconfigured(tls)
+                        .timeout(Duration::from_secs(15))
+                        .build()
+                        .map_err(|e| e.to_string())
+                });
+            client
+                .inspect_err(|e| {
+                    tracing::error!(webhook = %url, error = %e,
+                        "alerts cannot be sent to the webhook: its HTTPS client cannot be set up");
+                })
                 .ok()
         });
         Alerter {
@@ -57,7 +71,7 @@ impl Alerter {
             spool,
             tokens,
             http,
-            active: BTreeMap::new(),
+            active,
         }
     }
 
@@ -140,17 +154,20 @@ impl Alerter {
     pub async fn evaluate(&mut self) {
         let now = self.conditions();
         let mut events = Vec::new();
-        for (key, summary) in &now {
-            if !self.active.contains_key(key) {
-                events.push(self.event(key, "firing", summary));
+        {
+            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, summary) in &now {
+                if !active.contains_key(key) {
+                    events.push(self.event(key, "firing", summary));
+                }
             }
-        }
-        for (key, summary) in &self.active {
-            if !now.contains_key(key) {
-                events.push(self.event(key, "resolved", summary));
+            for (key, summary) in active.iter() {
+                if !now.contains_key(key) {
+                    events.push(self.event(key, "resolved", summary));
+                }
             }
+            *active = now;
         }
-        self.active = now;
         for event in events {
             tracing::warn!(alert = %event.key, state = event.state, summary = %event.summary, "alert");
             self.send(&event).await;

@@ -32,6 +32,8 @@ pub struct Admin {
     /// `None` when the token store key is missing: no account can send.
     pub tokens: Option<Arc<TokenManager>>,
     pub metrics: Arc<Metrics>,
+    /// What delivery waits for (spent budgets, pauses).
+    pub delivery: Arc<crate::delivery::DeliveryStatus>,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -114,6 +116,8 @@ struct HealthReport {
     status: &'static str,
     reasons: Vec<String>,
     accounts: Vec<AccountStatus>,
+    /// Mailboxes whose mail waits for a budget or a pause, and until when.
+    held_mailboxes: Vec<crate::delivery::status::HeldMailbox>,
     queue: QueueReport,
     last_delivery: Option<metrics::LastDelivery>,
 }
@@ -174,6 +178,8 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
             _ => {}
         }
     }
+    let held_mailboxes = admin.delivery.held();
+    degraded.extend(held_mailboxes.iter().map(|held| held.describe()));
     if let Some(age) = queue.oldest_age_seconds
         && age > OLD_MAIL.as_secs()
     {
@@ -194,6 +200,7 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         status,
         reasons: unhealthy,
         accounts,
+        held_mailboxes,
         queue,
         last_delivery: admin.metrics.last_delivery(),
     };

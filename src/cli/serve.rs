@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::notify::{State, notify};
 use crate::admin::{Admin, Metrics};
 use crate::config::Config;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, DeliveryStatus, LocalBudget, Outbound};
 use crate::oauth::http::TokenClient;
 use crate::oauth::manager::TokenManager;
 use crate::oauth::{FileStore, TokenKey};
@@ -100,7 +100,37 @@ async fn report_status(
 struct Process {
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
+    budget: Arc<LocalBudget>,
+    delivery_status: Arc<DeliveryStatus>,
+    alerts: crate::admin::alerts::AlertMemory,
     shutdown: CancellationToken,
+}
+
+impl Process {
+    fn outbound(&self) -> Outbound {
+        Outbound {
+            spool: Arc::clone(&self.spool),
+            metrics: Arc::clone(&self.metrics),
+            budget: Arc::clone(&self.budget) as Arc<dyn crate::delivery::Budget>,
+            status: Arc::clone(&self.delivery_status),
+        }
+    }
+}
+
+/// The sending budgets saved under `state_dir`. A file that cannot be read is moved aside
+/// (the relay starts with empty budgets rather than not at all) and said loudly.
+fn open_budget(state_dir: &std::path::Path) -> Arc<LocalBudget> {
+    let path = state_dir.join("budgets.json");
+    match LocalBudget::open(&path) {
+        Ok(budget) => Arc::new(budget),
+        Err(e) => {
+            let aside = state_dir.join("budgets.json.unreadable");
+            let moved = std::fs::rename(&path, &aside);
+            tracing::error!(error = %e, moved_to = %aside.display(), moved = moved.is_ok(),
+                "the sending budgets cannot be read: starting with empty ones, so recent sends are not counted");
+            Arc::new(LocalBudget::open(&path).unwrap_or_else(|_| LocalBudget::in_memory()))
+        }
+    }
 }
 
 /// Sockets handed from one generation to the next.
@@ -116,6 +146,8 @@ struct Generation {
     admin: Option<JoinHandle<()>>,
     outbound: CancellationToken,
     outbound_tasks: Vec<JoinHandle<()>>,
+    /// Handed to the next generation's manager, which takes over its counters and tokens.
+    tokens: Option<Arc<TokenManager>>,
 }
 
 async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
@@ -135,6 +167,9 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     let process = Process {
         spool,
         metrics: Arc::new(Metrics::default()),
+        budget: open_budget(&config.server.state_dir),
+        delivery_status: Arc::default(),
+        alerts: Arc::default(),
         shutdown: CancellationToken::new(),
     };
     let mut sockets = Sockets::default();
@@ -147,7 +182,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     // "listening" line is always a graceful stop.
     let mut signals =
         Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
-    let mut current = prepared.start(&process);
+    let mut current = prepared.start(&process, None);
     let addresses = Arc::new(std::sync::Mutex::new(String::new()));
     ready(&addresses, &sockets, &process);
     let reporter = tokio::spawn(report_status(
@@ -191,7 +226,8 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                     let _ = admin.await;
                 }
                 retired.push(current.server);
-                current = next.start(&process);
+                let previous = current.tokens.take();
+                current = next.start(&process, previous.as_deref());
                 // Before the line that says so: whoever reads it sees the new level at work.
                 crate::logging::apply_level(&log);
                 tracing::info!("configuration reloaded");
@@ -218,6 +254,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     if let Some(admin) = current.admin {
         let _ = admin.await;
     }
+    process.budget.flush().await;
     tracing::info!(queued = process.spool.len(), "stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -327,11 +364,11 @@ async fn prepare(
 }
 
 impl Prepared {
-    fn start(self, process: &Process) -> Generation {
+    fn start(self, process: &Process, previous: Option<&TokenManager>) -> Generation {
         let config = self.config;
         let outbound = process.shutdown.child_token();
         let mut outbound_tasks = Vec::new();
-        let tokens = start_token_manager(&config, &outbound);
+        let tokens = start_token_manager(&config, &outbound, previous);
         let manager = tokens.map(|(manager, refresher)| {
             outbound_tasks.push(refresher);
             manager
@@ -343,6 +380,7 @@ impl Prepared {
                 spool: Arc::clone(&process.spool),
                 tokens: manager.clone(),
                 metrics: Arc::clone(&process.metrics),
+                delivery: Arc::clone(&process.delivery_status),
             });
             tokio::spawn(crate::admin::serve(listener, admin, outbound.clone()))
         });
@@ -351,16 +389,12 @@ impl Prepared {
                 Arc::clone(&config),
                 Arc::clone(&process.spool),
                 manager.clone(),
+                Arc::clone(&process.alerts),
             );
             outbound_tasks.push(tokio::spawn(alerter.run(outbound.clone())));
         }
-        if let Some(manager) = manager {
-            let delivery = Delivery::new(
-                Arc::clone(&process.spool),
-                manager,
-                Arc::clone(&config),
-                Arc::clone(&process.metrics),
-            );
+        if let Some(manager) = manager.clone() {
+            let delivery = Delivery::new(&process.outbound(), manager, Arc::clone(&config));
             let socket = crate::admin::control::socket_path(&config.server.state_dir);
             let control = delivery.control();
             let stop = outbound.clone();
@@ -378,6 +412,7 @@ impl Prepared {
             admin,
             outbound,
             outbound_tasks,
+            tokens: manager,
         }
     }
 }
@@ -387,6 +422,7 @@ impl Prepared {
 fn start_token_manager(
     config: &Config,
     shutdown: &CancellationToken,
+    previous: Option<&TokenManager>,
 ) -> Option<(Arc<TokenManager>, JoinHandle<()>)> {
     if config.accounts.is_empty() {
         tracing::warn!("no [[account]] is configured: mail is queued but has nowhere to go");
@@ -412,6 +448,9 @@ fn start_token_manager(
         config.tokens.backups,
     );
     let manager = Arc::new(TokenManager::new(config, Arc::new(store), client));
+    if let Some(previous) = previous {
+        manager.take_over(previous);
+    }
     for status in manager.statuses() {
         tracing::info!(target: "tokens", account = %status.account, state = status.health.name(),
             reason = status.health.reason().unwrap_or(""), "account");

@@ -1,28 +1,20 @@
-//! One upstream account as delivery sees it: its TLS settings, pacing budgets, the messages
-//! waiting for one of its connections, and whether it is paused (throttled, over quota, or
-//! held until an admin acts).
+//! One upstream account as delivery sees it: its TLS settings, its limits, the messages
+//! handed to its workers, and which mailbox and sender a message uses upstream.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use rustls::ClientConfig;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
-use super::pacing::SlidingWindow;
+use super::budget::Limits;
 use crate::config::AccountConfig;
 use crate::queue::{Envelope, QueueId};
-
-pub const DAY: Duration = Duration::from_secs(86_400);
 
 pub struct Lane {
     pub index: usize,
     pub config: AccountConfig,
     /// Outbound TLS for this account's upstream, or why it could not be set up.
     pub tls: Result<Arc<ClientConfig>, String>,
-    pub rate: SlidingWindow,
-    pub daily: SlidingWindow,
-    paused: Mutex<Option<(Instant, String)>>,
     /// Messages handed to this account's workers; closed by the scheduler at shutdown.
     pub receiver: tokio::sync::Mutex<mpsc::UnboundedReceiver<QueueId>>,
 }
@@ -34,14 +26,10 @@ impl Lane {
             .map(Arc::new)
             .map_err(|e| e.to_string());
         let (queue, receiver) = mpsc::unbounded_channel();
-        let rate = config.upstream.rate;
         let lane = Lane {
             index,
-            rate: SlidingWindow::new(rate.count.into(), rate.period),
-            daily: SlidingWindow::new(config.upstream.daily_recipients.into(), DAY),
             config: config.clone(),
             tls,
-            paused: Mutex::new(None),
             receiver: tokio::sync::Mutex::new(receiver),
         };
         (lane, queue)
@@ -51,28 +39,9 @@ impl Lane {
         &self.config.name
     }
 
-    /// Pauses the account for `duration` (a longer pause already running is kept).
-    pub fn pause(&self, duration: Duration, why: String) {
-        let until = Instant::now() + duration;
-        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        if paused.as_ref().is_none_or(|(at, _)| *at < until) {
-            tracing::warn!(account = self.name(), pause_secs = duration.as_secs(), reason = %why, "account paused");
-            *paused = Some((until, why));
-        }
+    pub fn limits(&self) -> Limits {
+        Limits::of(&self.config.upstream)
     }
-
-    /// When the account may send again, if it is paused now.
-    pub fn paused_until(&self) -> Option<(Instant, String)> {
-        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        match &*paused {
-            Some((until, _)) if *until <= Instant::now() => {
-                *paused = None;
-                None
-            }
-            other => other.clone(),
-        }
-    }
-
     /// The mailbox named in XOAUTH2 for this message.
     pub fn auth_mailbox(&self, envelope: &Envelope) -> String {
         if self.config.mailbox != "{sender}" {

@@ -1,16 +1,22 @@
-//! Outbound: the scheduler that drains the queue, one lane per account with its workers and
-//! pacing, the SMTP client that talks to Exchange Online, and what its replies mean.
+//! Outbound: the scheduler that drains the queue, one lane per account with its workers, the
+//! per-mailbox budgets, the SMTP client that talks to Exchange Online, and what its replies
+//! mean.
 
+pub mod budget;
 pub mod classify;
 pub mod client;
 pub mod dsn;
 pub mod lane;
 pub mod pacing;
 pub mod reply;
+pub mod schedule;
 pub mod scheduler;
+pub mod status;
 pub mod transaction;
 pub mod worker;
 
+pub use budget::{Budget, LocalBudget};
 pub use client::{ClientError, UpstreamConnection};
 pub use reply::UpstreamReply;
-pub use scheduler::Delivery;
+pub use scheduler::{Delivery, Outbound};
+pub use status::DeliveryStatus;

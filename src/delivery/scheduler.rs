@@ -1,27 +1,47 @@
-//! The scheduler: knows when each queued message is due, hands due messages to their
-//! account's lane, and takes them back with the worker's verdict. New mail is handed over
-//! the moment the spool commits it; a token event makes the account's waiting mail due.
+//! The scheduler: owns the delivery schedule ([`Schedule`]), hands due messages to their
+//! account's workers, and takes them back with a typed [`Report`]. New mail is handed over the
+//! moment the spool commits it; a token event lets the account's waiting mail go. It never
+//! waits for anything but its next event, so a stop or a reload ends it at once: waiting
+//! messages simply stay queued.
+//!
+//! Admin commands run here too, so they never race a worker: one that meets a message in
+//! flight (hold, delete) is carried out when the worker gives the message back.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use super::budget::Budget;
 use super::lane::{Lane, route};
-use super::worker::{self, Next, Shared};
+use super::schedule::{Applied, Deferred, Report, Schedule};
+use super::status::{DeliveryStatus, HeldMailbox};
+use super::worker::{self, Shared};
 use crate::config::Config;
 use crate::oauth::manager::{TokenEventKind, TokenManager};
-use crate::queue::{QueueId, Spool};
+use crate::queue::{DeliveryState, MessageFile, QueueId, Spool};
 
 /// The longest the scheduler sleeps without looking around.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// How often the held mailboxes in the status are brought up to date.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// What delivery keeps for the life of the process: a reload builds new lanes and workers
+/// around the same spool, budgets and status.
+#[derive(Clone)]
+pub struct Outbound {
+    pub spool: Arc<Spool>,
+    pub metrics: Arc<crate::admin::Metrics>,
+    pub budget: Arc<dyn Budget>,
+    pub status: Arc<DeliveryStatus>,
+}
 
 pub struct Delivery {
     shared: Arc<Shared>,
+    status: Arc<DeliveryStatus>,
     lanes: Vec<Arc<Lane>>,
     queues: Vec<mpsc::UnboundedSender<QueueId>>,
     control: mpsc::UnboundedSender<ControlRequest>,
@@ -47,20 +67,8 @@ pub type ControlRequest = (
     tokio::sync::oneshot::Sender<Result<String, String>>,
 );
 
-#[derive(Clone, Copy)]
-struct Waiting {
-    due: Instant,
-    lane: usize,
-    for_token: bool,
-}
-
 impl Delivery {
-    pub fn new(
-        spool: Arc<Spool>,
-        tokens: Arc<TokenManager>,
-        config: Arc<Config>,
-        metrics: Arc<crate::admin::Metrics>,
-    ) -> Delivery {
+    pub fn new(outbound: &Outbound, tokens: Arc<TokenManager>, config: Arc<Config>) -> Delivery {
         let (lanes, queues) = config
             .accounts
             .iter()
@@ -75,11 +83,13 @@ impl Delivery {
             control,
             requests,
             queues,
+            status: Arc::clone(&outbound.status),
             shared: Arc::new(Shared {
-                spool,
+                spool: Arc::clone(&outbound.spool),
                 tokens,
                 config,
-                metrics,
+                metrics: Arc::clone(&outbound.metrics),
+                budget: Arc::clone(&outbound.budget),
             }),
             lanes,
         }
@@ -90,221 +100,288 @@ impl Delivery {
         self.control.clone()
     }
 
-    /// Delivers until `shutdown`; then lets workers finish the message in hand.
+    /// Delivers until `shutdown`. Then waiting ends at once; a transaction under way finishes
+    /// within `[server] shutdown_timeout` (after that it is cut, and the message stays queued).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let spool = Arc::clone(&self.shared.spool);
         let mut arrivals = spool.arrivals();
         let mut token_events = self.shared.tokens.subscribe();
-        let (done_tx, mut done) = mpsc::unbounded_channel::<(QueueId, Next)>();
-        let workers = TaskTracker::new();
+        let (done_tx, mut done) = mpsc::unbounded_channel::<(QueueId, Report)>();
+        let mut workers = JoinSet::new();
         for lane in &self.lanes {
             for _ in 0..lane.config.upstream.max_connections {
+                // Workers stop waiting (for a token, a connection) when delivery stops.
                 workers.spawn(worker::run(
                     Arc::clone(&self.shared),
                     Arc::clone(lane),
                     done_tx.clone(),
+                    shutdown.clone(),
                 ));
             }
         }
         drop(done_tx);
 
-        let mut waiting: BTreeMap<QueueId, Waiting> = BTreeMap::new();
-        let mut in_flight: HashSet<QueueId> = HashSet::new();
-        // Held while in flight: not rescheduled when the worker hands it back.
-        let mut held: HashSet<QueueId> = HashSet::new();
-        for file in spool.messages() {
-            self.enqueue(&mut waiting, file.envelope.id);
-        }
-        loop {
-            let now = Instant::now();
-            let due: Vec<(QueueId, usize)> = waiting
-                .iter()
-                .filter(|(_, w)| w.due <= now)
-                .map(|(id, w)| (*id, w.lane))
-                .collect();
-            for (id, lane) in due {
-                waiting.remove(&id);
-                if in_flight.insert(id) {
-                    let _ = self.queues[lane].send(id);
+        let mut schedule =
+            Schedule::new(self.lanes.iter().map(|l| l.config.upstream.max_connections));
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            startup = queued_messages(Arc::clone(&spool)) => {
+                let now = Instant::now();
+                for (file, state) in startup {
+                    if !state.held {
+                        self.add(&mut schedule, &file, instant_of_ms(state.next_attempt_ms), now);
+                    }
                 }
             }
-            let wake = waiting
-                .values()
-                .map(|w| w.due)
-                .min()
+        }
+        let mut status_at = Instant::now();
+        while !shutdown.is_cancelled() {
+            let now = Instant::now();
+            schedule.advance(now);
+            while let Some((lane, id)) = schedule.next_dispatch() {
+                let _ = self.queues[lane].send(id);
+            }
+            if now >= status_at {
+                self.publish(&schedule);
+                status_at = now + STATUS_EVERY;
+            }
+            let wake = schedule
+                .next_wake()
                 .unwrap_or(now + MAX_SLEEP)
-                .min(now + MAX_SLEEP);
+                .min(now + MAX_SLEEP)
+                .min(status_at);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(wake) => {}
                 Some(id) = arrivals.recv() => {
-                    if !in_flight.contains(&id) {
-                        self.enqueue(&mut waiting, id);
+                    // New mail: nobody has tried it, so it is due now.
+                    if let Some(file) = spool.get(id) {
+                        self.add(&mut schedule, &file, now, now);
                     }
                 }
                 Some((command, reply)) = self.requests.recv() => {
-                    let result = self.command(command, &mut waiting, &in_flight, &mut held).await;
+                    let result = self.command(command, &mut schedule).await;
                     let _ = reply.send(result);
                 }
-                Some((id, next)) = done.recv() => {
-                    in_flight.remove(&id);
-                    if held.remove(&id) {
-                        continue;
-                    }
-                    let lane = waiting_lane(&self.lanes, &spool, id);
-                    match next {
-                        Next::Done => {}
-                        Next::RetryAt(due) => {
-                            waiting.insert(id, Waiting { due, lane, for_token: false });
-                        }
-                        Next::WaitForToken(due) => {
-                            waiting.insert(id, Waiting { due, lane, for_token: true });
-                        }
+                Some((id, report)) = done.recv() => {
+                    if let Some(deferred) = schedule.returned(id, report) {
+                        self.carry_out(id, deferred).await;
                     }
                 }
                 Ok(event) = token_events.recv() => {
-                    if matches!(event.kind, TokenEventKind::Refreshed { .. } | TokenEventKind::Loaded) {
-                        let lane = self.lanes.iter().position(|l| l.name() == event.account);
-                        for w in waiting.values_mut() {
-                            if w.for_token && Some(w.lane) == lane {
-                                w.due = Instant::now();
-                            }
-                        }
+                    if matches!(event.kind, TokenEventKind::Refreshed { .. } | TokenEventKind::Loaded)
+                        && let Some(lane) = self.lanes.iter().position(|l| l.name() == event.account)
+                    {
+                        schedule.token_ready(lane);
                     }
                 }
             }
         }
         // Closing the lanes' queues ends the workers once they finish what they hold.
-        drop(self.queues);
-        workers.close();
-        workers.wait().await;
+        self.queues.clear();
+        let limit = self.shared.config.server.shutdown_timeout;
+        let finished = tokio::time::timeout(limit, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                timeout_secs = limit.as_secs(),
+                "delivery attempts still under way at the shutdown timeout were cut; their messages stay queued"
+            );
+            workers.abort_all();
+            while workers.join_next().await.is_some() {}
+        }
+        // Commands that met a message in flight are carried out now that it is back.
+        while let Ok((id, report)) = done.try_recv() {
+            if let Some(deferred) = schedule.returned(id, report) {
+                self.carry_out(id, deferred).await;
+            }
+        }
+        self.status.set_held(Vec::new());
     }
 
-    async fn command(
-        &self,
-        command: Control,
-        waiting: &mut BTreeMap<QueueId, Waiting>,
-        in_flight: &HashSet<QueueId>,
-        held: &mut HashSet<QueueId>,
-    ) -> Result<String, String> {
+    fn add(&self, schedule: &mut Schedule, file: &MessageFile, due: Instant, now: Instant) {
+        let lane = &self.lanes[route(&self.lanes, &file.envelope)];
+        let mailbox: Arc<str> = lane
+            .auth_mailbox(&file.envelope)
+            .to_ascii_lowercase()
+            .into();
+        schedule.add(file.envelope.id, lane.index, mailbox, due, now);
+    }
+
+    /// Brings the status's list of held mailboxes up to date.
+    fn publish(&self, schedule: &Schedule) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let held = schedule
+            .blocked()
+            .into_iter()
+            .map(|b| {
+                let until = wall + b.until.saturating_duration_since(now);
+                HeldMailbox::new(
+                    self.lanes[b.lane].name(),
+                    &b.mailbox,
+                    &b.why,
+                    until,
+                    b.ready,
+                )
+            })
+            .collect();
+        self.status.set_held(held);
+    }
+
+    /// An admin's hold or delete, postponed while the message was in flight.
+    async fn carry_out(&self, id: QueueId, deferred: Deferred) {
+        let Some(file) = self.shared.spool.get(id) else {
+            return;
+        };
+        let result = match deferred {
+            Deferred::Hold => set_held(&self.shared.spool, &file, true).await,
+            Deferred::Delete => self.delete(id).await,
+        };
+        if let Err(e) = result {
+            tracing::error!(queue_id = %id, error = %e, command = ?deferred, "cannot carry out the admin's command");
+        }
+    }
+
+    async fn delete(&self, id: QueueId) -> Result<(), String> {
+        self.shared
+            .spool
+            .complete(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::warn!(queue_id = %id, "deleted by an admin");
+        Ok(())
+    }
+
+    async fn command(&self, command: Control, schedule: &mut Schedule) -> Result<String, String> {
         let spool = &self.shared.spool;
-        let now = Instant::now();
         let known = |id: QueueId| {
             spool
                 .get(id)
                 .ok_or_else(|| format!("no message {id} in the queue"))
         };
         match command {
-            Control::Flush => {
-                for w in waiting.values_mut() {
-                    w.due = now;
-                }
-                Ok(format!("{} message(s) due now", waiting.len()))
-            }
+            Control::Flush => Ok(format!("{} message(s) due now", schedule.flush())),
             Control::Retry(id) => {
                 known(id)?;
-                if in_flight.contains(&id) {
-                    return Ok(format!("{id} is being delivered now"));
-                }
-                match waiting.get_mut(&id) {
-                    Some(w) => {
-                        w.due = now;
-                        Ok(format!("{id} due now"))
-                    }
-                    None => Err(format!("{id} is held; release it instead")),
+                if schedule.due_now(id) {
+                    Ok(format!("{id} due now"))
+                } else if schedule.is_in_flight(id) {
+                    Ok(format!("{id} is being delivered now"))
+                } else if schedule.contains(id) {
+                    Ok(format!("{id} is due already"))
+                } else {
+                    Err(format!("{id} is held; release it instead"))
                 }
             }
             Control::RetryFailed => {
                 let ids = spool.restore_failed().await.map_err(|e| e.to_string())?;
+                let now = Instant::now();
                 for id in &ids {
-                    self.enqueue(waiting, *id);
+                    if let Some(file) = spool.get(*id) {
+                        self.add(schedule, &file, now, now);
+                    }
                 }
                 Ok(format!("{} failed message(s) back in the queue", ids.len()))
             }
-            Control::Hold(id) | Control::Release(id) => {
+            Control::Hold(id) => {
                 let file = known(id)?;
-                let hold = matches!(command, Control::Hold(_));
-                let mut state = spool
-                    .paths()
-                    .read_state(&file.envelope)
-                    .map_err(|e| e.to_string())?;
-                state.held = hold;
-                if !hold {
-                    state.next_attempt_ms = 0;
-                }
-                spool
-                    .save_state(id, &state)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if hold {
-                    waiting.remove(&id);
-                    if in_flight.contains(&id) {
-                        held.insert(id);
+                match schedule.take_out(id, Deferred::Hold) {
+                    Some(Applied::Later) => Ok(format!(
+                        "{id} is being delivered now; held when this attempt ends"
+                    )),
+                    Some(Applied::Now) | None => {
+                        set_held(spool, &file, true).await?;
+                        Ok(format!("{id} held"))
                     }
-                    Ok(format!("{id} held"))
-                } else {
-                    held.remove(&id);
-                    if !in_flight.contains(&id) {
-                        self.enqueue(waiting, id);
-                    }
-                    Ok(format!("{id} released"))
                 }
+            }
+            Control::Release(id) => {
+                let file = known(id)?;
+                if schedule.cancel_deferred(id) {
+                    return Ok(format!("{id} released"));
+                }
+                if schedule.contains(id) {
+                    return Err(format!("{id} is not held"));
+                }
+                let state = read_state(spool, &file).await?;
+                if !state.held {
+                    return Err(format!("{id} is not held"));
+                }
+                set_held(spool, &file, false).await?;
+                let now = Instant::now();
+                self.add(schedule, &file, now, now);
+                Ok(format!("{id} released"))
             }
             Control::Delete(id) => {
                 known(id)?;
-                if in_flight.contains(&id) {
-                    return Err(format!(
-                        "{id} is being delivered right now; try again in a moment"
-                    ));
+                match schedule.take_out(id, Deferred::Delete) {
+                    Some(Applied::Later) => Ok(format!(
+                        "{id} is being delivered now; deleted when this attempt ends"
+                    )),
+                    Some(Applied::Now) | None => {
+                        self.delete(id).await?;
+                        Ok(format!("{id} deleted"))
+                    }
                 }
-                waiting.remove(&id);
-                spool.complete(id).await.map_err(|e| e.to_string())?;
-                tracing::warn!(queue_id = %id, "deleted by an admin");
-                Ok(format!("{id} deleted"))
             }
         }
     }
+}
 
-    fn enqueue(&self, waiting: &mut BTreeMap<QueueId, Waiting>, id: QueueId) {
-        let Some(file) = self.shared.spool.get(id) else {
-            return;
-        };
-        let state = match self.shared.spool.paths().read_state(&file.envelope) {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "unreadable delivery state; retrying later");
-                waiting.insert(
-                    id,
-                    Waiting {
-                        due: Instant::now() + MAX_SLEEP,
-                        lane: 0,
-                        for_token: false,
-                    },
-                );
-                return;
-            }
-        };
-        if state.held {
-            return;
-        }
-        waiting.insert(
-            id,
-            Waiting {
-                due: instant_of_ms(state.next_attempt_ms),
-                lane: route(&self.lanes, &file.envelope),
-                for_token: false,
-            },
-        );
+/// Every queued message with its delivery state, read off the runtime's threads.
+async fn queued_messages(spool: Arc<Spool>) -> Vec<(MessageFile, DeliveryState)> {
+    tokio::task::spawn_blocking(move || {
+        spool
+            .messages()
+            .into_iter()
+            .map(|file| {
+                let state = match spool.paths().read_state(&file.envelope) {
+                    Ok(state) => state,
+                    Err(e) => {
+                        tracing::error!(queue_id = %file.envelope.id, error = %e,
+                            "unreadable delivery state; retrying later");
+                        let mut state = DeliveryState::new(&file.envelope);
+                        state.next_attempt_ms = unix_ms() + MAX_SLEEP.as_millis() as u64;
+                        state
+                    }
+                };
+                (file, state)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+async fn read_state(spool: &Arc<Spool>, file: &MessageFile) -> Result<DeliveryState, String> {
+    let (spool, envelope) = (Arc::clone(spool), file.envelope.clone());
+    tokio::task::spawn_blocking(move || spool.paths().read_state(&envelope))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Records a hold (or its release, which makes the message due now).
+async fn set_held(spool: &Arc<Spool>, file: &MessageFile, held: bool) -> Result<(), String> {
+    let mut state = read_state(spool, file).await?;
+    state.held = held;
+    if !held {
+        state.next_attempt_ms = 0;
     }
+    spool
+        .save_state(file.envelope.id, &state)
+        .await
+        .map_err(|e| e.to_string())
 }
 
-fn waiting_lane(lanes: &[Arc<Lane>], spool: &Spool, id: QueueId) -> usize {
-    spool.get(id).map_or(0, |file| route(lanes, &file.envelope))
-}
-
-fn instant_of_ms(unix_ms: u64) -> Instant {
-    let now_ms = SystemTime::now()
+fn unix_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    Instant::now() + Duration::from_millis(unix_ms.saturating_sub(now_ms))
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn instant_of_ms(at_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(unix_ms()))
 }

@@ -1,16 +1,21 @@
 //! A delivery worker: one upstream connection for one account, reused for message after
-//! message. It takes a message, sends what is still pending, records each recipient's result
-//! durably, and tells the scheduler when to try again.
+//! message. It takes a message, counts it against its mailbox's budget, sends what is still
+//! pending, records each recipient's result durably, and reports to the scheduler what became
+//! of it. It never waits for room in a budget or for a pause to end (the scheduler does); its
+//! waits for a token or a connection end when delivery stops.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use super::budget::{Budget, Exhausted};
 use super::client::{ClientError, UpstreamConnection};
 use super::lane::Lane;
 use super::reply::UpstreamReply;
+use super::schedule::{Block, Report};
 use super::transaction::{self, AccountEffect, Message, RecipientResult, TransactionError};
 use crate::admin::metrics::Outcome;
 use crate::config::{Config, OnFailure};
@@ -26,22 +31,12 @@ pub const TOKEN_WAIT: Duration = Duration::from_secs(60);
 const QUOTA_PAUSE: Duration = Duration::from_secs(3600);
 const HOLD_PAUSE: Duration = Duration::from_secs(900);
 
-/// What the scheduler should do with a message next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
-    /// Gone from the queue: delivered, failed and reported, or deleted meanwhile.
-    Done,
-    /// Try again at this time.
-    RetryAt(Instant),
-    /// Waiting for the account's token; a token event makes it due at once.
-    WaitForToken(Instant),
-}
-
 pub struct Shared {
     pub spool: Arc<Spool>,
     pub tokens: Arc<TokenManager>,
     pub config: Arc<Config>,
     pub metrics: Arc<crate::admin::Metrics>,
+    pub budget: Arc<dyn Budget>,
 }
 
 struct Connected {
@@ -54,7 +49,8 @@ struct Connected {
 pub async fn run(
     shared: Arc<Shared>,
     lane: Arc<Lane>,
-    done: mpsc::UnboundedSender<(QueueId, Next)>,
+    done: mpsc::UnboundedSender<(QueueId, Report)>,
+    stop: CancellationToken,
 ) {
     let mut connected: Option<Connected> = None;
     loop {
@@ -76,7 +72,7 @@ pub async fn run(
             }
         };
         let Some(id) = next else { break };
-        let next = process(&shared, &lane, &mut connected, id).await;
+        let next = process(&shared, &lane, &mut connected, id, &stop).await;
         if done.send((id, next)).is_err() {
             break;
         }
@@ -96,8 +92,14 @@ fn now_ms() -> u64 {
 enum Blocked {
     /// The account has no usable token: wait, count no attempt.
     Token(String),
-    /// The account is paused: wait, count no attempt.
-    Paused(Instant),
+    /// A fresh token was refused too: the account waits a while, counting no attempt.
+    TokenRefused(String),
+    /// Exchange asked the mailbox to wait: count no attempt.
+    Paused(Instant, String),
+    /// The mailbox's budget is spent: count no attempt.
+    Budget(Exhausted),
+    /// Delivery is stopping.
+    Interrupted,
     /// The attempt failed (connection, TLS, upstream trouble): retry on schedule.
     Failed(String),
     /// This message can never go (a `{sender}` mailbox the app may not send as): fail it.
@@ -109,31 +111,37 @@ async fn process(
     lane: &Lane,
     connected: &mut Option<Connected>,
     id: QueueId,
-) -> Next {
+    stop: &CancellationToken,
+) -> Report {
     let Some(file) = shared.spool.get(id) else {
-        return Next::Done;
+        return Report::Done;
     };
     let mut state = match shared.spool.paths().read_state(&file.envelope) {
         Ok(state) => state,
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "cannot read the delivery state");
-            return Next::RetryAt(Instant::now() + retry_delay(&shared.config, 1));
+            return Report::RetryAt(Instant::now() + retry_delay(&shared.config, 1));
         }
     };
     if state.is_finished() {
         return finish(shared, lane, &file, &mut state).await;
     }
-    if let Some((until, _)) = lane.paused_until() {
-        return Next::RetryAt(until);
-    }
-    match attempt(shared, lane, connected, &file, &mut state).await {
+    match attempt(shared, lane, connected, &file, &mut state, stop).await {
         Ok(()) => {}
         Err(Blocked::Token(reason)) => {
             tracing::info!(queue_id = %id, account = lane.name(), %reason, "held until the account has a token");
             note_error(shared, id, &mut state, reason).await;
-            return Next::WaitForToken(Instant::now() + TOKEN_WAIT);
+            return Report::NoToken(Instant::now() + TOKEN_WAIT);
         }
-        Err(Blocked::Paused(until)) => return Next::RetryAt(until),
+        Err(Blocked::TokenRefused(reason)) => {
+            note_error(shared, id, &mut state, reason.clone()).await;
+            return Report::Blocked(Instant::now() + TOKEN_WAIT, Block::Paused(reason));
+        }
+        Err(Blocked::Paused(until, why)) => return Report::Blocked(until, Block::Paused(why)),
+        Err(Blocked::Budget(exhausted)) => {
+            return Report::Blocked(exhausted.until, Block::Budget(exhausted.window));
+        }
+        Err(Blocked::Interrupted) => return Report::Interrupted,
         Err(Blocked::Failed(reason)) => {
             tracing::info!(queue_id = %id, account = lane.name(), %reason, "delivery attempt failed");
             state.last_error = Some(reason);
@@ -184,13 +192,15 @@ async fn process(
     shared
         .metrics
         .delivery(lane.name(), Outcome::Deferred, state.last_error.clone());
-    Next::RetryAt(Instant::now() + delay)
+    Report::RetryAt(Instant::now() + delay)
 }
 
 async fn note_error(shared: &Shared, id: QueueId, state: &mut DeliveryState, reason: String) {
     if state.last_error.as_deref() != Some(reason.as_str()) {
         state.last_error = Some(reason);
-        let _ = shared.spool.save_state(id, state).await;
+        if let Err(e) = shared.spool.save_state(id, state).await {
+            tracing::error!(queue_id = %id, error = %e, "cannot record why the message waits");
+        }
     }
 }
 
@@ -212,6 +222,7 @@ async fn attempt(
     connected: &mut Option<Connected>,
     file: &MessageFile,
     state: &mut DeliveryState,
+    stop: &CancellationToken,
 ) -> Result<(), Blocked> {
     let id = file.envelope.id;
     let mailbox = lane.auth_mailbox(&file.envelope);
@@ -219,8 +230,11 @@ async fn attempt(
     let path = shared.spool.paths().message(id);
     let mut pending: Vec<String> = state.pending().map(|r| r.address.clone()).collect();
     // Held until the attempt ends, so the budgets count when the upstream got the message.
-    let _rate = lane.rate.reserve(1).await;
-    let _daily = lane.daily.reserve(pending.len() as u64).await;
+    let _grant = shared
+        .budget
+        .take(&mailbox, lane.limits(), pending.len() as u64)
+        .await
+        .map_err(Blocked::Budget)?;
     let mut stale_retry = true;
     while !pending.is_empty() {
         if connected.as_ref().is_some_and(|c| c.mailbox != mailbox)
@@ -229,7 +243,11 @@ async fn attempt(
             c.connection.quit().await;
         }
         if connected.is_none() {
-            *connected = Some(connect(shared, lane, &mailbox).await?);
+            // Waiting for a token or a connection ends when delivery stops.
+            *connected = Some(tokio::select! {
+                connection = connect(shared, lane, &mailbox) => connection?,
+                _ = stop.cancelled() => return Err(Blocked::Interrupted),
+            });
         }
         let connection = connected.as_mut().expect("just connected");
         let reused = connection.used;
@@ -292,7 +310,7 @@ async fn attempt(
         }
         if let Some(effect) = outcome.effect {
             *connected = None;
-            return Err(account_effect(&shared.config, lane, effect));
+            return Err(account_effect(&shared.config, effect));
         }
         pending = split;
     }
@@ -306,8 +324,8 @@ fn describe(reply: &UpstreamReply) -> String {
     }
 }
 
-/// Pauses the lane as the reply asks; the message waits without counting an attempt.
-fn account_effect(config: &Config, lane: &Lane, effect: AccountEffect) -> Blocked {
+/// Pauses the mailbox as the reply asks; the message waits without counting an attempt.
+fn account_effect(config: &Config, effect: AccountEffect) -> Blocked {
     let (pause, reply) = match effect {
         // Refused mid-session after an accepted AUTH: the next connection logs in afresh.
         AccountEffect::TokenRejected(reply) => return Blocked::Token(describe(&reply)),
@@ -316,8 +334,8 @@ fn account_effect(config: &Config, lane: &Lane, effect: AccountEffect) -> Blocke
         AccountEffect::Hold(reply) => (HOLD_PAUSE, reply),
     };
     let why = describe(&reply);
-    lane.pause(pause, why);
-    Blocked::Paused(Instant::now() + pause)
+    tracing::warn!(pause_secs = pause.as_secs(), reason = %why, "mailbox paused");
+    Blocked::Paused(Instant::now() + pause, why)
 }
 
 /// Connects and logs in as `mailbox`. A token refused with 535 5.7.3 is invalidated and a
@@ -352,16 +370,13 @@ async fn connect(shared: &Shared, lane: &Lane, mailbox: &str) -> Result<Connecte
                     return Err(Blocked::Refused(reply));
                 }
                 if try_number == 1 {
-                    let why = describe(&reply);
-                    lane.pause(TOKEN_WAIT, why.clone());
-                    return Err(Blocked::Token(why));
+                    return Err(Blocked::TokenRefused(describe(&reply)));
                 }
             }
             Err(ClientError::Rejected(reply)) => {
                 connection.quit().await;
                 return Err(account_effect(
                     &shared.config,
-                    lane,
                     match super::classify::classify(&reply) {
                         super::classify::Verdict::Throttled => AccountEffect::Throttled(reply),
                         super::classify::Verdict::QuotaExceeded => {
@@ -387,7 +402,7 @@ async fn finish(
     lane: &Lane,
     file: &MessageFile,
     state: &mut DeliveryState,
-) -> Next {
+) -> Report {
     let id = file.envelope.id;
     let failed = state.failed().count();
     let envelope = &file.envelope;
@@ -395,14 +410,14 @@ async fn finish(
         && let Err(e) = shared.spool.save_state(id, state).await
     {
         tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
-        return Next::RetryAt(Instant::now() + retry_delay(&shared.config, 1));
+        return Report::RetryAt(Instant::now() + retry_delay(&shared.config, 1));
     }
     if failed > 0 && shared.config.queue.on_failure == OnFailure::Keep {
         match shared.spool.keep_failed(id).await {
             Ok(()) => tracing::warn!(queue_id = %id, failed, "moved to failed/"),
             Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot move to failed/"),
         }
-        return Next::Done;
+        return Report::Done;
     }
     if failed > 0 && !state.bounced && !envelope.is_dsn && !envelope.sender.is_empty() {
         let head = read_head(shared, file);
@@ -418,11 +433,15 @@ async fn finish(
             Ok(dsn) => {
                 tracing::info!(queue_id = %id, dsn_id = %dsn, failed, "delivery status notification queued");
                 state.bounced = true;
-                let _ = shared.spool.save_state(id, state).await;
+                // Without this record a crash before the removal below sends a second report.
+                if let Err(e) = shared.spool.save_state(id, state).await {
+                    tracing::error!(queue_id = %id, error = %e,
+                        "cannot record that the bounce is queued; a restart now would send it twice");
+                }
             }
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot queue the bounce; will retry");
-                return Next::RetryAt(Instant::now() + retry_delay(&shared.config, 1));
+                return Report::RetryAt(Instant::now() + retry_delay(&shared.config, 1));
             }
         }
     }
@@ -439,11 +458,11 @@ async fn finish(
     match shared.spool.complete(id).await {
         Ok(()) => {
             tracing::info!(queue_id = %id, delivered = state.recipients.len() - failed, failed, "done");
-            Next::Done
+            Report::Done
         }
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "cannot remove the finished message");
-            Next::RetryAt(Instant::now() + retry_delay(&shared.config, 1))
+            Report::RetryAt(Instant::now() + retry_delay(&shared.config, 1))
         }
     }
 }

@@ -270,6 +270,41 @@ impl TokenManager {
         }
     }
 
+    /// Takes over what `previous` (the manager of the generation a reload replaces) knew, so
+    /// a reload neither resets the counters in `/metrics` nor makes alerts fire again: for
+    /// every account of both, its counters; for an account that still asks the same endpoint
+    /// for the same client, flow and scope, also its tokens in memory and its health. Holds are
+    /// not taken over: a reload is the admin's way of saying "try again".
+    pub fn take_over(&self, previous: &TokenManager) {
+        for (name, slot) in &self.slots {
+            let Some(old) = previous.slots.get(name) else {
+                continue;
+            };
+            let same_identity = match (&slot.account, &old.account) {
+                (Ok(new), Ok(old)) => {
+                    new.endpoints.token == old.endpoints.token
+                        && new.config.client_id == old.config.client_id
+                        && new.config.flow == old.config.flow
+                        && new.scope == old.scope
+                }
+                _ => false,
+            };
+            let old_state = lock(&old.state);
+            let mut state = lock(&slot.state);
+            state.refreshes = old_state.refreshes;
+            state.failures = old_state.failures;
+            state.consecutive_failures = old_state.consecutive_failures;
+            state.lifetime_total = old_state.lifetime_total;
+            if same_identity && !matches!(state.health, Health::Misconfigured(_)) {
+                state.tokens = old_state.tokens.clone();
+                state.expires = old_state.expires;
+                state.health = old_state.health.clone();
+                state.held_until = None;
+                state.retry_at = None;
+            }
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<TokenEvent> {
         self.events.subscribe()
     }

@@ -99,6 +99,7 @@ pub struct TestRelay {
     pub tokens: Option<Arc<smtprelay::oauth::manager::TokenManager>>,
     pub delivery: Option<JoinHandle<()>>,
     pub metrics: Arc<smtprelay::admin::Metrics>,
+    pub delivery_status: Arc<smtprelay::delivery::DeliveryStatus>,
     pub config: Arc<Config>,
 }
 
@@ -156,6 +157,7 @@ impl TestRelay {
         let server = Server::bind(intake, &mut Default::default()).await.unwrap();
         let addrs = server.local_addrs();
         let task = tokio::spawn(server.run());
+        let delivery_status = Arc::new(smtprelay::delivery::DeliveryStatus::default());
         let (tokens, delivery) = if config.accounts.is_empty() {
             (None, None)
         } else {
@@ -170,12 +172,14 @@ impl TestRelay {
                 smtprelay::oauth::http::TokenClient::new().unwrap(),
             ));
             tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
-            let delivery = smtprelay::delivery::Delivery::new(
-                Arc::clone(&spool),
-                Arc::clone(&manager),
-                config,
-                Arc::clone(&metrics),
-            );
+            let outbound = smtprelay::delivery::Outbound {
+                spool: Arc::clone(&spool),
+                metrics: Arc::clone(&metrics),
+                budget: Arc::new(smtprelay::delivery::LocalBudget::in_memory()),
+                status: Arc::clone(&delivery_status),
+            };
+            let delivery =
+                smtprelay::delivery::Delivery::new(&outbound, Arc::clone(&manager), config);
             tokio::spawn(smtprelay::admin::control::serve(
                 smtprelay::admin::control::socket_path(&config_for_admin.server.state_dir),
                 delivery.control(),
@@ -195,6 +199,7 @@ impl TestRelay {
             tokens,
             delivery,
             metrics,
+            delivery_status,
             config: Arc::clone(&config_for_admin),
         }
     }
@@ -445,6 +450,7 @@ pub fn start_binary_with_logs(
     std::sync::mpsc::Receiver<serde_json::Value>,
 ) {
     use std::io::BufRead;
+    occupy_default_admin_port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
         .args(["serve", "--config"])
         .arg(config)
@@ -477,6 +483,14 @@ pub fn start_binary_with_logs(
     (child, address, rx)
 }
 
+/// CI machines may run another relay on the default admin address, 127.0.0.1:8025: the port
+/// is kept taken for every binary a test starts (by this process, or by whoever has it), so a
+/// test configuration that forgets `[admin] listen` fails here as it would there.
+pub fn occupy_default_admin_port() {
+    static HELD: std::sync::OnceLock<Option<std::net::TcpListener>> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| std::net::TcpListener::bind("127.0.0.1:8025").ok());
+}
+
 /// Waits for a log event whose message is `message`; returns it.
 pub fn wait_for_log(
     logs: &std::sync::mpsc::Receiver<serde_json::Value>,
@@ -505,6 +519,7 @@ impl TestRelay {
             spool: Arc::clone(&self.spool),
             tokens: self.tokens.clone(),
             metrics: Arc::clone(&self.metrics),
+            delivery: Arc::clone(&self.delivery_status),
         });
         tokio::spawn(smtprelay::admin::serve(
             listener,
@@ -530,4 +545,33 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A fresh token store key as `SMTPRELAY_TOKEN_KEY` takes it (hex).
+pub fn token_key_hex() -> String {
+    let key = smtprelay::oauth::TokenKey::generate();
+    key.bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a webhook received: its JSON bodies, in order.
+pub type Hooked = Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A webhook receiver on 127.0.0.1:0; returns its URL and what it receives.
+pub async fn webhook() -> (String, Hooked) {
+    let received: Hooked = Arc::default();
+    let store = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let store = Arc::clone(&store);
+            async move {
+                store.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
 }

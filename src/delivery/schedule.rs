@@ -1,0 +1,551 @@
+//! The scheduler's bookkeeping, without I/O: which message waits for what, and which may go
+//! to a worker now.
+//!
+//! A message is *waiting* (in the timer queue until its next attempt), *ready* (due, in its
+//! mailbox's queue), or *in flight* (a worker has it). A mailbox may be *blocked* until a time
+//! (its budget is spent, or Exchange asked it to pause), and an account may wait for a token;
+//! their ready messages then stay where they are, and nothing is handed out for them, so a
+//! large backlog costs nothing while it waits. Every wait is a time in one ordered timer
+//! queue, so finding what is due never scans the waiting messages.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::budget::Window;
+use crate::queue::QueueId;
+
+/// Why a mailbox may not send for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Block {
+    /// Its sending budget is spent.
+    Budget(Window),
+    /// Exchange asked it to wait (throttling, quota, a hold-the-account reply): why, in words.
+    Paused(String),
+}
+
+/// What became of a message a worker had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Gone from the queue: delivered, failed and reported, or moved to `failed/`.
+    Done,
+    /// Attempted; the next attempt is due then.
+    RetryAt(Instant),
+    /// Not attempted: the account has no usable token. Looked at again then, or at a token event.
+    NoToken(Instant),
+    /// Not attempted: the mailbox may not send until then.
+    Blocked(Instant, Block),
+    /// Not attempted: delivery is stopping.
+    Interrupted,
+}
+
+/// An admin command that met the message in flight, applied when the worker gives it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferred {
+    Hold,
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Waiting(Instant),
+    Ready,
+    InFlight(Option<Deferred>),
+}
+
+struct Entry {
+    lane: usize,
+    mailbox: Arc<str>,
+    place: Place,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Message(QueueId),
+    Mailbox(usize, Arc<str>),
+    Token(usize),
+}
+
+#[derive(Default)]
+struct MailboxQueue {
+    /// Due messages in the order they became due (entries no longer ready are skipped).
+    ready: VecDeque<QueueId>,
+    blocked: Option<(Instant, Block)>,
+    /// In its lane's `runnable` list.
+    runnable: bool,
+}
+
+struct LaneQueue {
+    max_in_flight: usize,
+    in_flight: usize,
+    token_wait: Option<Instant>,
+    mailboxes: HashMap<Arc<str>, MailboxQueue>,
+    /// Mailboxes with ready messages, served in turn.
+    runnable: VecDeque<Arc<str>>,
+}
+
+/// A blocked mailbox, as `/health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedMailbox {
+    pub lane: usize,
+    pub mailbox: Arc<str>,
+    pub until: Instant,
+    pub why: Block,
+    pub ready: usize,
+}
+
+pub struct Schedule {
+    entries: HashMap<QueueId, Entry>,
+    timers: BTreeSet<(Instant, Timer)>,
+    lanes: Vec<LaneQueue>,
+}
+
+/// What `hold` and `delete` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Now,
+    /// The message is in flight: applied when it comes back.
+    Later,
+}
+
+impl Schedule {
+    /// One lane per account, each with at most `max_in_flight` messages at its workers.
+    pub fn new(max_in_flight: impl IntoIterator<Item = usize>) -> Schedule {
+        Schedule {
+            entries: HashMap::new(),
+            timers: BTreeSet::new(),
+            lanes: max_in_flight
+                .into_iter()
+                .map(|max| LaneQueue {
+                    max_in_flight: max.max(1),
+                    in_flight: 0,
+                    token_wait: None,
+                    mailboxes: HashMap::new(),
+                    runnable: VecDeque::new(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn contains(&self, id: QueueId) -> bool {
+        self.entries.contains_key(&id)
+    }
+
+    pub fn is_in_flight(&self, id: QueueId) -> bool {
+        matches!(
+            self.entries.get(&id).map(|e| e.place),
+            Some(Place::InFlight(_))
+        )
+    }
+
+    /// A message to deliver at `due` (now or earlier: at once) as `mailbox` of `lane`.
+    /// One the schedule already has is left where it is.
+    pub fn add(&mut self, id: QueueId, lane: usize, mailbox: Arc<str>, due: Instant, now: Instant) {
+        if self.entries.contains_key(&id) {
+            return;
+        }
+        self.entries.insert(
+            id,
+            Entry {
+                lane,
+                mailbox,
+                place: Place::Ready,
+            },
+        );
+        if due <= now {
+            self.make_ready(id, false);
+        } else {
+            self.wait(id, due);
+        }
+    }
+
+    fn wait(&mut self, id: QueueId, due: Instant) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.place = Place::Waiting(due);
+            self.timers.insert((due, Timer::Message(id)));
+        }
+    }
+
+    /// Into its mailbox's ready queue: at the back, or at the front for a message handed back
+    /// unattempted (it keeps its turn).
+    fn make_ready(&mut self, id: QueueId, front: bool) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if let Place::Waiting(at) = entry.place {
+            self.timers.remove(&(at, Timer::Message(id)));
+        }
+        entry.place = Place::Ready;
+        let lane = &mut self.lanes[entry.lane];
+        let mailbox = lane
+            .mailboxes
+            .entry(Arc::clone(&entry.mailbox))
+            .or_default();
+        if front {
+            mailbox.ready.push_front(id);
+        } else {
+            mailbox.ready.push_back(id);
+        }
+        if mailbox.blocked.is_none() && !mailbox.runnable {
+            mailbox.runnable = true;
+            lane.runnable.push_back(Arc::clone(&entry.mailbox));
+        }
+    }
+
+    /// Ends the waits that are over by `now`.
+    pub fn advance(&mut self, now: Instant) {
+        while let Some(first) = self.timers.first() {
+            if first.0 > now {
+                break;
+            }
+            let (_, timer) = self.timers.pop_first().expect("not empty");
+            match timer {
+                Timer::Message(id) => self.make_ready(id, false),
+                Timer::Mailbox(lane, name) => {
+                    let lane = &mut self.lanes[lane];
+                    if let Some(mailbox) = lane.mailboxes.get_mut(&name)
+                        && mailbox
+                            .blocked
+                            .as_ref()
+                            .is_some_and(|(until, _)| *until <= now)
+                    {
+                        mailbox.blocked = None;
+                        if !mailbox.ready.is_empty() && !mailbox.runnable {
+                            mailbox.runnable = true;
+                            lane.runnable.push_back(name);
+                        }
+                    }
+                }
+                Timer::Token(lane) => {
+                    let lane = &mut self.lanes[lane];
+                    if lane.token_wait.is_some_and(|until| until <= now) {
+                        lane.token_wait = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the next wait ends.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// The next message a worker may take: (lane, ID). Lanes are limited to their in-flight
+    /// maximum; within a lane, mailboxes take turns.
+    pub fn next_dispatch(&mut self) -> Option<(usize, QueueId)> {
+        for index in 0..self.lanes.len() {
+            if let Some(id) = self.dispatch_from(index) {
+                return Some((index, id));
+            }
+        }
+        None
+    }
+
+    fn dispatch_from(&mut self, index: usize) -> Option<QueueId> {
+        let lane = &mut self.lanes[index];
+        if lane.in_flight >= lane.max_in_flight || lane.token_wait.is_some() {
+            return None;
+        }
+        while let Some(name) = lane.runnable.pop_front() {
+            let Some(mailbox) = lane.mailboxes.get_mut(&name) else {
+                continue;
+            };
+            mailbox.runnable = false;
+            if mailbox.blocked.is_some() {
+                continue;
+            }
+            while let Some(id) = mailbox.ready.pop_front() {
+                let Some(entry) = self.entries.get_mut(&id) else {
+                    continue;
+                };
+                if entry.place != Place::Ready {
+                    continue;
+                }
+                entry.place = Place::InFlight(None);
+                lane.in_flight += 1;
+                if mailbox.ready.is_empty() {
+                    lane.mailboxes.remove(&name);
+                } else {
+                    mailbox.runnable = true;
+                    lane.runnable.push_back(name);
+                }
+                return Some(id);
+            }
+            lane.mailboxes.remove(&name);
+        }
+        None
+    }
+
+    /// A worker gave `id` back. Returns the admin command to carry out now, if one met it in
+    /// flight (the message is then out of the schedule).
+    pub fn returned(&mut self, id: QueueId, report: Report) -> Option<Deferred> {
+        let entry = self.entries.get_mut(&id)?;
+        let Place::InFlight(deferred) = entry.place else {
+            return None;
+        };
+        let (lane, name) = (entry.lane, Arc::clone(&entry.mailbox));
+        self.lanes[lane].in_flight -= 1;
+        if deferred.is_some() || report == Report::Done {
+            self.entries.remove(&id);
+            return deferred;
+        }
+        match report {
+            Report::Done => unreachable!("handled above"),
+            Report::RetryAt(at) => self.wait(id, at),
+            Report::NoToken(until) => {
+                let lane_queue = &mut self.lanes[lane];
+                if lane_queue.token_wait.is_none_or(|t| t < until) {
+                    lane_queue.token_wait = Some(until);
+                    self.timers.insert((until, Timer::Token(lane)));
+                }
+                self.make_ready(id, true);
+            }
+            Report::Blocked(until, why) => {
+                self.block(lane, &name, until, why);
+                self.make_ready(id, true);
+            }
+            Report::Interrupted => self.make_ready(id, true),
+        }
+        None
+    }
+
+    fn block(&mut self, lane: usize, name: &Arc<str>, until: Instant, why: Block) {
+        let mailbox = self.lanes[lane]
+            .mailboxes
+            .entry(Arc::clone(name))
+            .or_default();
+        // A longer block already running is kept.
+        if mailbox.blocked.as_ref().is_none_or(|(at, _)| *at < until) {
+            mailbox.blocked = Some((until, why));
+            self.timers
+                .insert((until, Timer::Mailbox(lane, Arc::clone(name))));
+        }
+    }
+
+    /// The account of `lane` has a token again: its mail may go at once.
+    pub fn token_ready(&mut self, lane: usize) {
+        if let Some(lane) = self.lanes.get_mut(lane) {
+            lane.token_wait = None;
+        }
+    }
+
+    /// Is the account of `lane` waiting for a token?
+    pub fn waits_for_token(&self, lane: usize) -> bool {
+        self.lanes.get(lane).is_some_and(|l| l.token_wait.is_some())
+    }
+
+    /// Makes a waiting message due now. False if it is not waiting (ready or in flight).
+    pub fn due_now(&mut self, id: QueueId) -> bool {
+        match self.entries.get(&id).map(|e| e.place) {
+            Some(Place::Waiting(_)) => {
+                self.make_ready(id, false);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every waiting message is due now; returns how many were waiting.
+    pub fn flush(&mut self) -> usize {
+        let waiting: Vec<QueueId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.place, Place::Waiting(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &waiting {
+            self.make_ready(*id, false);
+        }
+        waiting.len()
+    }
+
+    /// Takes a message out of the schedule (hold, delete); one in flight keeps going and the
+    /// command is carried out when it comes back.
+    pub fn take_out(&mut self, id: QueueId, command: Deferred) -> Option<Applied> {
+        let entry = self.entries.get_mut(&id)?;
+        match entry.place {
+            Place::InFlight(_) => {
+                entry.place = Place::InFlight(Some(command));
+                Some(Applied::Later)
+            }
+            Place::Waiting(at) => {
+                self.timers.remove(&(at, Timer::Message(id)));
+                self.entries.remove(&id);
+                Some(Applied::Now)
+            }
+            // Left in its mailbox's queue, where it is skipped.
+            Place::Ready => {
+                self.entries.remove(&id);
+                Some(Applied::Now)
+            }
+        }
+    }
+
+    /// Cancels a hold or delete that waits for the message to come back (release).
+    pub fn cancel_deferred(&mut self, id: QueueId) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(entry) if matches!(entry.place, Place::InFlight(Some(_))) => {
+                entry.place = Place::InFlight(None);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The mailboxes that may not send now.
+    pub fn blocked(&self) -> Vec<BlockedMailbox> {
+        let mut blocked: Vec<BlockedMailbox> = self
+            .lanes
+            .iter()
+            .enumerate()
+            .flat_map(|(lane, queue)| {
+                queue.mailboxes.iter().filter_map(move |(name, m)| {
+                    m.blocked.as_ref().map(|(until, why)| BlockedMailbox {
+                        lane,
+                        mailbox: Arc::clone(name),
+                        until: *until,
+                        why: why.clone(),
+                        ready: m.ready.len(),
+                    })
+                })
+            })
+            .collect();
+        blocked.sort_by(|a, b| (a.lane, &a.mailbox).cmp(&(b.lane, &b.mailbox)));
+        blocked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ids(n: usize) -> Vec<QueueId> {
+        (0..n).map(|_| QueueId::generate()).collect()
+    }
+
+    fn drain(schedule: &mut Schedule) -> Vec<(usize, QueueId)> {
+        std::iter::from_fn(|| schedule.next_dispatch()).collect()
+    }
+
+    #[test]
+    fn a_lane_has_at_most_its_connections_in_flight() {
+        let now = Instant::now();
+        let mut s = Schedule::new([2]);
+        let ids = ids(5);
+        for id in &ids {
+            s.add(*id, 0, "m".into(), now, now);
+        }
+        assert_eq!(drain(&mut s), vec![(0, ids[0]), (0, ids[1])]);
+        s.returned(ids[0], Report::Done);
+        assert_eq!(drain(&mut s), vec![(0, ids[2])]);
+        assert_eq!(s.len(), 4);
+    }
+
+    #[test]
+    fn a_blocked_mailbox_holds_its_messages_and_not_the_others() {
+        let now = Instant::now();
+        let mut s = Schedule::new([1]);
+        let [a1, a2, b1] = ids(3).try_into().unwrap();
+        s.add(a1, 0, "a".into(), now, now);
+        s.add(a2, 0, "a".into(), now, now);
+        s.add(b1, 0, "b".into(), now, now);
+        assert_eq!(s.next_dispatch(), Some((0, a1)));
+        let until = now + Duration::from_secs(60);
+        s.returned(a1, Report::Blocked(until, Block::Budget(Window::Daily)));
+        // The blocked mailbox's messages wait; b goes.
+        assert_eq!(drain(&mut s), vec![(0, b1)]);
+        s.returned(b1, Report::Done);
+        assert_eq!(drain(&mut s), vec![]);
+        assert_eq!(s.next_wake(), Some(until));
+        let blocked = s.blocked();
+        assert_eq!(blocked.len(), 1);
+        assert_eq!((&*blocked[0].mailbox, blocked[0].ready), ("a", 2));
+        s.advance(until);
+        // Handed back unattempted, a1 keeps its turn.
+        assert_eq!(s.next_dispatch(), Some((0, a1)));
+    }
+
+    #[test]
+    fn retries_wait_in_the_timer_queue() {
+        let now = Instant::now();
+        let mut s = Schedule::new([4]);
+        let [a, b] = ids(2).try_into().unwrap();
+        s.add(a, 0, "m".into(), now + Duration::from_secs(10), now);
+        s.add(b, 0, "m".into(), now, now);
+        assert_eq!(drain(&mut s), vec![(0, b)]);
+        s.returned(b, Report::RetryAt(now + Duration::from_secs(5)));
+        assert_eq!(s.next_wake(), Some(now + Duration::from_secs(5)));
+        s.advance(now + Duration::from_secs(5));
+        assert_eq!(drain(&mut s), vec![(0, b)]);
+        assert!(s.due_now(a));
+        assert_eq!(drain(&mut s), vec![(0, a)]);
+        assert_eq!(s.next_wake(), None);
+    }
+
+    #[test]
+    fn hold_and_delete_in_flight_wait_for_the_worker() {
+        let now = Instant::now();
+        let mut s = Schedule::new([2]);
+        let [a, b] = ids(2).try_into().unwrap();
+        s.add(a, 0, "m".into(), now, now);
+        s.add(b, 0, "m".into(), now, now);
+        drain(&mut s);
+        assert_eq!(s.take_out(a, Deferred::Hold), Some(Applied::Later));
+        assert_eq!(s.take_out(b, Deferred::Delete), Some(Applied::Later));
+        assert!(s.cancel_deferred(b));
+        // However the attempt ended, the hold is carried out when it is back.
+        assert_eq!(
+            s.returned(a, Report::RetryAt(now + Duration::from_secs(1))),
+            Some(Deferred::Hold)
+        );
+        assert!(!s.contains(a));
+        assert_eq!(s.returned(b, Report::RetryAt(now)), None);
+        assert!(s.contains(b));
+    }
+
+    #[test]
+    fn a_lane_without_a_token_sends_nothing_until_it_has_one() {
+        let now = Instant::now();
+        let mut s = Schedule::new([1, 1]);
+        let [a, b, c] = ids(3).try_into().unwrap();
+        s.add(a, 0, "m".into(), now, now);
+        s.add(b, 0, "m".into(), now, now);
+        s.add(c, 1, "n".into(), now, now);
+        assert_eq!(drain(&mut s), vec![(0, a), (1, c)]);
+        s.returned(a, Report::NoToken(now + Duration::from_secs(60)));
+        assert!(s.waits_for_token(0));
+        assert_eq!(drain(&mut s), vec![]);
+        s.token_ready(0);
+        assert_eq!(drain(&mut s), vec![(0, a)]);
+    }
+
+    #[test]
+    fn mailboxes_take_turns() {
+        let now = Instant::now();
+        let mut s = Schedule::new([1]);
+        let a = ids(3);
+        let b = ids(1);
+        for id in &a {
+            s.add(*id, 0, "a".into(), now, now);
+        }
+        s.add(b[0], 0, "b".into(), now, now);
+        let mut order = Vec::new();
+        while let Some((_, id)) = s.next_dispatch() {
+            order.push(id);
+            s.returned(id, Report::Done);
+        }
+        assert_eq!(order, vec![a[0], b[0], a[1], a[2]]);
+    }
+}

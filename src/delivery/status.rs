@@ -1,0 +1,78 @@
+//! What delivery is waiting for, as the admin endpoint reports it. The scheduler writes it;
+//! it lives for the process, so `/health` reads it across reloads.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::budget::Window;
+use super::schedule::Block;
+
+/// A mailbox whose mail waits: its budget is spent, or Exchange asked it to pause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldMailbox {
+    pub account: String,
+    pub mailbox: String,
+    /// `rate` or `daily` for a spent budget; absent for a pause.
+    pub budget: Option<Window>,
+    /// In words: which budget, or what Exchange said.
+    pub reason: String,
+    /// When sending may resume (Unix seconds).
+    pub until: u64,
+    /// Messages due that wait for it.
+    pub messages: usize,
+}
+
+impl HeldMailbox {
+    pub fn new(
+        account: &str,
+        mailbox: &str,
+        why: &Block,
+        until: SystemTime,
+        messages: usize,
+    ) -> Self {
+        let (budget, reason) = match why {
+            Block::Budget(window) => (Some(*window), format!("{window} budget spent")),
+            Block::Paused(reason) => (None, format!("paused: {reason}")),
+        };
+        HeldMailbox {
+            account: account.to_owned(),
+            mailbox: mailbox.to_owned(),
+            budget,
+            reason,
+            until: until
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+            messages,
+        }
+    }
+
+    /// One line for `/health`.
+    pub fn describe(&self) -> String {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(self.until);
+        format!(
+            "account {}: mailbox {}: {}; sending resumes at {} ({} message(s) wait)",
+            self.account,
+            self.mailbox,
+            self.reason,
+            humantime::format_rfc3339_seconds(at),
+            self.messages
+        )
+    }
+}
+
+#[derive(Default)]
+pub struct DeliveryStatus {
+    held: Mutex<Vec<HeldMailbox>>,
+}
+
+impl DeliveryStatus {
+    pub fn held(&self) -> Vec<HeldMailbox> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set_held(&self, held: Vec<HeldMailbox>) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = held;
+    }
+}
