@@ -322,3 +322,11 @@ fn tls_error(error: &io::Error) -> String {
         None => error.to_string(),
     }
 }
+
+/// A client error in words an admin can act on: the diagnosis of the upstream's reply first.
+pub fn explain_client_error(error: &ClientError) -> String {
+    match error.reply().and_then(|r| r.diagnosis().map(|d| (r, d))) {
+        Some((reply, diagnosis)) => format!("{diagnosis} (upstream said: {reply})"),
+        None => error.to_string(),
+    }
+}

@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod classify;
 pub mod client;
+pub mod disposition;
 pub mod dsn;
 pub mod lane;
 pub mod pacing;
@@ -13,6 +14,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod status;
 pub mod transaction;
+pub mod transport;
 pub mod worker;
 
 pub use budget::{Budget, LocalBudget};

@@ -49,6 +49,14 @@ impl UpstreamReply {
         self.lines.iter().any(|l| l.contains(needle))
     }
 
+    /// The reply with its diagnosis, if it has one: what `queue list` and the logs show.
+    pub fn described(&self) -> String {
+        match self.diagnosis() {
+            Some(diagnosis) => format!("{self} ({diagnosis})"),
+            None => self.to_string(),
+        }
+    }
+
     /// A diagnosis an admin can act on, or `None` for replies that need no explanation.
     pub fn diagnosis(&self) -> Option<&'static str> {
         let enhanced = self.enhanced.as_deref().unwrap_or("");

@@ -1,38 +1,16 @@
 //! One SMTP transaction on an authenticated upstream connection: MAIL, RCPT per recipient,
 //! DATA with the spooled bytes dot-stuffed on the fly, and a verdict per recipient.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::SeekFrom;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::classify::{Verdict, classify};
 use super::client::{ClientError, UpstreamConnection};
 use super::reply::UpstreamReply;
-use crate::queue::MessageFile;
+use super::transport::{AccountEffect, Outcome, Outgoing, RecipientResult};
 
 const CHUNK: usize = 64 * 1024;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecipientResult {
-    Delivered(UpstreamReply),
-    Failed(UpstreamReply),
-    Deferred(UpstreamReply),
-    /// Not tried in this transaction (452 4.5.3 came first): send in the next one at once.
-    Split,
-}
-
-/// A reply that concerns the whole account, not this message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccountEffect {
-    TokenRejected(UpstreamReply),
-    Throttled(UpstreamReply),
-    QuotaExceeded(UpstreamReply),
-    Hold(UpstreamReply),
-}
-
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub results: Vec<(String, RecipientResult)>,
-    pub effect: Option<AccountEffect>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransactionError {
@@ -42,14 +20,6 @@ pub enum TransactionError {
     Corrupt(String),
     #[error("cannot read the spooled message: {0}")]
     Read(std::io::Error),
-}
-
-pub struct Message<'a> {
-    pub file: &'a MessageFile,
-    pub path: &'a std::path::Path,
-    /// The envelope sender to use upstream (after rewriting).
-    pub sender: &'a str,
-    pub recipients: &'a [String],
 }
 
 fn effect_of(verdict: Verdict, reply: &UpstreamReply) -> Option<AccountEffect> {
@@ -79,7 +49,7 @@ fn all(recipients: &[String], verdict: Verdict, reply: &UpstreamReply) -> Outcom
 
 pub async fn send(
     connection: &mut UpstreamConnection,
-    message: &Message<'_>,
+    message: &Outgoing<'_>,
 ) -> Result<Outcome, TransactionError> {
     let envelope = &message.file.envelope;
     let mut mail = format!("MAIL FROM:<{}>", message.sender);
@@ -164,10 +134,14 @@ pub async fn send(
 /// mismatch the data is never ended: the upstream drops the transaction with the connection.
 async fn write_content(
     connection: &mut UpstreamConnection,
-    message: &Message<'_>,
+    message: &Outgoing<'_>,
 ) -> Result<(), TransactionError> {
-    let mut file = std::fs::File::open(message.path).map_err(TransactionError::Read)?;
+    // Read through the blocking pool, never on the runtime's threads.
+    let mut file = tokio::fs::File::open(message.path)
+        .await
+        .map_err(TransactionError::Read)?;
     file.seek(SeekFrom::Start(message.file.content_offset))
+        .await
         .map_err(TransactionError::Read)?;
     let mut remaining = message.file.content_len;
     let mut crc = crc32fast::Hasher::new();
@@ -177,6 +151,7 @@ async fn write_content(
     while remaining > 0 {
         let n = (remaining as usize).min(CHUNK);
         file.read_exact(&mut chunk[..n])
+            .await
             .map_err(TransactionError::Read)?;
         remaining -= n as u64;
         crc.update(&chunk[..n]);

@@ -1,8 +1,8 @@
-//! A delivery worker: one upstream connection for one account, reused for message after
-//! message. It takes a message, counts it against its mailbox's budget, sends what is still
-//! pending, records each recipient's result durably, and reports to the scheduler what became
-//! of it. It never waits for room in a budget or for a pause to end (the scheduler does); its
-//! waits for a token or a connection end when delivery stops.
+//! A delivery worker: one [`Transport`] for one account, reused for message after message. It
+//! takes a message, counts it against its mailbox's budget, sends what is still pending,
+//! records each recipient's result durably, and reports to the scheduler what became of it.
+//! It never waits for room in a budget or for a pause to end (the scheduler does); its
+//! transport's waits for a token or a connection end when delivery stops.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,14 +12,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::{Budget, Exhausted};
-use super::client::{ClientError, UpstreamConnection};
+use super::disposition::{self, Disposition};
 use super::lane::Lane;
-use super::reply::UpstreamReply;
 use super::schedule::{Block, Report};
-use super::transaction::{self, AccountEffect, Message, RecipientResult, TransactionError};
+use super::transport::{
+    AccountEffect, Outgoing, RecipientResult, SendError, SmtpTransport, Transport,
+};
 use crate::admin::metrics::Outcome;
 use crate::config::{Config, OnFailure};
-use crate::oauth::error::TokenError;
 use crate::oauth::manager::TokenManager;
 use crate::queue::{DeliveryState, MessageFile, QueueId, RecipientStatus, Spool};
 
@@ -39,12 +39,6 @@ pub struct Shared {
     pub budget: Arc<dyn Budget>,
 }
 
-struct Connected {
-    connection: UpstreamConnection,
-    mailbox: String,
-    used: bool,
-}
-
 /// Takes messages for `lane` until the lane's queue closes.
 pub async fn run(
     shared: Arc<Shared>,
@@ -52,18 +46,22 @@ pub async fn run(
     done: mpsc::UnboundedSender<(QueueId, Report)>,
     stop: CancellationToken,
 ) {
-    let mut connected: Option<Connected> = None;
+    let mut transport: Box<dyn Transport> = Box::new(SmtpTransport::new(
+        lane.config.clone(),
+        lane.tls.clone(),
+        Arc::clone(&shared.tokens),
+        shared.config.server.hostname.clone(),
+        stop,
+    ));
     loop {
         let next = {
             let mut receiver = lane.receiver.lock().await;
-            if connected.is_some() {
+            if transport.is_open() {
                 match tokio::time::timeout(IDLE_CLOSE, receiver.recv()).await {
                     Ok(next) => next,
                     Err(_) => {
                         drop(receiver);
-                        if let Some(c) = connected.take() {
-                            c.connection.quit().await;
-                        }
+                        transport.close().await;
                         continue;
                     }
                 }
@@ -72,14 +70,12 @@ pub async fn run(
             }
         };
         let Some(id) = next else { break };
-        let next = process(&shared, &lane, &mut connected, id, &stop).await;
-        if done.send((id, next)).is_err() {
+        let report = process(&shared, &lane, transport.as_mut(), id).await;
+        if done.send((id, report)).is_err() {
             break;
         }
     }
-    if let Some(c) = connected {
-        c.connection.quit().await;
-    }
+    transport.close().await;
 }
 
 fn now_ms() -> u64 {
@@ -88,111 +84,108 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Why a message could not be sent on this attempt.
+/// Why a message was not (fully) sent on this attempt.
 enum Blocked {
-    /// The account has no usable token: wait, count no attempt.
-    Token(String),
-    /// A fresh token was refused too: the account waits a while, counting no attempt.
-    TokenRefused(String),
-    /// Exchange asked the mailbox to wait: count no attempt.
-    Paused(Instant, String),
+    /// Nothing was sent (see [`SendError`]).
+    Send(SendError),
+    /// The upstream spoke for the whole account after a transaction.
+    Effect(AccountEffect),
     /// The mailbox's budget is spent: count no attempt.
     Budget(Exhausted),
-    /// Delivery is stopping.
-    Interrupted,
-    /// The attempt failed (connection, TLS, upstream trouble): retry on schedule.
-    Failed(String),
-    /// This message can never go (a `{sender}` mailbox the app may not send as): fail it.
-    Refused(UpstreamReply),
 }
 
 async fn process(
     shared: &Shared,
     lane: &Lane,
-    connected: &mut Option<Connected>,
+    transport: &mut dyn Transport,
     id: QueueId,
-    stop: &CancellationToken,
 ) -> Report {
     let Some(file) = shared.spool.get(id) else {
         return Report::Done;
     };
-    let mut state = match shared.spool.paths().read_state(&file.envelope) {
+    let mut state = match read_state(shared, &file).await {
         Ok(state) => state,
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "cannot read the delivery state");
-            return Report::RetryAt(Instant::now() + retry_delay(&shared.config, 1));
+            return retry_soon(&shared.config);
         }
     };
     if state.is_finished() {
         return finish(shared, lane, &file, &mut state).await;
     }
-    match attempt(shared, lane, connected, &file, &mut state, stop).await {
-        Ok(()) => {}
-        Err(Blocked::Token(reason)) => {
-            tracing::info!(queue_id = %id, account = lane.name(), %reason, "held until the account has a token");
-            note_error(shared, id, &mut state, reason).await;
-            return Report::NoToken(Instant::now() + TOKEN_WAIT);
-        }
-        Err(Blocked::TokenRefused(reason)) => {
-            note_error(shared, id, &mut state, reason.clone()).await;
-            return Report::Blocked(Instant::now() + TOKEN_WAIT, Block::Paused(reason));
-        }
-        Err(Blocked::Paused(until, why)) => return Report::Blocked(until, Block::Paused(why)),
-        Err(Blocked::Budget(exhausted)) => {
-            return Report::Blocked(exhausted.until, Block::Budget(exhausted.window));
-        }
-        Err(Blocked::Interrupted) => return Report::Interrupted,
-        Err(Blocked::Failed(reason)) => {
-            tracing::info!(queue_id = %id, account = lane.name(), %reason, "delivery attempt failed");
-            state.last_error = Some(reason);
-        }
-        Err(Blocked::Refused(reply)) => {
-            let pending: Vec<String> = state.pending().map(|r| r.address.clone()).collect();
-            for address in pending {
-                state.set(&address, RecipientStatus::Failed, Some(reply.to_string()));
+    if let Err(blocked) = attempt(shared, lane, transport, &file, &mut state).await {
+        let error = match blocked {
+            Blocked::Budget(exhausted) => {
+                return Report::Blocked(exhausted.until, Block::Budget(exhausted.window));
             }
-            state.last_error = Some(describe(&reply));
+            Blocked::Send(SendError::Interrupted) => return Report::Interrupted,
+            Blocked::Send(SendError::NoToken(reason)) => {
+                tracing::info!(queue_id = %id, account = lane.name(), %reason, "held until the account has a token");
+                note_error(shared, id, &mut state, reason).await;
+                return Report::NoToken(Instant::now() + TOKEN_WAIT);
+            }
+            Blocked::Send(SendError::TokenRefused(reason)) => {
+                note_error(shared, id, &mut state, reason.clone()).await;
+                return Report::Blocked(Instant::now() + TOKEN_WAIT, Block::Paused(reason));
+            }
+            Blocked::Send(SendError::Account(effect)) | Blocked::Effect(effect) => {
+                match pause_for(&shared.config, effect) {
+                    Ok((until, why)) => return Report::Blocked(until, Block::Paused(why)),
+                    // Refused mid-session after an accepted login: the next one logs in afresh.
+                    Err(reason) => {
+                        note_error(shared, id, &mut state, reason).await;
+                        return Report::NoToken(Instant::now() + TOKEN_WAIT);
+                    }
+                }
+            }
+            Blocked::Send(SendError::Failed(reason)) => {
+                tracing::info!(queue_id = %id, account = lane.name(), %reason, "delivery attempt failed");
+                reason
+            }
+            Blocked::Send(SendError::Refused(reply)) => {
+                let pending: Vec<String> = state.pending().map(|r| r.address.clone()).collect();
+                for address in pending {
+                    state.set(&address, RecipientStatus::Failed, Some(reply.to_string()));
+                }
+                reply.described()
+            }
+        };
+        state.last_error = Some(error);
+    }
+    match disposition::after_attempt(
+        &mut state,
+        &shared.config.queue,
+        file.envelope.received_at,
+        now_ms(),
+    ) {
+        Disposition::Finished => finish(shared, lane, &file, &mut state).await,
+        Disposition::GaveUp => {
+            save_progress(shared, id, &state).await;
+            finish(shared, lane, &file, &mut state).await
+        }
+        Disposition::RetryIn(delay) => {
+            save_progress(shared, id, &state).await;
+            tracing::info!(queue_id = %id, account = lane.name(), attempts = state.attempts,
+                retry_in_secs = delay.as_secs(), error = state.last_error.as_deref().unwrap_or(""), "deferred");
+            shared
+                .metrics
+                .delivery(lane.name(), Outcome::Deferred, state.last_error.clone());
+            Report::RetryAt(Instant::now() + delay)
         }
     }
-    if state.is_finished() {
-        return finish(shared, lane, &file, &mut state).await;
-    }
-    // Some recipients are still pending: schedule the next attempt, or give up after max_age.
-    state.attempts += 1;
-    let age = Duration::from_millis(now_ms().saturating_sub(file.envelope.received_at));
-    if age >= shared.config.queue.max_age {
-        let reason = format!(
-            "gave up after {} in the queue: {}",
-            humantime::format_duration(Duration::from_secs(age.as_secs())),
-            state.last_error.clone().unwrap_or_default()
-        );
-        let pending: Vec<String> = state.pending().map(|r| r.address.clone()).collect();
-        for address in pending {
-            let reply = state
-                .recipients
-                .iter()
-                .find(|r| r.address == address)
-                .and_then(|r| r.reply.clone())
-                .unwrap_or_else(|| format!("451 4.4.7 {reason}"));
-            state.set(&address, RecipientStatus::Failed, Some(reply));
-        }
-        state.last_error = Some(reason);
-        if let Err(e) = shared.spool.save_state(id, &state).await {
-            tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
-        }
-        return finish(shared, lane, &file, &mut state).await;
-    }
-    let delay = retry_delay(&shared.config, state.attempts);
-    state.next_attempt_ms = now_ms() + delay.as_millis() as u64;
-    if let Err(e) = shared.spool.save_state(id, &state).await {
+}
+
+async fn read_state(shared: &Shared, file: &MessageFile) -> std::io::Result<DeliveryState> {
+    let (spool, envelope) = (Arc::clone(&shared.spool), file.envelope.clone());
+    tokio::task::spawn_blocking(move || spool.paths().read_state(&envelope))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+async fn save_progress(shared: &Shared, id: QueueId, state: &DeliveryState) {
+    if let Err(e) = shared.spool.save_state(id, state).await {
         tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
     }
-    tracing::info!(queue_id = %id, account = lane.name(), attempts = state.attempts,
-        retry_in_secs = delay.as_secs(), error = state.last_error.as_deref().unwrap_or(""), "deferred");
-    shared
-        .metrics
-        .delivery(lane.name(), Outcome::Deferred, state.last_error.clone());
-    Report::RetryAt(Instant::now() + delay)
 }
 
 async fn note_error(shared: &Shared, id: QueueId, state: &mut DeliveryState, reason: String) {
@@ -204,25 +197,20 @@ async fn note_error(shared: &Shared, id: QueueId, state: &mut DeliveryState, rea
     }
 }
 
-/// The retry schedule: `retry[n-1]` after the n-th failed attempt, then the last interval.
-pub fn retry_delay(config: &Config, attempts: u32) -> Duration {
-    let retry = &config.queue.retry;
-    let index = (attempts.max(1) as usize - 1).min(retry.len().saturating_sub(1));
-    retry
-        .get(index)
-        .copied()
-        .unwrap_or(Duration::from_secs(3600))
+/// A failure that is not the message's (the spool, the disk): look again after the first
+/// retry interval.
+fn retry_soon(config: &Config) -> Report {
+    Report::RetryAt(Instant::now() + disposition::retry_delay(&config.queue, 1))
 }
 
-/// One attempt: connect (or reuse), authenticate, and run transactions until every pending
-/// recipient has a result from this attempt.
+/// One attempt: transactions through the transport until every pending recipient has a
+/// result from this attempt.
 async fn attempt(
     shared: &Shared,
     lane: &Lane,
-    connected: &mut Option<Connected>,
+    transport: &mut dyn Transport,
     file: &MessageFile,
     state: &mut DeliveryState,
-    stop: &CancellationToken,
 ) -> Result<(), Blocked> {
     let id = file.envelope.id;
     let mailbox = lane.auth_mailbox(&file.envelope);
@@ -235,47 +223,15 @@ async fn attempt(
         .take(&mailbox, lane.limits(), pending.len() as u64)
         .await
         .map_err(Blocked::Budget)?;
-    let mut stale_retry = true;
     while !pending.is_empty() {
-        if connected.as_ref().is_some_and(|c| c.mailbox != mailbox)
-            && let Some(c) = connected.take()
-        {
-            c.connection.quit().await;
-        }
-        if connected.is_none() {
-            // Waiting for a token or a connection ends when delivery stops.
-            *connected = Some(tokio::select! {
-                connection = connect(shared, lane, &mailbox) => connection?,
-                _ = stop.cancelled() => return Err(Blocked::Interrupted),
-            });
-        }
-        let connection = connected.as_mut().expect("just connected");
-        let reused = connection.used;
-        connection.used = true;
-        let message = Message {
+        let message = Outgoing {
             file,
             path: &path,
+            mailbox: &mailbox,
             sender: &sender,
             recipients: &pending,
         };
-        let outcome = match transaction::send(&mut connection.connection, &message).await {
-            Ok(outcome) => outcome,
-            Err(TransactionError::Connection(e)) => {
-                *connected = None;
-                // A pooled connection the upstream closed meanwhile: once more on a new one.
-                if reused && stale_retry {
-                    stale_retry = false;
-                    tracing::debug!(queue_id = %id, error = %e, "stale upstream connection; reconnecting");
-                    continue;
-                }
-                return Err(Blocked::Failed(e.to_string()));
-            }
-            Err(e @ TransactionError::Corrupt(_)) | Err(e @ TransactionError::Read(_)) => {
-                *connected = None;
-                tracing::error!(queue_id = %id, error = %e, "cannot send the spooled message");
-                return Err(Blocked::Failed(e.to_string()));
-            }
-        };
+        let outcome = transport.send(&message).await.map_err(Blocked::Send)?;
         let mut split = Vec::new();
         for (recipient, result) in outcome.results {
             let (status, reply) = match result {
@@ -287,7 +243,7 @@ async fn attempt(
                         RecipientStatus::Pending,
                         Some(reply.to_string()),
                     );
-                    state.last_error = Some(describe(&reply));
+                    state.last_error = Some(reply.described());
                     continue;
                 }
                 RecipientResult::Split => {
@@ -303,97 +259,29 @@ async fn attempt(
         // Durable before anything else happens: a restart must not resend to these. When this
         // transaction finished the message, removing it (in `finish`) is that record, one
         // fsync cheaper; the crash window is the same.
-        if (!split.is_empty() || outcome.effect.is_some() || !state.is_finished())
-            && let Err(e) = shared.spool.save_state(id, state).await
-        {
-            tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
+        if !split.is_empty() || outcome.effect.is_some() || !state.is_finished() {
+            save_progress(shared, id, state).await;
         }
         if let Some(effect) = outcome.effect {
-            *connected = None;
-            return Err(account_effect(&shared.config, effect));
+            return Err(Blocked::Effect(effect));
         }
         pending = split;
     }
     Ok(())
 }
 
-fn describe(reply: &UpstreamReply) -> String {
-    match reply.diagnosis() {
-        Some(diagnosis) => format!("{reply} ({diagnosis})"),
-        None => reply.to_string(),
-    }
-}
-
-/// Pauses the mailbox as the reply asks; the message waits without counting an attempt.
-fn account_effect(config: &Config, effect: AccountEffect) -> Blocked {
+/// How long the mailbox pauses after an account-wide reply, and why; `Err` for a token
+/// refused mid-session (the account waits for a fresh token instead).
+fn pause_for(config: &Config, effect: AccountEffect) -> Result<(Instant, String), String> {
     let (pause, reply) = match effect {
-        // Refused mid-session after an accepted AUTH: the next connection logs in afresh.
-        AccountEffect::TokenRejected(reply) => return Blocked::Token(describe(&reply)),
-        AccountEffect::Throttled(reply) => (retry_delay(config, 1), reply),
+        AccountEffect::TokenRejected(reply) => return Err(reply.described()),
+        AccountEffect::Throttled(reply) => (disposition::retry_delay(&config.queue, 1), reply),
         AccountEffect::QuotaExceeded(reply) => (QUOTA_PAUSE, reply),
         AccountEffect::Hold(reply) => (HOLD_PAUSE, reply),
     };
-    let why = describe(&reply);
+    let why = reply.described();
     tracing::warn!(pause_secs = pause.as_secs(), reason = %why, "mailbox paused");
-    Blocked::Paused(Instant::now() + pause, why)
-}
-
-/// Connects and logs in as `mailbox`. A token refused with 535 5.7.3 is invalidated and a
-/// fresh one tried once; a second refusal holds the account's mail.
-async fn connect(shared: &Shared, lane: &Lane, mailbox: &str) -> Result<Connected, Blocked> {
-    let tls = lane.tls.clone().map_err(Blocked::Failed)?;
-    for try_number in 0..2 {
-        let token = shared
-            .tokens
-            .access_token(lane.name())
-            .await
-            .map_err(|e: TokenError| Blocked::Token(e.to_string()))?;
-        let hostname = &shared.config.server.hostname;
-        let mut connection =
-            UpstreamConnection::connect(&lane.config.upstream, Arc::clone(&tls), hostname)
-                .await
-                .map_err(|e| Blocked::Failed(crate::oauth::check::explain_client_error(&e)))?;
-        match connection.auth_xoauth2(mailbox, &token.token).await {
-            Ok(()) => {
-                return Ok(Connected {
-                    connection,
-                    mailbox: mailbox.to_owned(),
-                    used: false,
-                });
-            }
-            Err(ClientError::Rejected(reply)) if reply.is_status(535, "5.7.3") => {
-                shared.tokens.invalidate(lane.name(), &token.token);
-                connection.quit().await;
-                // With a fresh token refused too, a per-sender mailbox is the problem, not the
-                // token: that message cannot go, the others can.
-                if try_number == 1 && lane.config.mailbox == "{sender}" {
-                    return Err(Blocked::Refused(reply));
-                }
-                if try_number == 1 {
-                    return Err(Blocked::TokenRefused(describe(&reply)));
-                }
-            }
-            Err(ClientError::Rejected(reply)) => {
-                connection.quit().await;
-                return Err(account_effect(
-                    &shared.config,
-                    match super::classify::classify(&reply) {
-                        super::classify::Verdict::Throttled => AccountEffect::Throttled(reply),
-                        super::classify::Verdict::QuotaExceeded => {
-                            AccountEffect::QuotaExceeded(reply)
-                        }
-                        _ => AccountEffect::Hold(reply),
-                    },
-                ));
-            }
-            Err(e) => {
-                return Err(Blocked::Failed(crate::oauth::check::explain_client_error(
-                    &e,
-                )));
-            }
-        }
-    }
-    unreachable!("the loop returns on its second pass")
+    Ok((Instant::now() + pause, why))
 }
 
 /// Every recipient has a final result: report failures, then leave the queue.
@@ -410,7 +298,7 @@ async fn finish(
         && let Err(e) = shared.spool.save_state(id, state).await
     {
         tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
-        return Report::RetryAt(Instant::now() + retry_delay(&shared.config, 1));
+        return retry_soon(&shared.config);
     }
     if failed > 0 && shared.config.queue.on_failure == OnFailure::Keep {
         match shared.spool.keep_failed(id).await {
@@ -420,7 +308,7 @@ async fn finish(
         return Report::Done;
     }
     if failed > 0 && !state.bounced && !envelope.is_dsn && !envelope.sender.is_empty() {
-        let head = read_head(shared, file);
+        let head = read_head(shared, file).await;
         let bounce = super::dsn::Bounce {
             original: file,
             original_content_head: &head,
@@ -441,7 +329,7 @@ async fn finish(
             }
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot queue the bounce; will retry");
-                return Report::RetryAt(Instant::now() + retry_delay(&shared.config, 1));
+                return retry_soon(&shared.config);
             }
         }
     }
@@ -462,22 +350,30 @@ async fn finish(
         }
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "cannot remove the finished message");
-            Report::RetryAt(Instant::now() + retry_delay(&shared.config, 1))
+            retry_soon(&shared.config)
         }
     }
 }
 
-/// The start of the content, for the headers quoted in a DSN.
-fn read_head(shared: &Shared, file: &MessageFile) -> Vec<u8> {
+/// The start of the content, for the headers quoted in a DSN (empty if it cannot be read).
+async fn read_head(shared: &Shared, file: &MessageFile) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let path = shared.spool.paths().message(file.envelope.id);
-    let mut head = vec![0u8; (file.content_len as usize).min(64 * 1024)];
-    let read = std::fs::File::open(path).and_then(|mut f| {
-        f.seek(SeekFrom::Start(file.content_offset))?;
-        f.read_exact(&mut head)
-    });
-    if read.is_err() {
-        head.clear();
-    }
-    head
+    let (offset, len) = (
+        file.content_offset,
+        (file.content_len as usize).min(64 * 1024),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut head = vec![0u8; len];
+        let read = std::fs::File::open(path).and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            f.read_exact(&mut head)
+        });
+        if read.is_err() {
+            head.clear();
+        }
+        head
+    })
+    .await
+    .unwrap_or_default()
 }

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use super::manager::{TokenManager, unix_now};
 use crate::config::Flow;
-use crate::delivery::{ClientError, UpstreamConnection};
+use crate::delivery::UpstreamConnection;
+use crate::delivery::client::explain_client_error;
 
 /// Audiences Exchange Online accepts for SMTP: the app-only and delegated resource URIs and
 /// Exchange's application ID.
@@ -149,13 +150,6 @@ pub async fn token_test(
     }
     connection.quit().await;
     steps
-}
-
-pub fn explain_client_error(error: &ClientError) -> String {
-    match error.reply().and_then(|r| r.diagnosis().map(|d| (r, d))) {
-        Some((reply, diagnosis)) => format!("{diagnosis} (upstream said: {reply})"),
-        None => error.to_string(),
-    }
 }
 
 /// The claims of a JWT, without checking its signature (only Exchange can, and does).

@@ -1,0 +1,85 @@
+//! How a message goes upstream. A [`Transport`] is one worker's way to its account's upstream
+//! (an SMTP connection today; Microsoft Graph next): it sends one transaction's worth of
+//! recipients and says what became of each. Budgets, retries, durable results and reports
+//! are the worker's and the scheduler's, the same whatever the transport.
+
+pub mod smtp;
+
+use std::path::Path;
+
+use super::budget::BoxFuture;
+use super::reply::UpstreamReply;
+use crate::queue::MessageFile;
+
+pub use smtp::SmtpTransport;
+
+/// A message on its way upstream.
+pub struct Outgoing<'a> {
+    pub file: &'a MessageFile,
+    /// The spool file with the content.
+    pub path: &'a Path,
+    /// The upstream mailbox the transport authenticates as.
+    pub mailbox: &'a str,
+    /// The envelope sender used upstream (after rewriting).
+    pub sender: &'a str,
+    /// The recipients still pending, for this transaction.
+    pub recipients: &'a [String],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientResult {
+    Delivered(UpstreamReply),
+    Failed(UpstreamReply),
+    Deferred(UpstreamReply),
+    /// Not tried in this transaction (452 4.5.3 came first): send in the next one at once.
+    Split,
+}
+
+/// A reply that concerns the whole account, not this message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountEffect {
+    TokenRejected(UpstreamReply),
+    Throttled(UpstreamReply),
+    QuotaExceeded(UpstreamReply),
+    Hold(UpstreamReply),
+}
+
+/// One transaction's results: a result per recipient, and what the upstream said about the
+/// account, if anything.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub results: Vec<(String, RecipientResult)>,
+    pub effect: Option<AccountEffect>,
+}
+
+/// Why nothing was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The account has no usable token: wait for one, counting no attempt.
+    NoToken(String),
+    /// A fresh token was refused too: wait a while, counting no attempt.
+    TokenRefused(String),
+    /// The upstream spoke for the whole account before any transaction (at login).
+    Account(AccountEffect),
+    /// This message can never go (a `{sender}` mailbox the app may not send as): fail it.
+    Refused(UpstreamReply),
+    /// Connection, TLS or upstream trouble, or a spool file that cannot be sent: retry on
+    /// schedule.
+    Failed(String),
+    /// Delivery is stopping.
+    Interrupted,
+}
+
+pub trait Transport: Send {
+    /// Sends the message to `message.recipients` in one transaction.
+    fn send<'a>(
+        &'a mut self,
+        message: &'a Outgoing<'a>,
+    ) -> BoxFuture<'a, Result<Outcome, SendError>>;
+
+    /// Whether it holds a connection open (a worker closes an idle one).
+    fn is_open(&self) -> bool;
+
+    /// Closes what it holds open.
+    fn close(&mut self) -> BoxFuture<'_, ()>;
+}
