@@ -501,3 +501,68 @@ async fn a_store_with_the_wrong_key_holds_accounts_and_is_not_overwritten() {
     assert!(error.to_string().contains("wrong token key"), "{error}");
     assert_eq!(std::fs::read(wrong.store_path()).unwrap(), before);
 }
+
+/// Each account keeps its token fresh in its own task: an account whose token endpoint hangs
+/// does not keep another from getting its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_token_endpoint_holds_up_only_its_own_account() {
+    let slow = Entra::start().await;
+    slow.register(common::entra::App {
+        secret: Some(SECRET.into()),
+        ..app("app-secret")
+    });
+    slow.state().delay = Some(Duration::from_secs(30));
+    let fixture = TokenFixture::new(slow.clone(), |slow| {
+        // Sorted first, so a single loop over the accounts would reach it first.
+        account(
+            slow,
+            "a-slow",
+            "app-secret",
+            "client_credentials",
+            "client_secret_file = \"secret\"",
+        )
+    })
+    .await;
+    let fast = Entra::start().await;
+    fast.register(common::entra::App {
+        secret: Some(SECRET.into()),
+        ..app("app-secret")
+    });
+    let text = std::fs::read_to_string(fixture.dir.path().join("smtprelay.toml")).unwrap()
+        + &account(
+            &fast,
+            "b-fast",
+            "app-secret",
+            "client_credentials",
+            "client_secret_file = \"secret\"",
+        );
+    let path = fixture.dir.path().join("smtprelay.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = smtprelay::config::Config::load(&path).unwrap();
+    let manager = Arc::new(smtprelay::oauth::manager::TokenManager::new(
+        &config,
+        Arc::new(fixture.store()),
+        smtprelay::oauth::http::TokenClient::new().unwrap(),
+    ));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fast.requests("client_credentials") == 0
+        || manager
+            .statuses()
+            .iter()
+            .any(|s| s.account == "b-fast" && s.health != Health::Valid)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b-fast got no token while a-slow hung"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        slow.requests("client_credentials"),
+        1,
+        "a-slow's request is still under way"
+    );
+    shutdown.cancel();
+}

@@ -241,7 +241,11 @@ impl Alerter {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut events = self.tokens.as_ref().map(|t| t.subscribe());
         loop {
-            self.evaluate().await;
+            // A webhook that does not answer (retries, timeouts) must not hold up a stop.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.evaluate() => {}
+            }
             let token_event = async {
                 match events.as_mut() {
                     Some(events) => {

@@ -654,32 +654,62 @@ impl TokenManager {
         }
     }
 
-    /// Keeps every account fresh until `shutdown`.
+    /// Keeps every account fresh until `shutdown`, each in its own task (a slow token endpoint
+    /// holds up only its own account), and picks up what the CLI writes to the store.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut accounts = tokio::task::JoinSet::new();
+        for account in self.slots.keys() {
+            accounts.spawn(Arc::clone(&self).keep_fresh(account.clone(), shutdown.clone()));
+        }
         loop {
-            let mut wake = Instant::now() + STORE_POLL;
-            for (account, slot) in &self.slots {
-                let Some(due) = self.next_refresh(slot) else {
-                    continue;
-                };
-                // Compared with the clock read after `due`: "due now" must count as due.
-                if due <= Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep(STORE_POLL) => self.reload_if_changed().await,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        while accounts.join_next().await.is_some() {}
+    }
+
+    /// Refreshes one account whenever it is due. A refresh under way is not cut short by
+    /// `shutdown`: a rotated refresh token must reach the store (each request has its timeout
+    /// and the retries a bound).
+    async fn keep_fresh(self: Arc<Self>, account: String, shutdown: CancellationToken) {
+        let Some(slot) = self.slots.get(&account).cloned() else {
+            return;
+        };
+        // Any event for the account (a login stored by the CLI, an invalidation) may move its
+        // next refresh: look again then.
+        let mut events = self.subscribe();
+        loop {
+            let due = self.next_refresh(&slot);
+            // Read after `due`: "due now" must count as due.
+            let now = Instant::now();
+            let wake = match due {
+                Some(due) if due <= now => {
                     let _flight = slot.refresh.lock().await;
                     // Re-check under the lock: a caller may have just refreshed.
-                    if self.next_refresh(slot).is_some_and(|d| d <= Instant::now()) {
+                    if self
+                        .next_refresh(&slot)
+                        .is_some_and(|d| d <= Instant::now())
+                    {
                         let _ = self
-                            .refresh_locked(account, slot, Persist::BestEffort)
+                            .refresh_locked(&account, &slot, Persist::BestEffort)
                             .await;
                     }
-                } else {
-                    wake = wake.min(due);
+                    continue;
                 }
-            }
+                Some(due) => due.min(now + STORE_POLL),
+                None => now + STORE_POLL,
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
+                Ok(event) = events.recv() => {
+                    if event.account != account {
+                        continue;
+                    }
+                }
                 _ = shutdown.cancelled() => return,
             }
-            self.reload_if_changed().await;
         }
     }
 
