@@ -2,7 +2,6 @@
 //! to Exchange Online with OAuth2. `ARCHITECTURE.md` maps the modules.
 
 pub mod admin;
-pub mod atomic_file;
 pub mod cli;
 pub mod client_tls;
 pub mod config;
@@ -11,5 +10,6 @@ pub mod delivery;
 pub mod fuzzing;
 pub mod logging;
 pub mod oauth;
+pub mod private_files;
 pub mod queue;
 pub mod smtp;

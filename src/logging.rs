@@ -133,3 +133,66 @@ pub fn init_cli() {
         format: LogFormat::Text,
     });
 }
+
+/// The most characters of client-supplied text a log line or reply shows.
+pub const UNTRUSTED_MAX_CHARS: usize = 256;
+
+/// Text a client sent (user names, HELO names, addresses, parameters), for a log line or a
+/// reply: control characters, line separators and bidirectional overrides are escaped (so a
+/// newline cannot forge a log line and an escape sequence cannot recolour a terminal), a
+/// backslash is doubled (so an escape cannot be faked), and the rest is cut after
+/// [`UNTRUSTED_MAX_CHARS`] characters.
+#[derive(Debug, Clone, Copy)]
+pub struct Untrusted<'a>(pub &'a str);
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        for (count, c) in self.0.chars().enumerate() {
+            if count == UNTRUSTED_MAX_CHARS {
+                return write!(f, "…[{} more characters]", self.0.chars().count() - count);
+            }
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() || is_invisible_format(c) => {
+                    write!(f, "\\u{{{:x}}}", c as u32)?
+                }
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Characters that move or hide text without being control characters.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_text_cannot_forge_lines_or_colours() {
+        let shown =
+            Untrusted("app\n2026-11-28T00:00:00Z  WARN forged\r\x1b[31mred\\n\u{202E}").to_string();
+        assert_eq!(
+            shown,
+            "app\\n2026-11-28T00:00:00Z  WARN forged\\r\\u{1b}[31mred\\\\n\\u{202e}"
+        );
+        let long = "x".repeat(1000);
+        assert_eq!(
+            Untrusted(&long).to_string(),
+            format!("{}…[744 more characters]", "x".repeat(256))
+        );
+        assert_eq!(
+            Untrusted("printer@contoso.com").to_string(),
+            "printer@contoso.com"
+        );
+    }
+}

@@ -127,6 +127,13 @@ async fn a_spent_daily_budget_holds_mail_across_reload_stop_and_restart() {
     let took = exit_time(&mut relay, SHUTDOWN_TIMEOUT * 3);
     assert!(took < SHUTDOWN_TIMEOUT, "stop took {took:?}");
 
+    // The state directory and the saved budgets are the service user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: std::path::PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path().join("state")), 0o750);
+    assert_eq!(mode(dir.path().join("state/budgets.json")), 0o600);
+
     // After a restart the day's budget is still spent: nothing more goes out.
     let (mut relay, _, _logs) = start_binary_with_logs(&config, &env);
     let report = health_with_held_mailbox(admin).await;

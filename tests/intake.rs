@@ -562,3 +562,151 @@ async fn too_many_errors_close_the_session() {
     assert_eq!((code, &text[..5]), (421, "4.7.0"));
     assert!(client.is_closed().await);
 }
+
+/// More recipients than `max_recipients` are refused with 452 4.5.3 for the client to send
+/// in its next transaction; they are not protocol errors, so the session and the accepted
+/// recipients survive. Only an overshoot of more than 1,000 starts counting (as in Postfix).
+#[tokio::test]
+async fn recipients_over_the_limit_are_not_errors() {
+    let relay = TestRelay::start("").await; // max_recipients = 5
+    let mut client = relay.connect().await;
+    client.expect("EHLO x", 250).await;
+    client.expect("MAIL FROM:<a@b.example>", 250).await;
+    for n in 0..520 {
+        let (code, text) = client.cmd(&format!("RCPT TO:<r{n}@d.example>")).await;
+        match n {
+            0..5 => assert_eq!(code, 250, "{n}: {text}"),
+            _ => assert_eq!((code, &text[..5]), (452, "4.5.3"), "{n}: {text}"),
+        }
+    }
+    client.expect("DATA", 354).await;
+    client.send_raw(b"Subject: many\r\n\r\nx\r\n.\r\n").await;
+    assert_eq!(client.reply().await.0, 250);
+    assert_eq!(relay.queued()[0].0.envelope.recipients.len(), 5);
+
+    // Past the overshoot allowance each further one is an error, and the session ends.
+    client.expect("MAIL FROM:<a@b.example>", 250).await;
+    for n in 0..5 {
+        client
+            .expect(&format!("RCPT TO:<s{n}@d.example>"), 250)
+            .await;
+    }
+    let mut closed = None;
+    for n in 0..1100 {
+        let (code, _) = client.cmd(&format!("RCPT TO:<t{n}@d.example>")).await;
+        if code == 421 {
+            closed = Some(n);
+            break;
+        }
+    }
+    // RCPT number 1000 + max_errors - 1 is the last error allowed; its 452 is followed by
+    // the 421, which the client reads as the reply to its next command.
+    let max_errors = relay.config.server.max_errors as usize;
+    assert_eq!(closed, Some(1000 + max_errors));
+}
+
+/// Unmounts a test's tmpfs however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk refuses the message with `452 4.3.1` (insufficient system storage), keeps
+/// nothing of it, and the next message that fits is accepted. The spool is on a 1 MiB tmpfs,
+/// which takes root (as CI runs); elsewhere the test says it could not run.
+#[tokio::test]
+async fn a_full_disk_answers_452_4_3_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs"
+        );
+        eprintln!("not run: mounting a tmpfs needs root");
+        return;
+    }
+    let _mount = Mounted(small.clone());
+    let state = small.join("state");
+    let relay = TestRelay::start_with(move |_| {
+        config_text(&state, PLAIN_LISTENER, "")
+            .replace("max_message_size = \"1MiB\"", "max_message_size = \"8MiB\"")
+    })
+    .await;
+    let mut client = relay.connect().await;
+    client.expect("EHLO x", 250).await;
+    // 2 MB of 1,000-byte lines: more than the disk holds.
+    let line = format!("{}\r\n", "x".repeat(998));
+    let big = format!("Subject: big\r\n\r\n{}", line.repeat(2000));
+    let (code, text) = client
+        .send_message("a@b.example", &["c@d.example"], big.as_bytes())
+        .await;
+    assert_eq!((code, &text[..5]), (452, "4.3.1"), "{text}");
+    assert!(relay.queued().is_empty());
+    assert_eq!(
+        std::fs::read_dir(relay.spool.paths().tmp())
+            .unwrap()
+            .count(),
+        0
+    );
+    let (code, text) = client
+        .send_message(
+            "a@b.example",
+            &["c@d.example"],
+            b"Subject: small\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+}
+
+/// Other local users cannot list the queue: spool directories are 0750 (an existing wider
+/// one is narrowed) and every file the spool writes is 0600.
+#[tokio::test]
+async fn the_spool_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // Left by an older version with the umask's 0755.
+    std::fs::create_dir_all(state.join("spool/queue")).unwrap();
+    std::fs::set_permissions(
+        state.join("spool/queue"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let relay = TestRelay::start_with(move |_| config_text(&state, PLAIN_LISTENER, "")).await;
+    let mut client = relay.connect().await;
+    client.expect("EHLO x", 250).await;
+    let (code, _) = client
+        .send_message("a@b.example", &["c@d.example"], b"Subject: x\r\n\r\nx\r\n")
+        .await;
+    assert_eq!(code, 250);
+    let paths = relay.spool.paths();
+    for path in [
+        paths.root.clone(),
+        paths.tmp(),
+        paths.queue(),
+        paths.corrupt(),
+        paths.failed(),
+    ] {
+        assert_eq!(mode(&path), 0o750, "{}", path.display());
+    }
+    for entry in std::fs::read_dir(paths.queue()).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    assert_eq!(mode(&paths.root.join("lock")), 0o600);
+}

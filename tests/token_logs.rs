@@ -3,36 +3,14 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use base64::Engine;
 use common::entra::DeviceStatus;
 use common::tokens::{SECRET, TokenFixture, account};
 use smtprelay::oauth::TokenStore;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_and_tokens_never_appear_in_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let captured = common::CapturedLogs::install("trace");
 
     let (entra, exchange) = common::tokens::tenant().await;
     let upstream_dir = tempfile::tempdir().unwrap();
@@ -82,7 +60,7 @@ async fn secrets_and_tokens_never_appear_in_logs() {
     assert!(manager.access_token("user").await.is_err());
     seen.push(format!("{:?}", fx.store().load_all()));
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap() + &seen.join("\n");
+    let logs = captured.text() + &seen.join("\n");
     assert!(logs.contains("token refreshed"), "nothing was logged?");
     let mut secrets = entra.secrets();
     secrets.push(SECRET.to_owned());

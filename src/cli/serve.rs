@@ -155,6 +155,9 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
         tracing::error!("{message}");
         ExitCode::FAILURE
     };
+    let state_dir = &config.server.state_dir;
+    crate::private_files::private_dir(state_dir)
+        .map_err(|e| fail(format!("{}: {e}", state_dir.display())))?;
     let (spool, recovery) =
         Spool::open(&config.spool_dir(), config.queue.fsync).map_err(|e| fail(e.to_string()))?;
     tracing::info!(

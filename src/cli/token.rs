@@ -75,7 +75,7 @@ pub fn run(config: Config, command: TokenCommand) -> Result<ExitCode, ExitCode> 
 
 fn open_store(config: &Config) -> Result<FileStore, ExitCode> {
     let key = TokenKey::load(config.tokens.key_file.as_deref()).map_err(fail)?;
-    std::fs::create_dir_all(&config.server.state_dir)
+    crate::private_files::private_dir(&config.server.state_dir)
         .map_err(|e| fail(format!("{}: {e}", config.server.state_dir.display())))?;
     Ok(FileStore::new(
         config.server.state_dir.join(&config.tokens.file),

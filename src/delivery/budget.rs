@@ -314,7 +314,7 @@ async fn write_changes(inner: Arc<Inner>) {
             let bytes = serde_json::to_vec(&inner.snapshot()).expect("budgets serialise");
             let target = path.clone();
             let written = tokio::task::spawn_blocking(move || {
-                crate::atomic_file::atomic_write(&target, &bytes, false)
+                crate::private_files::atomic_write(&target, &bytes, false)
             })
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));

@@ -257,7 +257,7 @@ impl FileStore {
     fn replace_file(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let tmp = sibling(&self.path, ".tmp");
         let result = (|| {
-            let (file, tmp) = crate::atomic_file::write_temp(&self.path, bytes, true)?;
+            let (file, tmp) = crate::private_files::write_temp(&self.path, bytes, true)?;
             owned_like_directory(&file, &tmp)?;
             self.rotate_backups()?;
             fs::rename(&tmp, &self.path)?;

@@ -154,7 +154,7 @@ impl Spool {
             paths.corrupt(),
             paths.failed(),
         ] {
-            fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+            crate::private_files::private_dir(&dir).map_err(io_error(&dir))?;
         }
         let lock_path = paths.root.join("lock");
         let lock = OpenOptions::new()
@@ -273,7 +273,7 @@ impl Spool {
         let path = self.paths.state(id);
         let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
         let fsync = self.fsync;
-        blocking(move || crate::atomic_file::atomic_write(&path, &bytes, fsync)).await?;
+        blocking(move || crate::private_files::atomic_write(&path, &bytes, fsync)).await?;
         if self.fsync {
             self.dir_sync.sync().await?;
         }

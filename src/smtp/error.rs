@@ -19,7 +19,7 @@ pub enum SmtpError {
     BadRecipientSyntax(&'static str),
     #[error("Non-ASCII address needs the SMTPUTF8 parameter")]
     NonAsciiAddress,
-    #[error("Unsupported parameter {0}")]
+    #[error("Unsupported parameter {}", crate::logging::Untrusted(.0))]
     UnsupportedParameter(String),
     #[error("Bad sequence of commands: {0}")]
     BadSequence(&'static str),
@@ -33,7 +33,7 @@ pub enum SmtpError {
     AuthUnavailable,
     #[error("Already authenticated")]
     AlreadyAuthenticated,
-    #[error("Unsupported authentication mechanism {0}")]
+    #[error("Unsupported authentication mechanism {}", crate::logging::Untrusted(.0))]
     UnsupportedMechanism(String),
     #[error("Authentication cancelled")]
     AuthCancelled,
@@ -47,14 +47,16 @@ pub enum SmtpError {
     AuthTemporaryFailure,
     #[error("Relay access denied: authenticate or connect from a trusted network")]
     RelayDenied,
-    #[error("Sender address {0} is not allowed")]
+    #[error("Sender address {} is not allowed", crate::logging::Untrusted(.0))]
     SenderNotAllowed(String),
-    #[error("Recipient address {0} is not allowed")]
+    #[error("Recipient address {} is not allowed", crate::logging::Untrusted(.0))]
     RecipientNotAllowed(String),
     #[error("No valid recipients")]
     NoValidRecipients,
+    /// Over `max_recipients`: the client sends the rest in its next transaction. Only past
+    /// the overshoot allowance does each one count as an error, as in Postfix.
     #[error("Too many recipients")]
-    TooManyRecipients,
+    TooManyRecipients { beyond_overshoot: bool },
     #[error("Message size exceeds the fixed maximum message size")]
     MessageTooLarge,
     #[error("Too many messages from your address, try again later")]
@@ -63,6 +65,8 @@ pub enum SmtpError {
     BareNewline,
     #[error("Local error in processing, message not accepted; try again later")]
     StorageFailed,
+    #[error("Insufficient system storage, message not accepted; try again later")]
+    InsufficientStorage,
     #[error("Service shutting down, try again later")]
     ShuttingDown,
     #[error("Too many errors, closing connection")]
@@ -71,4 +75,29 @@ pub enum SmtpError {
     Timeout,
     #[error("Too many connections, try again later")]
     TooManyConnections,
+}
+
+impl SmtpError {
+    /// The refusal for a message the spool could not take: a full disk or quota is the
+    /// `452 4.3.1` that clients and monitoring recognise; anything else a local error.
+    pub fn from_storage(error: &std::io::Error) -> SmtpError {
+        match error.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                SmtpError::InsufficientStorage
+            }
+            _ => SmtpError::StorageFailed,
+        }
+    }
+
+    /// Whether the refusal counts towards `max_errors`: a client that is lost or probing gets
+    /// no unlimited tries, but one that sends more recipients than we take is doing nothing
+    /// wrong (RFC 5321 4.5.3.1.10) until it overshoots by a lot.
+    pub fn counts_as_error(&self) -> bool {
+        !matches!(
+            self,
+            SmtpError::TooManyRecipients {
+                beyond_overshoot: false
+            }
+        )
+    }
 }

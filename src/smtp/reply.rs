@@ -87,11 +87,12 @@ impl From<&SmtpError> for Reply {
             SenderNotAllowed(_) => (550, "5.7.1"),
             RecipientNotAllowed(_) => (550, "5.7.1"),
             NoValidRecipients => (554, "5.5.1"),
-            TooManyRecipients => (452, "4.5.3"),
+            TooManyRecipients { .. } => (452, "4.5.3"),
             MessageTooLarge => (552, "5.3.4"),
             RateLimited => (450, "4.7.0"),
             BareNewline => (550, "5.6.0"),
             StorageFailed => (451, "4.3.0"),
+            InsufficientStorage => (452, "4.3.1"),
             ShuttingDown => (421, "4.3.0"),
             TooManyErrors => (421, "4.7.0"),
             Timeout => (421, "4.4.2"),
@@ -128,7 +129,9 @@ mod tests {
     fn every_error_reply_has_an_enhanced_code_of_its_class() {
         let reply = Reply::from(&SmtpError::RelayDenied);
         assert_eq!((reply.code, reply.status), (554, "5.7.1"));
-        let reply = Reply::from(&SmtpError::TooManyRecipients);
+        let reply = Reply::from(&SmtpError::TooManyRecipients {
+            beyond_overshoot: false,
+        });
         assert_eq!(reply.status.as_bytes()[0], b'4');
     }
 }

@@ -3,6 +3,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{End, Flow, Session};
+use crate::logging::Untrusted;
 use crate::smtp::error::SmtpError;
 use crate::smtp::line::Line;
 use crate::smtp::reply::Reply;
@@ -47,7 +48,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 Ok(Flow::Continue)
             }
             Err(error) => {
-                tracing::warn!(peer = %self.peer, user = %username, "authentication failed");
+                tracing::warn!(peer = %self.peer, user = %Untrusted(&username), "authentication failed");
                 self.refuse(error)
             }
         }

@@ -68,7 +68,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             && let Err(e) = w.write(received_header.as_bytes()).await
         {
             tracing::error!(error = %e, "cannot write to the spool");
-            refusal = Some(SmtpError::StorageFailed);
+            refusal = Some(SmtpError::from_storage(&e));
             writer = None;
         }
 
@@ -89,7 +89,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     && let Err(e) = w.write(&content).await
                 {
                     tracing::error!(error = %e, "cannot write to the spool");
-                    refusal = Some(SmtpError::StorageFailed);
+                    refusal = Some(SmtpError::from_storage(&e));
                     writer = None;
                 }
                 if receiver.is_done() {
@@ -121,7 +121,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let envelope_log = (
             writer.content_len(),
             id,
-            format!("<{}>", writer.envelope().sender),
+            format!("<{}>", crate::logging::Untrusted(&writer.envelope().sender)),
             writer.envelope().recipients.len(),
         );
         match writer.commit().await {
@@ -137,7 +137,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
             Err(e) => {
                 tracing::error!(queue_id = %envelope_log.1, error = %e, "cannot commit to the spool");
-                Ok(Err(SmtpError::StorageFailed))
+                Ok(Err(SmtpError::from_storage(&e)))
             }
         }
     }

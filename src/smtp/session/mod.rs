@@ -75,6 +75,8 @@ struct Transaction {
     sender: String,
     params: MailParams,
     recipients: Vec<String>,
+    /// RCPTs refused for being over `max_recipients`.
+    overshoot: usize,
 }
 
 pub struct Session<IO> {
@@ -207,6 +209,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     fn refuse(&mut self, error: SmtpError) -> Result<Flow, End> {
         tracing::debug!(peer = %self.peer, %error, "command refused");
         self.push(Reply::from(&error));
+        if !error.counts_as_error() {
+            return Ok(Flow::Continue);
+        }
         self.errors += 1;
         if self.errors >= self.config().server.max_errors {
             return Err(End::Reply(SmtpError::TooManyErrors));

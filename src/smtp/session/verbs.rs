@@ -10,6 +10,10 @@ use crate::smtp::command::MailParams;
 use crate::smtp::error::SmtpError;
 use crate::smtp::reply::Reply;
 
+/// Recipients past `max_recipients` a client may send before each further one counts as an
+/// error (Postfix's smtpd_recipient_overshoot_limit).
+const RECIPIENT_OVERSHOOT: usize = 1000;
+
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) fn ehlo(&mut self, name: String, extended: bool) -> Reply {
         // RFC 5321 4.1.4: EHLO resets the transaction like RSET.
@@ -81,6 +85,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             sender,
             params,
             recipients: Vec::new(),
+            overshoot: 0,
         });
         Ok(reply)
     }
@@ -96,7 +101,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return Err(SmtpError::RelayDenied);
         }
         if transaction.recipients.len() >= max_recipients {
-            return Err(SmtpError::TooManyRecipients);
+            transaction.overshoot += 1;
+            return Err(SmtpError::TooManyRecipients {
+                beyond_overshoot: transaction.overshoot > RECIPIENT_OVERSHOOT,
+            });
         }
         if !transaction.params.smtputf8 && !recipient.is_ascii() {
             return Err(SmtpError::NonAsciiAddress);

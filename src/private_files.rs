@@ -1,9 +1,10 @@
-//! Replacing a small state file atomically: a reader (or a restart after a crash) sees the old
-//! contents or the new, never a mix.
+//! The relay's own files under `state_dir`, which only the service user may read: directories
+//! 0750, files 0600, and small state files replaced atomically (a reader, or a restart after a
+//! crash, sees the old contents or the new, never a mix).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` through `<path>.tmp` (mode 0600) and a rename. With `sync`, the
@@ -31,4 +32,19 @@ pub fn write_temp(path: &Path, bytes: &[u8], sync: bool) -> io::Result<(File, Pa
         file.sync_data()?;
     }
     Ok((file, tmp))
+}
+
+/// Creates `path` (and its parents) as a private directory, 0750: others may not even list
+/// it (queue IDs, account names). An existing one wider than that is narrowed; one narrower
+/// (0700) is left as it is.
+pub fn private_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(path)?;
+    let mode = fs::metadata(path)?.permissions().mode() & 0o7777;
+    if mode & !0o750 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o750))?;
+    }
+    Ok(())
 }
