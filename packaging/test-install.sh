@@ -24,6 +24,7 @@ mirror=${SMTPRELAY_TEST_MIRROR:-http://deb.debian.org/debian}
 missing=()
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v rpm >/dev/null || missing+=(rpm)
+command -v cpio >/dev/null || missing+=(cpio)   # unpacks the rpm to look at its binary
 command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

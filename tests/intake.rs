@@ -710,3 +710,119 @@ async fn the_spool_is_private() {
     }
     assert_eq!(mode(&paths.root.join("lock")), 0o600);
 }
+
+/// A relay whose `[server]` settings are replaced as `replace` says (from, to).
+async fn relay_with_server(replace: &[(&str, &str)], extra: &str) -> TestRelay {
+    let replace: Vec<(String, String)> = replace
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let extra = extra.to_owned();
+    TestRelay::start_with(move |state| {
+        let mut text = config_text(state, PLAIN_LISTENER, &extra);
+        for (from, to) in &replace {
+            assert!(text.contains(from.as_str()), "{from}");
+            text = text.replace(from.as_str(), to);
+        }
+        text
+    })
+    .await
+}
+
+/// Sends `bytes` one at a time, `gap` apart, until the relay closes the connection; returns
+/// how long that took and what the relay said last.
+async fn trickle(
+    client: &mut Client,
+    bytes: &[u8],
+    gap: std::time::Duration,
+) -> (std::time::Duration, (u16, String)) {
+    let start = std::time::Instant::now();
+    for byte in bytes {
+        if client.try_send_raw(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(gap).await;
+        if client.has_input().await {
+            break;
+        }
+    }
+    (start.elapsed(), client.reply().await)
+}
+
+/// A client that sends a byte now and then is cut off when its command has taken
+/// `command_timeout` (old behaviour: every byte restarted the timer, so never).
+#[tokio::test]
+async fn a_trickled_command_is_cut_at_the_command_timeout() {
+    let relay = relay_with_server(
+        &[("command_timeout = \"10s\"", "command_timeout = \"2s\"")],
+        "",
+    )
+    .await;
+    let mut client = relay.connect().await;
+    client.expect("EHLO x", 250).await;
+    let command = b"MAIL FROM:<a-rather-long-sender-address@b.example>\r\n";
+    let (took, (code, text)) =
+        trickle(&mut client, command, std::time::Duration::from_millis(200)).await;
+    assert_eq!((code, &text[..5]), (421, "4.4.2"), "{text}");
+    // Cut at about 2 s, well before the 10 s the whole command would take.
+    assert!(took < std::time::Duration::from_secs(6), "{took:?}");
+}
+
+/// DATA must keep up `min_data_rate`: a message trickled a byte at a time is cut after about
+/// `data_timeout`, however long it would take.
+#[tokio::test]
+async fn trickled_data_is_cut_by_the_minimum_rate() {
+    let relay = relay_with_server(&[("data_timeout = \"10s\"", "data_timeout = \"2s\"")], "").await;
+    let mut client = relay.connect().await;
+    client.expect("EHLO x", 250).await;
+    client.expect("MAIL FROM:<a@b.example>", 250).await;
+    client.expect("RCPT TO:<c@d.example>", 250).await;
+    client.expect("DATA", 354).await;
+    let body = [b'x'; 200];
+    let (took, (code, text)) =
+        trickle(&mut client, &body, std::time::Duration::from_millis(100)).await;
+    assert_eq!((code, &text[..5]), (421, "4.4.2"), "{text}");
+    assert!(took < std::time::Duration::from_secs(6), "{took:?}");
+    assert!(relay.queued().is_empty());
+}
+
+/// One client address may hold `max_connections_per_client` sessions; the next is refused
+/// with 421 4.7.0 (others are not), and an exempt network has no such limit.
+#[tokio::test]
+async fn connections_per_client_are_limited_unless_exempt() {
+    let relay = relay_with_server(
+        &[(
+            "max_recipients = 5",
+            "max_recipients = 5\nmax_connections_per_client = 3",
+        )],
+        "",
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(relay.connect().await);
+    }
+    let fourth = relay.connect().await;
+    let (code, text) = fourth.greeting.clone();
+    assert_eq!((code, &text[..5]), (421, "4.7.0"), "{text}");
+    assert!(text.contains("from your address"), "{text}");
+    // A slot comes free when a session ends.
+    held.pop().unwrap().expect("QUIT", 221).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    held.push(relay.connect().await);
+    assert_eq!(held[2].greeting.0, 220);
+
+    let exempt = relay_with_server(
+        &[(
+            "max_recipients = 5",
+            "max_recipients = 5\nmax_connections_per_client = 3",
+        )],
+        "[access]\nconnection_limit_exempt = [\"127.0.0.0/8\"]\n",
+    )
+    .await;
+    let mut many = Vec::new();
+    for _ in 0..10 {
+        many.push(exempt.connect().await);
+    }
+    assert!(many.iter().all(|c| c.greeting.0 == 220));
+}

@@ -2,10 +2,11 @@
 //! (version 0.0.4). Gauges that describe the present (queue depth, token expiry) are read
 //! from their owners when scraped, not kept here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the delivery latency histogram: queue arrival to upstream 250.
@@ -21,6 +22,8 @@ pub struct Metrics {
     pub messages_refused_total: AtomicU64,
     accounts: Mutex<BTreeMap<String, AccountCounters>>,
     last_delivery: Mutex<Option<LastDelivery>>,
+    /// Open sessions per client address.
+    clients: Mutex<HashMap<IpAddr, usize>>,
 }
 
 #[derive(Default, Clone)]
@@ -67,6 +70,25 @@ impl Metrics {
 
     pub fn session_ended(&self) {
         self.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a new session from `client` unless it has `limit` open already (the process's
+    /// count, like `try_session_start`); the count ends with the returned guard.
+    pub fn try_client_session(
+        self: &Arc<Self>,
+        client: IpAddr,
+        limit: usize,
+    ) -> Option<ClientSession> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let open = clients.entry(client).or_insert(0);
+        if *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(ClientSession {
+            metrics: Arc::clone(self),
+            client,
+        })
     }
 
     pub fn delivery(&self, account: &str, outcome: Outcome, reply: Option<String>) {
@@ -220,4 +242,26 @@ pub fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// One open session of a client address, counted until dropped.
+pub struct ClientSession {
+    metrics: Arc<Metrics>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSession {
+    fn drop(&mut self) {
+        let mut clients = self
+            .metrics
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = clients.get_mut(&self.client) {
+            *open -= 1;
+            if *open == 0 {
+                clients.remove(&self.client);
+            }
+        }
+    }
 }

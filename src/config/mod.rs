@@ -59,8 +59,16 @@ pub struct ServerConfig {
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_connections: usize,
+    /// Sessions one client address may have open at once (outside `connection_limit_exempt`).
+    pub max_connections_per_client: usize,
+    /// The longest one command line may take to arrive, counted from when the relay waits
+    /// for it (not from each byte: a client that trickles cannot keep a slot).
     pub command_timeout: Duration,
+    /// The longest DATA may wait for more bytes; the whole of DATA must also keep up
+    /// `min_data_rate`.
     pub data_timeout: Duration,
+    /// Bytes per second DATA must average (Postfix's smtpd_min_data_rate).
+    pub min_data_rate: u64,
     pub bare_newline: BareNewline,
     /// How long a shutdown waits for sessions in DATA to finish before cutting them off.
     pub shutdown_timeout: Duration,
@@ -151,6 +159,9 @@ pub struct AccessConfig {
     pub allowed_recipients: Vec<AddressGlob>,
     pub client_rate: Rate,
     pub auth_failure_limit: Rate,
+    /// Client networks `max_connections_per_client` does not apply to (a NAT gateway that
+    /// all the office's printers come through, say).
+    pub connection_limit_exempt: Vec<IpNet>,
 }
 
 #[derive(Clone)]
@@ -356,6 +367,10 @@ fn read_server(section: Option<Section>) -> ServerConfig {
             .unwrap_or(35 << 20),
         max_recipients: s.and_then(|s| s.get("max_recipients")).unwrap_or(500),
         max_connections: s.and_then(|s| s.get("max_connections")).unwrap_or(1000),
+        max_connections_per_client: s
+            .and_then(|s| s.get("max_connections_per_client"))
+            .unwrap_or(50),
+        min_data_rate: s.and_then(|s| s.get("min_data_rate")).unwrap_or(500),
         command_timeout: duration("command_timeout", "5m"),
         data_timeout: duration("data_timeout", "10m"),
         bare_newline: s
@@ -373,6 +388,12 @@ fn read_server(section: Option<Section>) -> ServerConfig {
         }
         if server.max_connections == 0 {
             s.report("max_connections", "must be at least 1");
+        }
+        if server.max_connections_per_client == 0 {
+            s.report("max_connections_per_client", "must be at least 1");
+        }
+        if server.min_data_rate == 0 {
+            s.report("min_data_rate", "must be at least 1 (bytes per second)");
         }
         if server.max_message_size < 1024 {
             s.report("max_message_size", "must be at least 1KiB");
@@ -454,6 +475,9 @@ fn read_access(section: Option<Section>) -> AccessConfig {
         allowed_recipients: globs("allowed_recipients"),
         client_rate: rate("client_rate", "120/min"),
         auth_failure_limit: rate("auth_failure_limit", "10/15min"),
+        connection_limit_exempt: s
+            .and_then(|s| s.parse_list("connection_limit_exempt", parse_network))
+            .unwrap_or_default(),
     };
     if let Some(s) = section {
         s.finish();

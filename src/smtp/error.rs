@@ -75,6 +75,8 @@ pub enum SmtpError {
     Timeout,
     #[error("Too many connections, try again later")]
     TooManyConnections,
+    #[error("Too many connections from your address, try again later")]
+    TooManyConnectionsFromClient,
 }
 
 impl SmtpError {

@@ -173,10 +173,33 @@ async fn accept_loop(
             continue;
         }
         let counted = SessionCount(Arc::clone(&intake.metrics));
+        let client = peer.ip().to_canonical();
+        let exempt = intake
+            .config
+            .access
+            .connection_limit_exempt
+            .iter()
+            .any(|net| net.contains(&client));
+        let per_client = match exempt {
+            true => None,
+            false => match intake
+                .metrics
+                .try_client_session(client, intake.config.server.max_connections_per_client)
+            {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::warn!(%peer, limit = intake.config.server.max_connections_per_client,
+                        "connection refused: too many from this address");
+                    drop(counted);
+                    sessions.spawn(refuse(socket, SmtpError::TooManyConnectionsFromClient));
+                    continue;
+                }
+            },
+        };
         let intake = Arc::clone(&intake);
         let listen = Arc::clone(&listen);
         sessions.spawn(async move {
-            let _counted = counted;
+            let _counted = (counted, per_client);
             let stream = match listen.tls {
                 ListenTls::Implicit => {
                     let Some(acceptor) = intake.tls.clone() else {

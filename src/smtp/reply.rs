@@ -96,7 +96,7 @@ impl From<&SmtpError> for Reply {
             ShuttingDown => (421, "4.3.0"),
             TooManyErrors => (421, "4.7.0"),
             Timeout => (421, "4.4.2"),
-            TooManyConnections => (421, "4.7.0"),
+            TooManyConnections | TooManyConnectionsFromClient => (421, "4.7.0"),
         };
         Reply::new(code, status, error.to_string())
     }

@@ -324,6 +324,28 @@ impl Client {
         self.io().write_all(bytes).await.unwrap();
     }
 
+    /// Like `send_raw`, for a test that expects the server may have closed the connection.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io().write_all(bytes).await
+    }
+
+    /// Whether the server has said something (or closed) that no reply has read yet; waits
+    /// a moment for it.
+    pub async fn has_input(&mut self) -> bool {
+        if !self.buffer.is_empty() {
+            return true;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(10), self.io().read(&mut chunk)).await {
+            Ok(Ok(n)) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Ok(Err(_)) => true,
+            Err(_) => false,
+        }
+    }
+
     pub async fn send(&mut self, line: &str) {
         let mut bytes = line.as_bytes().to_vec();
         bytes.extend_from_slice(b"\r\n");

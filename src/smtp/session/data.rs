@@ -1,9 +1,10 @@
 //! DATA: streams the message through the [`DataReceiver`] into the spool and answers 250 only
 //! once the spool says the message is durable.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use super::{End, Flow, Session, Transaction};
 use crate::config::BareNewline;
@@ -41,6 +42,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     async fn receive(&mut self, transaction: Transaction) -> Result<Result<Reply, SmtpError>, End> {
         let max_size = self.config().server.max_message_size;
         let data_timeout = self.config().server.data_timeout;
+        let min_rate = self.config().server.min_data_rate.max(1) as f64;
+        // The content must keep up `min_data_rate`: every byte buys 1/min_rate seconds, and
+        // no wait for more may be longer than `data_timeout`. A client that trickles a byte
+        // now and then is cut off after about `data_timeout`.
+        let mut deadline = Instant::now() + data_timeout;
         let id = QueueId::generate();
         let received_header = self.received_header(id, &transaction);
         let envelope = Envelope {
@@ -80,6 +86,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 content.clear();
                 let consumed = receiver.feed(self.input.pending(), &mut content);
                 self.input.consume(consumed);
+                deadline = (deadline + Duration::from_secs_f64(consumed as f64 / min_rate))
+                    .min(Instant::now() + data_timeout);
                 size += content.len() as u64;
                 if size > max_size && refusal.is_none() {
                     refusal = Some(SmtpError::MessageTooLarge);
@@ -97,8 +105,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 }
             }
             self.flush().await?;
-            self.read_more(data_timeout, false, super::DATA_READ)
-                .await?;
+            self.read_more(deadline, false, super::DATA_READ).await?;
         }
 
         // Give back DATA's larger buffer: sessions often idle between messages.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -235,21 +236,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     }
 
     /// The next command line, flushing replies first when none is buffered.
+    /// The next command line. The whole line must arrive within `command_timeout` of when
+    /// the relay starts waiting for it: a client that sends a byte now and then cannot hold
+    /// its connection slot for longer.
     async fn next_line(&mut self, interruptible: bool) -> Result<Line, End> {
+        let deadline = Instant::now() + self.config().server.command_timeout;
         loop {
             if let Some(line) = self.input.next_line() {
                 return Ok(line);
             }
             self.flush().await?;
-            let timeout = self.config().server.command_timeout;
-            self.read_more(timeout, interruptible, COMMAND_READ).await?;
+            self.read_more(deadline, interruptible, COMMAND_READ)
+                .await?;
         }
     }
 
-    /// Reads more input. With `interruptible`, a shutdown ends the wait with 421.
+    /// Reads more input, until `deadline` at the latest. With `interruptible`, a shutdown ends
+    /// the wait with 421.
     async fn read_more(
         &mut self,
-        timeout: Duration,
+        deadline: Instant,
         interruptible: bool,
         chunk: usize,
     ) -> Result<(), End> {
@@ -259,7 +265,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         }
         let spare = self.input.spare(chunk);
         let result = tokio::select! {
-            read = tokio::time::timeout(timeout, self.stream.read(spare)) => match read {
+            read = tokio::time::timeout_at(deadline, self.stream.read(spare)) => match read {
                 Ok(Ok(0)) => Err(End::ClientGone),
                 Ok(Ok(n)) => Ok(n),
                 Ok(Err(e)) => Err(End::Io(e)),
