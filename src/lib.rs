@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cli;
 pub mod client_tls;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 #[doc(hidden)]

@@ -99,7 +99,7 @@ async fn a_spent_daily_budget_holds_mail_across_reload_stop_and_restart() {
     assert_eq!(held["messages"], 1, "{report}");
     // Sending resumes a day after the first send.
     let until = held["until"].as_u64().unwrap();
-    let now = smtprelay::oauth::manager::unix_now();
+    let now = smtprelay::clock::unix_secs();
     assert!(
         until > now + 86_000 && until <= now + 86_401,
         "{until} vs {now}"

@@ -10,8 +10,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::unix_secs as unix_now;
 use crate::config::Config;
-use crate::oauth::manager::{Health, TokenManager, unix_now};
+use crate::oauth::manager::{Health, TokenManager};
 use crate::queue::{Envelope, QueueId, Spool};
 
 /// How often conditions are looked at when nothing else prompts it.

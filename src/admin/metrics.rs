@@ -121,7 +121,7 @@ impl Metrics {
             account: account.to_owned(),
             result,
             reply,
-            at: crate::oauth::manager::unix_now(),
+            at: crate::clock::unix_secs(),
         });
     }
 

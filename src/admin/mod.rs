@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::oauth::manager::{AccountStatus, Health, TokenManager, unix_now};
+use crate::oauth::manager::{AccountStatus, Health, TokenManager};
 use crate::queue::Spool;
 pub use metrics::Metrics;
 
@@ -129,7 +129,7 @@ struct QueueReport {
 }
 
 fn queue_report(spool: &Spool) -> QueueReport {
-    let now_ms = unix_now() * 1000;
+    let now_ms = crate::clock::unix_ms();
     QueueReport {
         depth: spool.len(),
         oldest_age_seconds: spool

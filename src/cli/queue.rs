@@ -2,7 +2,7 @@
 
 use super::output::{errln, outln};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -30,9 +30,7 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
         errln!("error: cannot read {}: {e}", paths.queue().display());
         ExitCode::FAILURE
     })?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::clock::unix_ms();
     let rows: Vec<Row> = scan
         .messages
         .iter()
@@ -158,9 +156,7 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
     let envelope = &file.envelope;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::clock::unix_ms();
     outln!("id:          {id} ({place})");
     outln!(
         "received:    {} ago from [{}] (HELO {}{})",

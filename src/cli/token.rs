@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::clock::unix_secs as unix_now;
 use crate::config::{Config, Flow};
 use crate::oauth::check::token_test;
 use crate::oauth::http::TokenClient;
-use crate::oauth::manager::{AccountStatus, TokenManager, unix_now};
+use crate::oauth::manager::{AccountStatus, TokenManager};
 use crate::oauth::{FileStore, TokenKey, TokenStore};
 
 #[derive(clap::Subcommand, Debug)]

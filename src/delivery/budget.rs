@@ -11,7 +11,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -145,12 +145,6 @@ struct SavedWindows {
 
 const FORMAT_VERSION: u32 = 1;
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn key(mailbox: &str) -> String {
     mailbox.to_ascii_lowercase()
 }
@@ -177,12 +171,9 @@ impl LocalBudget {
                 saved.version
             ));
         }
-        // Saved times are wall-clock; the windows count in monotonic time.
-        let (now, now_ms) = (Instant::now(), unix_ms());
-        let instant = |ms: u64| {
-            now.checked_sub(Duration::from_millis(now_ms.saturating_sub(ms)))
-                .unwrap_or(now)
-        };
+        // Saved times are wall-clock; the windows count in monotonic time. A time in the
+        // future (the clock was set back) counts from now.
+        let instant = |ms: u64| crate::clock::instant_at_unix_ms(ms).min(Instant::now());
         let restore = |entries: Vec<(u64, u64)>| {
             SlidingWindow::with_finished(
                 entries
@@ -270,10 +261,8 @@ impl Inner {
 
     /// The file's contents now; idle mailboxes are dropped on the way.
     fn snapshot(&self) -> Saved {
-        let (now, now_ms) = (Instant::now(), unix_ms());
-        let wall = |at: Instant| {
-            now_ms.saturating_sub(now.saturating_duration_since(at).as_millis() as u64)
-        };
+        let now = Instant::now();
+        let wall = crate::clock::unix_ms_at;
         let mut mailboxes = self.lock();
         mailboxes.retain(|_, w| {
             let period = w.rate_period;

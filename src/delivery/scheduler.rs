@@ -8,7 +8,7 @@
 //! flight (hold, delete) is carried out when the worker gives the message back.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -129,7 +129,7 @@ impl Delivery {
                 let now = Instant::now();
                 for (file, state) in startup {
                     if !state.held {
-                        self.add(&mut schedule, &file, instant_of_ms(state.next_attempt_ms), now);
+                        self.add(&mut schedule, &file, crate::clock::instant_at_unix_ms(state.next_attempt_ms), now);
                     }
                 }
             }
@@ -343,7 +343,8 @@ async fn queued_messages(spool: Arc<Spool>) -> Vec<(MessageFile, DeliveryState)>
                         tracing::error!(queue_id = %file.envelope.id, error = %e,
                             "unreadable delivery state; retrying later");
                         let mut state = DeliveryState::new(&file.envelope);
-                        state.next_attempt_ms = unix_ms() + MAX_SLEEP.as_millis() as u64;
+                        state.next_attempt_ms =
+                            crate::clock::unix_ms() + MAX_SLEEP.as_millis() as u64;
                         state
                     }
                 };
@@ -374,14 +375,4 @@ async fn set_held(spool: &Arc<Spool>, file: &MessageFile, held: bool) -> Result<
         .save_state(file.envelope.id, &state)
         .await
         .map_err(|e| e.to_string())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn instant_of_ms(at_ms: u64) -> Instant {
-    Instant::now() + Duration::from_millis(at_ms.saturating_sub(unix_ms()))
 }

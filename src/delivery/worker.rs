@@ -5,7 +5,7 @@
 //! transport's waits for a token or a connection end when delivery stops.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -76,12 +76,6 @@ pub async fn run(
         }
     }
     transport.close().await;
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Why a message was not (fully) sent on this attempt.
@@ -156,7 +150,7 @@ async fn process(
         &mut state,
         &shared.config.queue,
         file.envelope.received_at,
-        now_ms(),
+        crate::clock::unix_ms(),
     ) {
         Disposition::Finished => finish(shared, lane, &file, &mut state).await,
         Disposition::GaveUp => {
@@ -336,7 +330,7 @@ async fn finish(
     let outcome = if failed > 0 {
         Outcome::Bounced
     } else {
-        let age = now_ms().saturating_sub(envelope.received_at);
+        let age = crate::clock::unix_ms().saturating_sub(envelope.received_at);
         Outcome::Delivered {
             latency: Duration::from_millis(age),
         }

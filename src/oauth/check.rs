@@ -7,7 +7,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
-use super::manager::{TokenManager, unix_now};
+use super::manager::TokenManager;
+use crate::clock::unix_secs as unix_now;
 use crate::config::Flow;
 use crate::delivery::UpstreamConnection;
 use crate::delivery::client::explain_client_error;

@@ -2,7 +2,6 @@
 //! JWT client assertion signed with a certificate's private key (RFC 7523, as Entra wants it).
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -120,9 +119,7 @@ impl CertificateKey {
 
     /// A fresh signed assertion: `aud` is the token endpoint, `iss` = `sub` = the client ID.
     pub fn assertion(&self, client_id: &str, audience: &str) -> Result<String, TokenError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::clock::unix_secs();
         let rng = SystemRandom::new();
         let mut jti = [0u8; 16];
         rng.fill(&mut jti)

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -437,7 +437,7 @@ impl TokenManager {
         login: bool,
         persist: Persist,
     ) -> Result<AccessToken, TokenError> {
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         let lifetime = Duration::from_secs(response.expires_in);
         let mut tokens = lock(&slot.state).tokens.clone();
         let rotated =
@@ -714,7 +714,7 @@ impl TokenManager {
     }
 
     pub fn statuses(&self) -> Vec<AccountStatus> {
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         self.slots
             .iter()
             .map(|(account, slot)| {
@@ -780,23 +780,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// The Tokio instant at which a Unix time falls (in the past if it has passed).
+/// The Tokio instant at which a Unix time in seconds falls.
 fn instant_of(unix: u64) -> Instant {
-    let now = unix_now();
-    let now_instant = Instant::now();
-    if unix >= now {
-        now_instant + Duration::from_secs(unix - now)
-    } else {
-        now_instant
-            .checked_sub(Duration::from_secs(now - unix))
-            .unwrap_or(now_instant)
-    }
+    crate::clock::instant_at_unix_ms(unix.saturating_mul(1000))
 }
 
 fn unix_of(at: Instant, now_unix: u64) -> u64 {

@@ -49,9 +49,7 @@ impl Envelope {
     pub fn from_relay(recipient: &str, hostname: &str, smtputf8: bool) -> Envelope {
         Envelope {
             id: QueueId::generate(),
-            received_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            received_at: crate::clock::unix_ms(),
             sender: String::new(),
             recipients: vec![recipient.to_owned()],
             smtputf8,

@@ -1,7 +1,7 @@
 //! DATA: streams the message through the [`DataReceiver`] into the spool and answers 250 only
 //! once the spool says the message is durable.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -51,7 +51,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let received_header = self.received_header(id, &transaction);
         let envelope = Envelope {
             id,
-            received_at: unix_ms(),
+            received_at: crate::clock::unix_ms(),
             sender: transaction.sender,
             recipients: transaction.recipients,
             smtputf8: transaction.params.smtputf8,
@@ -193,10 +193,4 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             chrono::Utc::now().to_rfc2822(),
         )
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
