@@ -43,7 +43,9 @@ target/release/examples/bench_upstream "$UP_PORT" "$TOKEN_PORT" "$work/up" > "$w
 pids+=($!)
 echo "bench-secret" > "$work/secret"
 sleep 0.5
-cat > "$work/relay.toml" <<CONF
+# shellcheck source=benchmarks/account.sh
+. benchmarks/account.sh
+{ cat <<CONF
 [server]
 hostname = "relay.bench.internal"
 state_dir = "$work/relay"
@@ -56,22 +58,9 @@ client_rate = "1000000/s"
 fsync = true
 [log]
 level = "warn"
-[[account]]
-name = "bench"
-provider = "generic"
-token_endpoint = "http://127.0.0.1:$TOKEN_PORT/token"
-client_id = "bench"
-flow = "client_credentials"
-client_secret_file = "$work/secret"
-mailbox = "relay@bench.internal"
-[account.upstream]
-host = "localhost"
-port = $UP_PORT
-ca_file = "$work/up/ca.pem"
-max_connections = $CONNECTIONS
-rate = "100000000/min"
-daily_recipients = 100000000
 CONF
+bench_account "$work" "$TOKEN_PORT" "$UP_PORT" "$CONNECTIONS"
+} > "$work/relay.toml"
 SMTPRELAY_TOKEN_KEY=$(openssl rand -hex 32) target/release/smtprelay serve --config "$work/relay.toml" &
 relay_pid=$!
 pids+=($relay_pid)
@@ -100,10 +89,13 @@ pf=$(end_to_end "$PF_PORT" "$work/postfix/queue/incoming" "$work/postfix/queue/a
 # shellcheck source=benchmarks/proc.sh
 . benchmarks/proc.sh
 reset_peak "$relay_pid"
+cpu_before=$(cpu_ms "$relay_pid")
 relay=$(end_to_end "$RELAY_PORT" "$work/relay/spool/queue")
+cpu=$(( $(cpu_ms "$relay_pid") - cpu_before ))
 peak=$(status "$relay_pid" VmHWM)
 kill "$(pgrep -f examples/bench_upstream)"
 sleep 0.3
 echo "postfix → smtp-sink (plain SMTP, no auth):          $pf msg/s"
 echo "smtprelay → upstream (STARTTLS + XOAUTH2):           $relay msg/s, $(python3 -c "print(f'{$relay / $pf:.2f}')")x postfix, peak RSS $((peak / 1024)) MB"
+echo "relay CPU: $cpu ms for $MESSAGES messages = $(python3 -c "print(f'{$cpu * 1000 / $MESSAGES:.0f}')") µs/message"
 echo "upstream received: $(cat "$work/up.count")"

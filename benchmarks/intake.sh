@@ -38,6 +38,7 @@ cat > "$work/relay.toml" <<EOF
 hostname = "relay.bench.internal"
 state_dir = "$work/relay"
 max_connections = 2000
+max_connections_per_client = 2000       # the idle-connection test opens 1,000 from 127.0.0.1
 max_message_size = "150MiB"
 [[listen]]
 address = "127.0.0.1:$RELAY_PORT"

@@ -8,7 +8,7 @@
 //! large backlog costs nothing while it waits. Every wait is a time in one ordered timer
 //! queue, so finding what is due never scans the waiting messages.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -97,6 +97,8 @@ pub struct BlockedMailbox {
 
 pub struct Schedule {
     entries: HashMap<QueueId, Entry>,
+    /// One copy of each mailbox name, shared by its messages.
+    names: HashSet<Arc<str>>,
     timers: BTreeSet<(Instant, Timer)>,
     lanes: Vec<LaneQueue>,
 }
@@ -114,6 +116,7 @@ impl Schedule {
     pub fn new(max_in_flight: impl IntoIterator<Item = usize>) -> Schedule {
         Schedule {
             entries: HashMap::new(),
+            names: HashSet::new(),
             timers: BTreeSet::new(),
             lanes: max_in_flight
                 .into_iter()
@@ -149,10 +152,23 @@ impl Schedule {
 
     /// A message to deliver at `due` (now or earlier: at once) as `mailbox` of `lane`.
     /// One the schedule already has is left where it is.
-    pub fn add(&mut self, id: QueueId, lane: usize, mailbox: Arc<str>, due: Instant, now: Instant) {
+    pub fn add(&mut self, id: QueueId, lane: usize, mailbox: &str, due: Instant, now: Instant) {
         if self.entries.contains_key(&id) {
             return;
         }
+        let mailbox = match self.names.get(mailbox) {
+            Some(name) => Arc::clone(name),
+            None => {
+                // Names nothing refers to any more (senders of `{sender}` accounts come and
+                // go) are dropped now and then, so the set stays the size of the queue.
+                if self.names.len() > 2 * self.entries.len() + 64 {
+                    self.names.retain(|name| Arc::strong_count(name) > 1);
+                }
+                let name: Arc<str> = mailbox.into();
+                self.names.insert(Arc::clone(&name));
+                name
+            }
+        };
         self.entries.insert(
             id,
             Entry {
@@ -445,7 +461,7 @@ mod tests {
         let mut s = Schedule::new([2]);
         let ids = ids(5);
         for id in &ids {
-            s.add(*id, 0, "m".into(), now, now);
+            s.add(*id, 0, "m", now, now);
         }
         assert_eq!(drain(&mut s), vec![(0, ids[0]), (0, ids[1])]);
         s.returned(ids[0], Report::Done);
@@ -458,9 +474,9 @@ mod tests {
         let now = Instant::now();
         let mut s = Schedule::new([1]);
         let [a1, a2, b1] = ids(3).try_into().unwrap();
-        s.add(a1, 0, "a".into(), now, now);
-        s.add(a2, 0, "a".into(), now, now);
-        s.add(b1, 0, "b".into(), now, now);
+        s.add(a1, 0, "a", now, now);
+        s.add(a2, 0, "a", now, now);
+        s.add(b1, 0, "b", now, now);
         assert_eq!(s.next_dispatch(), Some((0, a1)));
         let until = now + Duration::from_secs(60);
         s.returned(a1, Report::Blocked(until, Block::Budget(Window::Daily)));
@@ -482,8 +498,8 @@ mod tests {
         let now = Instant::now();
         let mut s = Schedule::new([4]);
         let [a, b] = ids(2).try_into().unwrap();
-        s.add(a, 0, "m".into(), now + Duration::from_secs(10), now);
-        s.add(b, 0, "m".into(), now, now);
+        s.add(a, 0, "m", now + Duration::from_secs(10), now);
+        s.add(b, 0, "m", now, now);
         assert_eq!(drain(&mut s), vec![(0, b)]);
         s.returned(b, Report::RetryAt(now + Duration::from_secs(5)));
         assert_eq!(s.next_wake(), Some(now + Duration::from_secs(5)));
@@ -499,8 +515,8 @@ mod tests {
         let now = Instant::now();
         let mut s = Schedule::new([2]);
         let [a, b] = ids(2).try_into().unwrap();
-        s.add(a, 0, "m".into(), now, now);
-        s.add(b, 0, "m".into(), now, now);
+        s.add(a, 0, "m", now, now);
+        s.add(b, 0, "m", now, now);
         drain(&mut s);
         assert_eq!(s.take_out(a, Deferred::Hold), Some(Applied::Later));
         assert_eq!(s.take_out(b, Deferred::Delete), Some(Applied::Later));
@@ -520,9 +536,9 @@ mod tests {
         let now = Instant::now();
         let mut s = Schedule::new([1, 1]);
         let [a, b, c] = ids(3).try_into().unwrap();
-        s.add(a, 0, "m".into(), now, now);
-        s.add(b, 0, "m".into(), now, now);
-        s.add(c, 1, "n".into(), now, now);
+        s.add(a, 0, "m", now, now);
+        s.add(b, 0, "m", now, now);
+        s.add(c, 1, "n", now, now);
         assert_eq!(drain(&mut s), vec![(0, a), (1, c)]);
         s.returned(a, Report::NoToken(now + Duration::from_secs(60)));
         assert!(s.waits_for_token(0));
@@ -538,9 +554,9 @@ mod tests {
         let a = ids(3);
         let b = ids(1);
         for id in &a {
-            s.add(*id, 0, "a".into(), now, now);
+            s.add(*id, 0, "a", now, now);
         }
-        s.add(b[0], 0, "b".into(), now, now);
+        s.add(b[0], 0, "b", now, now);
         let mut order = Vec::new();
         while let Some((_, id)) = s.next_dispatch() {
             order.push(id);

@@ -125,12 +125,11 @@ impl Delivery {
             Schedule::new(self.lanes.iter().map(|l| l.config.upstream.max_connections));
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            startup = queued_messages(Arc::clone(&spool)) => {
+            startup = queued_messages(Arc::clone(&spool), self.lanes.clone()) => {
                 let now = Instant::now();
-                for (file, state) in startup {
-                    if !state.held {
-                        self.add(&mut schedule, &file, crate::clock::instant_at_unix_ms(state.next_attempt_ms), now);
-                    }
+                for waiting in startup {
+                    let due = crate::clock::instant_at_unix_ms(waiting.next_attempt_ms);
+                    schedule.add(waiting.id, waiting.lane, &waiting.mailbox, due, now);
                 }
             }
         }
@@ -202,12 +201,8 @@ impl Delivery {
     }
 
     fn add(&self, schedule: &mut Schedule, file: &MessageFile, due: Instant, now: Instant) {
-        let lane = &self.lanes[route(&self.lanes, &file.envelope)];
-        let mailbox: Arc<str> = lane
-            .auth_mailbox(&file.envelope)
-            .to_ascii_lowercase()
-            .into();
-        schedule.add(file.envelope.id, lane.index, mailbox, due, now);
+        let (lane, mailbox) = destination(&self.lanes, file);
+        schedule.add(file.envelope.id, lane, &mailbox, due, now);
     }
 
     /// Brings the status's list of held mailboxes up to date.
@@ -330,27 +325,50 @@ impl Delivery {
     }
 }
 
-/// Every queued message with its delivery state, read off the runtime's threads.
-async fn queued_messages(spool: Arc<Spool>) -> Vec<(MessageFile, DeliveryState)> {
+/// The account (lane) and upstream mailbox a message goes through.
+fn destination(lanes: &[Arc<Lane>], file: &MessageFile) -> (usize, String) {
+    let lane = &lanes[route(lanes, &file.envelope)];
+    (
+        lane.index,
+        lane.auth_mailbox(&file.envelope).to_ascii_lowercase(),
+    )
+}
+
+/// A queued message as the schedule needs it at start-up.
+struct Queued {
+    id: QueueId,
+    lane: usize,
+    mailbox: String,
+    next_attempt_ms: u64,
+}
+
+/// Every queued message that is not held, read off the runtime's threads one at a time (a
+/// large queue is never copied whole).
+async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Vec<Queued> {
     tokio::task::spawn_blocking(move || {
-        spool
-            .messages()
-            .into_iter()
-            .map(|file| {
-                let state = match spool.paths().read_state(&file.envelope) {
-                    Ok(state) => state,
-                    Err(e) => {
-                        tracing::error!(queue_id = %file.envelope.id, error = %e,
-                            "unreadable delivery state; retrying later");
-                        let mut state = DeliveryState::new(&file.envelope);
-                        state.next_attempt_ms =
-                            crate::clock::unix_ms() + MAX_SLEEP.as_millis() as u64;
-                        state
-                    }
-                };
-                (file, state)
-            })
-            .collect()
+        let mut queued = Vec::with_capacity(spool.len());
+        for id in spool.ids() {
+            let Some(file) = spool.get(id) else {
+                continue;
+            };
+            let next_attempt_ms = match spool.paths().read_state(&file.envelope) {
+                Ok(state) if state.held => continue,
+                Ok(state) => state.next_attempt_ms,
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e,
+                        "unreadable delivery state; retrying later");
+                    crate::clock::unix_ms() + MAX_SLEEP.as_millis() as u64
+                }
+            };
+            let (lane, mailbox) = destination(&lanes, &file);
+            queued.push(Queued {
+                id,
+                lane,
+                mailbox,
+                next_attempt_ms,
+            });
+        }
+        queued
     })
     .await
     .unwrap_or_default()

@@ -242,6 +242,11 @@ impl Spool {
         self.index().values().cloned().collect()
     }
 
+    /// The IDs of the queued messages, oldest first (without copying their envelopes).
+    pub fn ids(&self) -> Vec<QueueId> {
+        self.index().keys().copied().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.index().len()
     }
