@@ -22,6 +22,27 @@ async fn world_with(flow: &str, account: &str, extra: &str) -> World {
     .await
 }
 
+/// Waits until every queued message has had at least one attempt.
+async fn every_message_attempted(relay: &TestRelay) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let attempted = |m: &smtprelay::queue::MessageFile| {
+        relay
+            .spool
+            .paths()
+            .read_state(&m.envelope)
+            .unwrap()
+            .attempts
+            > 0
+    };
+    while !relay.spool.messages().iter().all(attempted) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every message was attempted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn send(relay: &TestRelay, from: &str, to: &[&str], data: &[u8]) -> String {
     let mut client = relay.connect().await;
     client.expect("EHLO app", 250).await;
@@ -570,19 +591,7 @@ async fn queue_control_while_the_relay_runs() {
         );
     }
     // Each has failed once and now waits an hour.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while w.relay.spool.messages().iter().any(|m| {
-        w.relay
-            .spool
-            .paths()
-            .read_state(&m.envelope)
-            .unwrap()
-            .attempts
-            == 0
-    }) {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    every_message_attempted(&w.relay).await;
     let (ok, text) = queue_cli(&w.relay, &["hold", &ids[0]]);
     assert!(ok && text.contains("held"), "{text}");
     let (ok, text) = queue_cli(&w.relay, &["delete", &ids[2]]);
@@ -690,4 +699,34 @@ async fn a_hold_placed_in_flight_is_kept() {
     assert_eq!(w.exchange.state().received.len(), 1);
     let (ok, text) = queue_cli(&w.relay, &["release", &id]);
     assert!(!ok && text.contains("no message"), "{text}");
+}
+
+/// When Exchange comes back, mail deferred while it was down goes at once (at the budget's
+/// pace), not at each message's retry time: the first attempt that reaches it lets the
+/// account's deferred mail go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_mail_goes_at_once_when_the_upstream_is_back() {
+    let w = world("", "[queue]\nretry = [\"1h\"]\n").await;
+    w.exchange.state().down = Some("421 4.3.2 Service not available".into());
+    for n in 0..3 {
+        send(
+            &w.relay,
+            "scanner@contoso.com",
+            &["a@fabrikam.com"],
+            format!("Subject: {n}\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+    }
+    // Each has failed once and now waits an hour.
+    every_message_attempted(&w.relay).await;
+    w.exchange.state().down = None;
+    send(
+        &w.relay,
+        "scanner@contoso.com",
+        &["a@fabrikam.com"],
+        b"Subject: back\r\n\r\nx\r\n",
+    )
+    .await;
+    w.relay.drained().await;
+    assert_eq!(w.exchange.state().received.len(), 4);
 }

@@ -58,3 +58,59 @@ async fn client_text_cannot_forge_or_flood_log_lines() {
     assert!(long.len() < 600, "{} characters: {long}", long.len());
     assert!(long.contains("344 more characters"), "{long}");
 }
+
+/// Every refusal leaves one log line (peer, user, sender, recipient, reply, reason) and is
+/// counted by reason in /metrics.
+#[tokio::test]
+async fn refusals_are_logged_and_counted() {
+    let captured = common::CapturedLogs::install("debug");
+    let relay = TestRelay::start(
+        "[access]\ntrusted_networks = []\nallowed_senders = [\"*@contoso.com\"]\n",
+    )
+    .await;
+    let mut client = relay.connect().await;
+    client.expect("EHLO x", 250).await;
+    client
+        .expect("MAIL FROM:<intruder@evil.example>", 550)
+        .await;
+    client.expect("MAIL FROM:<printer@contoso.com>", 250).await;
+    client
+        .expect("RCPT TO:<victim@fabrikam.example>", 554)
+        .await;
+    client.expect("QUIT", 221).await;
+
+    let text = captured.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" refused "))
+        .filter(|l| l.contains("evil.example") || l.contains("victim@fabrikam.example"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("reply=550 5.7.1") && lines[0].contains("reason=\"sender_not_allowed\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("from=printer@contoso.com")
+            && lines[1].contains("to=victim@fabrikam.example"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains("reply=554 5.7.1") && lines[1].contains("reason=\"relay_denied\""),
+        "{}",
+        lines[1]
+    );
+
+    let mut metrics = String::new();
+    relay.metrics.render(&mut metrics);
+    assert!(
+        metrics.contains("smtprelay_refusals_total{reason=\"relay_denied\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("smtprelay_refusals_total{reason=\"sender_not_allowed\"} 1"),
+        "{metrics}"
+    );
+}

@@ -24,6 +24,8 @@ pub struct Metrics {
     last_delivery: Mutex<Option<LastDelivery>>,
     /// Open sessions per client address.
     clients: Mutex<HashMap<IpAddr, usize>>,
+    /// Refused commands and connections, by reason (`SmtpError::reason`).
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Default, Clone)]
@@ -66,6 +68,15 @@ impl Metrics {
             self.sessions_total.fetch_add(1, Ordering::Relaxed);
         }
         admitted
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
     }
 
     pub fn session_ended(&self) {
@@ -158,6 +169,19 @@ impl Metrics {
             "messages refused at the end of DATA",
             self.messages_refused_total.load(Ordering::Relaxed),
         );
+        let refusals = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let name = "smtprelay_refusals_total";
+        let _ = write!(
+            out,
+            "# HELP {name} commands and connections refused, by reason\n# TYPE {name} counter\n"
+        );
+        for (reason, count) in refusals {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
+        }
         let accounts = self
             .accounts
             .lock()

@@ -40,6 +40,17 @@ pub enum Report {
     Interrupted,
 }
 
+/// Whether an attempt reached the account's upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// It answered (whatever it said).
+    Reached,
+    /// It could not be reached, or the connection failed.
+    Unreachable,
+    /// Nothing was tried (budget, token, nothing pending).
+    Untried,
+}
+
 /// An admin command that met the message in flight, applied when the worker gives it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deferred {
@@ -80,6 +91,8 @@ struct LaneQueue {
     max_in_flight: usize,
     in_flight: usize,
     token_wait: Option<Instant>,
+    /// The last attempt that tried the upstream could not reach it.
+    upstream_down: bool,
     mailboxes: HashMap<Arc<str>, MailboxQueue>,
     /// Mailboxes with ready messages, served in turn.
     runnable: VecDeque<Arc<str>>,
@@ -124,6 +137,7 @@ impl Schedule {
                     max_in_flight: max.max(1),
                     in_flight: 0,
                     token_wait: None,
+                    upstream_down: false,
                     mailboxes: HashMap::new(),
                     runnable: VecDeque::new(),
                 })
@@ -304,13 +318,30 @@ impl Schedule {
 
     /// A worker gave `id` back. Returns the admin command to carry out now, if one met it in
     /// flight (the message is then out of the schedule).
-    pub fn returned(&mut self, id: QueueId, report: Report) -> Option<Deferred> {
+    ///
+    /// The first attempt that reaches an account's upstream after one that could not makes
+    /// the account's deferred mail due at once: recovery does not wait for each message's
+    /// retry time (it still goes at the pace of the budgets and connections).
+    pub fn returned(
+        &mut self,
+        id: QueueId,
+        report: Report,
+        upstream: Upstream,
+    ) -> Option<Deferred> {
         let entry = self.entries.get_mut(&id)?;
         let Place::InFlight(deferred) = entry.place else {
             return None;
         };
         let (lane, name) = (entry.lane, Arc::clone(&entry.mailbox));
         self.lanes[lane].in_flight -= 1;
+        match upstream {
+            Upstream::Unreachable => self.lanes[lane].upstream_down = true,
+            Upstream::Reached if self.lanes[lane].upstream_down => {
+                self.lanes[lane].upstream_down = false;
+                self.flush_where(|e| e.lane == lane);
+            }
+            _ => {}
+        }
         if deferred.is_some() || report == Report::Done {
             self.entries.remove(&id);
             return deferred;
@@ -373,10 +404,14 @@ impl Schedule {
 
     /// Every waiting message is due now; returns how many were waiting.
     pub fn flush(&mut self) -> usize {
+        self.flush_where(|_| true)
+    }
+
+    fn flush_where(&mut self, which: impl Fn(&Entry) -> bool) -> usize {
         let waiting: Vec<QueueId> = self
             .entries
             .iter()
-            .filter(|(_, e)| matches!(e.place, Place::Waiting(_)))
+            .filter(|(_, e)| matches!(e.place, Place::Waiting(_)) && which(e))
             .map(|(id, _)| *id)
             .collect();
         for id in &waiting {
@@ -464,7 +499,7 @@ mod tests {
             s.add(*id, 0, "m", now, now);
         }
         assert_eq!(drain(&mut s), vec![(0, ids[0]), (0, ids[1])]);
-        s.returned(ids[0], Report::Done);
+        s.returned(ids[0], Report::Done, Upstream::Untried);
         assert_eq!(drain(&mut s), vec![(0, ids[2])]);
         assert_eq!(s.len(), 4);
     }
@@ -479,10 +514,14 @@ mod tests {
         s.add(b1, 0, "b", now, now);
         assert_eq!(s.next_dispatch(), Some((0, a1)));
         let until = now + Duration::from_secs(60);
-        s.returned(a1, Report::Blocked(until, Block::Budget(Window::Daily)));
+        s.returned(
+            a1,
+            Report::Blocked(until, Block::Budget(Window::Daily)),
+            Upstream::Untried,
+        );
         // The blocked mailbox's messages wait; b goes.
         assert_eq!(drain(&mut s), vec![(0, b1)]);
-        s.returned(b1, Report::Done);
+        s.returned(b1, Report::Done, Upstream::Untried);
         assert_eq!(drain(&mut s), vec![]);
         assert_eq!(s.next_wake(), Some(until));
         let blocked = s.blocked();
@@ -501,7 +540,11 @@ mod tests {
         s.add(a, 0, "m", now + Duration::from_secs(10), now);
         s.add(b, 0, "m", now, now);
         assert_eq!(drain(&mut s), vec![(0, b)]);
-        s.returned(b, Report::RetryAt(now + Duration::from_secs(5)));
+        s.returned(
+            b,
+            Report::RetryAt(now + Duration::from_secs(5)),
+            Upstream::Untried,
+        );
         assert_eq!(s.next_wake(), Some(now + Duration::from_secs(5)));
         s.advance(now + Duration::from_secs(5));
         assert_eq!(drain(&mut s), vec![(0, b)]);
@@ -523,11 +566,15 @@ mod tests {
         assert!(s.cancel_deferred(b));
         // However the attempt ended, the hold is carried out when it is back.
         assert_eq!(
-            s.returned(a, Report::RetryAt(now + Duration::from_secs(1))),
+            s.returned(
+                a,
+                Report::RetryAt(now + Duration::from_secs(1)),
+                Upstream::Untried
+            ),
             Some(Deferred::Hold)
         );
         assert!(!s.contains(a));
-        assert_eq!(s.returned(b, Report::RetryAt(now)), None);
+        assert_eq!(s.returned(b, Report::RetryAt(now), Upstream::Untried), None);
         assert!(s.contains(b));
     }
 
@@ -540,7 +587,11 @@ mod tests {
         s.add(b, 0, "m", now, now);
         s.add(c, 1, "n", now, now);
         assert_eq!(drain(&mut s), vec![(0, a), (1, c)]);
-        s.returned(a, Report::NoToken(now + Duration::from_secs(60)));
+        s.returned(
+            a,
+            Report::NoToken(now + Duration::from_secs(60)),
+            Upstream::Untried,
+        );
         assert!(s.waits_for_token(0));
         assert_eq!(drain(&mut s), vec![]);
         s.token_ready(0);
@@ -560,8 +611,34 @@ mod tests {
         let mut order = Vec::new();
         while let Some((_, id)) = s.next_dispatch() {
             order.push(id);
-            s.returned(id, Report::Done);
+            s.returned(id, Report::Done, Upstream::Untried);
         }
         assert_eq!(order, vec![a[0], b[0], a[1], a[2]]);
+    }
+
+    #[test]
+    fn reaching_the_upstream_again_makes_the_accounts_deferred_mail_due() {
+        let now = Instant::now();
+        let hour = now + Duration::from_secs(3600);
+        let mut s = Schedule::new([1, 1]);
+        let [a, b, c, other] = ids(4).try_into().unwrap();
+        for id in [a, b, c] {
+            s.add(id, 0, "m", now, now);
+        }
+        s.add(other, 1, "n", hour, now);
+        // Exchange is down: a and b fail and wait an hour.
+        for id in [a, b] {
+            assert_eq!(s.next_dispatch(), Some((0, id)));
+            s.returned(id, Report::RetryAt(hour), Upstream::Unreachable);
+        }
+        // It is back: c goes through, and a and b are due at once; the other account's
+        // message keeps its time.
+        assert_eq!(s.next_dispatch(), Some((0, c)));
+        s.returned(c, Report::Done, Upstream::Reached);
+        assert_eq!(drain(&mut s), vec![(0, a)]);
+        s.returned(a, Report::Done, Upstream::Reached);
+        assert_eq!(drain(&mut s), vec![(0, b)]);
+        assert!(!s.due_now(b) && s.contains(other));
+        assert_eq!(s.next_wake(), Some(hour));
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::Budget;
 use super::lane::{Lane, route};
-use super::schedule::{Applied, Deferred, Report, Schedule};
+use super::schedule::{Applied, Deferred, Report, Schedule, Upstream};
 use super::status::{DeliveryStatus, HeldMailbox};
 use super::worker::{self, Shared};
 use crate::config::Config;
@@ -106,7 +106,7 @@ impl Delivery {
         let spool = Arc::clone(&self.shared.spool);
         let mut arrivals = spool.arrivals();
         let mut token_events = self.shared.tokens.subscribe();
-        let (done_tx, mut done) = mpsc::unbounded_channel::<(QueueId, Report)>();
+        let (done_tx, mut done) = mpsc::unbounded_channel::<(QueueId, Report, Upstream)>();
         let mut workers = JoinSet::new();
         for lane in &self.lanes {
             for _ in 0..lane.config.upstream.max_connections {
@@ -162,8 +162,8 @@ impl Delivery {
                     let result = self.command(command, &mut schedule).await;
                     let _ = reply.send(result);
                 }
-                Some((id, report)) = done.recv() => {
-                    if let Some(deferred) = schedule.returned(id, report) {
+                Some((id, report, upstream)) = done.recv() => {
+                    if let Some(deferred) = schedule.returned(id, report, upstream) {
                         self.carry_out(id, deferred).await;
                     }
                 }
@@ -192,8 +192,8 @@ impl Delivery {
             while workers.join_next().await.is_some() {}
         }
         // Commands that met a message in flight are carried out now that it is back.
-        while let Ok((id, report)) = done.try_recv() {
-            if let Some(deferred) = schedule.returned(id, report) {
+        while let Ok((id, report, upstream)) = done.try_recv() {
+            if let Some(deferred) = schedule.returned(id, report, upstream) {
                 self.carry_out(id, deferred).await;
             }
         }

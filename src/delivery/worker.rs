@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::budget::{Budget, Exhausted};
 use super::disposition::{self, Disposition};
 use super::lane::Lane;
-use super::schedule::{Block, Report};
+use super::schedule::{Block, Report, Upstream};
 use super::transport::{
     AccountEffect, Outgoing, RecipientResult, SendError, SmtpTransport, Transport,
 };
@@ -43,7 +43,7 @@ pub struct Shared {
 pub async fn run(
     shared: Arc<Shared>,
     lane: Arc<Lane>,
-    done: mpsc::UnboundedSender<(QueueId, Report)>,
+    done: mpsc::UnboundedSender<(QueueId, Report, Upstream)>,
     stop: CancellationToken,
 ) {
     let mut transport: Box<dyn Transport> = Box::new(SmtpTransport::new(
@@ -70,8 +70,8 @@ pub async fn run(
             }
         };
         let Some(id) = next else { break };
-        let report = process(&shared, &lane, transport.as_mut(), id).await;
-        if done.send((id, report)).is_err() {
+        let (report, upstream) = process(&shared, &lane, transport.as_mut(), id).await;
+        if done.send((id, report, upstream)).is_err() {
             break;
         }
     }
@@ -88,11 +88,24 @@ enum Blocked {
     Budget(Exhausted),
 }
 
+/// What became of the message, and whether the attempt reached the upstream.
 async fn process(
     shared: &Shared,
     lane: &Lane,
     transport: &mut dyn Transport,
     id: QueueId,
+) -> (Report, Upstream) {
+    let mut upstream = Upstream::Untried;
+    let report = attempt_and_record(shared, lane, transport, id, &mut upstream).await;
+    (report, upstream)
+}
+
+async fn attempt_and_record(
+    shared: &Shared,
+    lane: &Lane,
+    transport: &mut dyn Transport,
+    id: QueueId,
+    upstream: &mut Upstream,
 ) -> Report {
     let Some(file) = shared.spool.get(id) else {
         return Report::Done;
@@ -107,7 +120,16 @@ async fn process(
     if state.is_finished() {
         return finish(shared, lane, &file, &mut state).await;
     }
-    if let Err(blocked) = attempt(shared, lane, transport, &file, &mut state).await {
+    let result = attempt(shared, lane, transport, &file, &mut state).await;
+    *upstream = match &result {
+        Ok(()) | Err(Blocked::Effect(_)) => Upstream::Reached,
+        Err(Blocked::Send(
+            SendError::Account(_) | SendError::Refused(_) | SendError::TokenRefused(_),
+        )) => Upstream::Reached,
+        Err(Blocked::Send(SendError::Failed(_))) => Upstream::Unreachable,
+        Err(_) => Upstream::Untried,
+    };
+    if let Err(blocked) = result {
         let error = match blocked {
             Blocked::Budget(exhausted) => {
                 return Report::Blocked(exhausted.until, Block::Budget(exhausted.window));

@@ -80,6 +80,47 @@ pub enum SmtpError {
 }
 
 impl SmtpError {
+    /// A stable name for the refusal: the `reason` label of `smtprelay_refusals_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SmtpError::UnknownCommand => "unknown_command",
+            SmtpError::LineTooLong => "line_too_long",
+            SmtpError::NotImplemented(_) => "not_implemented",
+            SmtpError::Syntax(_) => "syntax",
+            SmtpError::BadSenderSyntax(_) => "bad_sender_syntax",
+            SmtpError::BadRecipientSyntax(_) => "bad_recipient_syntax",
+            SmtpError::NonAsciiAddress => "non_ascii_address",
+            SmtpError::UnsupportedParameter(_) => "unsupported_parameter",
+            SmtpError::BadSequence(_) => "bad_sequence",
+            SmtpError::TlsRequired => "tls_required",
+            SmtpError::TlsUnavailable => "tls_unavailable",
+            SmtpError::AuthRequired => "auth_required",
+            SmtpError::AuthUnavailable => "auth_unavailable",
+            SmtpError::AlreadyAuthenticated => "already_authenticated",
+            SmtpError::UnsupportedMechanism(_) => "unsupported_mechanism",
+            SmtpError::AuthCancelled => "auth_cancelled",
+            SmtpError::AuthMalformed => "auth_malformed",
+            SmtpError::AuthFailed => "auth_failed",
+            SmtpError::AuthLockedOut => "auth_locked_out",
+            SmtpError::AuthTemporaryFailure => "auth_temporary_failure",
+            SmtpError::RelayDenied => "relay_denied",
+            SmtpError::SenderNotAllowed(_) => "sender_not_allowed",
+            SmtpError::RecipientNotAllowed(_) => "recipient_not_allowed",
+            SmtpError::NoValidRecipients => "no_valid_recipients",
+            SmtpError::TooManyRecipients { .. } => "too_many_recipients",
+            SmtpError::MessageTooLarge => "message_too_large",
+            SmtpError::RateLimited => "rate_limited",
+            SmtpError::BareNewline => "bare_newline",
+            SmtpError::StorageFailed => "storage_failed",
+            SmtpError::InsufficientStorage => "insufficient_storage",
+            SmtpError::ShuttingDown => "shutting_down",
+            SmtpError::TooManyErrors => "too_many_errors",
+            SmtpError::Timeout => "timeout",
+            SmtpError::TooManyConnections => "too_many_connections",
+            SmtpError::TooManyConnectionsFromClient => "too_many_connections_from_client",
+        }
+    }
+
     /// The refusal for a message the spool could not take: a full disk or quota is the
     /// `452 4.3.1` that clients and monitoring recognise; anything else a local error.
     pub fn from_storage(error: &std::io::Error) -> SmtpError {

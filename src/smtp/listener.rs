@@ -169,6 +169,11 @@ async fn accept_loop(
             .metrics
             .try_session_start(intake.config.server.max_connections)
         {
+            intake
+                .metrics
+                .refused(SmtpError::TooManyConnections.reason());
+            tracing::warn!(%peer, limit = intake.config.server.max_connections,
+                "connection refused: too many open");
             sessions.spawn(refuse(socket, SmtpError::TooManyConnections));
             continue;
         }
@@ -191,6 +196,9 @@ async fn accept_loop(
                     tracing::warn!(%peer, limit = intake.config.server.max_connections_per_client,
                         "connection refused: too many from this address");
                     drop(counted);
+                    intake
+                        .metrics
+                        .refused(SmtpError::TooManyConnectionsFromClient.reason());
                     sessions.spawn(refuse(socket, SmtpError::TooManyConnectionsFromClient));
                     continue;
                 }

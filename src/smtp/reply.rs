@@ -35,6 +35,14 @@ impl Reply {
         Reply::new(250, "2.0.0", text)
     }
 
+    /// The reply's first line without its line ending, for a log line.
+    pub fn first_line(&self) -> String {
+        match (self.status, self.lines.first()) {
+            ("", line) => format!("{} {}", self.code, line.map_or("", |l| l.as_ref())),
+            (status, line) => format!("{} {status} {}", self.code, line.map_or("", |l| l.as_ref())),
+        }
+    }
+
     pub fn is_positive(&self) -> bool {
         self.code < 400
     }

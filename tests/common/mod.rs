@@ -614,15 +614,21 @@ impl std::io::Write for CapturedLogs {
 }
 
 impl CapturedLogs {
+    /// The first call in a test binary installs it with `filter`; later ones share it.
     pub fn install(filter: &str) -> CapturedLogs {
-        let captured = CapturedLogs::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        captured
+        static INSTALLED: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+        INSTALLED
+            .get_or_init(|| {
+                let captured = CapturedLogs::default();
+                let writer = captured.clone();
+                tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_writer(move || writer.clone())
+                    .with_ansi(false)
+                    .init();
+                captured
+            })
+            .clone()
     }
 
     pub fn text(&self) -> String {

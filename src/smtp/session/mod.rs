@@ -92,6 +92,8 @@ pub struct Session<IO> {
     trusted: bool,
     transaction: Option<Transaction>,
     errors: u32,
+    /// The recipient of the command being handled, if it is a RCPT (for the refusal log).
+    command_recipient: Option<String>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
@@ -114,6 +116,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             trusted,
             transaction: None,
             errors: 0,
+            command_recipient: None,
         }
     }
 
@@ -125,7 +128,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             Ok(()) | Err(End::ClientGone) => {}
             Err(End::Io(e)) => tracing::debug!(peer = %self.peer, error = %e, "session I/O error"),
             Err(End::Reply(error)) => {
-                tracing::debug!(peer = %self.peer, %error, "closing session");
+                // A shutdown is not the client's doing; timeouts and error limits are.
+                if error != SmtpError::ShuttingDown {
+                    self.log_refusal(&error);
+                }
                 self.push(Reply::from(&error));
             }
         }
@@ -156,6 +162,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     }
 
     async fn handle(&mut self, command: Command) -> Result<Flow, End> {
+        // For the log line, should the recipient be refused.
+        self.command_recipient = match &command {
+            Command::Rcpt { recipient } => Some(recipient.clone()),
+            _ => None,
+        };
         let result = match command {
             Command::Ehlo(name) => Ok(self.ehlo(name, true)),
             Command::Helo(name) => Ok(self.ehlo(name, false)),
@@ -197,6 +208,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         }
     }
 
+    /// One line per refused command, as Postfix writes (peer, user, sender, recipient and
+    /// the reply), and the count by reason. A failed AUTH has its own line, with the user
+    /// name tried; recipients over the limit are not worth a line each.
+    fn log_refusal(&self, error: &SmtpError) {
+        self.intake.metrics.refused(error.reason());
+        if matches!(
+            error,
+            SmtpError::AuthFailed | SmtpError::TooManyRecipients { .. }
+        ) {
+            return;
+        }
+        let reply = Reply::from(error);
+        let sender = self.transaction.as_ref().map(|t| t.sender.as_str());
+        tracing::info!(
+            peer = %self.peer,
+            user = self.user.as_deref().unwrap_or(""),
+            from = %crate::logging::Untrusted(sender.unwrap_or("")),
+            to = %crate::logging::Untrusted(self.command_recipient.as_deref().unwrap_or("")),
+            reply = %reply.first_line(),
+            reason = error.reason(),
+            "refused"
+        );
+    }
+
     fn config(&self) -> &Config {
         &self.intake.config
     }
@@ -208,7 +243,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     /// Sends an error reply and counts it; too many end the session (a client that is lost
     /// or probing gets no unlimited tries).
     fn refuse(&mut self, error: SmtpError) -> Result<Flow, End> {
-        tracing::debug!(peer = %self.peer, %error, "command refused");
+        self.log_refusal(&error);
         self.push(Reply::from(&error));
         if !error.counts_as_error() {
             return Ok(Flow::Continue);
