@@ -213,9 +213,9 @@ impl Alerter {
             .config
             .accounts
             .first()
-            .map(|a| a.mailbox.clone())
-            .filter(|m| m != "{sender}")
-            .unwrap_or_else(|| to.to_owned());
+            .and_then(|a| a.mailbox.fixed())
+            .unwrap_or(to)
+            .to_owned();
         let subject = format!(
             "[smtprelay {}] {}: {}",
             event.host,

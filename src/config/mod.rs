@@ -181,6 +181,38 @@ impl fmt::Debug for UserConfig {
     }
 }
 
+/// The upstream mailbox an account sends as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mailbox {
+    /// Always this mailbox.
+    Fixed(String),
+    /// `"{sender}"`: each message's envelope sender (delegated tokens, one per user).
+    Sender,
+}
+
+impl Mailbox {
+    fn parse(text: String) -> Mailbox {
+        match text.trim() {
+            "{sender}" => Mailbox::Sender,
+            _ => Mailbox::Fixed(text),
+        }
+    }
+
+    /// The mailbox, when it is fixed.
+    pub fn fixed(&self) -> Option<&str> {
+        match self {
+            Mailbox::Fixed(mailbox) => Some(mailbox),
+            Mailbox::Sender => None,
+        }
+    }
+}
+
+impl fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.fixed().unwrap_or("{sender}"))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AccountConfig {
     pub name: String,
@@ -192,7 +224,7 @@ pub struct AccountConfig {
     pub client_certificate: Option<PathBuf>,
     pub client_private_key: Option<PathBuf>,
     pub client_assertion_algorithm: AssertionAlgorithm,
-    pub mailbox: String,
+    pub mailbox: Mailbox,
     pub senders: Vec<AddressGlob>,
     pub rewrite_sender: bool,
     pub transport: Transport,
@@ -528,7 +560,7 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         client_assertion_algorithm: s
             .parse("client_assertion_algorithm", AssertionAlgorithm::parse)
             .unwrap_or(AssertionAlgorithm::Ps256),
-        mailbox: s.require("mailbox")?,
+        mailbox: s.require("mailbox").map(Mailbox::parse)?,
         senders: s
             .parse_list("senders", AddressGlob::new)
             .unwrap_or_default(),
@@ -580,7 +612,7 @@ fn read_account(s: Section) -> Option<AccountConfig> {
             );
         }
     }
-    if account.mailbox.trim().is_empty() {
+    if account.mailbox.fixed().is_some_and(|m| m.trim().is_empty()) {
         s.report("mailbox", "may not be empty");
     }
     s.finish();

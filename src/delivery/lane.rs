@@ -44,8 +44,8 @@ impl Lane {
     }
     /// The mailbox named in XOAUTH2 for this message.
     pub fn auth_mailbox(&self, envelope: &Envelope) -> String {
-        if self.config.mailbox != "{sender}" {
-            return self.config.mailbox.clone();
+        if let Some(mailbox) = self.config.mailbox.fixed() {
+            return mailbox.to_owned();
         }
         // A report from the relay itself goes out as the mailbox it reports to.
         if envelope.sender.is_empty() {

@@ -97,16 +97,16 @@ pub async fn token_test(
         }
     }
 
-    let mailbox = match (mailbox_override, config.mailbox.as_str()) {
+    let mailbox = match (mailbox_override, config.mailbox.fixed()) {
         (Some(m), _) => m.to_owned(),
-        (None, "{sender}") => {
+        (None, None) => {
             steps.push(Step::fail(
                 "upstream",
                 "mailbox is \"{sender}\": name a mailbox to test with --mailbox",
             ));
             return steps;
         }
-        (None, m) => m.to_owned(),
+        (None, Some(m)) => m.to_owned(),
     };
     let tls = match crate::client_tls::client_config(config.upstream.ca_file.as_deref()) {
         Ok(tls) => Arc::new(tls),

@@ -9,7 +9,7 @@ use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{AccountEffect, Outcome, Outgoing, SendError, Transport};
-use crate::config::AccountConfig;
+use crate::config::{AccountConfig, Mailbox};
 use crate::delivery::budget::BoxFuture;
 use crate::delivery::classify::{Verdict, classify};
 use crate::delivery::client::{ClientError, UpstreamConnection, explain_client_error};
@@ -130,7 +130,7 @@ impl SmtpTransport {
                     connection.quit().await;
                     // With a fresh token refused too, a per-sender mailbox is the problem, not
                     // the token: that message cannot go, the others can.
-                    if try_number == 1 && self.account.mailbox == "{sender}" {
+                    if try_number == 1 && self.account.mailbox == Mailbox::Sender {
                         return Err(SendError::Refused(reply));
                     }
                     if try_number == 1 {
