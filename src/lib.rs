@@ -10,6 +10,7 @@ pub mod delivery;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
+pub mod metrics;
 pub mod oauth;
 pub mod private_files;
 pub mod queue;

@@ -3,7 +3,6 @@
 
 pub mod alerts;
 pub mod control;
-pub mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::oauth::manager::{AccountStatus, Health, TokenManager};
 use crate::queue::Spool;
-pub use metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// Mail older than this in the queue makes the relay "degraded".
 const OLD_MAIL: Duration = Duration::from_secs(3600);
@@ -220,7 +219,7 @@ type Family = (
 );
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
-    use metrics::{escape, gauge};
+    use crate::metrics::{escape, gauge};
     let mut out = String::new();
     admin.metrics.render(&mut out);
     let queue = queue_report(&admin.spool);

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::notify::{State, notify};
-use crate::admin::{Admin, Metrics};
+use crate::admin::Admin;
+use crate::metrics::Metrics;
 use crate::config::Config;
 use crate::delivery::{Delivery, DeliveryStatus, LocalBudget, Outbound};
 use crate::oauth::http::TokenClient;

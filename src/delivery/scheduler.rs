@@ -34,7 +34,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Outbound {
     pub spool: Arc<Spool>,
-    pub metrics: Arc<crate::admin::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub budget: Arc<dyn Budget>,
     pub status: Arc<DeliveryStatus>,
 }

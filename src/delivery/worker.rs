@@ -18,7 +18,7 @@ use super::schedule::{Block, Report, Upstream};
 use super::transport::{
     AccountEffect, Outgoing, RecipientResult, SendError, SmtpTransport, Transport,
 };
-use crate::admin::metrics::Outcome;
+use crate::metrics::Outcome;
 use crate::config::{Config, OnFailure};
 use crate::oauth::manager::TokenManager;
 use crate::queue::{DeliveryState, MessageFile, QueueId, RecipientStatus, Spool};
@@ -35,7 +35,7 @@ pub struct Shared {
     pub spool: Arc<Spool>,
     pub tokens: Arc<TokenManager>,
     pub config: Arc<Config>,
-    pub metrics: Arc<crate::admin::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub budget: Arc<dyn Budget>,
 }
 

@@ -231,7 +231,7 @@ async fn accept_loop(
 }
 
 /// Counts a session as ended however its task ends.
-struct SessionCount(Arc<crate::admin::Metrics>);
+struct SessionCount(Arc<crate::metrics::Metrics>);
 
 impl Drop for SessionCount {
     fn drop(&mut self) {

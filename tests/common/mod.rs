@@ -98,7 +98,7 @@ pub struct TestRelay {
     /// With [[account]] tables: the token manager, and delivery runs.
     pub tokens: Option<Arc<smtprelay::oauth::manager::TokenManager>>,
     pub delivery: Option<JoinHandle<()>>,
-    pub metrics: Arc<smtprelay::admin::Metrics>,
+    pub metrics: Arc<smtprelay::metrics::Metrics>,
     pub delivery_status: Arc<smtprelay::delivery::DeliveryStatus>,
     pub config: Arc<Config>,
 }
@@ -142,7 +142,7 @@ impl TestRelay {
             .as_ref()
             .map(|t| smtprelay::smtp::tls::acceptor(t).unwrap());
         let shutdown = CancellationToken::new();
-        let metrics = Arc::new(smtprelay::admin::Metrics::default());
+        let metrics = Arc::new(smtprelay::metrics::Metrics::default());
         let intake = Arc::new(Intake {
             policy: Policy::new(&config),
             config: Arc::new(config),

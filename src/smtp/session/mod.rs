@@ -44,7 +44,7 @@ pub struct Intake {
     /// Cancelled when this intake's listeners stop accepting: at shutdown, or when a reload
     /// hands them to a new intake (its sessions then finish with these settings).
     pub accepting: CancellationToken,
-    pub metrics: Arc<crate::admin::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a session ended early; each maps to a last reply (or none when the client is gone).
