@@ -122,7 +122,9 @@ impl Alerter {
                 status.refresh_token_expires_at,
             ) {
                 (false, Some(expires), _) => Some(expires),
-                (true, _, Some(refresh_expires)) if status.flow != "client_credentials" => {
+                (true, _, Some(refresh_expires))
+                    if status.flow != crate::config::Flow::ClientCredentials =>
+                {
                     Some(refresh_expires)
                 }
                 _ => None,

@@ -16,9 +16,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::metrics::{self, Metrics};
 use crate::oauth::manager::{AccountStatus, Health, TokenManager};
 use crate::queue::Spool;
-use crate::metrics::{self, Metrics};
 
 /// Mail older than this in the queue makes the relay "degraded".
 const OLD_MAIL: Duration = Duration::from_secs(3600);
@@ -170,10 +170,11 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
             Health::Failing(reason) => {
                 degraded.push(format!("account {}: failing ({reason})", account.account))
             }
-            Health::NoToken if account.flow != "client_credentials" => unhealthy.push(format!(
-                "account {}: no token yet; run `smtprelay token login --account {}`",
-                account.account, account.account
-            )),
+            Health::NoToken if account.flow != crate::config::Flow::ClientCredentials => unhealthy
+                .push(format!(
+                    "account {}: no token yet; run `smtprelay token login --account {}`",
+                    account.account, account.account
+                )),
             _ => {}
         }
     }

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::notify::{State, notify};
 use crate::admin::Admin;
-use crate::metrics::Metrics;
 use crate::config::Config;
 use crate::delivery::{Delivery, DeliveryStatus, LocalBudget, Outbound};
+use crate::metrics::Metrics;
 use crate::oauth::http::TokenClient;
 use crate::oauth::manager::TokenManager;
 use crate::oauth::{FileStore, TokenKey};

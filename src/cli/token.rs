@@ -333,7 +333,7 @@ fn print_status(statuses: &[AccountStatus]) {
             status.refresh_token_age_secs,
             status.refresh_token_expires_at,
         ) {
-            (false, _, _) if status.flow == "client_credentials" => {
+            (false, _, _) if status.flow == Flow::ClientCredentials => {
                 "not used (client credentials)".to_owned()
             }
             (false, _, _) => "none: run `smtprelay token login`".to_owned(),

@@ -407,13 +407,15 @@ impl Schedule {
         self.flush_where(|_| true)
     }
 
+    /// Makes the waiting messages `which` picks due, oldest first (IDs sort by arrival).
     fn flush_where(&mut self, which: impl Fn(&Entry) -> bool) -> usize {
-        let waiting: Vec<QueueId> = self
+        let mut waiting: Vec<QueueId> = self
             .entries
             .iter()
             .filter(|(_, e)| matches!(e.place, Place::Waiting(_)) && which(e))
             .map(|(id, _)| *id)
             .collect();
+        waiting.sort_unstable();
         for id in &waiting {
             self.make_ready(*id, false);
         }

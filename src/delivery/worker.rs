@@ -18,8 +18,8 @@ use super::schedule::{Block, Report, Upstream};
 use super::transport::{
     AccountEffect, Outgoing, RecipientResult, SendError, SmtpTransport, Transport,
 };
-use crate::metrics::Outcome;
 use crate::config::{Config, OnFailure};
+use crate::metrics::Outcome;
 use crate::oauth::manager::TokenManager;
 use crate::queue::{DeliveryState, MessageFile, QueueId, RecipientStatus, Spool};
 

@@ -122,7 +122,7 @@ pub struct TokenEvent {
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountStatus {
     pub account: String,
-    pub flow: &'static str,
+    pub flow: Flow,
     #[serde(flatten)]
     pub health: Health,
     pub access_token_expires_at: Option<u64>,
@@ -723,7 +723,7 @@ impl TokenManager {
                 let tokens = &state.tokens;
                 AccountStatus {
                     account: account.clone(),
-                    flow: slot.flow.as_str(),
+                    flow: slot.flow,
                     health: state.health.clone(),
                     access_token_expires_at: tokens
                         .access_token
