@@ -18,9 +18,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
 /// The first half of [`atomic_write`], for callers with more to do before the rename: writes
 /// `<path>.tmp` and returns it, open, with its path.
 pub fn write_temp(path: &Path, bytes: &[u8], sync: bool) -> io::Result<(File, PathBuf)> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = temp_path(path);
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -32,6 +30,13 @@ pub fn write_temp(path: &Path, bytes: &[u8], sync: bool) -> io::Result<(File, Pa
         file.sync_data()?;
     }
     Ok((file, tmp))
+}
+
+/// Where [`write_temp`] writes for `path`: `<path>.tmp`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
 }
 
 /// Creates `path` (and its parents) as a private directory, 0750: others may not even list

@@ -22,7 +22,7 @@ use super::status::{DeliveryStatus, HeldMailbox};
 use super::worker::{self, Shared};
 use crate::config::Config;
 use crate::oauth::manager::{TokenEventKind, TokenManager};
-use crate::queue::{DeliveryState, MessageFile, QueueId, Spool};
+use crate::queue::{MessageFile, QueueId, Spool};
 
 /// The longest the scheduler sleeps without looking around.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -231,7 +231,7 @@ impl Delivery {
             return;
         };
         let result = match deferred {
-            Deferred::Hold => set_held(&self.shared.spool, &file, true).await,
+            Deferred::Hold => set_held(&self.shared.spool, &file, true).await.map(drop),
             Deferred::Delete => self.delete(id).await,
         };
         if let Err(e) = result {
@@ -297,14 +297,9 @@ impl Delivery {
                 if schedule.cancel_deferred(id) {
                     return Ok(format!("{id} released"));
                 }
-                if schedule.contains(id) {
+                if schedule.contains(id) || !set_held(spool, &file, false).await? {
                     return Err(format!("{id} is not held"));
                 }
-                let state = read_state(spool, &file).await?;
-                if !state.held {
-                    return Err(format!("{id} is not held"));
-                }
-                set_held(spool, &file, false).await?;
                 let now = Instant::now();
                 self.add(schedule, &file, now, now);
                 Ok(format!("{id} released"))
@@ -374,17 +369,17 @@ async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Vec<Queued
     .unwrap_or_default()
 }
 
-async fn read_state(spool: &Arc<Spool>, file: &MessageFile) -> Result<DeliveryState, String> {
-    let (spool, envelope) = (Arc::clone(spool), file.envelope.clone());
-    tokio::task::spawn_blocking(move || spool.paths().read_state(&envelope))
+/// Records a hold (or its release, which makes the message due now). Returns whether the
+/// message was held before; nothing is written when that does not change.
+async fn set_held(spool: &Spool, file: &MessageFile, held: bool) -> Result<bool, String> {
+    let mut state = spool
+        .load_state(&file.envelope)
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
-}
-
-/// Records a hold (or its release, which makes the message due now).
-async fn set_held(spool: &Arc<Spool>, file: &MessageFile, held: bool) -> Result<(), String> {
-    let mut state = read_state(spool, file).await?;
+        .map_err(|e| e.to_string())?;
+    let was_held = state.held;
+    if was_held == held {
+        return Ok(was_held);
+    }
     state.held = held;
     if !held {
         state.next_attempt_ms = 0;
@@ -392,5 +387,6 @@ async fn set_held(spool: &Arc<Spool>, file: &MessageFile, held: bool) -> Result<
     spool
         .save_state(file.envelope.id, &state)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(was_held)
 }

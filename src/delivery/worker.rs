@@ -110,7 +110,7 @@ async fn attempt_and_record(
     let Some(file) = shared.spool.get(id) else {
         return Report::Done;
     };
-    let mut state = match read_state(shared, &file).await {
+    let mut state = match shared.spool.load_state(&file.envelope).await {
         Ok(state) => state,
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "cannot read the delivery state");
@@ -189,13 +189,6 @@ async fn attempt_and_record(
             Report::RetryAt(Instant::now() + delay)
         }
     }
-}
-
-async fn read_state(shared: &Shared, file: &MessageFile) -> std::io::Result<DeliveryState> {
-    let (spool, envelope) = (Arc::clone(&shared.spool), file.envelope.clone());
-    tokio::task::spawn_blocking(move || spool.paths().read_state(&envelope))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 async fn save_progress(shared: &Shared, id: QueueId, state: &DeliveryState) {

@@ -255,9 +255,9 @@ impl FileStore {
 
     /// temp + fsync + (rotate backups) + rename + fsync(dir).
     fn replace_file(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let tmp = sibling(&self.path, ".tmp");
+        let tmp = crate::private_files::temp_path(&self.path);
         let result = (|| {
-            let (file, tmp) = crate::private_files::write_temp(&self.path, bytes, true)?;
+            let (file, _) = crate::private_files::write_temp(&self.path, bytes, true)?;
             owned_like_directory(&file, &tmp)?;
             self.rotate_backups()?;
             fs::rename(&tmp, &self.path)?;

@@ -273,6 +273,13 @@ impl Spool {
         self.index().get(&id).cloned()
     }
 
+    /// A message's delivery state (a fresh one before its first attempt), read through the
+    /// blocking pool.
+    pub async fn load_state(&self, envelope: &Envelope) -> io::Result<DeliveryState> {
+        let (paths, envelope) = (self.paths.clone(), envelope.clone());
+        blocking(move || paths.read_state(&envelope)).await
+    }
+
     /// Records delivery progress durably: temp file, fsync, rename, directory fsync.
     pub async fn save_state(&self, id: QueueId, state: &DeliveryState) -> io::Result<()> {
         let path = self.paths.state(id);
