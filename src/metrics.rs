@@ -55,19 +55,37 @@ pub enum Outcome {
 }
 
 impl Metrics {
-    /// Counts a new SMTP session unless `limit` are open already. The count is the process's,
-    /// so sessions still open under a configuration replaced by a reload count too.
-    pub fn try_session_start(&self, limit: usize) -> bool {
-        let admitted = self
-            .sessions_active
+    /// Admits a new SMTP session from `client` unless `max_total` are open already, or
+    /// `max_per_client` (when the address has a limit) from that address. The counts are the
+    /// process's, so sessions still open under a configuration replaced by a reload count
+    /// too; they end with the returned permit.
+    pub fn admit_session(
+        self: &Arc<Self>,
+        client: IpAddr,
+        max_total: usize,
+        max_per_client: Option<usize>,
+    ) -> Result<SessionPermit, Crowded> {
+        self.sessions_active
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |active| {
-                (active < limit as u64).then_some(active + 1)
+                (active < max_total as u64).then_some(active + 1)
             })
-            .is_ok();
-        if admitted {
-            self.sessions_total.fetch_add(1, Ordering::Relaxed);
+            .map_err(|_| Crowded::Total)?;
+        // From here the permit gives the session back, whatever follows.
+        let mut permit = SessionPermit {
+            metrics: Arc::clone(self),
+            client: None,
+        };
+        if let Some(limit) = max_per_client {
+            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            let open = clients.entry(client).or_insert(0);
+            if *open >= limit {
+                return Err(Crowded::Client);
+            }
+            *open += 1;
+            permit.client = Some(client);
         }
-        admitted
+        self.sessions_total.fetch_add(1, Ordering::Relaxed);
+        Ok(permit)
     }
 
     pub fn refused(&self, reason: &'static str) {
@@ -77,29 +95,6 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry(reason)
             .or_default() += 1;
-    }
-
-    pub fn session_ended(&self) {
-        self.sessions_active.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Counts a new session from `client` unless it has `limit` open already (the process's
-    /// count, like `try_session_start`); the count ends with the returned guard.
-    pub fn try_client_session(
-        self: &Arc<Self>,
-        client: IpAddr,
-        limit: usize,
-    ) -> Option<ClientSession> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let open = clients.entry(client).or_insert(0);
-        if *open >= limit {
-            return None;
-        }
-        *open += 1;
-        Some(ClientSession {
-            metrics: Arc::clone(self),
-            client,
-        })
     }
 
     pub fn delivery(&self, account: &str, outcome: Outcome, reply: Option<String>) {
@@ -268,23 +263,37 @@ pub fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// One open session of a client address, counted until dropped.
-pub struct ClientSession {
-    metrics: Arc<Metrics>,
-    client: IpAddr,
+/// Which limit turned a new session away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crowded {
+    /// `max_connections`: the whole relay is full.
+    Total,
+    /// `max_connections_per_client`: this address has its share.
+    Client,
 }
 
-impl Drop for ClientSession {
+/// One open SMTP session, counted until dropped (however its task ends).
+pub struct SessionPermit {
+    metrics: Arc<Metrics>,
+    /// The address it counts against, when that has a limit.
+    client: Option<IpAddr>,
+}
+
+impl Drop for SessionPermit {
     fn drop(&mut self) {
+        self.metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        let Some(client) = self.client else {
+            return;
+        };
         let mut clients = self
             .metrics
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(open) = clients.get_mut(&self.client) {
+        if let Some(open) = clients.get_mut(&client) {
             *open -= 1;
             if *open == 0 {
-                clients.remove(&self.client);
+                clients.remove(&client);
             }
         }
     }

@@ -23,6 +23,7 @@ use super::reply::Reply;
 use super::session::{Intake, Session};
 use super::stream::Stream;
 use crate::config::{ListenConfig, ListenTls};
+use crate::metrics::Crowded;
 
 pub struct Server {
     intake: Arc<Intake>,
@@ -165,49 +166,39 @@ async fn accept_loop(
             }
         };
         let _ = socket.set_nodelay(true);
-        if !intake
-            .metrics
-            .try_session_start(intake.config.server.max_connections)
-        {
-            intake
-                .metrics
-                .refused(SmtpError::TooManyConnections.reason());
-            tracing::warn!(%peer, limit = intake.config.server.max_connections,
-                "connection refused: too many open");
-            sessions.spawn(refuse(socket, SmtpError::TooManyConnections));
-            continue;
-        }
-        let counted = SessionCount(Arc::clone(&intake.metrics));
         let client = peer.ip().to_canonical();
+        let server = &intake.config.server;
         let exempt = intake
             .config
             .access
             .connection_limit_exempt
             .iter()
             .any(|net| net.contains(&client));
-        let per_client = match exempt {
-            true => None,
-            false => match intake
+        let max_per_client = (!exempt).then_some(server.max_connections_per_client);
+        let permit =
+            match intake
                 .metrics
-                .try_client_session(client, intake.config.server.max_connections_per_client)
+                .admit_session(client, server.max_connections, max_per_client)
             {
-                Some(slot) => Some(slot),
-                None => {
-                    tracing::warn!(%peer, limit = intake.config.server.max_connections_per_client,
-                        "connection refused: too many from this address");
-                    drop(counted);
-                    intake
-                        .metrics
-                        .refused(SmtpError::TooManyConnectionsFromClient.reason());
-                    sessions.spawn(refuse(socket, SmtpError::TooManyConnectionsFromClient));
+                Ok(permit) => permit,
+                Err(crowded) => {
+                    let (error, limit) = match crowded {
+                        Crowded::Total => (SmtpError::TooManyConnections, server.max_connections),
+                        Crowded::Client => (
+                            SmtpError::TooManyConnectionsFromClient,
+                            server.max_connections_per_client,
+                        ),
+                    };
+                    intake.metrics.refused(error.reason());
+                    tracing::warn!(%peer, limit, reason = error.reason(), "connection refused");
+                    sessions.spawn(refuse(socket, error));
                     continue;
                 }
-            },
-        };
+            };
         let intake = Arc::clone(&intake);
         let listen = Arc::clone(&listen);
         sessions.spawn(async move {
-            let _counted = (counted, per_client);
+            let _permit = permit;
             let stream = match listen.tls {
                 ListenTls::Implicit => {
                     let Some(acceptor) = intake.tls.clone() else {
@@ -227,15 +218,6 @@ async fn accept_loop(
             };
             Session::new(intake, listen, peer, stream).run().await;
         });
-    }
-}
-
-/// Counts a session as ended however its task ends.
-struct SessionCount(Arc<crate::metrics::Metrics>);
-
-impl Drop for SessionCount {
-    fn drop(&mut self) {
-        self.0.session_ended();
     }
 }
 
