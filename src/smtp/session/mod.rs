@@ -92,8 +92,8 @@ pub struct Session<IO> {
     trusted: bool,
     transaction: Option<Transaction>,
     errors: u32,
-    /// The recipient of the command being handled, if it is a RCPT (for the refusal log).
-    command_recipient: Option<String>,
+    /// The recipient of the RCPT being refused (for the refusal's log line).
+    refused_recipient: Option<String>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
@@ -116,7 +116,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             trusted,
             transaction: None,
             errors: 0,
-            command_recipient: None,
+            refused_recipient: None,
         }
     }
 
@@ -130,7 +130,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             Err(End::Reply(error)) => {
                 // A shutdown is not the client's doing; timeouts and error limits are.
                 if error != SmtpError::ShuttingDown {
-                    self.log_refusal(&error);
+                    self.log_refusal(&error, None);
                 }
                 self.push(Reply::from(&error));
             }
@@ -162,11 +162,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     }
 
     async fn handle(&mut self, command: Command) -> Result<Flow, End> {
-        // For the log line, should the recipient be refused.
-        self.command_recipient = match &command {
-            Command::Rcpt { recipient } => Some(recipient.clone()),
-            _ => None,
-        };
         let result = match command {
             Command::Ehlo(name) => Ok(self.ehlo(name, true)),
             Command::Helo(name) => Ok(self.ehlo(name, false)),
@@ -211,7 +206,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     /// One line per refused command, as Postfix writes (peer, user, sender, recipient and
     /// the reply), and the count by reason. A failed AUTH has its own line, with the user
     /// name tried; recipients over the limit are not worth a line each.
-    fn log_refusal(&self, error: &SmtpError) {
+    fn log_refusal(&self, error: &SmtpError, recipient: Option<&str>) {
         self.intake.metrics.refused(error.reason());
         if matches!(
             error,
@@ -225,7 +220,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             peer = %self.peer,
             user = self.user.as_deref().unwrap_or(""),
             from = %crate::logging::Untrusted(sender.unwrap_or("")),
-            to = %crate::logging::Untrusted(self.command_recipient.as_deref().unwrap_or("")),
+            to = %crate::logging::Untrusted(recipient.unwrap_or("")),
             reply = %reply.first_line(),
             reason = error.reason(),
             "refused"
@@ -243,7 +238,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     /// Sends an error reply and counts it; too many end the session (a client that is lost
     /// or probing gets no unlimited tries).
     fn refuse(&mut self, error: SmtpError) -> Result<Flow, End> {
-        self.log_refusal(&error);
+        let recipient = self.refused_recipient.take();
+        self.log_refusal(&error, recipient.as_deref());
         self.push(Reply::from(&error));
         if !error.counts_as_error() {
             return Ok(Flow::Continue);

@@ -90,7 +90,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         Ok(reply)
     }
 
+    /// Takes `recipient` into the transaction; a refused one is kept for the refusal's log
+    /// line.
     pub(super) fn rcpt(&mut self, recipient: String) -> Result<Reply, SmtpError> {
+        match self.check_rcpt(&recipient) {
+            Ok(()) => {
+                let reply = Reply::new(250, "2.1.5", format!("Recipient <{recipient}> OK"));
+                let transaction = self.transaction.as_mut().expect("checked");
+                transaction.recipients.push(recipient);
+                Ok(reply)
+            }
+            Err(error) => {
+                self.refused_recipient = Some(recipient);
+                Err(error)
+            }
+        }
+    }
+
+    fn check_rcpt(&mut self, recipient: &str) -> Result<(), SmtpError> {
         let max_recipients = self.config().server.max_recipients;
         let relay_allowed = self.trusted || self.user.is_some();
         let policy = &self.intake.policy;
@@ -109,9 +126,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if !transaction.params.smtputf8 && !recipient.is_ascii() {
             return Err(SmtpError::NonAsciiAddress);
         }
-        policy.check_recipient(&recipient)?;
-        let reply = Reply::new(250, "2.1.5", format!("Recipient <{recipient}> OK"));
-        transaction.recipients.push(recipient);
-        Ok(reply)
+        policy.check_recipient(recipient)
     }
 }
