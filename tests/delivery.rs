@@ -476,8 +476,13 @@ async fn on_failure_keep_moves_the_message_to_failed() {
     );
     let failed = w.relay.spool.paths().failed();
     assert!(failed.join(format!("{id}.msg")).exists());
-    let state = std::fs::read_to_string(failed.join(format!("{id}.state"))).unwrap();
-    assert!(state.contains("550 5.1.10"), "{state}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(failed.join(format!("{id}.state"))).unwrap())
+            .unwrap();
+    // The reply is kept typed: DSNs and `queue show` read its code, not a string.
+    let reply = &state["recipients"][0]["reply"];
+    assert_eq!(reply["code"], 550, "{state}");
+    assert_eq!(reply["enhanced"], "5.1.10", "{state}");
 }
 
 #[tokio::test]

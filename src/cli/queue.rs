@@ -191,10 +191,7 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
         outln!("  {:<10} <{}>", status, recipient.address);
         if let Some(reply) = &recipient.reply {
             outln!("             {reply}");
-            let code: Option<u16> = reply.get(..3).and_then(|c| c.parse().ok());
-            if let Some(diagnosis) = code.and_then(|c| {
-                crate::delivery::UpstreamReply::new(c, reply.get(4..).unwrap_or("")).diagnosis()
-            }) {
+            if let Some(diagnosis) = reply.diagnosis() {
                 outln!("             ({diagnosis})");
             }
         }

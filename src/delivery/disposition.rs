@@ -1,8 +1,9 @@
 //! What follows an attempt that left recipients pending: the next attempt from `[queue] retry`,
-//! or, past `max_age`, failing what is left. No I/O: the worker records what this decides.
+//! or, past `max_age`, failing what is left. No I/O: the scheduler records what this decides.
 
 use std::time::Duration;
 
+use super::reply::UpstreamReply;
 use crate::config::QueueConfig;
 use crate::queue::{DeliveryState, RecipientStatus};
 
@@ -45,12 +46,13 @@ pub fn after_attempt(
             humantime::format_duration(Duration::from_secs(age.as_secs())),
             state.last_error.clone().unwrap_or_default()
         );
-        let pending: Vec<(String, Option<String>)> = state
+        let pending: Vec<(String, Option<UpstreamReply>)> = state
             .pending()
             .map(|r| (r.address.clone(), r.reply.clone()))
             .collect();
         for (address, last_reply) in pending {
-            let reply = last_reply.unwrap_or_else(|| format!("451 4.4.7 {reason}"));
+            let reply =
+                last_reply.unwrap_or_else(|| UpstreamReply::new(451, &format!("4.4.7 {reason}")));
             state.set(&address, RecipientStatus::Failed, Some(reply));
         }
         state.last_error = Some(reason);
@@ -86,7 +88,7 @@ mod tests {
                 .map(|(i, reply)| RecipientState {
                     address: format!("r{i}@x"),
                     status: RecipientStatus::Pending,
-                    reply: reply.map(str::to_owned),
+                    reply: reply.map(|r| UpstreamReply::new(r[..3].parse().unwrap(), &r[4..])),
                 })
                 .collect(),
             last_error: Some("421 4.4.2 dropped".into()),
@@ -121,20 +123,20 @@ mod tests {
         s.recipients.push(RecipientState {
             address: "done@x".into(),
             status: RecipientStatus::Delivered,
-            reply: Some("250 ok".into()),
+            reply: Some(UpstreamReply::new(250, "ok")),
         });
         assert_eq!(
             after_attempt(&mut s, &queue(), 0, 3_600_000),
             Disposition::GaveUp
         );
-        let replies: Vec<(RecipientStatus, &str)> = s
+        let replies: Vec<(RecipientStatus, String)> = s
             .recipients
             .iter()
-            .map(|r| (r.status, r.reply.as_deref().unwrap()))
+            .map(|r| (r.status, r.reply.as_ref().unwrap().to_string()))
             .collect();
         assert_eq!(
             replies[0],
-            (RecipientStatus::Failed, "450 4.2.1 mailbox busy")
+            (RecipientStatus::Failed, "450 4.2.1 mailbox busy".into())
         );
         assert_eq!(replies[1].0, RecipientStatus::Failed);
         assert!(
@@ -142,7 +144,11 @@ mod tests {
             "{}",
             replies[1].1
         );
-        assert_eq!(replies[2], (RecipientStatus::Delivered, "250 ok"));
+        assert_eq!(replies[2], (RecipientStatus::Delivered, "250 ok".into()));
+        assert_eq!(
+            s.recipients[1].reply.as_ref().unwrap().enhanced.as_deref(),
+            Some("4.4.7")
+        );
         assert!(s.last_error.unwrap().ends_with("421 4.4.2 dropped"));
     }
 

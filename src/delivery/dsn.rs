@@ -28,15 +28,21 @@ pub fn report(bounce: &Bounce<'_>) -> Vec<u8> {
     let mut text = String::new();
     let mut status = String::new();
     for recipient in bounce.state.failed() {
-        let reply = clean(recipient.reply.as_deref().unwrap_or("no reply recorded"));
-        let code = reply
-            .split(' ')
-            .nth(1)
-            .filter(|c| c.len() >= 5 && c.starts_with(['4', '5']) && c.matches('.').count() == 2)
-            .map(|c| format!("5{}", &c[1..]))
-            .unwrap_or_else(|| "5.0.0".into());
+        let (reply, code, diagnosis) = match &recipient.reply {
+            Some(reply) => (
+                clean(&reply.to_string()),
+                // The action is "failed", so the status is permanent whatever the last reply.
+                reply
+                    .enhanced
+                    .as_deref()
+                    .and_then(|e| e.get(1..))
+                    .map_or_else(|| "5.0.0".to_owned(), |rest| format!("5{rest}")),
+                reply.diagnosis(),
+            ),
+            None => ("no reply recorded".to_owned(), "5.0.0".to_owned(), None),
+        };
         text.push_str(&format!("<{}>: {}\r\n", recipient.address, reply));
-        if let Some(diagnosis) = diagnosis_of(&reply) {
+        if let Some(diagnosis) = diagnosis {
             text.push_str(&format!("    {diagnosis}\r\n"));
         }
         text.push_str("\r\n");
@@ -93,11 +99,6 @@ pub fn report(bounce: &Bounce<'_>) -> Vec<u8> {
     out.extend_from_slice(normalise(&headers).as_bytes());
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
-}
-
-fn diagnosis_of(reply: &str) -> Option<&'static str> {
-    let code: u16 = reply.get(..3)?.parse().ok()?;
-    super::UpstreamReply::new(code, reply.get(4..).unwrap_or("")).diagnosis()
 }
 
 /// One line, no control characters: replies go into header-like fields.

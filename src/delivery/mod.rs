@@ -12,6 +12,7 @@ pub mod pacing;
 pub mod reply;
 pub mod schedule;
 pub mod scheduler;
+pub mod settle;
 pub mod status;
 pub mod transaction;
 pub mod transport;

@@ -1,7 +1,9 @@
-//! Replies from the upstream, and what Exchange Online's replies mean in plain words (the
-//! table in `exchange-online.md`).
+//! Replies from the upstream, as read off the wire and as kept in a delivery state. What
+//! they mean is [`super::classify`]'s table.
 
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpstreamReply {
@@ -45,10 +47,6 @@ impl UpstreamReply {
         self.code == code && self.enhanced.as_deref() == Some(enhanced)
     }
 
-    fn mentions(&self, needle: &str) -> bool {
-        self.lines.iter().any(|l| l.contains(needle))
-    }
-
     /// The reply with its diagnosis, if it has one: what `queue list` and the logs show.
     pub fn described(&self) -> String {
         match self.diagnosis() {
@@ -59,52 +57,52 @@ impl UpstreamReply {
 
     /// A diagnosis an admin can act on, or `None` for replies that need no explanation.
     pub fn diagnosis(&self) -> Option<&'static str> {
-        let enhanced = self.enhanced.as_deref().unwrap_or("");
-        Some(match (self.code, enhanced) {
-            (535, "5.7.3") => {
-                "Exchange refused the token: the access token expired or has the wrong audience (it must be for https://outlook.office365.com, not Microsoft Graph), the mailbox in `mailbox` is not one this app may send as (app-only needs New-ServicePrincipal and Add-MailboxPermission), or the user behind a delegated token is not that mailbox"
+        super::classify::advice(self)
+    }
+}
+
+/// How a reply is kept in a delivery state: `{code, enhanced, text}`. States written before
+/// replies were typed hold the reply line as one string (`550 5.1.1 text`), read the same way.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    code: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enhanced: Option<String>,
+    text: String,
+}
+
+impl Serialize for UpstreamReply {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Stored {
+            code: self.code,
+            enhanced: self.enhanced.clone(),
+            text: self.text(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamReply {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Typed(Stored),
+            Line(String),
+        }
+        Ok(match Either::deserialize(deserializer)? {
+            Either::Typed(stored) => UpstreamReply {
+                code: stored.code,
+                enhanced: stored.enhanced,
+                lines: vec![stored.text],
+            },
+            Either::Line(line) => {
+                let code = line
+                    .get(..3)
+                    .and_then(|c| c.parse().ok())
+                    .ok_or_else(|| serde::de::Error::custom(format!("not a reply: {line:?}")))?;
+                UpstreamReply::new(code, line.get(4..).unwrap_or(""))
             }
-            (535, "5.7.139") => {
-                "SMTP AUTH is disabled for this mailbox or tenant (security defaults, a Conditional Access policy, or Set-CASMailbox -SmtpClientAuthenticationDisabled $true): enable it with Set-CASMailbox <mailbox> -SmtpClientAuthenticationDisabled $false"
-            }
-            (550, "5.7.30") => {
-                "Basic authentication is disabled: the relay must use XOAUTH2 (check that the account's flow and token are in use)"
-            }
-            (421, "4.7.66") | (454, "4.7.66") => {
-                "TLS 1.0/1.1 is not accepted by Exchange Online; the relay uses TLS 1.2 or later, so a TLS-inspecting proxy in between is downgrading"
-            }
-            (432, "4.3.2") | (451, "4.3.2") => {
-                "Exchange is throttling concurrent connections or messages for this mailbox; the relay slows down and retries"
-            }
-            (_, "4.7.500") | (_, "4.7.501") | (_, "4.7.502") => {
-                "Exchange is throttling this sender; the relay slows down and retries"
-            }
-            (554, "5.2.0") if self.mentions("SubmissionQuotaExceeded") => {
-                "the mailbox reached its daily recipient limit (10,000 per rolling 24 h); mail is paused for this mailbox and retried later"
-            }
-            (554, "5.2.0") if self.mentions("SendAsDenied") => {
-                "the mailbox is not allowed to send as this From address: grant Send As (Add-RecipientPermission) or send from the mailbox's own address"
-            }
-            (550, "5.7.60") => {
-                "the mailbox is not allowed to send as this From address: grant Send As (Add-RecipientPermission) or send from the mailbox's own address"
-            }
-            (554, "5.2.2") => {
-                "the sending mailbox is full (Sent Items counts against its quota); free space or raise the quota"
-            }
-            (550, "5.1.8") => {
-                "Exchange has blocked this mailbox from sending (suspected spam source); unblock it in the Microsoft 365 Defender portal (Restricted entities)"
-            }
-            (_, "5.7.705") | (_, "5.7.708") => {
-                "Exchange has blocked the tenant or the sending IP address; see the Microsoft 365 admin center"
-            }
-            (452, "4.5.3") => {
-                "too many recipients in one transaction; the relay splits the recipient list"
-            }
-            (530, "5.7.57") => "the upstream requires authentication before MAIL FROM",
-            (504, "5.7.4") => {
-                "the upstream does not accept this authentication mechanism before STARTTLS"
-            }
-            _ => return None,
         })
     }
 }
@@ -141,24 +139,17 @@ mod tests {
     }
 
     #[test]
-    fn exchange_replies_are_explained() {
-        assert!(
-            reply(535, "5.7.3 Authentication unsuccessful [SN4PR0601CA0001]")
-                .diagnosis()
-                .unwrap()
-                .contains("wrong audience")
+    fn replies_are_stored_typed_and_read_back_from_the_old_one_line_form() {
+        let typed = reply(550, "5.1.10 RESOLVER.ADR.RecipientNotFound");
+        let json = serde_json::to_string(&typed).unwrap();
+        assert_eq!(
+            json,
+            r#"{"code":550,"enhanced":"5.1.10","text":"5.1.10 RESOLVER.ADR.RecipientNotFound"}"#
         );
-        assert!(reply(535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.").diagnosis().unwrap().contains("Set-CASMailbox"));
-        assert!(
-            reply(
-                554,
-                "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException"
-            )
-            .diagnosis()
-            .unwrap()
-            .contains("daily recipient limit")
-        );
-        assert!(reply(554, "5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied").diagnosis().unwrap().contains("Send As"));
-        assert_eq!(reply(250, "2.0.0 OK").diagnosis(), None);
+        assert_eq!(serde_json::from_str::<UpstreamReply>(&json).unwrap(), typed);
+        let old: UpstreamReply =
+            serde_json::from_str(r#""550 5.1.10 RESOLVER.ADR.RecipientNotFound""#).unwrap();
+        assert_eq!(old, typed);
+        assert!(serde_json::from_str::<UpstreamReply>(r#""garbage""#).is_err());
     }
 }

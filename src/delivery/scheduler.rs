@@ -1,11 +1,13 @@
-//! The scheduler: owns the delivery schedule ([`Schedule`]), hands due messages to their
-//! account's workers, and takes them back with a typed [`Report`]. New mail is handed over the
-//! moment the spool commits it; a token event lets the account's waiting mail go. It never
-//! waits for anything but its next event, so a stop or a reload ends it at once: waiting
-//! messages simply stay queued.
+//! The scheduler: owns the delivery schedule ([`Schedule`]) and is the only writer of delivery
+//! state. It hands due messages to their account's workers, takes back what each attempt came
+//! to, and records it in a task of its own ([`settle`]); the message counts as in flight
+//! until that record is written, and the typed [`Report`] it ends with puts it back in the
+//! schedule. New mail is handed over the moment the spool commits it; a token event lets the
+//! account's waiting mail go. It never waits for anything but its next event, so a stop or a
+//! reload ends it at once: waiting messages simply stay queued.
 //!
-//! Admin commands run here too, so they never race a worker: one that meets a message in
-//! flight (hold, delete) is carried out when the worker gives the message back.
+//! Admin commands run here too, so they never race an attempt: one that meets a message in
+//! flight (hold, delete) is carried out when the message comes back.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::budget::Budget;
 use super::lane::{Lane, route};
 use super::schedule::{Applied, Deferred, Report, Schedule, Upstream};
+use super::settle::{save_progress, settle};
 use super::status::{DeliveryStatus, HeldMailbox};
-use super::worker::{self, Shared};
+use super::worker::{self, FromWorker, Shared};
 use crate::config::Config;
 use crate::oauth::manager::{TokenEventKind, TokenManager};
 use crate::queue::{MessageFile, QueueId, Spool};
@@ -61,6 +64,9 @@ pub enum Control {
     Release(QueueId),
     Delete(QueueId),
 }
+
+/// The scheduler's record tasks; an ended attempt's yields the message's report.
+type Settling = JoinSet<Option<(QueueId, Report, Upstream)>>;
 
 pub type ControlRequest = (
     Control,
@@ -106,7 +112,8 @@ impl Delivery {
         let spool = Arc::clone(&self.shared.spool);
         let mut arrivals = spool.arrivals();
         let mut token_events = self.shared.tokens.subscribe();
-        let (done_tx, mut done) = mpsc::unbounded_channel::<(QueueId, Report, Upstream)>();
+        let (done_tx, mut done) = mpsc::unbounded_channel::<FromWorker>();
+        let mut settling = Settling::new();
         let mut workers = JoinSet::new();
         for lane in &self.lanes {
             for _ in 0..lane.config.upstream.max_connections {
@@ -162,9 +169,10 @@ impl Delivery {
                     let result = self.command(command, &mut schedule).await;
                     let _ = reply.send(result);
                 }
-                Some((id, report, upstream)) = done.recv() => {
-                    if let Some(deferred) = schedule.returned(id, report, upstream) {
-                        self.carry_out(id, deferred).await;
+                Some(from_worker) = done.recv() => self.settle(from_worker, &mut settling),
+                Some(settled) = settling.join_next() => {
+                    if let Ok(Some((id, report, upstream))) = settled {
+                        self.returned(&mut schedule, id, report, upstream).await;
                     }
                 }
                 Ok(event) = token_events.recv() => {
@@ -176,28 +184,78 @@ impl Delivery {
                 }
             }
         }
-        // Closing the lanes' queues ends the workers once they finish what they hold.
+        // Closing the lanes' queues ends the workers once they finish what they hold; what
+        // they bring back is still recorded.
         self.queues.clear();
         let limit = self.shared.config.server.shutdown_timeout;
-        let finished = tokio::time::timeout(limit, async {
-            while workers.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
-            tracing::warn!(
-                timeout_secs = limit.as_secs(),
-                "delivery attempts still under way at the shutdown timeout were cut; their messages stay queued"
-            );
-            workers.abort_all();
-            while workers.join_next().await.is_some() {}
+        let deadline = Instant::now() + limit;
+        while !workers.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        timeout_secs = limit.as_secs(),
+                        "delivery attempts still under way at the shutdown timeout were cut; their messages stay queued"
+                    );
+                    workers.abort_all();
+                    while workers.join_next().await.is_some() {}
+                }
+                _ = workers.join_next() => {}
+                Some(from_worker) = done.recv() => self.settle(from_worker, &mut settling),
+                Some(settled) = settling.join_next() => {
+                    if let Ok(Some((id, report, upstream))) = settled {
+                        self.returned(&mut schedule, id, report, upstream).await;
+                    }
+                }
+            }
         }
-        // Commands that met a message in flight are carried out now that it is back.
-        while let Ok((id, report, upstream)) = done.try_recv() {
-            if let Some(deferred) = schedule.returned(id, report, upstream) {
-                self.carry_out(id, deferred).await;
+        while let Ok(from_worker) = done.try_recv() {
+            self.settle(from_worker, &mut settling);
+        }
+        // Records are local writes and always finish: an attempt's results are never dropped.
+        while let Some(settled) = settling.join_next().await {
+            if let Ok(Some((id, report, upstream))) = settled {
+                self.returned(&mut schedule, id, report, upstream).await;
             }
         }
         self.status.set_held(Vec::new());
+    }
+
+    /// Records what a worker brought back, in a task of its own.
+    fn settle(&self, from_worker: FromWorker, settling: &mut Settling) {
+        let shared = Arc::clone(&self.shared);
+        match from_worker {
+            FromWorker::Progress {
+                id,
+                state,
+                recorded,
+            } => {
+                settling.spawn(async move {
+                    save_progress(&shared, id, &state).await;
+                    let _ = recorded.send(());
+                    None
+                });
+            }
+            FromWorker::Ended(attempted) => {
+                let lane = Arc::clone(&self.lanes[attempted.lane]);
+                settling.spawn(async move {
+                    let report = settle(&shared, &lane, attempted.id, attempted.end).await;
+                    Some((attempted.id, report, attempted.upstream))
+                });
+            }
+        }
+    }
+
+    /// A message is back from its attempt, recorded.
+    async fn returned(
+        &self,
+        schedule: &mut Schedule,
+        id: QueueId,
+        report: Report,
+        upstream: Upstream,
+    ) {
+        if let Some(deferred) = schedule.returned(id, report, upstream) {
+            self.carry_out(id, deferred).await;
+        }
     }
 
     fn add(&self, schedule: &mut Schedule, file: &MessageFile, due: Instant, now: Instant) {

@@ -105,97 +105,203 @@ impl TokenError {
     }
 }
 
+/// The AADSTS codes the relay knows: what each means for the account and what an admin can
+/// do about it, in one place (the table in `exchange-online.md`).
+const AADSTS: &[Row<&[u64]>] = &[
+    (
+        &[70008],
+        ErrorClass::Reauthenticate,
+        "the refresh token has expired or was revoked; log in again with `smtprelay token login`",
+    ),
+    (
+        &[700082],
+        ErrorClass::Reauthenticate,
+        "the refresh token expired after 90 days without use; log in again with `smtprelay token login`",
+    ),
+    (
+        &[50173],
+        ErrorClass::Reauthenticate,
+        "the login was revoked (password change or admin revocation); log in again with `smtprelay token login`",
+    ),
+    (
+        &[70043],
+        ErrorClass::Reauthenticate,
+        "a Conditional Access sign-in frequency policy ended the session; log in again with `smtprelay token login`",
+    ),
+    (
+        &[50076, 50079, 50078],
+        ErrorClass::Reauthenticate,
+        "multi-factor authentication is required; log in again interactively with `smtprelay token login`",
+    ),
+    (
+        &[65004],
+        ErrorClass::Reauthenticate,
+        "the user declined consent; log in again and accept",
+    ),
+    (
+        &[50126],
+        ErrorClass::Reauthenticate,
+        "invalid user name or password",
+    ),
+    (
+        &[65001],
+        ErrorClass::Misconfigured,
+        "the app has no consent for the requested permission; grant admin consent in Entra ID (API permissions)",
+    ),
+    (
+        &[700022, 70011],
+        ErrorClass::Misconfigured,
+        "the scope is invalid: ask for one resource per token (SMTP: https://outlook.office365.com/.default app-only, https://outlook.office.com/SMTP.Send delegated)",
+    ),
+    (
+        &[7000215],
+        ErrorClass::Misconfigured,
+        "the client secret is wrong: use the secret's Value, not its Secret ID",
+    ),
+    (
+        &[7000222],
+        ErrorClass::Misconfigured,
+        "the client secret has expired: create a new one in Entra ID and update client_secret_file",
+    ),
+    (
+        &[700027],
+        ErrorClass::Misconfigured,
+        "the client assertion signature does not verify: the certificate uploaded to the app registration does not match client_private_key",
+    ),
+    (
+        &[7000218],
+        ErrorClass::Misconfigured,
+        "the app needs a client secret or certificate, or 'Allow public client flows' must be enabled for device code login",
+    ),
+    (
+        &[700025],
+        ErrorClass::Misconfigured,
+        "the app is a public client, so no client secret may be sent: remove client_secret_file for this flow",
+    ),
+    (
+        &[700016],
+        ErrorClass::Misconfigured,
+        "the application (client_id) was not found in the tenant: check client_id and tenant, and that the app is consented in that tenant",
+    ),
+    (
+        &[90002],
+        ErrorClass::Misconfigured,
+        "the tenant was not found: check tenant (a GUID or a verified domain)",
+    ),
+    (
+        &[7000112],
+        ErrorClass::Misconfigured,
+        "the application is disabled in Entra ID",
+    ),
+    (
+        &[7000012],
+        ErrorClass::Misconfigured,
+        "the grant was obtained for a different tenant: check tenant",
+    ),
+    (
+        &[700023],
+        ErrorClass::Misconfigured,
+        "the client assertion is for another tenant's authority: check tenant",
+    ),
+    (
+        &[50194],
+        ErrorClass::Misconfigured,
+        "the app is single-tenant: set tenant to its own tenant (GUID or domain), not common or organizations",
+    ),
+    (
+        &[700054],
+        ErrorClass::Misconfigured,
+        "the app registration does not allow this response type; check its authentication settings",
+    ),
+    (
+        &[500011],
+        ErrorClass::Misconfigured,
+        "the resource (Exchange Online) is not available in the tenant: check the scope and that the tenant has Exchange Online",
+    ),
+    (
+        &[700024],
+        ErrorClass::Transient,
+        "the client assertion is outside its valid time range: check the system clock",
+    ),
+    (
+        &[90006, 90033],
+        ErrorClass::Transient,
+        "the identity platform had a temporary problem; retrying",
+    ),
+    (
+        &[50058],
+        ErrorClass::Transient,
+        "the identity platform found no session for the user; retrying",
+    ),
+];
+
+/// The OAuth error codes of RFC 6749, for answers without a known AADSTS code.
+const OAUTH: &[Row<&str>] = &[
+    (
+        "invalid_grant",
+        ErrorClass::Reauthenticate,
+        "the grant is no longer valid; log in again with `smtprelay token login`",
+    ),
+    (
+        "interaction_required",
+        ErrorClass::Reauthenticate,
+        "the user must sign in interactively; log in again with `smtprelay token login`",
+    ),
+    (
+        "consent_required",
+        ErrorClass::Reauthenticate,
+        "the user must consent; log in again with `smtprelay token login`",
+    ),
+    (
+        "invalid_client",
+        ErrorClass::Misconfigured,
+        "the client credentials are wrong (client_id, secret or certificate)",
+    ),
+    (
+        "unauthorized_client",
+        ErrorClass::Misconfigured,
+        "the app is not allowed to use this flow; check the app registration",
+    ),
+    (
+        "invalid_scope",
+        ErrorClass::Misconfigured,
+        "the scope is not valid for this app",
+    ),
+    (
+        "temporarily_unavailable",
+        ErrorClass::Transient,
+        "the identity platform is temporarily unavailable; retrying",
+    ),
+];
+
+type Row<K> = (K, ErrorClass, &'static str);
+
+fn by_code(body: &ErrorBody) -> Option<&'static Row<&'static [u64]>> {
+    let code = body.aadsts()?;
+    AADSTS.iter().find(|(codes, ..)| codes.contains(&code))
+}
+
+fn by_error(body: &ErrorBody) -> Option<&'static Row<&'static str>> {
+    OAUTH.iter().find(|(error, ..)| *error == body.error)
+}
+
 fn classify(body: &ErrorBody, status: u16) -> ErrorClass {
-    match body.aadsts() {
-        Some(70008 | 700082 | 50173 | 70043 | 50076 | 50079 | 50078 | 65004 | 50126) => {
-            return ErrorClass::Reauthenticate;
-        }
-        Some(
-            65001 | 700022 | 70011 | 7000215 | 7000222 | 700027 | 7000218 | 700025 | 700016 | 90002
-            | 7000112 | 700023 | 500011 | 50194 | 7000012 | 700054,
-        ) => return ErrorClass::Misconfigured,
-        Some(90006 | 700024 | 90033 | 50058) => return ErrorClass::Transient,
-        _ => {}
+    if let Some((_, class, _)) = by_code(body) {
+        return *class;
     }
-    if status == 429 || status >= 500 || body.error == "temporarily_unavailable" {
+    // A throttled or failing server says nothing about the grant, whatever its error says.
+    if status == 429 || status >= 500 {
         return ErrorClass::Transient;
     }
-    match body.error.as_str() {
-        // A refresh token or code that the server no longer accepts.
-        "invalid_grant" | "interaction_required" | "consent_required" => ErrorClass::Reauthenticate,
-        _ => ErrorClass::Misconfigured,
-    }
+    by_error(body).map_or(ErrorClass::Misconfigured, |(_, class, _)| *class)
 }
 
 /// A diagnosis an admin can act on, with the server's own words after it.
 pub fn explain(body: &ErrorBody) -> String {
-    let advice = match body.aadsts() {
-        Some(70008) => {
-            "the refresh token has expired or was revoked; log in again with `smtprelay token login`"
-        }
-        Some(700082) => {
-            "the refresh token expired after 90 days without use; log in again with `smtprelay token login`"
-        }
-        Some(50173) => {
-            "the login was revoked (password change or admin revocation); log in again with `smtprelay token login`"
-        }
-        Some(70043) => {
-            "a Conditional Access sign-in frequency policy ended the session; log in again with `smtprelay token login`"
-        }
-        Some(50076 | 50079 | 50078) => {
-            "multi-factor authentication is required; log in again interactively with `smtprelay token login`"
-        }
-        Some(65001) => {
-            "the app has no consent for the requested permission; grant admin consent in Entra ID (API permissions)"
-        }
-        Some(65004) => "the user declined consent; log in again and accept",
-        Some(700022 | 70011) => {
-            "the scope is invalid: ask for one resource per token (SMTP: https://outlook.office365.com/.default app-only, https://outlook.office.com/SMTP.Send delegated)"
-        }
-        Some(7000215) => "the client secret is wrong: use the secret's Value, not its Secret ID",
-        Some(7000222) => {
-            "the client secret has expired: create a new one in Entra ID and update client_secret_file"
-        }
-        Some(700027) => {
-            "the client assertion signature does not verify: the certificate uploaded to the app registration does not match client_private_key"
-        }
-        Some(7000218) => {
-            "the app needs a client secret or certificate, or 'Allow public client flows' must be enabled for device code login"
-        }
-        Some(700025) => {
-            "the app is a public client, so no client secret may be sent: remove client_secret_file for this flow"
-        }
-        Some(700016) => {
-            "the application (client_id) was not found in the tenant: check client_id and tenant, and that the app is consented in that tenant"
-        }
-        Some(90002) => "the tenant was not found: check tenant (a GUID or a verified domain)",
-        Some(7000112) => "the application is disabled in Entra ID",
-        Some(7000012) => "the grant was obtained for a different tenant: check tenant",
-        Some(500011) => {
-            "the resource (Exchange Online) is not available in the tenant: check the scope and that the tenant has Exchange Online"
-        }
-        Some(700024) => {
-            "the client assertion is outside its valid time range: check the system clock"
-        }
-        Some(90006) => "the identity platform had a temporary problem; retrying",
-        Some(50126) => "invalid user name or password",
-        _ => match body.error.as_str() {
-            "invalid_grant" => {
-                "the grant is no longer valid; log in again with `smtprelay token login`"
-            }
-            "invalid_client" => {
-                "the client credentials are wrong (client_id, secret or certificate)"
-            }
-            "unauthorized_client" => {
-                "the app is not allowed to use this flow; check the app registration"
-            }
-            "invalid_scope" => "the scope is not valid for this app",
-            "temporarily_unavailable" => {
-                "the identity platform is temporarily unavailable; retrying"
-            }
-            _ => "the token request was refused",
-        },
-    };
+    let advice = by_code(body)
+        .map(|(_, _, advice)| *advice)
+        .or_else(|| by_error(body).map(|(_, _, advice)| *advice))
+        .unwrap_or("the token request was refused");
     let server = body
         .error_description
         .as_deref()
@@ -247,6 +353,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(classify(&unknown, 400), ErrorClass::Reauthenticate);
+    }
+
+    #[test]
+    fn each_code_has_one_row() {
+        let mut codes: Vec<u64> = AADSTS
+            .iter()
+            .flat_map(|(c, ..)| c.iter().copied())
+            .collect();
+        let listed = codes.len();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), listed, "an AADSTS code in two rows");
+        // The advice follows the class: a code that needs a new login says how.
+        for (codes, class, advice) in AADSTS {
+            if *class == ErrorClass::Reauthenticate && codes[0] != 50126 && codes[0] != 65004 {
+                assert!(advice.contains("token login"), "{codes:?}");
+            }
+        }
     }
 
     #[test]

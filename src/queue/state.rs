@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::message_file::Envelope;
+use crate::delivery::UpstreamReply;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -22,7 +23,7 @@ pub struct RecipientState {
     pub status: RecipientStatus,
     /// The upstream's last reply about this recipient.
     #[serde(default)]
-    pub reply: Option<String>,
+    pub reply: Option<UpstreamReply>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +90,7 @@ impl DeliveryState {
             .filter(|r| r.status == RecipientStatus::Failed)
     }
 
-    pub fn set(&mut self, address: &str, status: RecipientStatus, reply: Option<String>) {
+    pub fn set(&mut self, address: &str, status: RecipientStatus, reply: Option<UpstreamReply>) {
         if let Some(recipient) = self
             .recipients
             .iter_mut()
