@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod oauth;
 pub mod private_files;
 pub mod queue;
+pub mod relay;
 pub mod smtp;

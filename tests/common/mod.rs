@@ -14,14 +14,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use smtprelay::config::Config;
 use smtprelay::queue::{MessageFile, Spool};
-use smtprelay::smtp::listener::Server;
-use smtprelay::smtp::policy::Policy;
-use smtprelay::smtp::session::Intake;
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -88,23 +84,38 @@ impl TestPki {
     }
 }
 
-/// A relay running in this process.
+/// A relay running in this process, built by the library code `serve` uses.
 pub struct TestRelay {
     pub dir: tempfile::TempDir,
     pub addrs: Vec<SocketAddr>,
     pub spool: Arc<Spool>,
     pub shutdown: CancellationToken,
-    pub task: Option<JoinHandle<()>>,
     /// With [[account]] tables: the token manager, and delivery runs.
     pub tokens: Option<Arc<smtprelay::oauth::manager::TokenManager>>,
-    pub delivery: Option<JoinHandle<()>>,
     pub metrics: Arc<smtprelay::metrics::Metrics>,
     pub delivery_status: Arc<smtprelay::delivery::DeliveryStatus>,
     pub config: Arc<Config>,
+    admin_address: Option<SocketAddr>,
+    generation: Option<smtprelay::relay::Generation>,
 }
 
-/// The sections every test config needs; `extra` adds or overrides tables.
+/// Adds `line` to the `[table]` of `extra`, or the table with it when `extra` has none.
+fn with_table_line(extra: &str, table: &str, line: &str) -> String {
+    let header = format!("[{table}]\n");
+    if extra.contains(&header) {
+        extra.replacen(&header, &format!("{header}{line}\n"), 1)
+    } else {
+        format!("{extra}\n{header}{line}\n")
+    }
+}
+
+/// The sections every test config needs; `extra` adds or overrides tables. The admin endpoint
+/// listens on a port of its own, and the token store's key is `token.key` beside the state
+/// directory (written by [`TestRelay::start_with`]).
 pub fn config_text(state_dir: &Path, listen: &str, extra: &str) -> String {
+    let key_file = state_dir.parent().unwrap().join("token.key");
+    let extra = with_table_line(extra, "admin", "listen = \"127.0.0.1:0\"");
+    let extra = with_table_line(&extra, "tokens", &format!("key_file = {key_file:?}"));
     format!(
         r#"
 [server]
@@ -114,11 +125,9 @@ max_message_size = "1MiB"
 max_recipients = 5
 command_timeout = "10s"
 data_timeout = "10s"
-{extra_server}
 {listen}
 {extra}
-"#,
-        extra_server = "",
+"#
     )
 }
 
@@ -131,76 +140,32 @@ impl TestRelay {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("smtprelay.toml");
+        std::fs::write(dir.path().join("token.key"), token_key_hex()).unwrap();
         std::fs::write(&config_path, text(&state_dir)).unwrap();
         let config = match Config::load(&config_path) {
             Ok(config) => config,
             Err(e) => panic!("test config invalid:\n{e}"),
         };
-        let (spool, _) = Spool::open(&config.spool_dir(), config.queue.fsync).unwrap();
-        let tls = config
-            .tls
-            .as_ref()
-            .map(|t| smtprelay::smtp::tls::acceptor(t).unwrap());
-        let shutdown = CancellationToken::new();
-        let metrics = Arc::new(smtprelay::metrics::Metrics::default());
-        let intake = Arc::new(Intake {
-            policy: Policy::new(&config),
-            config: Arc::new(config),
-            spool: Arc::clone(&spool),
-            tls,
-            shutdown: shutdown.clone(),
-            accepting: shutdown.child_token(),
-            metrics: Arc::clone(&metrics),
-        });
-        let config = Arc::clone(&intake.config);
-        let config_for_admin = Arc::clone(&config);
-        let server = Server::bind(intake, &mut Default::default()).await.unwrap();
-        let addrs = server.local_addrs();
-        let task = tokio::spawn(server.run());
-        let delivery_status = Arc::new(smtprelay::delivery::DeliveryStatus::default());
-        let (tokens, delivery) = if config.accounts.is_empty() {
-            (None, None)
-        } else {
-            let store = smtprelay::oauth::FileStore::new(
-                config.server.state_dir.join(&config.tokens.file),
-                smtprelay::oauth::TokenKey::generate(),
-                2,
-            );
-            let manager = Arc::new(smtprelay::oauth::manager::TokenManager::new(
-                &config,
-                Arc::new(store),
-                smtprelay::oauth::http::TokenClient::new().unwrap(),
-            ));
-            tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
-            let outbound = smtprelay::delivery::Outbound {
-                spool: Arc::clone(&spool),
-                metrics: Arc::clone(&metrics),
-                budget: Arc::new(smtprelay::delivery::LocalBudget::in_memory()),
-                status: Arc::clone(&delivery_status),
-            };
-            let delivery =
-                smtprelay::delivery::Delivery::new(&outbound, Arc::clone(&manager), config);
-            tokio::spawn(smtprelay::admin::control::serve(
-                smtprelay::admin::control::socket_path(&config_for_admin.server.state_dir),
-                delivery.control(),
-                shutdown.clone(),
-            ));
-            (
-                Some(manager),
-                Some(tokio::spawn(delivery.run(shutdown.clone()))),
-            )
-        };
+        let process = smtprelay::relay::Process::open(&config).unwrap();
+        let prepared = smtprelay::relay::prepare(
+            &process,
+            Arc::new(config),
+            &mut smtprelay::relay::Sockets::default(),
+        )
+        .await
+        .unwrap();
+        let generation = prepared.start(&process, None);
         TestRelay {
             dir,
-            addrs,
-            spool,
-            shutdown,
-            task: Some(task),
-            tokens,
-            delivery,
-            metrics,
-            delivery_status,
-            config: Arc::clone(&config_for_admin),
+            addrs: generation.smtp_addresses.clone(),
+            spool: Arc::clone(&process.spool),
+            shutdown: process.shutdown.clone(),
+            tokens: generation.tokens.clone(),
+            metrics: Arc::clone(&process.metrics),
+            delivery_status: Arc::clone(&process.delivery_status),
+            config: Arc::clone(&generation.config),
+            admin_address: generation.admin_address,
+            generation: Some(generation),
         }
     }
 
@@ -233,11 +198,10 @@ impl TestRelay {
 
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
-        }
-        if let Some(task) = self.delivery.take() {
-            tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+        if let Some(generation) = self.generation.take() {
+            tokio::time::timeout(TIMEOUT, generation.finish())
+                .await
+                .unwrap();
         }
     }
 
@@ -532,23 +496,9 @@ pub fn wait_for_log(
 
 impl TestRelay {
     /// Serves the admin HTTP endpoint for this relay on 127.0.0.1:0; returns its base URL.
+    /// The admin endpoint's URL.
     pub async fn admin(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let admin = Arc::new(smtprelay::admin::Admin {
-            bearer_token: smtprelay::admin::bearer_token(&self.config).unwrap(),
-            config: Arc::clone(&self.config),
-            spool: Arc::clone(&self.spool),
-            tokens: self.tokens.clone(),
-            metrics: Arc::clone(&self.metrics),
-            delivery: Arc::clone(&self.delivery_status),
-        });
-        tokio::spawn(smtprelay::admin::serve(
-            listener,
-            admin,
-            self.shutdown.clone(),
-        ));
-        url
+        format!("http://{}", self.admin_address.unwrap())
     }
 }
 

@@ -1,0 +1,345 @@
+//! The relay as `serve` runs it, built from a configuration: what lives for the whole
+//! process ([`Process`]: spool, metrics, budgets, delivery status, alert memory) and a
+//! [`Generation`] of everything the configuration decides (intake listeners, admin endpoint,
+//! token manager, delivery, control socket, alerts). `serve` builds the first generation at
+//! start and a new one on each reload; tests build theirs with the same code.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::delivery::{Delivery, DeliveryStatus, LocalBudget, Outbound};
+use crate::metrics::Metrics;
+use crate::oauth::http::TokenClient;
+use crate::oauth::manager::TokenManager;
+use crate::oauth::{FileStore, TokenKey};
+use crate::queue::Spool;
+use crate::smtp::listener::Server;
+use crate::smtp::policy::Policy;
+use crate::smtp::session::Intake;
+
+/// What lives for the whole process.
+pub struct Process {
+    pub spool: Arc<Spool>,
+    pub metrics: Arc<Metrics>,
+    pub budget: Arc<LocalBudget>,
+    pub delivery_status: Arc<DeliveryStatus>,
+    pub alerts: crate::admin::alerts::AlertMemory,
+    /// Cancelled to stop the relay: everything drains.
+    pub shutdown: CancellationToken,
+}
+
+impl Process {
+    /// Opens the state directory (made private), the spool (recovering what a crash left)
+    /// and the saved budgets.
+    pub fn open(config: &Config) -> Result<Process, String> {
+        let state_dir = &config.server.state_dir;
+        crate::private_files::private_dir(state_dir)
+            .map_err(|e| format!("{}: {e}", state_dir.display()))?;
+        let (spool, recovery) =
+            Spool::open(&config.spool_dir(), config.queue.fsync).map_err(|e| e.to_string())?;
+        tracing::info!(
+            spool = %config.spool_dir().display(),
+            queued = recovery.queued,
+            removed_incomplete = recovery.removed_incomplete,
+            moved_to_corrupt = recovery.moved_to_corrupt,
+            "spool opened"
+        );
+        Ok(Process {
+            spool,
+            metrics: Arc::new(Metrics::default()),
+            budget: open_budget(state_dir),
+            delivery_status: Arc::default(),
+            alerts: Arc::default(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    fn outbound(&self) -> Outbound {
+        Outbound {
+            spool: Arc::clone(&self.spool),
+            metrics: Arc::clone(&self.metrics),
+            budget: Arc::clone(&self.budget) as Arc<dyn crate::delivery::Budget>,
+            status: Arc::clone(&self.delivery_status),
+        }
+    }
+}
+
+/// The sending budgets saved under `state_dir`. A file that cannot be read is moved aside
+/// (the relay starts with empty budgets rather than not at all) and said loudly.
+fn open_budget(state_dir: &std::path::Path) -> Arc<LocalBudget> {
+    let path = state_dir.join("budgets.json");
+    match LocalBudget::open(&path) {
+        Ok(budget) => Arc::new(budget),
+        Err(e) => {
+            let aside = state_dir.join("budgets.json.unreadable");
+            let moved = std::fs::rename(&path, &aside);
+            tracing::error!(error = %e, moved_to = %aside.display(), moved = moved.is_ok(),
+                "the sending budgets cannot be read: starting with empty ones, so recent sends are not counted");
+            Arc::new(LocalBudget::open(&path).unwrap_or_else(|_| LocalBudget::in_memory()))
+        }
+    }
+}
+
+/// Sockets handed from one generation to the next.
+#[derive(Default)]
+pub struct Sockets {
+    smtp: HashMap<SocketAddr, std::net::TcpListener>,
+    admin: Option<(SocketAddr, std::net::TcpListener)>,
+}
+
+impl Sockets {
+    /// The SMTP addresses, for `systemctl status`.
+    pub fn listening(&self) -> String {
+        let mut addresses: Vec<String> = self
+            .smtp
+            .values()
+            .filter_map(|listener| listener.local_addr().ok())
+            .map(|address| address.to_string())
+            .collect();
+        addresses.sort();
+        addresses.join(", ")
+    }
+}
+
+/// Everything one configuration runs.
+pub struct Generation {
+    pub config: Arc<Config>,
+    /// The SMTP listeners' addresses, in the configuration's order.
+    pub smtp_addresses: Vec<SocketAddr>,
+    /// The admin endpoint's address, if it has one.
+    pub admin_address: Option<SocketAddr>,
+    /// The token manager, when accounts are configured and the store key is usable.
+    pub tokens: Option<Arc<TokenManager>>,
+    accepting: CancellationToken,
+    server: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
+    outbound: CancellationToken,
+    outbound_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Generation {
+    /// Stops accepting and sending (its sessions go on: they end with the process's
+    /// shutdown, or by themselves); returns the server task, which ends with the last session.
+    /// Delivery is stopped when this returns.
+    pub async fn retire(mut self) -> JoinHandle<()> {
+        self.accepting.cancel();
+        self.outbound.cancel();
+        for task in self.outbound_tasks.drain(..) {
+            let _ = task.await;
+        }
+        if let Some(admin) = self.admin.take() {
+            let _ = admin.await;
+        }
+        self.server
+    }
+
+    /// Waits for everything to end (after the process's shutdown was cancelled).
+    pub async fn finish(self) {
+        let server = self.retire().await;
+        let _ = server.await;
+    }
+}
+
+/// A generation whose sockets are bound, not yet started.
+pub struct Prepared {
+    config: Arc<Config>,
+    server: Server,
+    intake: Arc<Intake>,
+    admin_listener: Option<tokio::net::TcpListener>,
+    admin_token: Option<crate::oauth::Secret>,
+}
+
+/// Binds what the configuration asks for (reusing `sockets` where addresses are unchanged).
+/// Nothing runs yet, so a failure leaves the running generation untouched.
+pub async fn prepare(
+    process: &Process,
+    config: Arc<Config>,
+    sockets: &mut Sockets,
+) -> Result<Prepared, String> {
+    let tls = match &config.tls {
+        Some(tls) => Some(crate::smtp::tls::acceptor(tls).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if !config.queue.fsync {
+        tracing::warn!("queue.fsync = false: accepted mail can be lost in a power failure");
+    }
+    let intake = Arc::new(Intake {
+        policy: Policy::new(&config),
+        config: Arc::clone(&config),
+        spool: Arc::clone(&process.spool),
+        tls,
+        shutdown: process.shutdown.clone(),
+        accepting: process.shutdown.child_token(),
+        metrics: Arc::clone(&process.metrics),
+    });
+    // Work on duplicates: if anything below fails, `sockets` still serves the next reload.
+    let mut reuse: HashMap<SocketAddr, std::net::TcpListener> = sockets
+        .smtp
+        .iter()
+        .filter_map(|(address, socket)| socket.try_clone().ok().map(|s| (*address, s)))
+        .collect();
+    let mut server = Server::bind(Arc::clone(&intake), &mut reuse)
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin_token = crate::admin::bearer_token(&config)
+        .map_err(|e| format!("[admin] bearer_token_file: {e}"))?;
+    let admin_listener = match config.admin.listen {
+        None => None,
+        Some(address) => {
+            let reused = sockets
+                .admin
+                .as_ref()
+                .filter(|(old, _)| *old == address)
+                .and_then(|(_, socket)| socket.try_clone().ok());
+            let socket = match reused {
+                Some(socket) => socket,
+                _ => {
+                    let socket = std::net::TcpListener::bind(address)
+                        .map_err(|e| format!("[admin] cannot listen on {address}: {e}"))?;
+                    socket
+                        .set_nonblocking(true)
+                        .map_err(|e| format!("[admin] {address}: {e}"))?;
+                    socket
+                }
+            };
+            Some(socket)
+        }
+    };
+    let admin_handoff = match (&admin_listener, config.admin.listen) {
+        (Some(socket), Some(address)) => Some((
+            address,
+            socket
+                .try_clone()
+                .map_err(|e| format!("[admin] {address}: {e}"))?,
+        )),
+        _ => None,
+    };
+    let admin_listener = match admin_listener {
+        Some(socket) => {
+            Some(tokio::net::TcpListener::from_std(socket).map_err(|e| format!("[admin]: {e}"))?)
+        }
+        None => None,
+    };
+    // Everything is bound: from here the new sockets are the ones to hand on.
+    sockets.smtp = server.handoff();
+    sockets.admin = admin_handoff;
+    Ok(Prepared {
+        config,
+        server,
+        intake,
+        admin_listener,
+        admin_token,
+    })
+}
+
+impl Prepared {
+    /// Starts it; `previous` is the generation's it replaces, whose counters and tokens the
+    /// new token manager takes over.
+    pub fn start(self, process: &Process, previous: Option<&TokenManager>) -> Generation {
+        let config = self.config;
+        let smtp_addresses = self.server.local_addrs();
+        let admin_address = self
+            .admin_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
+        let outbound = process.shutdown.child_token();
+        let mut outbound_tasks = Vec::new();
+        let tokens = start_token_manager(&config, &outbound, previous);
+        let manager = tokens.map(|(manager, refresher)| {
+            outbound_tasks.push(refresher);
+            manager
+        });
+        let admin = self.admin_listener.map(|listener| {
+            let admin = Arc::new(Admin {
+                bearer_token: self.admin_token,
+                config: Arc::clone(&config),
+                spool: Arc::clone(&process.spool),
+                tokens: manager.clone(),
+                metrics: Arc::clone(&process.metrics),
+                delivery: Arc::clone(&process.delivery_status),
+            });
+            tokio::spawn(crate::admin::serve(listener, admin, outbound.clone()))
+        });
+        if config.alerts.webhook.is_some() || config.alerts.email.is_some() {
+            let alerter = crate::admin::alerts::Alerter::new(
+                Arc::clone(&config),
+                Arc::clone(&process.spool),
+                manager.clone(),
+                Arc::clone(&process.alerts),
+            );
+            outbound_tasks.push(tokio::spawn(alerter.run(outbound.clone())));
+        }
+        if let Some(manager) = manager.clone() {
+            let delivery = Delivery::new(&process.outbound(), manager, Arc::clone(&config));
+            let socket = crate::admin::control::socket_path(&config.server.state_dir);
+            let control = delivery.control();
+            let stop = outbound.clone();
+            outbound_tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::admin::control::serve(socket, control, stop).await {
+                    tracing::error!(error = %e, "control socket failed");
+                }
+            }));
+            // Workers finish the message in hand; every exchange has its own timeout.
+            outbound_tasks.push(tokio::spawn(delivery.run(outbound.clone())));
+        }
+        Generation {
+            config,
+            smtp_addresses,
+            admin_address,
+            tokens: manager,
+            accepting: self.intake.accepting.clone(),
+            server: tokio::spawn(self.server.run()),
+            admin,
+            outbound,
+            outbound_tasks,
+        }
+    }
+}
+
+/// Keeps every account's token fresh in the background. Without a usable store key the relay
+/// still accepts mail, which waits in the queue until the key is fixed.
+fn start_token_manager(
+    config: &Config,
+    shutdown: &CancellationToken,
+    previous: Option<&TokenManager>,
+) -> Option<(Arc<TokenManager>, JoinHandle<()>)> {
+    if config.accounts.is_empty() {
+        tracing::warn!("no [[account]] is configured: mail is queued but has nowhere to go");
+        return None;
+    }
+    let key = match TokenKey::load(config.tokens.key_file.as_deref()) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::error!(target: "tokens", error = %e, "tokens unavailable: mail is held until this is fixed");
+            return None;
+        }
+    };
+    let client = match TokenClient::new() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(target: "tokens", error = %e, "tokens unavailable");
+            return None;
+        }
+    };
+    let store = FileStore::new(
+        config.server.state_dir.join(&config.tokens.file),
+        key,
+        config.tokens.backups,
+    );
+    let manager = Arc::new(TokenManager::new(config, Arc::new(store), client));
+    if let Some(previous) = previous {
+        manager.take_over(previous);
+    }
+    for status in manager.statuses() {
+        tracing::info!(target: "tokens", account = %status.account, state = status.health.name(),
+            reason = status.health.reason().unwrap_or(""), "account");
+    }
+    let refresher = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
+    Some((manager, refresher))
+}
