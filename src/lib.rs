@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod cli;
-pub mod client_tls;
 pub mod clock;
 pub mod config;
 pub mod delivery;
@@ -16,3 +15,4 @@ pub mod private_files;
 pub mod queue;
 pub mod relay;
 pub mod smtp;
+pub mod tls;

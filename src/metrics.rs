@@ -58,7 +58,10 @@ impl Metrics {
     /// Admits a new SMTP session from `client` unless `max_total` are open already, or
     /// `max_per_client` (when the address has a limit) from that address. The counts are the
     /// process's, so sessions still open under a configuration replaced by a reload count
-    /// too; they end with the returned permit.
+    /// too; they end with the returned permit. A counting semaphore of its own rather than
+    /// Tokio's: its size is the running configuration's `max_connections`, which a reload
+    /// may lower below the sessions already open, and nothing ever waits for a permit (a
+    /// session over the limit is refused at once).
     pub fn admit_session(
         self: &Arc<Self>,
         client: IpAddr,

@@ -51,7 +51,7 @@ impl Alerter {
         active: AlertMemory,
     ) -> Alerter {
         let http = config.alerts.webhook.as_ref().and_then(|url| {
-            let client = crate::client_tls::client_config(None)
+            let client = crate::tls::client_config(None)
                 .map_err(|e| e.to_string())
                 .and_then(|tls| {
                     reqwest::Client::builder()

@@ -22,7 +22,7 @@ pub struct Lane {
 impl Lane {
     /// The lane, and the sender the scheduler hands it messages through.
     pub fn new(index: usize, config: &AccountConfig) -> (Lane, mpsc::UnboundedSender<QueueId>) {
-        let tls = crate::client_tls::client_config(config.upstream.ca_file.as_deref())
+        let tls = crate::tls::client_config(config.upstream.ca_file.as_deref())
             .map(Arc::new)
             .map_err(|e| e.to_string());
         let (queue, receiver) = mpsc::unbounded_channel();

@@ -108,7 +108,7 @@ pub async fn token_test(
         }
         (None, Some(m)) => m.to_owned(),
     };
-    let tls = match crate::client_tls::client_config(config.upstream.ca_file.as_deref()) {
+    let tls = match crate::tls::client_config(config.upstream.ca_file.as_deref()) {
         Ok(tls) => Arc::new(tls),
         Err(e) => {
             steps.push(Step::fail("upstream", e.to_string()));

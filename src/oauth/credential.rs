@@ -8,7 +8,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, RsaKeyPair};
 use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
 
 use super::error::TokenError;
 use super::secret::Secret;
@@ -89,10 +88,10 @@ impl CertificateKey {
         algorithm: AssertionAlgorithm,
     ) -> Result<CertificateKey, TokenError> {
         // The leaf comes first; the thumbprints are of the certificate uploaded to the app.
-        let cert = crate::smtp::tls::read_certificates(certificate)
+        let cert = crate::tls::read_certificates(certificate)
             .map_err(|e| credential_error(certificate, "cannot read the certificate", e))?
             .swap_remove(0);
-        let key_der = PrivateKeyDer::from_pem_file(private_key)
+        let key_der = crate::tls::read_private_key(private_key)
             .map_err(|e| credential_error(private_key, "cannot read the private key", e))?;
         let key = match &key_der {
             PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),

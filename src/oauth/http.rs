@@ -103,8 +103,8 @@ impl TokenClient {
     }
 
     pub fn new() -> Result<TokenClient, TokenError> {
-        let tls = crate::client_tls::client_config(None)
-            .map_err(|e| TokenError::Credential(e.to_string()))?;
+        let tls =
+            crate::tls::client_config(None).map_err(|e| TokenError::Credential(e.to_string()))?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(15))

@@ -5,6 +5,7 @@
 //! lower-case verbs), strict where it matters (address syntax, unknown parameters).
 
 use super::error::SmtpError;
+use super::sasl::Mechanism;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -26,7 +27,7 @@ pub enum Command {
     Help,
     StartTls,
     Auth {
-        mechanism: String,
+        mechanism: Mechanism,
         initial_response: Option<String>,
     },
 }
@@ -144,10 +145,11 @@ fn parse_rcpt(rest: &str) -> Result<Command, SmtpError> {
 
 fn parse_auth(rest: &str) -> Result<Command, SmtpError> {
     let mut words = rest.split_whitespace();
-    let mechanism = words
-        .next()
-        .ok_or(SmtpError::Syntax("AUTH mechanism [initial-response]"))?
-        .to_ascii_uppercase();
+    let mechanism = Mechanism::parse(
+        words
+            .next()
+            .ok_or(SmtpError::Syntax("AUTH mechanism [initial-response]"))?,
+    );
     let initial_response = words.next().map(str::to_owned);
     if words.next().is_some() {
         return Err(SmtpError::Syntax("AUTH mechanism [initial-response]"));
@@ -422,7 +424,7 @@ mod tests {
         assert_eq!(
             parse(b"AUTH plain AGEAYg=="),
             Ok(Command::Auth {
-                mechanism: "PLAIN".into(),
+                mechanism: Mechanism::Plain,
                 initial_response: Some("AGEAYg==".into())
             })
         );

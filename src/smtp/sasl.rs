@@ -10,6 +10,37 @@ pub const LOGIN_USERNAME_PROMPT: &str = "VXNlcm5hbWU6";
 /// `334` challenge text for LOGIN's password: base64 of `Password:`.
 pub const LOGIN_PASSWORD_PROMPT: &str = "UGFzc3dvcmQ6";
 
+/// The SASL mechanism an `AUTH` command names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Login,
+    /// One the relay does not offer, as the client spelt it (refused with 504 5.5.4).
+    Unsupported(String),
+}
+
+impl Mechanism {
+    /// What EHLO offers, in its order.
+    pub const OFFERED: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
+
+    /// Mechanism names are case-insensitive (RFC 4422 3.1).
+    pub fn parse(name: &str) -> Mechanism {
+        match name.to_ascii_uppercase().as_str() {
+            "PLAIN" => Mechanism::Plain,
+            "LOGIN" => Mechanism::Login,
+            _ => Mechanism::Unsupported(name.to_owned()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+            Mechanism::Unsupported(name) => name,
+        }
+    }
+}
+
 #[derive(PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
@@ -64,6 +95,18 @@ pub fn decode_text(response: &[u8]) -> Result<String, SmtpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mechanisms_are_named_in_any_case_and_unknown_ones_kept_as_spelt() {
+        assert_eq!(Mechanism::parse("plain"), Mechanism::Plain);
+        assert_eq!(Mechanism::parse("LoGiN"), Mechanism::Login);
+        assert_eq!(
+            Mechanism::parse("CRAM-MD5"),
+            Mechanism::Unsupported("CRAM-MD5".into())
+        );
+        let offered: Vec<&str> = Mechanism::OFFERED.iter().map(Mechanism::name).collect();
+        assert_eq!(offered, ["PLAIN", "LOGIN"]);
+    }
 
     #[test]
     fn plain() {

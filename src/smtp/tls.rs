@@ -1,14 +1,15 @@
-//! The inbound TLS configuration: certificate chain and key from PEM files.
+//! The inbound TLS configuration: certificate chain and key from PEM files (read by
+//! [`crate::tls`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
+use crate::tls::{read_certificates, read_private_key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -22,12 +23,11 @@ pub enum TlsSetupError {
 
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsSetupError> {
     let chain = load_chain(&config.certificate)?;
-    let key = PrivateKeyDer::from_pem_file(&config.private_key).map_err(|e| {
-        TlsSetupError::PrivateKey {
+    let key =
+        read_private_key(&config.private_key).map_err(|reason| TlsSetupError::PrivateKey {
             path: config.private_key.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+            reason,
+        })?;
     let server =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
@@ -43,17 +43,4 @@ fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError
         path: path.to_owned(),
         reason,
     })
-}
-
-/// Every CERTIFICATE block of a PEM file (at least one), or why there is none. Used for the
-/// server chain, extra trust roots and client-assertion certificates alike.
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|e| e.to_string())?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    if certificates.is_empty() {
-        return Err("no CERTIFICATE block found".into());
-    }
-    Ok(certificates)
 }

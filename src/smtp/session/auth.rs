@@ -7,12 +7,12 @@ use crate::logging::Untrusted;
 use crate::smtp::error::SmtpError;
 use crate::smtp::line::Line;
 use crate::smtp::reply::Reply;
-use crate::smtp::sasl::{self, Credentials};
+use crate::smtp::sasl::{self, Credentials, Mechanism};
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn auth(
         &mut self,
-        mechanism: String,
+        mechanism: Mechanism,
         initial_response: Option<String>,
     ) -> Result<Flow, End> {
         if self.user.is_some() {
@@ -30,7 +30,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if self.intake.policy.auth_locked_out(ip) {
             return self.refuse(SmtpError::AuthLockedOut);
         }
-        let credentials = match self.sasl_exchange(&mechanism, initial_response).await? {
+        let credentials = match self.sasl_exchange(mechanism, initial_response).await? {
             Ok(credentials) => credentials,
             Err(error) => return self.refuse(error),
         };
@@ -56,11 +56,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
     async fn sasl_exchange(
         &mut self,
-        mechanism: &str,
+        mechanism: Mechanism,
         initial_response: Option<String>,
     ) -> Result<Result<Credentials, SmtpError>, End> {
         match mechanism {
-            "PLAIN" => {
+            Mechanism::Plain => {
                 let response = match initial_response {
                     Some(response) => Ok(response),
                     None => self.challenge("").await?,
@@ -69,7 +69,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     .and_then(|r| sasl::decode_response(&r))
                     .and_then(|r| sasl::decode_plain(&r)))
             }
-            "LOGIN" => {
+            Mechanism::Login => {
                 let username = match initial_response {
                     Some(response) => Ok(response),
                     None => self.challenge(sasl::LOGIN_USERNAME_PROMPT).await?,
@@ -88,7 +88,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     .and_then(|r| sasl::decode_text(&r));
                 Ok(password.map(|password| Credentials { username, password }))
             }
-            other => Ok(Err(SmtpError::UnsupportedMechanism(other.to_owned()))),
+            Mechanism::Unsupported(name) => Ok(Err(SmtpError::UnsupportedMechanism(name))),
         }
     }
 

@@ -9,6 +9,7 @@ use crate::config::{AuthMode, ListenTls};
 use crate::smtp::command::MailParams;
 use crate::smtp::error::SmtpError;
 use crate::smtp::reply::Reply;
+use crate::smtp::sasl::Mechanism;
 
 /// Recipients past `max_recipients` a client may send before each further one counts as an
 /// error (Postfix's smtpd_recipient_overshoot_limit).
@@ -33,7 +34,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 lines.push("STARTTLS".into());
             }
             if self.auth_offered() {
-                lines.push("AUTH PLAIN LOGIN".into());
+                let offered: Vec<&str> = Mechanism::OFFERED.iter().map(Mechanism::name).collect();
+                lines.push(format!("AUTH {}", offered.join(" ")).into());
             }
             Reply::multiline(250, lines)
         } else {
