@@ -44,12 +44,7 @@ async fn every_message_attempted(relay: &TestRelay) {
 }
 
 async fn send(relay: &TestRelay, from: &str, to: &[&str], data: &[u8]) -> String {
-    let mut client = relay.connect().await;
-    client.expect("EHLO app", 250).await;
-    let (code, text) = client.send_message(from, to, data).await;
-    assert_eq!(code, 250, "{text}");
-    client.expect("QUIT", 221).await;
-    text.rsplit(' ').next().unwrap().to_owned()
+    relay.send(from, to, data).await
 }
 
 /// What the client sends after DATA (dot-stuffed) …

@@ -247,6 +247,8 @@ pub struct AccountConfig {
     pub authorization_endpoint: Option<String>,
     pub scope: Option<String>,
     pub redirect_port: u16,
+    /// Microsoft Graph's base URL, for `transport = "graph"`.
+    pub graph_endpoint: String,
     pub upstream: UpstreamConfig,
 }
 
@@ -561,6 +563,9 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         .parse("flow", Flow::parse)
         .unwrap_or(Flow::ClientCredentials);
     let endpoint = |key: &str| s.parse(key, check_endpoint);
+    let transport = s
+        .parse("transport", Transport::parse)
+        .unwrap_or(Transport::Smtp);
     let account = AccountConfig {
         name: name?,
         provider,
@@ -578,9 +583,7 @@ fn read_account(s: Section) -> Option<AccountConfig> {
             .parse_list("senders", AddressGlob::new)
             .unwrap_or_default(),
         rewrite_sender: s.get("rewrite_sender").unwrap_or(false),
-        transport: s
-            .parse("transport", Transport::parse)
-            .unwrap_or(Transport::Smtp),
+        transport,
         authority: endpoint("authority")
             .unwrap_or_else(|| "https://login.microsoftonline.com".into()),
         token_endpoint: endpoint("token_endpoint"),
@@ -588,14 +591,10 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         authorization_endpoint: endpoint("authorization_endpoint"),
         scope: s.get("scope"),
         redirect_port: s.get("redirect_port").unwrap_or(8400),
-        upstream: read_upstream(s.table("upstream")),
+        graph_endpoint: endpoint("graph_endpoint")
+            .unwrap_or_else(|| "https://graph.microsoft.com/v1.0".into()),
+        upstream: read_upstream(s.table("upstream"), transport),
     };
-    if account.transport == Transport::Graph {
-        s.report(
-            "transport",
-            "the Microsoft Graph transport is not available in this version; use \"smtp\"",
-        );
-    }
     match account.provider {
         Provider::Microsoft if account.tenant.is_none() => s.report(
             "tenant",
@@ -662,7 +661,12 @@ fn check_endpoint(text: &str) -> Result<String, String> {
     Ok(text.trim_end_matches('/').to_owned())
 }
 
-fn read_upstream(section: Option<Section>) -> UpstreamConfig {
+fn read_upstream(section: Option<Section>, transport: Transport) -> UpstreamConfig {
+    // Graph allows an app 4 concurrent requests per mailbox.
+    let default_connections = match transport {
+        Transport::Smtp => 2,
+        Transport::Graph => 4,
+    };
     let s = section.as_ref();
     let duration = |key: &str, default: &str| {
         s.and_then(|s| s.parse(key, parse_duration))
@@ -678,7 +682,9 @@ fn read_upstream(section: Option<Section>) -> UpstreamConfig {
             .unwrap_or(UpstreamTls::StartTls),
         // An empty string is how the reference spells "no extra root".
         ca_file: s.and_then(|s| s.optional_path("ca_file")),
-        max_connections: s.and_then(|s| s.get("max_connections")).unwrap_or(2),
+        max_connections: s
+            .and_then(|s| s.get("max_connections"))
+            .unwrap_or(default_connections),
         rate: s
             .and_then(|s| s.parse("rate", str::parse::<Rate>))
             .unwrap_or_else(|| "30/min".parse().expect("valid default")),
@@ -942,5 +948,36 @@ mod tests {
         assert!(check_endpoint("http://127.0.0.1.evil.example/t").is_err());
         assert!(check_endpoint("ftp://x").is_err());
         assert!(check_endpoint("https:///path").is_err());
+    }
+
+    fn graph_account(keys: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[server]\nhostname = \"r\"\nstate_dir = \"/tmp/x\"\n[[listen]]\naddress = \"127.0.0.1:25\"\nauth = \"none\"\n\
+             [[account]]\nname = \"g\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret_file = \"s\"\n\
+             mailbox = \"m@x\"\ntransport = \"graph\"\n{keys}"
+        );
+        Config::parse(Path::new("/etc/smtprelay.toml"), text)
+    }
+
+    #[test]
+    fn graph_accounts_get_graph_defaults_and_endpoints_are_checked() {
+        let config = graph_account("").unwrap();
+        let account = &config.accounts[0];
+        assert_eq!(account.transport, Transport::Graph);
+        assert_eq!(account.graph_endpoint, "https://graph.microsoft.com/v1.0");
+        assert_eq!(account.upstream.max_connections, 4);
+        assert_eq!(
+            crate::oauth::provider::scope(account),
+            "https://graph.microsoft.com/.default"
+        );
+        let us = graph_account("graph_endpoint = \"https://graph.microsoft.us/v1.0\"\n").unwrap();
+        assert_eq!(
+            us.accounts[0].graph_endpoint,
+            "https://graph.microsoft.us/v1.0"
+        );
+        let error = graph_account("graph_endpoint = \"http://graph.example/v1.0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("graph_endpoint"), "{error}");
     }
 }

@@ -54,7 +54,11 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
             }
             Stopped::Send(SendError::Account(effect)) | Stopped::Effect(effect) => {
                 let report = match pause_for(&shared.config, effect) {
-                    Ok((until, why)) => Report::Blocked(until, Block::Paused(why)),
+                    Ok((until, why)) => {
+                        // `queue list` and `queue show` say why the message waits.
+                        state.last_error = Some(why.clone());
+                        Report::Blocked(until, Block::Paused(why))
+                    }
                     // Refused mid-session after an accepted login: the next one logs in afresh.
                     Err(reason) => {
                         state.last_error = Some(reason);
@@ -129,7 +133,10 @@ fn retry_soon(config: &Config) -> Report {
 fn pause_for(config: &Config, effect: AccountEffect) -> Result<(Instant, String), String> {
     let (pause, reply) = match effect {
         AccountEffect::TokenRejected(reply) => return Err(reply.described()),
-        AccountEffect::Throttled(reply) => (disposition::retry_delay(&config.queue, 1), reply),
+        AccountEffect::Throttled(reply, asked) => (
+            asked.unwrap_or_else(|| disposition::retry_delay(&config.queue, 1)),
+            reply,
+        ),
         AccountEffect::QuotaExceeded(reply) => (QUOTA_PAUSE, reply),
         AccountEffect::Hold(reply) => (HOLD_PAUSE, reply),
     };

@@ -25,7 +25,7 @@ pub enum TransactionError {
 fn effect_of(verdict: Verdict, reply: &UpstreamReply) -> Option<AccountEffect> {
     match verdict {
         Verdict::TokenRejected => Some(AccountEffect::TokenRejected(reply.clone())),
-        Verdict::Throttled => Some(AccountEffect::Throttled(reply.clone())),
+        Verdict::Throttled => Some(AccountEffect::Throttled(reply.clone(), None)),
         Verdict::QuotaExceeded => Some(AccountEffect::QuotaExceeded(reply.clone())),
         Verdict::HoldAccount => Some(AccountEffect::Hold(reply.clone())),
         _ => None,

@@ -15,7 +15,7 @@ use super::budget::{Budget, Exhausted};
 use super::lane::Lane;
 use super::schedule::Upstream;
 use super::transport::{
-    AccountEffect, Outgoing, RecipientResult, SendError, SmtpTransport, Transport,
+    AccountEffect, GraphTransport, Outgoing, RecipientResult, SendError, SmtpTransport, Transport,
 };
 use crate::config::Config;
 use crate::oauth::manager::TokenManager;
@@ -88,13 +88,20 @@ pub async fn run(
     done: mpsc::UnboundedSender<FromWorker>,
     stop: CancellationToken,
 ) {
-    let mut transport: Box<dyn Transport> = Box::new(SmtpTransport::new(
-        lane.config.clone(),
-        lane.tls.clone(),
-        Arc::clone(&shared.tokens),
-        shared.config.server.hostname.clone(),
-        stop,
-    ));
+    let mut transport: Box<dyn Transport> = match lane.config.transport {
+        crate::config::Transport::Smtp => Box::new(SmtpTransport::new(
+            lane.config.clone(),
+            lane.tls.clone(),
+            Arc::clone(&shared.tokens),
+            shared.config.server.hostname.clone(),
+            stop,
+        )),
+        crate::config::Transport::Graph => Box::new(GraphTransport::new(
+            lane.config.clone(),
+            Arc::clone(&shared.tokens),
+            stop,
+        )),
+    };
     loop {
         let next = {
             let mut receiver = lane.receiver.lock().await;

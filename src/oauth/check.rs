@@ -1,5 +1,6 @@
-//! `smtprelay token test`: get a token, look inside it, then log in to the upstream with it,
-//! and say in plain words what is wrong at the first step that fails.
+//! `smtprelay token test`: get a token, look inside it, then log in to the upstream with it
+//! (SMTP AUTH XOAUTH2, or an authenticated Graph request that sends nothing), and say in plain
+//! words what is wrong at the first step that fails.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use serde::Serialize;
 
 use super::manager::TokenManager;
 use crate::clock::unix_secs as unix_now;
-use crate::config::Flow;
+use crate::config::{Flow, Transport};
 use crate::delivery::UpstreamConnection;
 use crate::delivery::client::explain_client_error;
 
@@ -85,7 +86,7 @@ pub async fn token_test(
             "the token is opaque (not a JWT), so its audience cannot be checked here",
         )),
         Some(claims) => {
-            let (ok, detail) = judge_claims(&claims, config.flow);
+            let (ok, detail) = judge_claims(&claims, config.flow, config.transport);
             steps.push(Step {
                 ok,
                 title: "claims".into(),
@@ -108,6 +109,15 @@ pub async fn token_test(
         }
         (None, Some(m)) => m.to_owned(),
     };
+    if config.transport == Transport::Graph {
+        match crate::delivery::transport::graph::probe(&config, &mailbox, token.token.expose())
+            .await
+        {
+            Ok(detail) => steps.push(Step::pass("graph", detail)),
+            Err(detail) => steps.push(Step::fail("graph", detail)),
+        }
+        return steps;
+    }
     let tls = match crate::tls::client_config(config.upstream.ca_file.as_deref()) {
         Ok(tls) => Arc::new(tls),
         Err(e) => {
@@ -160,7 +170,7 @@ pub fn decode_claims(token: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn judge_claims(claims: &serde_json::Value, flow: Flow) -> (bool, String) {
+fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) -> (bool, String) {
     let text = |key: &str| claims[key].as_str().unwrap_or("").to_owned();
     let audience = text("aud");
     let who = [
@@ -192,6 +202,36 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow) -> (bool, String) {
         },
         claims["exp"].as_u64().unwrap_or(0),
     );
+    let delegated = matches!(flow, Flow::DeviceCode | Flow::AuthorizationCode);
+    if transport == Transport::Graph {
+        let may_send = if delegated {
+            scopes.split(' ').any(|s| s == "Mail.Send")
+        } else {
+            roles.iter().any(|r| r == "Mail.Send")
+        };
+        return if !GRAPH_AUDIENCES.contains(&audience.as_str()) {
+            (
+                false,
+                format!(
+                    "{summary}: the Graph transport needs a Microsoft Graph token (scope https://graph.microsoft.com/.default app-only, https://graph.microsoft.com/Mail.Send delegated); check `scope`"
+                ),
+            )
+        } else if !may_send {
+            (
+                false,
+                format!(
+                    "{summary}: the token lacks Mail.Send; add it under API permissions (Microsoft Graph, {}) and grant admin consent",
+                    if delegated {
+                        "delegated"
+                    } else {
+                        "application"
+                    }
+                ),
+            )
+        } else {
+            (true, summary)
+        };
+    }
     if GRAPH_AUDIENCES.contains(&audience.as_str()) {
         return (
             false,
@@ -233,19 +273,36 @@ mod tests {
     #[test]
     fn audiences_and_permissions_are_judged() {
         let app_only = json!({"aud": "https://outlook.office365.com", "roles": ["SMTP.SendAsApp"], "appid": "a"});
-        assert!(judge_claims(&app_only, Flow::ClientCredentials).0);
+        assert!(judge_claims(&app_only, Flow::ClientCredentials, Transport::Smtp).0);
         let graph = json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Send"]});
-        let (ok, detail) = judge_claims(&graph, Flow::ClientCredentials);
+        let (ok, detail) = judge_claims(&graph, Flow::ClientCredentials, Transport::Smtp);
         assert!(!ok && detail.contains("Microsoft Graph token"), "{detail}");
         let no_role =
             json!({"aud": "https://outlook.office365.com", "roles": ["full_access_as_app"]});
         assert!(
-            judge_claims(&no_role, Flow::ClientCredentials)
+            judge_claims(&no_role, Flow::ClientCredentials, Transport::Smtp)
                 .1
                 .contains("SMTP.SendAsApp")
         );
         let delegated =
             json!({"aud": "https://outlook.office.com", "scp": "SMTP.Send", "upn": "u@c"});
-        assert!(judge_claims(&delegated, Flow::DeviceCode).0);
+        assert!(judge_claims(&delegated, Flow::DeviceCode, Transport::Smtp).0);
+    }
+
+    #[test]
+    fn graph_accounts_need_a_graph_token_with_mail_send() {
+        let graph = json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Send"]});
+        assert!(judge_claims(&graph, Flow::ClientCredentials, Transport::Graph).0);
+        let smtp = json!({"aud": "https://outlook.office365.com", "roles": ["SMTP.SendAsApp"]});
+        let (ok, detail) = judge_claims(&smtp, Flow::ClientCredentials, Transport::Graph);
+        assert!(
+            !ok && detail.contains("needs a Microsoft Graph token"),
+            "{detail}"
+        );
+        let no_role = json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Read"]});
+        let (ok, detail) = judge_claims(&no_role, Flow::ClientCredentials, Transport::Graph);
+        assert!(!ok && detail.contains("Mail.Send") && detail.contains("application"));
+        let delegated = json!({"aud": "https://graph.microsoft.com", "scp": "Mail.Send User.Read"});
+        assert!(judge_claims(&delegated, Flow::DeviceCode, Transport::Graph).0);
     }
 }

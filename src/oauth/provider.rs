@@ -1,11 +1,14 @@
 //! Where an account's tokens come from: endpoint URLs and default scopes.
 
-use crate::config::{AccountConfig, Flow, Provider};
+use crate::config::{AccountConfig, Flow, Provider, Transport};
 
 /// Scope for app-only tokens to Exchange Online SMTP.
 pub const APP_ONLY_SCOPE: &str = "https://outlook.office365.com/.default";
 /// Scope for delegated tokens; `offline_access` brings the refresh token.
 pub const DELEGATED_SCOPE: &str = "https://outlook.office.com/SMTP.Send offline_access";
+/// The same for Microsoft Graph (`transport = "graph"`): one resource per token.
+pub const GRAPH_APP_ONLY_SCOPE: &str = "https://graph.microsoft.com/.default";
+pub const GRAPH_DELEGATED_SCOPE: &str = "https://graph.microsoft.com/Mail.Send offline_access";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
@@ -48,9 +51,11 @@ pub fn endpoints(account: &AccountConfig) -> Endpoints {
 
 pub fn scope(account: &AccountConfig) -> String {
     account.scope.clone().unwrap_or_else(|| {
-        match account.flow {
-            Flow::ClientCredentials => APP_ONLY_SCOPE,
-            Flow::DeviceCode | Flow::AuthorizationCode => DELEGATED_SCOPE,
+        match (account.transport, account.flow) {
+            (Transport::Smtp, Flow::ClientCredentials) => APP_ONLY_SCOPE,
+            (Transport::Smtp, Flow::DeviceCode | Flow::AuthorizationCode) => DELEGATED_SCOPE,
+            (Transport::Graph, Flow::ClientCredentials) => GRAPH_APP_ONLY_SCOPE,
+            (Transport::Graph, Flow::DeviceCode | Flow::AuthorizationCode) => GRAPH_DELEGATED_SCOPE,
         }
         .to_owned()
     })

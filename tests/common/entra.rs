@@ -26,6 +26,8 @@ pub const TENANT: &str = "contoso.onmicrosoft.com";
 pub const TENANT_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const APP_ONLY_SCOPE: &str = "https://outlook.office365.com/.default";
 pub const DELEGATED_SCOPE: &str = "https://outlook.office.com/SMTP.Send offline_access";
+/// The audience of Microsoft Graph tokens.
+pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 
 #[derive(Clone, Default)]
 pub struct App {
@@ -37,6 +39,8 @@ pub struct App {
     pub public_client: bool,
     /// The user that signs in for delegated flows.
     pub user: String,
+    /// Microsoft Graph's Mail.Send was not granted (tokens for Graph carry no such role).
+    pub graph_mail_send_denied: bool,
 }
 
 /// A scripted failure for the next token request.
@@ -58,6 +62,8 @@ pub struct IssuedToken {
     pub audience: String,
     pub user: Option<String>,
     pub expires_at: u64,
+    /// `roles` (app-only) or `scp` (delegated), as the resource checks them.
+    pub permissions: Vec<String>,
 }
 
 struct RefreshToken {
@@ -454,11 +460,18 @@ fn issue(state: &mut EntraState, app: &App, scope: &str, delegated: bool) -> Res
         "exp": exp,
         "iat": unix_now(),
     });
+    let graph = resource == GRAPH_RESOURCE;
+    let permissions: Vec<String> = match (graph, delegated) {
+        (true, _) if app.graph_mail_send_denied => vec![],
+        (true, _) => vec!["Mail.Send".into()],
+        (false, true) => vec!["SMTP.Send".into()],
+        (false, false) => vec!["SMTP.SendAsApp".into()],
+    };
     if delegated {
-        claims["scp"] = json!("SMTP.Send");
+        claims["scp"] = json!(permissions.join(" "));
         claims["upn"] = json!(app.user);
     } else {
-        claims["roles"] = json!(["SMTP.SendAsApp"]);
+        claims["roles"] = json!(permissions);
     }
     let access_token = format!(
         "{}.{}.{}",
@@ -473,6 +486,7 @@ fn issue(state: &mut EntraState, app: &App, scope: &str, delegated: bool) -> Res
             audience: resource,
             user: delegated.then(|| app.user.clone()),
             expires_at: exp,
+            permissions,
         },
     );
     let mut body = json!({

@@ -4,6 +4,7 @@
 
 pub mod entra;
 pub mod exchange;
+pub mod graph;
 pub mod installed;
 pub mod tokens;
 
@@ -181,6 +182,16 @@ impl TestRelay {
 
     pub async fn connect(&self) -> Client {
         Client::connect(self.addr()).await
+    }
+
+    /// Sends one message in a session of its own; returns its queue ID.
+    pub async fn send(&self, from: &str, to: &[&str], data: &[u8]) -> String {
+        let mut client = self.connect().await;
+        client.expect("EHLO app", 250).await;
+        let (code, text) = client.send_message(from, to, data).await;
+        assert_eq!(code, 250, "{text}");
+        client.expect("QUIT", 221).await;
+        text.rsplit(' ').next().unwrap().to_owned()
     }
 
     /// The queued messages with their content, oldest first.

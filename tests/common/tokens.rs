@@ -152,6 +152,8 @@ pub struct WorldOptions<'a> {
     pub account: &'a str,
     /// Text after the `[account.upstream]` table: keys for it first, then other tables.
     pub extra: &'a str,
+    /// `[server] max_message_size`.
+    pub max_message_size: &'a str,
 }
 
 impl Default for WorldOptions<'_> {
@@ -162,6 +164,7 @@ impl Default for WorldOptions<'_> {
             mailbox: "relay@contoso.com",
             account: "",
             extra: "",
+            max_message_size: "1MiB",
         }
     }
 }
@@ -194,8 +197,10 @@ impl World {
             exchange.upstream_table(dir.path()),
             options.extra
         );
+        let size = format!("max_message_size = {:?}", options.max_message_size);
         let relay = super::TestRelay::start_with(move |state| {
             super::config_text(state, super::PLAIN_LISTENER, &text)
+                .replace("max_message_size = \"1MiB\"", &size)
         })
         .await;
         World {

@@ -1,8 +1,10 @@
 //! How a message goes upstream. A [`Transport`] is one worker's way to its account's upstream
-//! (an SMTP connection today; Microsoft Graph next): it sends one transaction's worth of
+//! (an SMTP connection, or Microsoft Graph requests): it sends one transaction's worth of
 //! recipients and says what became of each. Budgets, retries, durable results and reports
 //! are the worker's and the scheduler's, the same whatever the transport.
 
+pub mod bcc;
+pub mod graph;
 pub mod smtp;
 
 use std::path::Path;
@@ -11,6 +13,7 @@ use super::budget::BoxFuture;
 use super::reply::UpstreamReply;
 use crate::queue::MessageFile;
 
+pub use graph::GraphTransport;
 pub use smtp::SmtpTransport;
 
 /// A message on its way upstream.
@@ -39,7 +42,8 @@ pub enum RecipientResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountEffect {
     TokenRejected(UpstreamReply),
-    Throttled(UpstreamReply),
+    /// Throttled; the upstream may say for how long (Graph's `Retry-After`).
+    Throttled(UpstreamReply, Option<std::time::Duration>),
     QuotaExceeded(UpstreamReply),
     Hold(UpstreamReply),
 }

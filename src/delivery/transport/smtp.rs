@@ -140,7 +140,7 @@ impl SmtpTransport {
                 Err(ClientError::Rejected(reply)) => {
                     connection.quit().await;
                     return Err(SendError::Account(match classify(&reply) {
-                        Verdict::Throttled => AccountEffect::Throttled(reply),
+                        Verdict::Throttled => AccountEffect::Throttled(reply, None),
                         Verdict::QuotaExceeded => AccountEffect::QuotaExceeded(reply),
                         _ => AccountEffect::Hold(reply),
                     }));

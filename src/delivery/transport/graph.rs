@@ -1,0 +1,500 @@
+//! Microsoft Graph `sendMail`, for tenants that turned SMTP AUTH off: the spooled MIME,
+//! base64-encoded, posted as the account's mailbox with a Graph-audience token. Graph has no
+//! envelope, so recipients that no To/Cc/Bcc header names go in an added `Bcc:` header
+//! ([`super::bcc`]); every other byte goes as it was spooled.
+//!
+//! What Graph answers is read with one table ([`ROWS`]): for each status and error code, what
+//! the queue does and what an admin can do about it, as `exchange-online.md` lays down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{AccountEffect, Outcome, Outgoing, RecipientResult, SendError, Transport};
+use crate::config::AccountConfig;
+use crate::delivery::budget::BoxFuture;
+use crate::delivery::reply::UpstreamReply;
+use crate::oauth::manager::TokenManager;
+
+/// Graph refuses a sendMail body (the base64 text) over 4 MB with 413.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// What the queue does with an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Accepted for every recipient.
+    Delivered,
+    /// The token was refused: try a fresh one once, then hold like 535 5.7.3.
+    RefreshToken,
+    /// Pause the mailbox for `Retry-After`.
+    Throttled,
+    /// The account cannot send until an admin acts: hold its mail.
+    HoldAccount,
+    /// This message can never go: fail its recipients (DSN).
+    FailMessage,
+    /// Try again on the retry schedule (the message may have been sent: Graph sometimes
+    /// answers 5xx after accepting).
+    Retry,
+}
+
+/// One row: empty `statuses` or `codes` match any. The SMTP-shaped `code` and `enhanced` are
+/// what the delivery state, DSNs and logs record for the answer.
+struct Row {
+    statuses: &'static [u16],
+    codes: &'static [&'static str],
+    action: Action,
+    code: u16,
+    enhanced: &'static str,
+    advice: Option<&'static str>,
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        statuses: &[202],
+        codes: &[],
+        action: Action::Delivered,
+        code: 250,
+        enhanced: "2.0.0",
+        advice: None,
+    },
+    Row {
+        statuses: &[401],
+        codes: &[],
+        action: Action::RefreshToken,
+        code: 535,
+        enhanced: "5.7.3",
+        advice: Some(
+            "Graph refused the token: it expired, or it is not for https://graph.microsoft.com (an Outlook/SMTP token is refused; check `scope`)",
+        ),
+    },
+    Row {
+        statuses: &[429, 503, 504],
+        codes: &[],
+        action: Action::Throttled,
+        code: 451,
+        enhanced: "4.7.500",
+        advice: Some(
+            "Graph is throttling this app or mailbox (4 concurrent requests, 10,000 per 10 minutes); the relay waits as long as Graph asks",
+        ),
+    },
+    Row {
+        statuses: &[],
+        codes: &["ErrorSendAsDenied"],
+        action: Action::FailMessage,
+        code: 550,
+        enhanced: "5.7.60",
+        advice: Some(
+            "the mailbox is not allowed to send as this From address: grant Send As (Add-RecipientPermission) or send from the mailbox's own address",
+        ),
+    },
+    Row {
+        statuses: &[],
+        codes: &["ErrorQuotaExceeded"],
+        action: Action::HoldAccount,
+        code: 554,
+        enhanced: "5.2.2",
+        advice: Some(
+            "the sending mailbox is full (Sent Items counts against its quota); free space or raise the quota",
+        ),
+    },
+    Row {
+        statuses: &[403, 404],
+        codes: &["MailboxNotEnabledForRESTAPI", "ErrorInvalidUser"],
+        action: Action::HoldAccount,
+        code: 550,
+        enhanced: "5.7.1",
+        advice: Some(
+            "the mailbox cannot send through Graph: it is unlicensed, on-premises, or does not exist (check `mailbox`)",
+        ),
+    },
+    Row {
+        statuses: &[403],
+        codes: &[],
+        action: Action::HoldAccount,
+        code: 550,
+        enhanced: "5.7.1",
+        advice: Some(
+            "the app may not send as this mailbox: grant the Mail.Send permission (application, with admin consent; or delegated for a signed-in user) and check that no application access policy excludes the mailbox",
+        ),
+    },
+    Row {
+        statuses: &[400],
+        codes: &["ErrorInvalidRecipients"],
+        action: Action::FailMessage,
+        code: 550,
+        enhanced: "5.1.3",
+        advice: None,
+    },
+    Row {
+        statuses: &[400],
+        codes: &[],
+        action: Action::FailMessage,
+        code: 554,
+        enhanced: "5.6.0",
+        advice: Some("Graph refused the message as malformed"),
+    },
+    Row {
+        statuses: &[413],
+        codes: &[],
+        action: Action::FailMessage,
+        code: 552,
+        enhanced: "5.3.4",
+        advice: Some(
+            "the message is over Graph's 4 MB sendMail limit; larger messages need the upload path, which this version does not have",
+        ),
+    },
+];
+
+/// Any answer no row names: retried, as a server error would be.
+const OTHER: Row = Row {
+    statuses: &[],
+    codes: &[],
+    action: Action::Retry,
+    code: 451,
+    enhanced: "4.3.0",
+    advice: None,
+};
+
+fn row(status: u16, code: &str) -> &'static Row {
+    ROWS.iter()
+        .find(|row| {
+            (row.statuses.is_empty() || row.statuses.contains(&status))
+                && (row.codes.is_empty() || row.codes.contains(&code))
+        })
+        .unwrap_or(&OTHER)
+}
+
+/// Graph's error body: `{"error": {"code", "message"}}`.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// An answer as the queue records it: `451 4.7.500 Graph 429 TooManyRequests: … (advice)`.
+fn recorded(row: &Row, status: u16, error: &ErrorDetail) -> UpstreamReply {
+    let mut text = format!("{} Graph {status}", row.enhanced);
+    if !error.code.is_empty() {
+        text.push_str(&format!(" {}", error.code));
+    }
+    let message = crate::logging::Untrusted(error.message.trim()).to_string();
+    if !message.is_empty() {
+        text.push_str(&format!(": {message}"));
+    }
+    if let Some(advice) = row.advice {
+        text.push_str(&format!(" ({advice})"));
+    }
+    UpstreamReply::new(row.code, &text)
+}
+
+/// `Retry-After` in seconds (Graph does not send dates), within reason.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds.clamp(1, 3600)))
+}
+
+pub struct GraphTransport {
+    account: AccountConfig,
+    http: Result<reqwest::Client, String>,
+    tokens: Arc<TokenManager>,
+    stop: CancellationToken,
+}
+
+impl GraphTransport {
+    pub fn new(
+        account: AccountConfig,
+        tokens: Arc<TokenManager>,
+        stop: CancellationToken,
+    ) -> GraphTransport {
+        let http = http_client(&account);
+        GraphTransport {
+            account,
+            http,
+            tokens,
+            stop,
+        }
+    }
+
+    async fn send_message(&mut self, message: &Outgoing<'_>) -> Result<Outcome, SendError> {
+        let http = self.http.clone().map_err(SendError::Failed)?;
+        let body = self.body(message).await?;
+        if body.len() > MAX_BODY {
+            let reply = recorded(row(413, ""), 413, &ErrorDetail::default());
+            return Ok(everyone(message, RecipientResult::Failed(reply)));
+        }
+        let url = format!(
+            "{}/users/{}/sendMail",
+            self.account.graph_endpoint.trim_end_matches('/'),
+            percent_encode(message.mailbox)
+        );
+        let account = &self.account.name;
+        for try_number in 0..2 {
+            let token = self
+                .tokens
+                .access_token(account)
+                .await
+                .map_err(|e| SendError::NoToken(e.to_string()))?;
+            let request = http
+                .post(&url)
+                .bearer_auth(token.token.expose())
+                .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                .body(body.clone())
+                .send();
+            let response = tokio::select! {
+                response = request => response,
+                _ = self.stop.cancelled() => return Err(SendError::Interrupted),
+            };
+            let response = match response {
+                Ok(response) => response,
+                Err(e) => return Err(SendError::Failed(describe_http_error(&e))),
+            };
+            let status = response.status().as_u16();
+            let after = retry_after(response.headers());
+            let error: ErrorBody = if status == 202 {
+                ErrorBody::default()
+            } else {
+                let bytes = response.bytes().await.unwrap_or_default();
+                serde_json::from_slice(&bytes).unwrap_or_default()
+            };
+            let row = row(status, &error.error.code);
+            let reply = recorded(row, status, &error.error);
+            match row.action {
+                Action::Delivered => {
+                    return Ok(everyone(message, RecipientResult::Delivered(reply)));
+                }
+                Action::RefreshToken if try_number == 0 => {
+                    self.tokens.invalidate(account, &token.token);
+                }
+                Action::RefreshToken => return Err(SendError::TokenRefused(reply.to_string())),
+                Action::Throttled => {
+                    let mut outcome = everyone(message, RecipientResult::Deferred(reply.clone()));
+                    outcome.effect = Some(AccountEffect::Throttled(reply, after));
+                    return Ok(outcome);
+                }
+                Action::HoldAccount => {
+                    return Err(SendError::Account(AccountEffect::Hold(reply)));
+                }
+                Action::FailMessage => {
+                    return Ok(everyone(message, RecipientResult::Failed(reply)));
+                }
+                Action::Retry => return Err(SendError::Failed(reply.to_string())),
+            }
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    /// The request body: the spooled MIME (checked against its checksum) with the envelope's
+    /// unnamed recipients in a `Bcc:` header, base64-encoded.
+    async fn body(&self, message: &Outgoing<'_>) -> Result<String, SendError> {
+        let file = message.file.clone();
+        let path = message.path.to_owned();
+        let recipients = message.recipients.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let content = file.read_content(&path).map_err(|e| {
+                tracing::error!(queue_id = %file.envelope.id, error = %e, "cannot send the spooled message");
+                SendError::Failed(format!("cannot read the spooled message: {e}"))
+            })?;
+            let mime = super::bcc::with_envelope_bcc(&content, &recipients);
+            Ok(STANDARD.encode(mime.as_ref()))
+        })
+        .await
+        .map_err(|e| SendError::Failed(e.to_string()))?
+    }
+}
+
+/// What `token test` does for a Graph account: an authenticated sendMail with an empty body.
+/// Graph checks the token and the right to send as `mailbox` before it reads the body, so a
+/// 400 for the missing message means both passed, and nothing was sent.
+pub async fn probe(account: &AccountConfig, mailbox: &str, token: &str) -> Result<String, String> {
+    let http = http_client(account)?;
+    let url = format!(
+        "{}/users/{}/sendMail",
+        account.graph_endpoint.trim_end_matches('/'),
+        percent_encode(mailbox)
+    );
+    let response = http
+        .post(&url)
+        .bearer_auth(token)
+        .header(reqwest::header::CONTENT_TYPE, "text/plain")
+        .body("")
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", describe_http_error(&e)))?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap_or_default();
+    let error: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+    let row = row(status, &error.error.code);
+    match (status, row.action) {
+        (400, Action::FailMessage) => Ok(format!(
+            "Graph accepted the token for {mailbox} (an empty message was refused, as it must be: nothing was sent)"
+        )),
+        _ => Err(format!(
+            "as {mailbox}: {}",
+            recorded(row, status, &error.error)
+        )),
+    }
+}
+
+/// An HTTP client that trusts the system roots and the account's `ca_file`, with its timeouts.
+fn http_client(account: &AccountConfig) -> Result<reqwest::Client, String> {
+    let tls = crate::tls::client_config(account.upstream.ca_file.as_deref())
+        .map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(account.upstream.connect_timeout)
+        .timeout(account.upstream.command_timeout)
+        .user_agent(concat!("smtprelay/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot set up HTTP: {e}"))
+}
+
+/// The same result for every recipient of the request.
+fn everyone(message: &Outgoing<'_>, result: RecipientResult) -> Outcome {
+    Outcome {
+        results: message
+            .recipients
+            .iter()
+            .map(|r| (r.clone(), result.clone()))
+            .collect(),
+        effect: None,
+    }
+}
+
+fn describe_http_error(error: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut text = format!("Graph request failed: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    if error.is_timeout() {
+        text.push_str(" (the message may have been sent; it is tried again)");
+    }
+    text
+}
+
+/// A mailbox in a URL path: everything but unreserved characters and `@` escaped.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Transport for GraphTransport {
+    fn send<'a>(
+        &'a mut self,
+        message: &'a Outgoing<'a>,
+    ) -> BoxFuture<'a, Result<Outcome, SendError>> {
+        Box::pin(self.send_message(message))
+    }
+
+    /// Requests share reqwest's pool; nothing is held per worker.
+    fn is_open(&self) -> bool {
+        false
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(code: &str) -> ErrorDetail {
+        ErrorDetail {
+            code: code.into(),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn the_graph_table() {
+        for (status, code, action) in [
+            (202, "", Action::Delivered),
+            (401, "InvalidAuthenticationToken", Action::RefreshToken),
+            (429, "ApplicationThrottled", Action::Throttled),
+            (503, "", Action::Throttled),
+            (504, "", Action::Throttled),
+            (403, "ErrorAccessDenied", Action::HoldAccount),
+            (403, "MailboxNotEnabledForRESTAPI", Action::HoldAccount),
+            (404, "ErrorInvalidUser", Action::HoldAccount),
+            (403, "ErrorSendAsDenied", Action::FailMessage),
+            (400, "ErrorInvalidRecipients", Action::FailMessage),
+            (
+                400,
+                "ErrorMimeContentInvalidBase64String",
+                Action::FailMessage,
+            ),
+            (413, "ErrorRequestEntityTooLarge", Action::FailMessage),
+            (507, "ErrorQuotaExceeded", Action::HoldAccount),
+            (500, "ErrorInternalServerError", Action::Retry),
+            (404, "ResourceNotFound", Action::Retry),
+        ] {
+            assert_eq!(row(status, code).action, action, "{status} {code}");
+        }
+    }
+
+    #[test]
+    fn answers_are_recorded_with_codes_and_advice() {
+        let reply = recorded(
+            row(403, "ErrorAccessDenied"),
+            403,
+            &detail("ErrorAccessDenied"),
+        );
+        assert_eq!(
+            (reply.code, reply.enhanced.as_deref()),
+            (550, Some("5.7.1"))
+        );
+        assert!(
+            reply
+                .text()
+                .contains("Graph 403 ErrorAccessDenied: m (the app may not send")
+        );
+        let throttled = recorded(row(429, ""), 429, &ErrorDetail::default());
+        assert_eq!(
+            throttled.to_string().split(" (").next().unwrap(),
+            "451 4.7.500 Graph 429"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(reqwest::header::RETRY_AFTER, "0".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn mailboxes_are_escaped_in_the_path() {
+        assert_eq!(percent_encode("scan+x@contoso.com"), "scan%2Bx@contoso.com");
+    }
+}

@@ -1,0 +1,284 @@
+//! Delivery through Microsoft Graph sendMail (`transport = "graph"`), against the Graph double.
+
+mod common;
+
+use std::time::Duration;
+
+use common::graph::{Graph, GraphFault};
+use common::tokens::{SECRET, World, WorldOptions, app};
+use common::{TIMEOUT, TestRelay};
+
+/// A relay whose account sends through the Graph double, with `account` keys added.
+async fn graph_world(account: &str, extra: &str) -> (World, Graph) {
+    let graph = Graph::start().await;
+    let keys = format!("{}{account}", graph.account_keys());
+    let w = World::start(WorldOptions {
+        account: &keys,
+        extra,
+        ..Default::default()
+    })
+    .await;
+    graph.trust(&w.entra);
+    (w, graph)
+}
+
+/// The usual scan, to one recipient.
+async fn send_scan(relay: &TestRelay) {
+    relay
+        .send("scanner@contoso.com", &["ann@fabrikam.com"], MESSAGE)
+        .await;
+}
+
+/// Waits until `done` holds, or fails after the harness's timeout.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Takes Mail.Send away from the app; the token the relay holds goes, so the next one is
+/// issued without it.
+async fn deny_mail_send(w: &World) {
+    w.entra.register(common::entra::App {
+        secret: Some(SECRET.into()),
+        graph_mail_send_denied: true,
+        ..app("app-secret")
+    });
+    let manager = w.relay.tokens.clone().unwrap();
+    let held = manager.access_token("contoso").await.unwrap();
+    manager.invalidate("contoso", &held.token);
+}
+
+/// The delivery state's last error for the one queued message.
+fn last_error(relay: &TestRelay) -> Option<String> {
+    let file = relay.spool.messages().pop()?;
+    relay
+        .spool
+        .paths()
+        .read_state(&file.envelope)
+        .ok()?
+        .last_error
+}
+
+const MESSAGE: &[u8] = b"From: Scanner <scanner@contoso.com>\r\nTo: ann@fabrikam.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n8-bit UTF-8: \xc3\xa9\xc3\xa8 \xe2\x82\xac\r\n";
+
+#[tokio::test]
+async fn mail_goes_through_graph_with_envelope_only_recipients_as_bcc() {
+    let (w, graph) = graph_world("", "").await;
+    w.relay
+        .send(
+            "scanner@contoso.com",
+            &["ann@fabrikam.com", "hidden@fabrikam.com"],
+            MESSAGE,
+        )
+        .await;
+    let spooled = w.relay.queued()[0].1.clone();
+    w.relay.drained().await;
+    let sent = graph.state().sent.clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].mailbox, "relay@contoso.com");
+    assert_eq!(
+        sent[0].recipients,
+        ["hidden@fabrikam.com", "ann@fabrikam.com"]
+    );
+    // One header added in front; every spooled byte (8-bit text included) as it was.
+    let mut expected = b"Bcc: hidden@fabrikam.com\r\n".to_vec();
+    expected.extend_from_slice(&spooled);
+    assert_eq!(sent[0].mime, expected);
+    assert!(sent[0].mime.ends_with(b"\xc3\xa9\xc3\xa8 \xe2\x82\xac\r\n"));
+    // No SMTP connection was made: the account has no SMTP side.
+    assert!(w.exchange.state().received.is_empty());
+}
+
+#[tokio::test]
+async fn a_burst_of_429s_is_ridden_out_without_a_duplicate() {
+    let (w, graph) = graph_world("", "").await;
+    graph.state().faults.extend([
+        GraphFault::Refuse(429, "ApplicationThrottled", Some(1)),
+        GraphFault::Refuse(429, "ApplicationThrottled", Some(1)),
+        GraphFault::Refuse(503, "ErrorServerBusy", Some(1)),
+    ]);
+    send_scan(&w.relay).await;
+    w.relay.drained().await;
+    let state = graph.state();
+    assert_eq!(state.sent.len(), 1, "sent once");
+    let statuses: Vec<u16> = state.requests.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses, [429, 429, 503, 202]);
+    // Each retry waited as long as Graph asked.
+    for pair in state.requests.windows(2) {
+        let waited = pair[1].0 - pair[0].0;
+        assert!(waited >= Duration::from_millis(950), "{waited:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_once_and_the_mail_goes() {
+    let (w, graph) = graph_world("", "").await;
+    send_scan(&w.relay).await;
+    w.relay.drained().await;
+    // Revoke what was issued: the relay's cached token is now refused with 401.
+    w.entra.state().issued.clear();
+    let tokens_before = w.entra.requests("client_credentials");
+    send_scan(&w.relay).await;
+    w.relay.drained().await;
+    assert_eq!(graph.state().sent.len(), 2);
+    let statuses: Vec<u16> = graph.state().requests.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses, [202, 401, 202]);
+    assert_eq!(w.entra.requests("client_credentials"), tokens_before + 1);
+}
+
+#[tokio::test]
+async fn a_token_for_the_wrong_audience_holds_the_mail() {
+    // An Outlook (SMTP) token: Graph refuses it even when fresh.
+    let (w, graph) = graph_world("scope = \"https://outlook.office365.com/.default\"\n", "").await;
+    send_scan(&w.relay).await;
+    until("the refusal is recorded", || {
+        last_error(&w.relay).is_some_and(|e| e.contains("535 5.7.3"))
+    })
+    .await;
+    let error = last_error(&w.relay).unwrap();
+    assert!(error.contains("https://graph.microsoft.com"), "{error}");
+    // Refused twice (a fresh token once), then held: queued, not failed, nothing sent.
+    let statuses: Vec<u16> = graph.state().requests.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses, [401, 401]);
+    assert_eq!(w.relay.spool.len(), 1);
+    assert!(graph.state().sent.is_empty());
+}
+
+#[tokio::test]
+async fn no_mail_send_permission_holds_the_account_and_says_why() {
+    let (w, graph) = graph_world("", "").await;
+    deny_mail_send(&w).await;
+    send_scan(&w.relay).await;
+    until("the hold is recorded", || {
+        last_error(&w.relay).is_some_and(|e| e.contains("ErrorAccessDenied"))
+    })
+    .await;
+    assert!(last_error(&w.relay).unwrap().contains("Mail.Send"));
+    // Held, not failed: nothing bounced, and /health names the paused mailbox.
+    assert_eq!(w.relay.spool.len(), 1);
+    until("the mailbox shows as held", || {
+        w.relay
+            .delivery_status
+            .held()
+            .iter()
+            .any(|h| h.mailbox == "relay@contoso.com")
+    })
+    .await;
+    assert!(graph.state().sent.is_empty());
+}
+
+#[tokio::test]
+async fn invalid_recipients_fail_the_message_and_the_sender_hears_of_it() {
+    let (w, graph) = graph_world("", "").await;
+    graph
+        .state()
+        .invalid_recipients
+        .insert("ghost@fabrikam.com".into());
+    let message =
+        b"From: scanner@contoso.com\r\nTo: ghost@fabrikam.com\r\nSubject: scan\r\n\r\nx\r\n";
+    w.relay
+        .send("scanner@contoso.com", &["ghost@fabrikam.com"], message)
+        .await;
+    until("the report is sent", || !graph.state().sent.is_empty()).await;
+    w.relay.drained().await;
+    let sent = graph.state().sent.clone();
+    assert_eq!(sent.len(), 1, "only the report");
+    assert_eq!(sent[0].recipients, ["scanner@contoso.com"]);
+    let report = String::from_utf8_lossy(&sent[0].mime);
+    assert!(report.contains("multipart/report"), "{report}");
+    assert!(report.contains("Status: 5.1.3"), "{report}");
+    assert!(report.contains("ErrorInvalidRecipients"), "{report}");
+}
+
+#[tokio::test]
+async fn a_message_over_graphs_4_mb_is_failed_with_a_clear_reason_without_a_request() {
+    let graph = Graph::start().await;
+    let keys = graph.account_keys();
+    let w = World::start(WorldOptions {
+        account: &keys,
+        max_message_size: "8MiB",
+        ..Default::default()
+    })
+    .await;
+    graph.trust(&w.entra);
+    let big = {
+        let mut m =
+            b"From: scanner@contoso.com\r\nTo: ann@fabrikam.com\r\nSubject: big\r\n\r\n".to_vec();
+        // 3.2 MB of lines: over 4 MB once base64-encoded.
+        for _ in 0..40_000 {
+            m.extend_from_slice(&[b'x'; 78]);
+            m.extend_from_slice(b"\r\n");
+        }
+        m
+    };
+    w.relay
+        .send("scanner@contoso.com", &["ann@fabrikam.com"], &big)
+        .await;
+    until("the report is sent", || !graph.state().sent.is_empty()).await;
+    w.relay.drained().await;
+    let sent = graph.state().sent.clone();
+    assert_eq!(sent.len(), 1, "only the report");
+    let report = String::from_utf8_lossy(&sent[0].mime);
+    assert!(report.contains("Status: 5.3.4"), "{report}");
+    assert!(report.contains("4 MB"), "{report}");
+    assert!(
+        graph.state().requests.iter().all(|(_, s)| *s == 202),
+        "the big message was never posted"
+    );
+}
+
+#[tokio::test]
+async fn token_test_checks_the_graph_token_and_makes_a_request_that_sends_nothing() {
+    use smtprelay::oauth::check::token_test;
+    let (w, graph) = graph_world("", "").await;
+    let manager = w.relay.tokens.clone().unwrap();
+    let steps = token_test(&manager, "contoso", None, "relay.test").await;
+    let titles: Vec<(&str, bool)> = steps.iter().map(|s| (s.title.as_str(), s.ok)).collect();
+    assert_eq!(
+        titles,
+        [("token", true), ("claims", true), ("graph", true)],
+        "{steps:?}"
+    );
+    assert!(steps[1].detail.contains("aud=https://graph.microsoft.com"));
+    assert!(steps[2].detail.contains("nothing was sent"));
+    assert!(graph.state().sent.is_empty());
+    assert_eq!(graph.state().requests.len(), 1);
+
+    // A mailbox Graph cannot send as fails the request step, in plain words.
+    graph
+        .state()
+        .rest_disabled
+        .insert("relay@contoso.com".into());
+    let steps = token_test(&manager, "contoso", None, "relay.test").await;
+    let last = steps.last().unwrap();
+    assert!(!last.ok && last.title == "graph", "{steps:?}");
+    assert!(
+        last.detail.contains("MailboxNotEnabledForRESTAPI"),
+        "{}",
+        last.detail
+    );
+    assert!(
+        last.detail.contains("unlicensed, on-premises"),
+        "{}",
+        last.detail
+    );
+}
+
+#[tokio::test]
+async fn token_test_says_when_mail_send_is_missing() {
+    use smtprelay::oauth::check::token_test;
+    let (w, _graph) = graph_world("", "").await;
+    deny_mail_send(&w).await;
+    let manager = w.relay.tokens.clone().unwrap();
+    let steps = token_test(&manager, "contoso", None, "relay.test").await;
+    let claims = steps.iter().find(|s| s.title == "claims").unwrap();
+    assert!(!claims.ok, "{steps:?}");
+    assert!(
+        claims.detail.contains("lacks Mail.Send"),
+        "{}",
+        claims.detail
+    );
+}
