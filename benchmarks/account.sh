@@ -1,5 +1,25 @@
-# The relay's [[account]] for examples/bench_upstream.rs, pacing lifted (sourced).
+# The relay's configuration for the benchmarks (sourced).
+#   bench_server STATE_DIR PORT                     [server] … [log]: one plain listener, fsync on
 #   bench_account WORK TOKEN_PORT UP_PORT CONNECTIONS
+#                                                   [[account]] for examples/bench_upstream.rs,
+#                                                   pacing lifted
+bench_server() {
+    cat <<CONF
+[server]
+hostname = "relay.bench.internal"
+state_dir = "$1"
+[[listen]]
+address = "127.0.0.1:$2"
+auth = "none"
+[access]
+client_rate = "1000000/s"
+[queue]
+fsync = true
+[log]
+level = "warn"
+CONF
+}
+
 bench_account() {
     cat <<CONF
 [[account]]

@@ -45,20 +45,7 @@ echo "bench-secret" > "$work/secret"
 sleep 0.5
 # shellcheck source=benchmarks/account.sh
 . benchmarks/account.sh
-{ cat <<CONF
-[server]
-hostname = "relay.bench.internal"
-state_dir = "$work/relay"
-[[listen]]
-address = "127.0.0.1:$RELAY_PORT"
-auth = "none"
-[access]
-client_rate = "1000000/s"
-[queue]
-fsync = true
-[log]
-level = "warn"
-CONF
+{ bench_server "$work/relay" "$RELAY_PORT"
 bench_account "$work" "$TOKEN_PORT" "$UP_PORT" "$CONNECTIONS"
 } > "$work/relay.toml"
 SMTPRELAY_TOKEN_KEY=$(openssl rand -hex 32) target/release/smtprelay serve --config "$work/relay.toml" &

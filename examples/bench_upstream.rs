@@ -2,10 +2,11 @@
 //! an OAuth2 token endpoint (plain http on loopback) and an SMTP sink that insists on
 //! STARTTLS and checks AUTH XOAUTH2 against the token it issued, then discards messages.
 //!
-//!     cargo run --release --example bench_upstream -- SMTP_PORT TOKEN_PORT DIR
+//!     cargo run --release --example bench_upstream -- SMTP_PORT TOKEN_PORT DIR [GRAPH_PORT]
 //!
-//! Writes DIR/ca.pem (the CA to trust) and prints the number of messages received when it
-//! gets SIGTERM or SIGINT.
+//! With GRAPH_PORT it also stands in for Microsoft Graph's sendMail there (HTTPS, for
+//! `benchmarks/graph.sh`). Writes DIR/ca.pem (the CA to trust) and prints the number of
+//! messages received when it gets SIGTERM or SIGINT.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (smtp_port, token_port, dir) = (&args[1], &args[2], std::path::PathBuf::from(&args[3]));
     let tls = tls_acceptor(&dir);
+    let graph_tls = tls.clone();
     let received = Arc::new(AtomicU64::new(0));
 
     let tokens = TcpListener::bind(format!("127.0.0.1:{token_port}"))
@@ -56,6 +58,22 @@ async fn main() {
             });
         }
     });
+
+    if let Some(graph_port) = args.get(4) {
+        let graph = TcpListener::bind(format!("127.0.0.1:{graph_port}"))
+            .await
+            .unwrap();
+        let (tls, counter) = (graph_tls, Arc::clone(&received));
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = graph.accept().await {
+                let _ = socket.set_nodelay(true);
+                let (tls, counter) = (tls.clone(), Arc::clone(&counter));
+                tokio::spawn(async move {
+                    let _ = graph_session(socket, tls, counter).await;
+                });
+            }
+        });
+    }
 
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
@@ -164,5 +182,48 @@ async fn secure<S: AsyncRead + AsyncWrite + Unpin>(
             b"250 2.0.0 ok\r\n"
         };
         io.get_mut().write_all(reply).await?;
+    }
+}
+
+/// A Graph `sendMail` stand-in over HTTPS (HTTP/1.1, keep-alive): checks the bearer token,
+/// takes the base64 body and answers 202, as Graph does for a message it accepts.
+async fn graph_session(
+    socket: tokio::net::TcpStream,
+    tls: tokio_rustls::TlsAcceptor,
+    received: Arc<AtomicU64>,
+) -> std::io::Result<()> {
+    let mut stream = BufReader::new(tls.accept(socket).await?);
+    loop {
+        let mut request_line = String::new();
+        if stream.read_line(&mut request_line).await? == 0 {
+            return Ok(());
+        }
+        let (mut length, mut authorised) = (0usize, false);
+        loop {
+            let mut header = String::new();
+            stream.read_line(&mut header).await?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap_or((header, ""));
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "authorization" => authorised = value.trim() == format!("Bearer {TOKEN}"),
+                _ => {}
+            }
+        }
+        let mut body = vec![0u8; length];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut body).await?;
+        let sent = request_line.starts_with("POST ") && request_line.contains("/sendMail ");
+        let response: &[u8] = if !authorised {
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 47\r\n\r\n{\"error\":{\"code\":\"InvalidAuthenticationToken\"}}"
+        } else if sent && !body.is_empty() {
+            received.fetch_add(1, Ordering::Relaxed);
+            b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{\"error\":{\"code\":\"ErrorInvalidRequest\"}}"
+        };
+        stream.get_mut().write_all(response).await?;
     }
 }

@@ -19,14 +19,8 @@ async fn a_misconfigured_account_alerts_once_and_clears_once() {
     })
     .await;
     let (relay, entra, exchange) = (&w.relay, &w.entra, &w.exchange);
+    // The relay runs its alerter, as `serve` does.
     let tokens = relay.tokens.clone().unwrap();
-    let alerter = smtprelay::admin::alerts::Alerter::new(
-        Arc::clone(&relay.config),
-        Arc::clone(&relay.spool),
-        Some(Arc::clone(&tokens)),
-        Default::default(),
-    );
-    tokio::spawn(alerter.run(relay.shutdown.clone()));
 
     let wait_for = |count: usize| {
         let hooked = Arc::clone(&hooked);

@@ -730,3 +730,26 @@ async fn deferred_mail_goes_at_once_when_the_upstream_is_back() {
     w.relay.drained().await;
     assert_eq!(w.exchange.state().received.len(), 4);
 }
+
+#[tokio::test]
+async fn rewrite_from_sends_as_the_mailbox_and_keeps_the_sender_as_reply_to() {
+    let w = world("rewrite_from = true\n", "").await;
+    let message = b"From: Scanner <scan@printer.local>\r\nTo: a@fabrikam.com\r\nSubject: scan\r\n\r\nFrom: a body line\r\n..dot\r\n";
+    send(&w.relay, "scan@printer.local", &["a@fabrikam.com"], message).await;
+    let spooled = w.relay.queued()[0].1.clone();
+    w.relay.drained().await;
+    let received = w.exchange.state().received.clone();
+    assert_eq!(received.len(), 1);
+    let data = &received[0].data;
+    // Only the From field changed (the original is now Reply-To); every other byte, the
+    // Received header and the body's "From:" line included, as spooled.
+    let from_at = spooled.windows(6).position(|w| w == b"From: ").unwrap();
+    let to_at = spooled.windows(4).position(|w| w == b"To: ").unwrap();
+    let mut expected = spooled[..from_at].to_vec();
+    expected.extend_from_slice(
+        b"Reply-To: Scanner <scan@printer.local>\r\nFrom: relay@contoso.com\r\n",
+    );
+    expected.extend_from_slice(&spooled[to_at..]);
+    assert_eq!(data, &expected);
+    assert!(data.ends_with(b"From: a body line\r\n.dot\r\n"));
+}

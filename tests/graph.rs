@@ -282,3 +282,83 @@ async fn token_test_says_when_mail_send_is_missing() {
         claims.detail
     );
 }
+
+#[tokio::test]
+async fn with_smtp_auth_disabled_the_same_mail_flows_through_graph() {
+    let graph = Graph::start().await;
+    let keys = format!(
+        "fallback_transport = \"graph\"\ngraph_endpoint = \"http://{}/v1.0\"\n",
+        graph.addr
+    );
+    let w = World::start(WorldOptions {
+        account: &keys,
+        ..Default::default()
+    })
+    .await;
+    graph.trust(&w.entra);
+    // Security defaults: Exchange answers 535 5.7.139 to AUTH.
+    w.exchange
+        .state()
+        .auth_disabled
+        .insert("relay@contoso.com".into());
+    send_scan(&w.relay).await;
+    let spooled = w.relay.queued()[0].1.clone();
+    w.relay.drained().await;
+    let sent = graph.state().sent.clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].mime, spooled,
+        "every recipient is named: no header added"
+    );
+    assert!(w.exchange.state().received.is_empty());
+
+    // /health says the account sends through Graph, and why.
+    until("the fallback is published", || {
+        !w.relay.delivery_status.fallbacks().is_empty()
+    })
+    .await;
+    let (code, body) = common::http_get(&format!("{}/health", w.relay.admin().await)).await;
+    assert_eq!(code, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "degraded", "{body}");
+    assert_eq!(health["graph_fallbacks"][0]["account"], "contoso", "{body}");
+    assert!(body.contains("sending through Microsoft Graph"), "{body}");
+    assert!(body.contains("5.7.139"), "{body}");
+    // The twin has a Graph token of its own.
+    let tokens = w.relay.tokens.clone().unwrap();
+    assert!(
+        tokens
+            .statuses()
+            .iter()
+            .any(|s| s.account == "contoso/graph")
+    );
+
+    // While the switch lasts, mail goes straight to Graph: no SMTP login is tried.
+    let logins = w.exchange.state().auth_attempts;
+    send_scan(&w.relay).await;
+    w.relay.drained().await;
+    assert_eq!(graph.state().sent.len(), 2);
+    assert_eq!(w.exchange.state().auth_attempts, logins);
+}
+
+#[tokio::test]
+async fn rewrite_from_applies_to_graph_as_well() {
+    let (w, graph) = graph_world("rewrite_from = true\n", "").await;
+    send_scan(&w.relay).await;
+    w.relay.drained().await;
+    let sent = graph.state().sent.clone();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&sent[0].mime[..])
+        .unwrap();
+    let first = |a: Option<&mail_parser::Address>| {
+        a.and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(str::to_owned)
+    };
+    assert_eq!(first(parsed.from()).as_deref(), Some("relay@contoso.com"));
+    assert_eq!(
+        first(parsed.reply_to()).as_deref(),
+        Some("scanner@contoso.com")
+    );
+    assert!(sent[0].mime.ends_with(b"\xc3\xa9\xc3\xa8 \xe2\x82\xac\r\n"));
+}

@@ -117,6 +117,8 @@ struct HealthReport {
     accounts: Vec<AccountStatus>,
     /// Mailboxes whose mail waits for a budget or a pause, and until when.
     held_mailboxes: Vec<crate::delivery::status::HeldMailbox>,
+    /// SMTP accounts sending through Microsoft Graph (`fallback_transport`).
+    graph_fallbacks: Vec<crate::delivery::status::FallbackInUse>,
     queue: QueueReport,
     last_delivery: Option<metrics::LastDelivery>,
 }
@@ -180,6 +182,9 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     }
     let held_mailboxes = admin.delivery.held();
     degraded.extend(held_mailboxes.iter().map(|held| held.describe()));
+    // Mail flows, but not the way the admin set up: worth knowing, and fixing.
+    let graph_fallbacks = admin.delivery.fallbacks();
+    degraded.extend(graph_fallbacks.iter().map(|f| f.describe()));
     if let Some(age) = queue.oldest_age_seconds
         && age > OLD_MAIL.as_secs()
     {
@@ -201,6 +206,7 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         reasons: unhealthy,
         accounts,
         held_mailboxes,
+        graph_fallbacks,
         queue,
         last_delivery: admin.metrics.last_delivery(),
     };

@@ -86,12 +86,14 @@ fn open_store(config: &Config) -> Result<FileStore, ExitCode> {
 }
 
 fn choose_account(config: &Config, arg: &AccountArg) -> Result<String, ExitCode> {
+    // Graph twins (`<name>/graph`) are named explicitly; the default is among the accounts.
+    let known: Vec<&str> = config.token_accounts().map(|a| a.name.as_str()).collect();
     let names: Vec<&str> = config.accounts.iter().map(|a| a.name.as_str()).collect();
     match (&arg.account, names.as_slice()) {
-        (Some(name), _) if names.contains(&name.as_str()) => Ok(name.clone()),
+        (Some(name), _) if known.contains(&name.as_str()) => Ok(name.clone()),
         (Some(name), _) => Err(fail(format!(
             "no account {name:?}; configured: {}",
-            names.join(", ")
+            known.join(", ")
         ))),
         (None, [only]) => Ok((*only).to_owned()),
         (None, []) => Err(fail("no [[account]] is configured")),

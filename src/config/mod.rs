@@ -240,6 +240,8 @@ pub struct AccountConfig {
     pub mailbox: Mailbox,
     pub senders: Vec<AddressGlob>,
     pub rewrite_sender: bool,
+    /// The From header becomes `mailbox` (the original goes to Reply-To).
+    pub rewrite_from: bool,
     pub transport: Transport,
     pub authority: String,
     pub token_endpoint: Option<String>,
@@ -250,6 +252,24 @@ pub struct AccountConfig {
     /// Microsoft Graph's base URL, for `transport = "graph"`.
     pub graph_endpoint: String,
     pub upstream: UpstreamConfig,
+    /// `fallback_transport = "graph"` on an SMTP account: the account as Graph sees it (same
+    /// app and mailbox, its own Graph token under the name `<name>/graph`), used while
+    /// Exchange answers `535 5.7.139` (SMTP AUTH disabled).
+    pub fallback: Option<Box<AccountConfig>>,
+}
+
+impl AccountConfig {
+    /// The Graph twin of an SMTP account: same credentials and mailbox, a Graph token.
+    fn graph_twin(&self) -> AccountConfig {
+        AccountConfig {
+            name: format!("{}/graph", self.name),
+            transport: Transport::Graph,
+            // A scope set for SMTP names Exchange's resource; Graph needs its own default.
+            scope: None,
+            fallback: None,
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -333,6 +353,14 @@ impl Config {
                 problems: source.into_problems(),
             }),
         }
+    }
+
+    /// Every account whose tokens the relay keeps: the configured ones and their Graph
+    /// twins (`fallback_transport`).
+    pub fn token_accounts(&self) -> impl Iterator<Item = &AccountConfig> {
+        self.accounts
+            .iter()
+            .flat_map(|account| std::iter::once(account).chain(account.fallback.as_deref()))
     }
 
     pub fn spool_dir(&self) -> PathBuf {
@@ -583,6 +611,7 @@ fn read_account(s: Section) -> Option<AccountConfig> {
             .parse_list("senders", AddressGlob::new)
             .unwrap_or_default(),
         rewrite_sender: s.get("rewrite_sender").unwrap_or(false),
+        rewrite_from: s.get("rewrite_from").unwrap_or(false),
         transport,
         authority: endpoint("authority")
             .unwrap_or_else(|| "https://login.microsoftonline.com".into()),
@@ -594,7 +623,23 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         graph_endpoint: endpoint("graph_endpoint")
             .unwrap_or_else(|| "https://graph.microsoft.com/v1.0".into()),
         upstream: read_upstream(s.table("upstream"), transport),
+        fallback: None,
     };
+    let mut account = account;
+    match s.parse("fallback_transport", Transport::parse) {
+        Some(Transport::Graph) if transport == Transport::Smtp => {
+            account.fallback = Some(Box::new(account.graph_twin()));
+        }
+        Some(Transport::Graph) => s.report(
+            "fallback_transport",
+            "only an account with transport = \"smtp\" can fall back to Graph",
+        ),
+        Some(Transport::Smtp) => s.report(
+            "fallback_transport",
+            "the fallback is \"graph\" (for when Exchange turns SMTP AUTH off)",
+        ),
+        None => {}
+    }
     match account.provider {
         Provider::Microsoft if account.tenant.is_none() => s.report(
             "tenant",
@@ -979,5 +1024,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("graph_endpoint"), "{error}");
+    }
+
+    #[test]
+    fn an_smtp_account_may_fall_back_to_graph_with_a_twin_of_its_own() {
+        let text = |keys: &str| {
+            format!(
+                "[server]\nhostname = \"r\"\nstate_dir = \"/tmp/x\"\n[[listen]]\naddress = \"127.0.0.1:25\"\nauth = \"none\"\n\
+                 [[account]]\nname = \"c\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret_file = \"s\"\n\
+                 mailbox = \"m@x\"\nscope = \"https://outlook.office365.com/.default\"\n{keys}"
+            )
+        };
+        let parse = |keys: &str| Config::parse(Path::new("/etc/s.toml"), text(keys));
+        let config = parse("fallback_transport = \"graph\"\n").unwrap();
+        let names: Vec<&str> = config.token_accounts().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["c", "c/graph"]);
+        let twin = config.accounts[0].fallback.as_deref().unwrap();
+        assert_eq!(twin.transport, Transport::Graph);
+        assert_eq!(
+            crate::oauth::provider::scope(twin),
+            "https://graph.microsoft.com/.default",
+            "the SMTP scope is not the twin's"
+        );
+        let error = parse("transport = \"graph\"\nfallback_transport = \"graph\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("fallback_transport: only an account with transport = \"smtp\""),
+            "{error}"
+        );
+        assert!(parse("fallback_transport = \"smtp\"\n").is_err());
     }
 }

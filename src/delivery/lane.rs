@@ -7,6 +7,7 @@ use rustls::ClientConfig;
 use tokio::sync::mpsc;
 
 use super::budget::Limits;
+use super::transport::fallback::FallbackState;
 use crate::config::AccountConfig;
 use crate::queue::{Envelope, QueueId};
 
@@ -17,6 +18,8 @@ pub struct Lane {
     pub tls: Result<Arc<ClientConfig>, String>,
     /// Messages handed to this account's workers; closed by the scheduler at shutdown.
     pub receiver: tokio::sync::Mutex<mpsc::UnboundedReceiver<QueueId>>,
+    /// With `fallback_transport`: whether the account sends through Graph now.
+    pub fallback: Arc<FallbackState>,
 }
 
 impl Lane {
@@ -31,6 +34,7 @@ impl Lane {
             config: config.clone(),
             tls,
             receiver: tokio::sync::Mutex::new(receiver),
+            fallback: Arc::default(),
         };
         (lane, queue)
     }

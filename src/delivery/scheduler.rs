@@ -21,7 +21,7 @@ use super::budget::Budget;
 use super::lane::{Lane, route};
 use super::schedule::{Applied, Deferred, Report, Schedule, Upstream};
 use super::settle::{save_progress, settle};
-use super::status::{DeliveryStatus, HeldMailbox};
+use super::status::{DeliveryStatus, FallbackInUse, HeldMailbox};
 use super::worker::{self, FromWorker, Shared};
 use crate::config::Config;
 use crate::oauth::manager::{TokenEventKind, TokenManager};
@@ -218,6 +218,7 @@ impl Delivery {
             }
         }
         self.status.set_held(Vec::new());
+        self.status.set_fallbacks(Vec::new());
     }
 
     /// Records what a worker brought back, in a task of its own.
@@ -281,6 +282,24 @@ impl Delivery {
             })
             .collect();
         self.status.set_held(held);
+        let unix = |at: SystemTime| {
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let fallbacks = self
+            .lanes
+            .iter()
+            .filter_map(|lane| {
+                let switched = lane.fallback.current(now)?;
+                Some(FallbackInUse {
+                    account: lane.name().to_owned(),
+                    reason: switched.reason,
+                    since: unix(switched.since),
+                    retry_smtp_at: unix(wall + switched.until.saturating_duration_since(now)),
+                })
+            })
+            .collect();
+        self.status.set_fallbacks(fallbacks);
     }
 
     /// An admin's hold or delete, postponed while the message was in flight.

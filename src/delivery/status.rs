@@ -62,9 +62,39 @@ impl HeldMailbox {
     }
 }
 
+/// An SMTP account sending through Microsoft Graph because Exchange turned SMTP AUTH off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FallbackInUse {
+    pub account: String,
+    /// Exchange's reply, with its diagnosis.
+    pub reason: String,
+    /// Since when (Unix seconds).
+    pub since: u64,
+    /// When SMTP is tried again (Unix seconds).
+    pub retry_smtp_at: u64,
+}
+
+impl FallbackInUse {
+    /// One line for `/health`.
+    pub fn describe(&self) -> String {
+        format!(
+            "account {}: sending through Microsoft Graph since {} ({}); SMTP is tried again at {}",
+            self.account,
+            humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(self.since)
+            ),
+            self.reason,
+            humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(self.retry_smtp_at)
+            ),
+        )
+    }
+}
+
 #[derive(Default)]
 pub struct DeliveryStatus {
     held: Mutex<Vec<HeldMailbox>>,
+    fallbacks: Mutex<Vec<FallbackInUse>>,
 }
 
 impl DeliveryStatus {
@@ -74,5 +104,16 @@ impl DeliveryStatus {
 
     pub(super) fn set_held(&self, held: Vec<HeldMailbox>) {
         *self.held.lock().unwrap_or_else(|e| e.into_inner()) = held;
+    }
+
+    pub fn fallbacks(&self) -> Vec<FallbackInUse> {
+        self.fallbacks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_fallbacks(&self, fallbacks: Vec<FallbackInUse>) {
+        *self.fallbacks.lock().unwrap_or_else(|e| e.into_inner()) = fallbacks;
     }
 }

@@ -1,6 +1,7 @@
 //! One SMTP transaction on an authenticated upstream connection: MAIL, RCPT per recipient,
 //! DATA with the spooled bytes dot-stuffed on the fly, and a verdict per recipient.
 
+use super::transport::headers::{HEAD, HeaderEdits};
 use std::io::SeekFrom;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -148,6 +149,20 @@ async fn write_content(
     let mut stuffer = DotStuffer::default();
     let mut chunk = vec![0u8; CHUNK];
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 16);
+    if let Some(mailbox) = message.rewrite_from {
+        // The headers to change lie in the head: it goes edited, the rest as spooled. The
+        // checksum is the spooled bytes'.
+        let n = (remaining as usize).min(HEAD);
+        let mut head = vec![0u8; n];
+        file.read_exact(&mut head)
+            .await
+            .map_err(TransactionError::Read)?;
+        remaining -= n as u64;
+        crc.update(&head);
+        let edited = HeaderEdits::plan(&head, None, Some(mailbox));
+        stuffer.stuff(&edited.apply(&head), &mut out);
+        connection.write_all(&out).await?;
+    }
     while remaining > 0 {
         let n = (remaining as usize).min(CHUNK);
         file.read_exact(&mut chunk[..n])

@@ -15,7 +15,8 @@ use super::budget::{Budget, Exhausted};
 use super::lane::Lane;
 use super::schedule::Upstream;
 use super::transport::{
-    AccountEffect, GraphTransport, Outgoing, RecipientResult, SendError, SmtpTransport, Transport,
+    AccountEffect, FallbackTransport, GraphTransport, Outgoing, RecipientResult, SendError,
+    SmtpTransport, Transport,
 };
 use crate::config::Config;
 use crate::oauth::manager::TokenManager;
@@ -88,20 +89,7 @@ pub async fn run(
     done: mpsc::UnboundedSender<FromWorker>,
     stop: CancellationToken,
 ) {
-    let mut transport: Box<dyn Transport> = match lane.config.transport {
-        crate::config::Transport::Smtp => Box::new(SmtpTransport::new(
-            lane.config.clone(),
-            lane.tls.clone(),
-            Arc::clone(&shared.tokens),
-            shared.config.server.hostname.clone(),
-            stop,
-        )),
-        crate::config::Transport::Graph => Box::new(GraphTransport::new(
-            lane.config.clone(),
-            Arc::clone(&shared.tokens),
-            stop,
-        )),
-    };
+    let mut transport = transport_for(&shared, &lane, stop);
     loop {
         let next = {
             let mut receiver = lane.receiver.lock().await;
@@ -125,6 +113,32 @@ pub async fn run(
         }
     }
     transport.close().await;
+}
+
+/// The account's way upstream: SMTP, Graph, or SMTP that falls back to Graph.
+fn transport_for(shared: &Shared, lane: &Lane, stop: CancellationToken) -> Box<dyn Transport> {
+    let graph = |account: &crate::config::AccountConfig| {
+        GraphTransport::new(account.clone(), Arc::clone(&shared.tokens), stop.clone())
+    };
+    if lane.config.transport == crate::config::Transport::Graph {
+        return Box::new(graph(&lane.config));
+    }
+    let smtp = SmtpTransport::new(
+        lane.config.clone(),
+        lane.tls.clone(),
+        Arc::clone(&shared.tokens),
+        shared.config.server.hostname.clone(),
+        stop.clone(),
+    );
+    match &lane.config.fallback {
+        None => Box::new(smtp),
+        Some(twin) => Box::new(FallbackTransport {
+            smtp,
+            graph: graph(twin),
+            state: Arc::clone(&lane.fallback),
+            account: lane.name().to_owned(),
+        }),
+    }
 }
 
 async fn attempt(
@@ -208,6 +222,7 @@ async fn send(
             mailbox: &mailbox,
             sender: &sender,
             recipients: &pending,
+            rewrite_from: lane.config.rewrite_from.then_some(mailbox.as_str()),
         };
         let outcome = transport.send(&message).await.map_err(Stopped::Send)?;
         let mut split = Vec::new();

@@ -237,8 +237,7 @@ impl TokenManager {
             Err(e) => (BTreeMap::new(), Some(e.to_string())),
         };
         let slots = config
-            .accounts
-            .iter()
+            .token_accounts()
             .map(|account| {
                 let mut state =
                     SlotState::new(stored.get(&account.name).cloned().unwrap_or_default());

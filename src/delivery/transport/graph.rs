@@ -1,7 +1,7 @@
 //! Microsoft Graph `sendMail`, for tenants that turned SMTP AUTH off: the spooled MIME,
 //! base64-encoded, posted as the account's mailbox with a Graph-audience token. Graph has no
 //! envelope, so recipients that no To/Cc/Bcc header names go in an added `Bcc:` header
-//! ([`super::bcc`]); every other byte goes as it was spooled.
+//! ([`super::headers`]); every other byte goes as it was spooled.
 //!
 //! What Graph answers is read with one table ([`ROWS`]): for each status and error code, what
 //! the queue does and what an admin can do about it, as `exchange-online.md` lays down.
@@ -302,17 +302,21 @@ impl GraphTransport {
     }
 
     /// The request body: the spooled MIME (checked against its checksum) with the envelope's
-    /// unnamed recipients in a `Bcc:` header, base64-encoded.
+    /// unnamed recipients in a `Bcc:` header (and From rewritten, if asked), base64-encoded.
     async fn body(&self, message: &Outgoing<'_>) -> Result<String, SendError> {
         let file = message.file.clone();
         let path = message.path.to_owned();
         let recipients = message.recipients.to_vec();
+        let rewrite_from = message.rewrite_from.map(str::to_owned);
         tokio::task::spawn_blocking(move || {
             let content = file.read_content(&path).map_err(|e| {
                 tracing::error!(queue_id = %file.envelope.id, error = %e, "cannot send the spooled message");
                 SendError::Failed(format!("cannot read the spooled message: {e}"))
             })?;
-            let mime = super::bcc::with_envelope_bcc(&content, &recipients);
+            let head = &content[..content.len().min(super::headers::HEAD)];
+            let edits =
+                super::headers::HeaderEdits::plan(head, Some(&recipients), rewrite_from.as_deref());
+            let mime = edits.apply(&content);
             Ok(STANDARD.encode(mime.as_ref()))
         })
         .await

@@ -3,8 +3,9 @@
 //! recipients and says what became of each. Budgets, retries, durable results and reports
 //! are the worker's and the scheduler's, the same whatever the transport.
 
-pub mod bcc;
+pub mod fallback;
 pub mod graph;
+pub mod headers;
 pub mod smtp;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use super::budget::BoxFuture;
 use super::reply::UpstreamReply;
 use crate::queue::MessageFile;
 
+pub use fallback::FallbackTransport;
 pub use graph::GraphTransport;
 pub use smtp::SmtpTransport;
 
@@ -27,6 +29,8 @@ pub struct Outgoing<'a> {
     pub sender: &'a str,
     /// The recipients still pending, for this transaction.
     pub recipients: &'a [String],
+    /// `rewrite_from`: the From header becomes this mailbox.
+    pub rewrite_from: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
