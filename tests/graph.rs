@@ -2,6 +2,8 @@
 
 mod common;
 
+use base64::Engine;
+
 use std::time::Duration;
 
 use common::graph::{Graph, GraphFault};
@@ -194,40 +196,73 @@ async fn invalid_recipients_fail_the_message_and_the_sender_hears_of_it() {
 }
 
 #[tokio::test]
-async fn a_message_over_graphs_4_mb_is_failed_with_a_clear_reason_without_a_request() {
+async fn a_30_mb_scan_arrives_intact_through_a_draft_and_an_upload_session() {
     let graph = Graph::start().await;
     let keys = graph.account_keys();
     let w = World::start(WorldOptions {
         account: &keys,
-        max_message_size: "8MiB",
+        max_message_size: "64MiB",
         ..Default::default()
     })
     .await;
     graph.trust(&w.entra);
-    let big = {
-        let mut m =
-            b"From: scanner@contoso.com\r\nTo: ann@fabrikam.com\r\nSubject: big\r\n\r\n".to_vec();
-        // 3.2 MB of lines: over 4 MB once base64-encoded.
-        for _ in 0..40_000 {
-            m.extend_from_slice(&[b'x'; 78]);
-            m.extend_from_slice(b"\r\n");
-        }
-        m
-    };
+    // A scanner's PDF: 30 MB of bytes no text encoding would keep.
+    let pdf: Vec<u8> = (0..30 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&pdf);
+    let mut message = b"From: Scanner <scanner@contoso.com>\r\nTo: ann@fabrikam.com\r\nSubject: Scan 0042\r\nX-Device: MFP-3\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nYour scan, caf\xc3\xa9.\r\n--b\r\nContent-Type: application/pdf; name=\"scan.pdf\"\r\nContent-Disposition: attachment; filename=\"scan.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+    for line in encoded.as_bytes().chunks(76) {
+        message.extend_from_slice(line);
+        message.extend_from_slice(b"\r\n");
+    }
+    message.extend_from_slice(b"--b--\r\n");
     w.relay
-        .send("scanner@contoso.com", &["ann@fabrikam.com"], &big)
+        .send(
+            "scanner@contoso.com",
+            &["ann@fabrikam.com", "hidden@fabrikam.com"],
+            &message,
+        )
         .await;
-    until("the report is sent", || !graph.state().sent.is_empty()).await;
     w.relay.drained().await;
-    let sent = graph.state().sent.clone();
-    assert_eq!(sent.len(), 1, "only the report");
-    let report = String::from_utf8_lossy(&sent[0].mime);
-    assert!(report.contains("Status: 5.3.4"), "{report}");
-    assert!(report.contains("4 MB"), "{report}");
-    assert!(
-        graph.state().requests.iter().all(|(_, s)| *s == 202),
-        "the big message was never posted"
+    let state = graph.state();
+    assert!(state.sent.is_empty(), "too large for sendMail");
+    assert!(state.drafts.is_empty(), "the draft was sent");
+    assert_eq!(state.sent_drafts.len(), 1);
+    let draft = &state.sent_drafts[0];
+    assert_eq!(draft.message["subject"], "Scan 0042");
+    assert_eq!(draft.message["body"]["content"], "Your scan, caf\u{e9}.");
+    assert_eq!(
+        draft.message["toRecipients"][0]["emailAddress"]["address"],
+        "ann@fabrikam.com"
     );
+    assert_eq!(
+        draft.message["bccRecipients"][0]["emailAddress"]["address"],
+        "hidden@fabrikam.com"
+    );
+    assert_eq!(
+        draft.message["internetMessageHeaders"][0]["name"],
+        "X-Device"
+    );
+    assert_eq!(draft.attachments.len(), 1);
+    let attachment = &draft.attachments[0];
+    assert!(attachment.uploaded, "through an upload session");
+    assert_eq!(attachment.name, "scan.pdf");
+    assert_eq!(attachment.content_type, "application/pdf");
+    let sha256 = |bytes: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, bytes)
+            .as_ref()
+            .to_vec()
+    };
+    assert_eq!(
+        sha256(&attachment.bytes),
+        sha256(&pdf),
+        "the attachment arrived intact"
+    );
+    // Chunks of at most 4 MiB, multiples of 320 KiB but the last, in order.
+    assert!(state.chunks.len() >= 8);
+    let (last_start, last_len) = *state.chunks.last().unwrap();
+    assert_eq!(last_start + last_len, pdf.len());
 }
 
 #[tokio::test]

@@ -204,11 +204,14 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) ->
     );
     let delegated = matches!(flow, Flow::DeviceCode | Flow::AuthorizationCode);
     if transport == Transport::Graph {
-        let may_send = if delegated {
-            scopes.split(' ').any(|s| s == "Mail.Send")
-        } else {
-            roles.iter().any(|r| r == "Mail.Send")
+        let has = |permission: &str| {
+            if delegated {
+                scopes.split(' ').any(|s| s == permission)
+            } else {
+                roles.iter().any(|r| r == permission)
+            }
         };
+        let may_send = has("Mail.Send");
         return if !GRAPH_AUDIENCES.contains(&audience.as_str()) {
             (
                 false,
@@ -226,6 +229,14 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) ->
                     } else {
                         "application"
                     }
+                ),
+            )
+        } else if !has("Mail.ReadWrite") {
+            // Small messages go; the draft path for large ones would be refused.
+            (
+                true,
+                format!(
+                    "{summary}; note: without Mail.ReadWrite, messages over Graph's 4 MB request (about 3 MB of message) cannot be sent: add it like Mail.Send"
                 ),
             )
         } else {
@@ -291,8 +302,13 @@ mod tests {
 
     #[test]
     fn graph_accounts_need_a_graph_token_with_mail_send() {
-        let graph = json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Send"]});
-        assert!(judge_claims(&graph, Flow::ClientCredentials, Transport::Graph).0);
+        let graph =
+            json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Send", "Mail.ReadWrite"]});
+        let (ok, detail) = judge_claims(&graph, Flow::ClientCredentials, Transport::Graph);
+        assert!(ok && !detail.contains("note"), "{detail}");
+        let send_only = json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Send"]});
+        let (ok, detail) = judge_claims(&send_only, Flow::ClientCredentials, Transport::Graph);
+        assert!(ok && detail.contains("without Mail.ReadWrite"), "{detail}");
         let smtp = json!({"aud": "https://outlook.office365.com", "roles": ["SMTP.SendAsApp"]});
         let (ok, detail) = judge_claims(&smtp, Flow::ClientCredentials, Transport::Graph);
         assert!(

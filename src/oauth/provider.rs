@@ -8,7 +8,7 @@ pub const APP_ONLY_SCOPE: &str = "https://outlook.office365.com/.default";
 pub const DELEGATED_SCOPE: &str = "https://outlook.office.com/SMTP.Send offline_access";
 /// The same for Microsoft Graph (`transport = "graph"`): one resource per token.
 pub const GRAPH_APP_ONLY_SCOPE: &str = "https://graph.microsoft.com/.default";
-pub const GRAPH_DELEGATED_SCOPE: &str = "https://graph.microsoft.com/Mail.Send offline_access";
+pub const GRAPH_DELEGATED_SCOPE: &str = "https://graph.microsoft.com/Mail.Send https://graph.microsoft.com/Mail.ReadWrite offline_access";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {

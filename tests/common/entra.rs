@@ -463,7 +463,7 @@ fn issue(state: &mut EntraState, app: &App, scope: &str, delegated: bool) -> Res
     let graph = resource == GRAPH_RESOURCE;
     let permissions: Vec<String> = match (graph, delegated) {
         (true, _) if app.graph_mail_send_denied => vec![],
-        (true, _) => vec!["Mail.Send".into()],
+        (true, _) => vec!["Mail.Send".into(), "Mail.ReadWrite".into()],
         (false, true) => vec!["SMTP.Send".into()],
         (false, false) => vec!["SMTP.SendAsApp".into()],
     };

@@ -41,9 +41,56 @@ pub enum GraphFault {
     AcceptThenFail(u16, &'static str),
 }
 
+/// A draft (the path for messages over 4 MB), as Graph keeps it until `/send`.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub mailbox: String,
+    /// The `message` resource as posted.
+    pub message: serde_json::Value,
+    pub attachments: Vec<DraftAttachment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftAttachment {
+    pub name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+    pub content_id: Option<String>,
+    pub inline: bool,
+    /// Came through an upload session.
+    pub uploaded: bool,
+}
+
+impl DraftAttachment {
+    /// From a `fileAttachment` resource or an upload session's `AttachmentItem`.
+    fn described(item: &serde_json::Value, bytes: Vec<u8>, uploaded: bool) -> DraftAttachment {
+        let text = |key: &str| item[key].as_str().unwrap_or_default().to_owned();
+        DraftAttachment {
+            name: text("name"),
+            content_type: text("contentType"),
+            bytes,
+            content_id: item["contentId"].as_str().map(str::to_owned),
+            inline: item["isInline"].as_bool().unwrap_or(false),
+            uploaded,
+        }
+    }
+}
+
+struct UploadSession {
+    draft: String,
+    attachment: DraftAttachment,
+    size: usize,
+}
+
 #[derive(Default)]
 pub struct GraphState {
     pub sent: Vec<Sent>,
+    pub drafts: std::collections::HashMap<String, Draft>,
+    /// Drafts that were sent, in order.
+    pub sent_drafts: Vec<Draft>,
+    uploads: std::collections::HashMap<String, UploadSession>,
+    /// Upload chunks received, as (start, length).
+    pub chunks: Vec<(usize, usize)>,
     pub faults: VecDeque<GraphFault>,
     /// Mailboxes that are unlicensed or on-premises (MailboxNotEnabledForRESTAPI).
     pub rest_disabled: HashSet<String>,
@@ -73,6 +120,23 @@ impl Graph {
                 "/v1.0/users/{user}/sendMail",
                 axum::routing::post(send_mail),
             )
+            .route(
+                "/v1.0/users/{user}/messages",
+                axum::routing::post(create_draft),
+            )
+            .route(
+                "/v1.0/users/{user}/messages/{id}/attachments",
+                axum::routing::post(add_attachment),
+            )
+            .route(
+                "/v1.0/users/{user}/messages/{id}/attachments/createUploadSession",
+                axum::routing::post(create_upload_session),
+            )
+            .route(
+                "/v1.0/users/{user}/messages/{id}/send",
+                axum::routing::post(send_draft),
+            )
+            .route("/upload/{session}", axum::routing::put(upload))
             // Larger bodies must reach the handler, which answers 413 as Graph does.
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(graph.clone());
@@ -128,50 +192,72 @@ async fn send_mail(
     response
 }
 
-fn answer(graph: &Graph, user: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    let mailbox = user.to_ascii_lowercase();
+/// A refusal, as Graph answers it.
+type Refused = Box<Response>;
+
+/// The checks every Graph request passes first: a current token the Entra double issued, for
+/// Graph, with `permission` (app-only role, or delegated scope for the mailbox's own user),
+/// for a mailbox Graph serves.
+fn authorise(
+    graph: &Graph,
+    mailbox: &str,
+    headers: &HeaderMap,
+    permission: &str,
+) -> Result<(), Refused> {
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some(bearer) = bearer else {
-        return error(401, "InvalidAuthenticationToken", "Access token is empty.");
+        return Err(Box::new(error(
+            401,
+            "InvalidAuthenticationToken",
+            "Access token is empty.",
+        )));
     };
     let entra = graph.entra.lock().unwrap().clone();
     let Some(token) = entra.and_then(|entra| entra.validate(bearer)) else {
-        return error(
+        return Err(Box::new(error(
             401,
             "InvalidAuthenticationToken",
             "Lifetime validation failed, the token is expired.",
-        );
+        )));
     };
     if token.audience != GRAPH_RESOURCE {
-        return error(
+        return Err(Box::new(error(
             401,
             "InvalidAuthenticationToken",
             "Access token validation failure. Invalid audience.",
-        );
+        )));
     }
-    let may_send = token.permissions.iter().any(|p| p == "Mail.Send")
+    let permitted = token.permissions.iter().any(|p| p == permission)
         && token
             .user
             .as_ref()
-            .is_none_or(|u| u.eq_ignore_ascii_case(&mailbox));
-    if !may_send {
-        return error(
+            .is_none_or(|u| u.eq_ignore_ascii_case(mailbox));
+    if !permitted {
+        return Err(Box::new(error(
             403,
             "ErrorAccessDenied",
             "Access is denied. Check credentials and try again.",
-        );
+        )));
     }
-    let mut state = graph.state();
-    if state.rest_disabled.contains(&mailbox) {
-        return error(
+    if graph.state().rest_disabled.contains(mailbox) {
+        return Err(Box::new(error(
             404,
             "MailboxNotEnabledForRESTAPI",
             "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
-        );
+        )));
     }
+    Ok(())
+}
+
+fn answer(graph: &Graph, user: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let mailbox = user.to_ascii_lowercase();
+    if let Err(refused) = authorise(graph, &mailbox, headers, "Mail.Send") {
+        return *refused;
+    }
+    let mut state = graph.state();
     let text_plain = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -264,4 +350,251 @@ fn header_recipients(mime: &[u8]) -> Vec<String> {
         }
     }
     recipients
+}
+
+/// A request on drafts (Mail.ReadWrite) with a JSON body: the mailbox and the body.
+fn draft_request(
+    graph: &Graph,
+    user: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, serde_json::Value), Refused> {
+    let mailbox = user.to_ascii_lowercase();
+    authorise(graph, &mailbox, headers, "Mail.ReadWrite")?;
+    Ok((mailbox, json_body(body)?))
+}
+
+fn json_body(body: &[u8]) -> Result<serde_json::Value, Refused> {
+    serde_json::from_slice(body).map_err(|_| {
+        Box::new(error(
+            400,
+            "BadRequest",
+            "Unable to read JSON request payload.",
+        ))
+    })
+}
+
+fn not_found() -> Response {
+    error(
+        404,
+        "ErrorItemNotFound",
+        "The specified object was not found in the store.",
+    )
+}
+
+async fn create_draft(
+    State(graph): State<Graph>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (mailbox, message) = match draft_request(&graph, &user, &headers, &body) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
+    };
+    // Only x- headers may be set on a draft.
+    if let Some(headers) = message["internetMessageHeaders"].as_array()
+        && headers.iter().any(|h| {
+            !h["name"]
+                .as_str()
+                .is_some_and(|n| n.to_ascii_lowercase().starts_with("x-"))
+        })
+    {
+        return error(
+            400,
+            "InvalidInternetMessageHeader",
+            "The internet message header name should start with 'x-' or 'X-'.",
+        );
+    }
+    let id = format!("AAMkAD{}", uuid_like());
+    graph.state().drafts.insert(
+        id.clone(),
+        Draft {
+            mailbox,
+            message,
+            attachments: Vec::new(),
+        },
+    );
+    (StatusCode::CREATED, axum::Json(json!({ "id": id }))).into_response()
+}
+
+async fn add_attachment(
+    State(graph): State<Graph>,
+    Path((user, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (mailbox, resource) = match draft_request(&graph, &user, &headers, &body) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
+    };
+    let Some(bytes) = resource["contentBytes"]
+        .as_str()
+        .and_then(|b| STANDARD.decode(b).ok())
+    else {
+        return error(400, "ErrorInvalidRequest", "contentBytes is not base64.");
+    };
+    if bytes.len() > 3 * 1024 * 1024 {
+        return error(
+            413,
+            "ErrorRequestEntityTooLarge",
+            "Attachments over 3 MB need an upload session.",
+        );
+    }
+    let mut state = graph.state();
+    let Some(draft) = state.drafts.get_mut(&id).filter(|d| d.mailbox == mailbox) else {
+        return not_found();
+    };
+    draft
+        .attachments
+        .push(DraftAttachment::described(&resource, bytes, false));
+    StatusCode::CREATED.into_response()
+}
+
+async fn create_upload_session(
+    State(graph): State<Graph>,
+    Path((user, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (mailbox, request) = match draft_request(&graph, &user, &headers, &body) {
+        Ok(request) => request,
+        Err(refused) => return *refused,
+    };
+    let item = &request["AttachmentItem"];
+    let size = item["size"].as_u64().unwrap_or(0) as usize;
+    if item["attachmentType"] != "file" || size == 0 || size > 150 * 1024 * 1024 {
+        return error(400, "ErrorInvalidRequest", "Invalid AttachmentItem.");
+    }
+    let mut state = graph.state();
+    if state.drafts.get(&id).is_none_or(|d| d.mailbox != mailbox) {
+        return not_found();
+    }
+    let session = uuid_like();
+    state.uploads.insert(
+        session.clone(),
+        UploadSession {
+            draft: id,
+            attachment: DraftAttachment::described(item, Vec::with_capacity(size), true),
+            size,
+        },
+    );
+    let url = format!("http://{}/upload/{session}", graph.addr);
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "uploadUrl": url,
+            "expirationDateTime": "2026-11-28T23:59:59Z",
+            "nextExpectedRanges": ["0-"],
+        })),
+    )
+        .into_response()
+}
+
+/// One chunk, as Graph's upload sessions take them: no Authorization header (the URL is the
+/// credential), `Content-Range: bytes a-b/total` continuing where the last chunk ended, at
+/// most 4 MiB, a multiple of 320 KiB unless it is the last.
+async fn upload(
+    State(graph): State<Graph>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if headers.contains_key("authorization") {
+        return error(
+            401,
+            "InvalidAuthenticationToken",
+            "The upload URL is pre-authenticated; an Authorization header is not accepted.",
+        );
+    }
+    let range = headers
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| {
+            let (span, total) = v.split_once('/')?;
+            let (a, b) = span.split_once('-')?;
+            Some((
+                a.parse::<usize>().ok()?,
+                b.parse::<usize>().ok()?,
+                total.parse::<usize>().ok()?,
+            ))
+        });
+    let Some((start, end, total)) = range else {
+        return error(
+            400,
+            "InvalidContentRange",
+            "Content-Range is missing or malformed.",
+        );
+    };
+    let mut state = graph.state();
+    let Some(upload) = state.uploads.get_mut(&session) else {
+        return not_found();
+    };
+    let len = body.len();
+    let last = end + 1 == upload.size;
+    let valid = total == upload.size
+        && start == upload.attachment.bytes.len()
+        && end >= start
+        && end - start + 1 == len
+        && len <= 4 * 1024 * 1024
+        && (last || len.is_multiple_of(320 * 1024));
+    if !valid {
+        return error(
+            400,
+            "InvalidContentRange",
+            "The Content-Range does not match the expected range or chunk size rules.",
+        );
+    }
+    upload.attachment.bytes.extend_from_slice(&body);
+    state.chunks.push((start, len));
+    if !last {
+        return (
+            StatusCode::OK,
+            axum::Json(json!({ "nextExpectedRanges": [format!("{}-", end + 1)] })),
+        )
+            .into_response();
+    }
+    let done = state.uploads.remove(&session).unwrap();
+    match state.drafts.get_mut(&done.draft) {
+        Some(draft) => {
+            draft.attachments.push(done.attachment);
+            StatusCode::CREATED.into_response()
+        }
+        None => not_found(),
+    }
+}
+
+async fn send_draft(
+    State(graph): State<Graph>,
+    Path((user, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mailbox = user.to_ascii_lowercase();
+    if let Err(refused) = authorise(&graph, &mailbox, &headers, "Mail.Send") {
+        return *refused;
+    }
+    let mut state = graph.state();
+    match state.drafts.remove(&id) {
+        Some(draft) if draft.mailbox == mailbox => {
+            state.sent_drafts.push(draft);
+            state.requests.push((Instant::now(), 202));
+            StatusCode::ACCEPTED.into_response()
+        }
+        Some(draft) => {
+            state.drafts.insert(id, draft);
+            not_found()
+        }
+        None => not_found(),
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{:016x}{:08x}",
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::process::id()
+    )
 }

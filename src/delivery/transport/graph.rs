@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{AccountEffect, Outcome, Outgoing, RecipientResult, SendError, Transport};
@@ -144,7 +145,7 @@ const ROWS: &[Row] = &[
         code: 552,
         enhanced: "5.3.4",
         advice: Some(
-            "the message is over Graph's 4 MB sendMail limit; larger messages need the upload path, which this version does not have",
+            "Graph refused the request as too large (Exchange's message size limit, 35 MB by default, up to 150 MB)",
         ),
     },
 ];
@@ -235,16 +236,7 @@ impl GraphTransport {
 
     async fn send_message(&mut self, message: &Outgoing<'_>) -> Result<Outcome, SendError> {
         let http = self.http.clone().map_err(SendError::Failed)?;
-        let body = self.body(message).await?;
-        if body.len() > MAX_BODY {
-            let reply = recorded(row(413, ""), 413, &ErrorDetail::default());
-            return Ok(everyone(message, RecipientResult::Failed(reply)));
-        }
-        let url = format!(
-            "{}/users/{}/sendMail",
-            self.account.graph_endpoint.trim_end_matches('/'),
-            percent_encode(message.mailbox)
-        );
+        let payload = self.payload(message).await?;
         let account = &self.account.name;
         for try_number in 0..2 {
             let token = self
@@ -252,30 +244,21 @@ impl GraphTransport {
                 .access_token(account)
                 .await
                 .map_err(|e| SendError::NoToken(e.to_string()))?;
-            let request = http
-                .post(&url)
-                .bearer_auth(token.token.expose())
-                .header(reqwest::header::CONTENT_TYPE, "text/plain")
-                .body(body.clone())
-                .send();
-            let response = tokio::select! {
-                response = request => response,
+            let request = Request {
+                http: &http,
+                base: format!(
+                    "{}/users/{}",
+                    self.account.graph_endpoint.trim_end_matches('/'),
+                    percent_encode(message.mailbox)
+                ),
+                token: token.token.expose(),
+            };
+            let answer = tokio::select! {
+                answer = request.send(&payload) => answer?,
                 _ = self.stop.cancelled() => return Err(SendError::Interrupted),
             };
-            let response = match response {
-                Ok(response) => response,
-                Err(e) => return Err(SendError::Failed(describe_http_error(&e))),
-            };
-            let status = response.status().as_u16();
-            let after = retry_after(response.headers());
-            let error: ErrorBody = if status == 202 {
-                ErrorBody::default()
-            } else {
-                let bytes = response.bytes().await.unwrap_or_default();
-                serde_json::from_slice(&bytes).unwrap_or_default()
-            };
-            let row = row(status, &error.error.code);
-            let reply = recorded(row, status, &error.error);
+            let row = row(answer.status, &answer.error.code);
+            let reply = recorded(row, answer.status, &answer.error);
             match row.action {
                 Action::Delivered => {
                     return Ok(everyone(message, RecipientResult::Delivered(reply)));
@@ -286,7 +269,7 @@ impl GraphTransport {
                 Action::RefreshToken => return Err(SendError::TokenRefused(reply.to_string())),
                 Action::Throttled => {
                     let mut outcome = everyone(message, RecipientResult::Deferred(reply.clone()));
-                    outcome.effect = Some(AccountEffect::Throttled(reply, after));
+                    outcome.effect = Some(AccountEffect::Throttled(reply, answer.retry_after));
                     return Ok(outcome);
                 }
                 Action::HoldAccount => {
@@ -301,9 +284,10 @@ impl GraphTransport {
         unreachable!("the loop returns on its second pass")
     }
 
-    /// The request body: the spooled MIME (checked against its checksum) with the envelope's
-    /// unnamed recipients in a `Bcc:` header (and From rewritten, if asked), base64-encoded.
-    async fn body(&self, message: &Outgoing<'_>) -> Result<String, SendError> {
+    /// What goes to Graph: the spooled MIME (checked against its checksum) with the envelope's
+    /// unnamed recipients in a `Bcc:` header (and From rewritten, if asked), base64-encoded;
+    /// or, when that is over Graph's 4 MB, the message rebuilt as a draft.
+    async fn payload(&self, message: &Outgoing<'_>) -> Result<Payload, SendError> {
         let file = message.file.clone();
         let path = message.path.to_owned();
         let recipients = message.recipients.to_vec();
@@ -317,10 +301,175 @@ impl GraphTransport {
             let edits =
                 super::headers::HeaderEdits::plan(head, Some(&recipients), rewrite_from.as_deref());
             let mime = edits.apply(&content);
-            Ok(STANDARD.encode(mime.as_ref()))
+            if mime.len().div_ceil(3) * 4 <= MAX_BODY {
+                return Ok(Payload::Mime(STANDARD.encode(mime.as_ref())));
+            }
+            // Drafts take their recipients from the envelope, so the Bcc edit is not needed.
+            super::graph_draft::draft(&content, &recipients, rewrite_from.as_deref())
+                .map(Payload::Draft)
+                .map_err(SendError::Failed)
         })
         .await
         .map_err(|e| SendError::Failed(e.to_string()))?
+    }
+}
+
+/// A message as Graph takes it.
+enum Payload {
+    /// sendMail's body.
+    Mime(String),
+    Draft(super::graph_draft::Draft),
+}
+
+/// Graph's answer to the request that decides (sendMail, or the step of the draft path
+/// that failed, or its `/send`).
+struct Answer {
+    status: u16,
+    error: ErrorDetail,
+    retry_after: Option<Duration>,
+}
+
+impl Answer {
+    /// Graph's 202: the message is accepted for every recipient.
+    fn accepted() -> Answer {
+        Answer {
+            status: 202,
+            error: ErrorDetail::default(),
+            retry_after: None,
+        }
+    }
+}
+
+/// The requests for one message, as one mailbox with one token.
+struct Request<'a> {
+    http: &'a reqwest::Client,
+    /// `{graph_endpoint}/users/{mailbox}`.
+    base: String,
+    token: &'a str,
+}
+
+impl Request<'_> {
+    async fn send(&self, payload: &Payload) -> Result<Answer, SendError> {
+        match payload {
+            Payload::Mime(body) => {
+                let request = self
+                    .http
+                    .post(format!("{}/sendMail", self.base))
+                    .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                    .body(body.clone());
+                Ok(self
+                    .call(request, &[202])
+                    .await?
+                    .map_or_else(|a| a, |_| Answer::accepted()))
+            }
+            Payload::Draft(draft) => self.send_draft(draft).await,
+        }
+    }
+
+    /// Draft, attachments, send: the first step Graph refuses is the answer.
+    async fn send_draft(&self, draft: &super::graph_draft::Draft) -> Result<Answer, SendError> {
+        let created = self
+            .call(
+                self.http
+                    .post(format!("{}/messages", self.base))
+                    .json(&draft.message),
+                &[201],
+            )
+            .await?;
+        let id = match created {
+            Ok(body) => body["id"].as_str().unwrap_or_default().to_owned(),
+            Err(answer) => return Ok(answer),
+        };
+        if id.is_empty() {
+            return Err(SendError::Failed(
+                "Graph created a draft without an id".into(),
+            ));
+        }
+        let message = format!("{}/messages/{}", self.base, percent_encode(&id));
+        for attachment in &draft.attachments {
+            if attachment.bytes.len() <= super::graph_draft::SMALL_ATTACHMENT {
+                let request = self
+                    .http
+                    .post(format!("{message}/attachments"))
+                    .json(&attachment.resource());
+                if let Err(answer) = self.call(request, &[201]).await? {
+                    return Ok(answer);
+                }
+                continue;
+            }
+            let request = self
+                .http
+                .post(format!("{message}/attachments/createUploadSession"))
+                .json(&attachment.upload_item());
+            let session = match self.call(request, &[200, 201]).await? {
+                Ok(body) => body["uploadUrl"].as_str().unwrap_or_default().to_owned(),
+                Err(answer) => return Ok(answer),
+            };
+            if let Err(answer) = self.upload(&session, &attachment.bytes).await? {
+                return Ok(answer);
+            }
+        }
+        let sent = self
+            .call(self.http.post(format!("{message}/send")), &[202])
+            .await?;
+        Ok(sent.map_or_else(|a| a, |_| Answer::accepted()))
+    }
+
+    /// The attachment's bytes in chunks to the pre-authenticated upload URL (no token).
+    async fn upload(&self, url: &str, bytes: &[u8]) -> Result<Result<(), Answer>, SendError> {
+        let total = bytes.len();
+        for (start, end) in super::graph_draft::chunks(total) {
+            let request = self
+                .http
+                .put(url)
+                .header(
+                    reqwest::header::CONTENT_RANGE,
+                    format!("bytes {start}-{end}/{total}"),
+                )
+                .body(bytes[start..=end].to_vec());
+            let response = request
+                .send()
+                .await
+                .map_err(|e| SendError::Failed(describe_http_error(&e)))?;
+            let status = response.status().as_u16();
+            if !matches!(status, 200 | 201) {
+                return Ok(Err(answer_of(response).await));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Sends `request` with the token; the JSON body when the status is one of `expected`,
+    /// else Graph's answer.
+    async fn call(
+        &self,
+        request: reqwest::RequestBuilder,
+        expected: &[u16],
+    ) -> Result<Result<Value, Answer>, SendError> {
+        let response = request
+            .bearer_auth(self.token)
+            .send()
+            .await
+            .map_err(|e| SendError::Failed(describe_http_error(&e)))?;
+        let status = response.status().as_u16();
+        if !expected.contains(&status) {
+            return Ok(Err(answer_of(response).await));
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        Ok(Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+}
+
+/// Reads an answer Graph gave instead of what was expected.
+async fn answer_of(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let retry_after = retry_after(response.headers());
+    let bytes = response.bytes().await.unwrap_or_default();
+    let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+    Answer {
+        status,
+        error: body.error,
+        retry_after,
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod fallback;
 pub mod graph;
+pub mod graph_draft;
 pub mod headers;
 pub mod smtp;
 
