@@ -397,3 +397,36 @@ async fn rewrite_from_applies_to_graph_as_well() {
     );
     assert!(sent[0].mime.ends_with(b"\xc3\xa9\xc3\xa8 \xe2\x82\xac\r\n"));
 }
+
+#[tokio::test]
+async fn a_send_whose_answer_is_lost_is_not_sent_again() {
+    let graph = Graph::start().await;
+    let keys = graph.account_keys();
+    let w = World::start(WorldOptions {
+        account: &keys,
+        max_message_size: "8MiB",
+        upstream_timeout: "1s",
+        extra: "[queue]\nretry = [\"1s\"]\n",
+        ..Default::default()
+    })
+    .await;
+    graph.trust(&w.entra);
+    // /send goes through, but its answer comes after the relay stopped waiting.
+    graph.state().stall_next_send = Some(Duration::from_secs(3));
+    let mut message =
+        b"From: scanner@contoso.com\r\nTo: ann@fabrikam.com\r\nSubject: long\r\n\r\n".to_vec();
+    // Over 4 MB once base64-encoded: the draft path.
+    for _ in 0..40_000 {
+        message.extend_from_slice(&[b'x'; 78]);
+        message.extend_from_slice(b"\r\n");
+    }
+    w.relay
+        .send("scanner@contoso.com", &["ann@fabrikam.com"], &message)
+        .await;
+    w.relay.drained().await;
+    let state = graph.state();
+    assert_eq!(state.sent_drafts.len(), 1, "sent once");
+    // The retry asked for the recorded draft, found it gone (sent), and sent nothing more.
+    assert_eq!(state.lookups, [404]);
+    assert!(state.drafts.is_empty());
+}

@@ -94,6 +94,7 @@ mod tests {
             last_error: Some("421 4.4.2 dropped".into()),
             held: false,
             bounced: false,
+            graph_draft: None,
         }
     }
 

@@ -11,11 +11,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{Budget, Exhausted};
+use super::budget::{BoxFuture, Budget, Exhausted};
 use super::lane::Lane;
 use super::schedule::Upstream;
 use super::transport::{
-    AccountEffect, FallbackTransport, GraphTransport, Outgoing, RecipientResult, SendError,
+    AccountEffect, FallbackTransport, GraphTransport, Notes, Outgoing, RecipientResult, SendError,
     SmtpTransport, Transport,
 };
 use crate::config::Config;
@@ -194,6 +194,41 @@ async fn attempt(
     )
 }
 
+/// A transport's notes, made durable by the scheduler before the transport goes on.
+struct Recorder<'a> {
+    id: QueueId,
+    /// The state as the attempt has it, with what was recorded.
+    state: std::sync::Mutex<DeliveryState>,
+    done: &'a mpsc::UnboundedSender<FromWorker>,
+}
+
+impl Notes for Recorder<'_> {
+    fn graph_draft(&self) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .graph_draft
+            .clone()
+    }
+
+    fn record_graph_draft<'a>(&'a self, id: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let state = {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.graph_draft = Some(id.to_owned());
+                state.clone()
+            };
+            let (recorded, answer) = oneshot::channel();
+            let progress = FromWorker::Progress {
+                id: self.id,
+                state,
+                recorded,
+            };
+            self.done.send(progress).is_ok() && answer.await.is_ok()
+        })
+    }
+}
+
 /// Transactions through the transport until every pending recipient has a result from this
 /// attempt; the results go into `state`.
 async fn send(
@@ -216,6 +251,11 @@ async fn send(
         .await
         .map_err(Stopped::Budget)?;
     while !pending.is_empty() {
+        let notes = Recorder {
+            id,
+            state: std::sync::Mutex::new(state.clone()),
+            done,
+        };
         let message = Outgoing {
             file,
             path: &path,
@@ -223,8 +263,12 @@ async fn send(
             sender: &sender,
             recipients: &pending,
             rewrite_from: lane.config.rewrite_from.then_some(mailbox.as_str()),
+            notes: &notes,
         };
-        let outcome = transport.send(&message).await.map_err(Stopped::Send)?;
+        let sent = transport.send(&message).await;
+        // What was recorded stays recorded when the attempt ends.
+        state.graph_draft = notes.graph_draft();
+        let outcome = sent.map_err(Stopped::Send)?;
         let mut split = Vec::new();
         for (recipient, result) in outcome.results {
             let (status, reply) = match result {

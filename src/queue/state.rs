@@ -43,6 +43,11 @@ pub struct DeliveryState {
     /// A DSN has been queued for the failed recipients.
     #[serde(default)]
     pub bounced: bool,
+    /// The Graph draft made for this message, recorded before it is sent: after an
+    /// ambiguous failure the next attempt asks Graph whether it still exists instead of
+    /// sending again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_draft: Option<String>,
 }
 
 impl DeliveryState {
@@ -62,6 +67,7 @@ impl DeliveryState {
             last_error: None,
             held: false,
             bounced: false,
+            graph_draft: None,
         }
     }
 

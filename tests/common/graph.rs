@@ -91,6 +91,11 @@ pub struct GraphState {
     uploads: std::collections::HashMap<String, UploadSession>,
     /// Upload chunks received, as (start, length).
     pub chunks: Vec<(usize, usize)>,
+    /// The next draft `/send` is carried out, but answered only after this long (a client
+    /// with a shorter timeout cannot tell whether it went).
+    pub stall_next_send: Option<std::time::Duration>,
+    /// Draft lookups (`GET …/messages/{id}`) and their answers.
+    pub lookups: Vec<u16>,
     pub faults: VecDeque<GraphFault>,
     /// Mailboxes that are unlicensed or on-premises (MailboxNotEnabledForRESTAPI).
     pub rest_disabled: HashSet<String>,
@@ -123,6 +128,10 @@ impl Graph {
             .route(
                 "/v1.0/users/{user}/messages",
                 axum::routing::post(create_draft),
+            )
+            .route(
+                "/v1.0/users/{user}/messages/{id}",
+                axum::routing::get(get_draft),
             )
             .route(
                 "/v1.0/users/{user}/messages/{id}/attachments",
@@ -565,6 +574,30 @@ async fn upload(
     }
 }
 
+/// A draft is there until it is sent (then it is in Sent Items, under another id).
+async fn get_draft(
+    State(graph): State<Graph>,
+    Path((user, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mailbox = user.to_ascii_lowercase();
+    if let Err(refused) = authorise(&graph, &mailbox, &headers, "Mail.ReadWrite") {
+        return *refused;
+    }
+    let mut state = graph.state();
+    let found = state.drafts.get(&id).is_some_and(|d| d.mailbox == mailbox);
+    state.lookups.push(if found { 200 } else { 404 });
+    if found {
+        (
+            StatusCode::OK,
+            axum::Json(json!({ "id": id, "isDraft": true })),
+        )
+            .into_response()
+    } else {
+        not_found()
+    }
+}
+
 async fn send_draft(
     State(graph): State<Graph>,
     Path((user, id)): Path<(String, String)>,
@@ -574,19 +607,26 @@ async fn send_draft(
     if let Err(refused) = authorise(&graph, &mailbox, &headers, "Mail.Send") {
         return *refused;
     }
-    let mut state = graph.state();
-    match state.drafts.remove(&id) {
-        Some(draft) if draft.mailbox == mailbox => {
-            state.sent_drafts.push(draft);
-            state.requests.push((Instant::now(), 202));
-            StatusCode::ACCEPTED.into_response()
+    let stall = {
+        let mut state = graph.state();
+        match state.drafts.remove(&id) {
+            Some(draft) if draft.mailbox == mailbox => {
+                state.sent_drafts.push(draft);
+                state.requests.push((Instant::now(), 202));
+                state.stall_next_send.take()
+            }
+            Some(draft) => {
+                state.drafts.insert(id, draft);
+                return not_found();
+            }
+            None => return not_found(),
         }
-        Some(draft) => {
-            state.drafts.insert(id, draft);
-            not_found()
-        }
-        None => not_found(),
+    };
+    // Sent either way; a stalled answer leaves the client not knowing.
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
     }
+    StatusCode::ACCEPTED.into_response()
 }
 
 fn uuid_like() -> String {

@@ -154,6 +154,8 @@ pub struct WorldOptions<'a> {
     pub extra: &'a str,
     /// `[server] max_message_size`.
     pub max_message_size: &'a str,
+    /// `[account.upstream] command_timeout`.
+    pub upstream_timeout: &'a str,
 }
 
 impl Default for WorldOptions<'_> {
@@ -165,6 +167,7 @@ impl Default for WorldOptions<'_> {
             account: "",
             extra: "",
             max_message_size: "1MiB",
+            upstream_timeout: "10s",
         }
     }
 }
@@ -194,7 +197,10 @@ impl World {
                 "mailbox = \"relay@contoso.com\"",
                 &format!("mailbox = {:?}", options.mailbox)
             ),
-            exchange.upstream_table(dir.path()),
+            exchange.upstream_table(dir.path()).replace(
+                "command_timeout = \"10s\"",
+                &format!("command_timeout = {:?}", options.upstream_timeout)
+            ),
             options.extra
         );
         let size = format!("max_message_size = {:?}", options.max_message_size);

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{AccountEffect, Outcome, Outgoing, RecipientResult, SendError, Transport};
+use super::{AccountEffect, Notes, Outcome, Outgoing, RecipientResult, SendError, Transport};
 use crate::config::AccountConfig;
 use crate::delivery::budget::BoxFuture;
 use crate::delivery::reply::UpstreamReply;
@@ -254,7 +254,7 @@ impl GraphTransport {
                 token: token.token.expose(),
             };
             let answer = tokio::select! {
-                answer = request.send(&payload) => answer?,
+                answer = request.send(&payload, message.notes) => answer?,
                 _ = self.stop.cancelled() => return Err(SendError::Interrupted),
             };
             let row = row(answer.status, &answer.error.code);
@@ -349,7 +349,7 @@ struct Request<'a> {
 }
 
 impl Request<'_> {
-    async fn send(&self, payload: &Payload) -> Result<Answer, SendError> {
+    async fn send(&self, payload: &Payload, notes: &dyn Notes) -> Result<Answer, SendError> {
         match payload {
             Payload::Mime(body) => {
                 let request = self
@@ -362,12 +362,40 @@ impl Request<'_> {
                     .await?
                     .map_or_else(|a| a, |_| Answer::accepted()))
             }
-            Payload::Draft(draft) => self.send_draft(draft).await,
+            Payload::Draft(draft) => match notes.graph_draft() {
+                Some(id) => self.send_recorded_draft(&id).await,
+                None => self.send_draft(draft, notes).await,
+            },
         }
     }
 
-    /// Draft, attachments, send: the first step Graph refuses is the answer.
-    async fn send_draft(&self, draft: &super::graph_draft::Draft) -> Result<Answer, SendError> {
+    /// An earlier attempt made and recorded this draft, then could not tell whether `/send`
+    /// went through (a timeout, a reset). A draft still there was not sent: send it. One
+    /// Graph no longer has was sent (it moved to Sent Items): nothing more to do.
+    async fn send_recorded_draft(&self, id: &str) -> Result<Answer, SendError> {
+        let message = format!("{}/messages/{}", self.base, percent_encode(id));
+        match self.call(self.http.get(&message), &[200]).await? {
+            Ok(_) => {
+                let sent = self
+                    .call(self.http.post(format!("{message}/send")), &[202])
+                    .await?;
+                Ok(sent.map_or_else(|a| a, |_| Answer::accepted()))
+            }
+            Err(answer) if answer.status == 404 => {
+                tracing::info!(draft = %id, "the draft was sent by an earlier attempt");
+                Ok(Answer::accepted())
+            }
+            Err(answer) => Ok(answer),
+        }
+    }
+
+    /// Draft, attachments, send: the first step Graph refuses is the answer. The draft's id is
+    /// recorded before `/send`, so an ambiguous failure there is never sent twice.
+    async fn send_draft(
+        &self,
+        draft: &super::graph_draft::Draft,
+        notes: &dyn Notes,
+    ) -> Result<Answer, SendError> {
         let created = self
             .call(
                 self.http
@@ -408,6 +436,9 @@ impl Request<'_> {
             if let Err(answer) = self.upload(&session, &attachment.bytes).await? {
                 return Ok(answer);
             }
+        }
+        if !notes.record_graph_draft(&id).await {
+            return Err(SendError::Interrupted);
         }
         let sent = self
             .call(self.http.post(format!("{message}/send")), &[202])

@@ -32,6 +32,19 @@ pub struct Outgoing<'a> {
     pub recipients: &'a [String],
     /// `rewrite_from`: the From header becomes this mailbox.
     pub rewrite_from: Option<&'a str>,
+    /// Where a transport makes a note about the message durable before it goes on.
+    pub notes: &'a dyn Notes,
+}
+
+/// What a transport may need to remember about a message across attempts (Graph's draft id,
+/// recorded before `/send`). Recording goes through the scheduler, the only writer of
+/// delivery state.
+pub trait Notes: Sync {
+    /// The draft an earlier attempt made and recorded, if any.
+    fn graph_draft(&self) -> Option<String>;
+
+    /// Records the draft durably; false if it could not be (then nothing may be sent).
+    fn record_graph_draft<'a>(&'a self, id: &'a str) -> BoxFuture<'a, bool>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
