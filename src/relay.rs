@@ -271,6 +271,7 @@ impl Prepared {
                 Arc::clone(&config),
                 Arc::clone(&process.spool),
                 manager.clone(),
+                Arc::clone(&process.delivery_status),
                 Arc::clone(&process.alerts),
             );
             outbound_tasks.push(tokio::spawn(alerter.run(outbound.clone())));

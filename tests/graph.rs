@@ -151,7 +151,8 @@ async fn a_token_for_the_wrong_audience_holds_the_mail() {
 
 #[tokio::test]
 async fn no_mail_send_permission_holds_the_account_and_says_why() {
-    let (w, graph) = graph_world("", "").await;
+    let (hook, hooked) = common::webhook().await;
+    let (w, graph) = graph_world("", &format!("[alerts]\nwebhook = {hook:?}\n")).await;
     deny_mail_send(&w).await;
     send_scan(&w.relay).await;
     until("the hold is recorded", || {
@@ -166,10 +167,22 @@ async fn no_mail_send_permission_holds_the_account_and_says_why() {
             .delivery_status
             .held()
             .iter()
-            .any(|h| h.mailbox == "relay@contoso.com")
+            .any(|h| h.mailbox == "relay@contoso.com" && h.needs_admin)
     })
     .await;
     assert!(graph.state().sent.is_empty());
+    // The admin hears of it, in plain words.
+    until("the alert fires", || !hooked.lock().unwrap().is_empty()).await;
+    let alert = hooked.lock().unwrap()[0].clone();
+    assert_eq!(
+        alert["key"], "mailbox:contoso:relay@contoso.com:held",
+        "{alert}"
+    );
+    assert_eq!(alert["state"], "firing");
+    assert!(
+        alert["summary"].as_str().unwrap().contains("Mail.Send"),
+        "{alert}"
+    );
 }
 
 #[tokio::test]
@@ -429,4 +442,22 @@ async fn a_send_whose_answer_is_lost_is_not_sent_again() {
     // The retry asked for the recorded draft, found it gone (sent), and sent nothing more.
     assert_eq!(state.lookups, [404]);
     assert!(state.drafts.is_empty());
+}
+
+#[tokio::test]
+async fn a_413_for_send_mail_takes_the_draft_path() {
+    let (w, graph) = graph_world("", "").await;
+    graph
+        .state()
+        .faults
+        .push_back(GraphFault::Refuse(413, "ErrorRequestEntityTooLarge", None));
+    send_scan(&w.relay).await;
+    w.relay.drained().await;
+    let state = graph.state();
+    assert!(state.sent.is_empty());
+    assert_eq!(state.sent_drafts.len(), 1, "sent as a draft instead");
+    assert_eq!(
+        state.sent_drafts[0].message["toRecipients"][0]["emailAddress"]["address"],
+        "ann@fabrikam.com"
+    );
 }

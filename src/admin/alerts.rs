@@ -39,6 +39,7 @@ pub struct Alerter {
     config: Arc<Config>,
     spool: Arc<Spool>,
     tokens: Option<Arc<TokenManager>>,
+    delivery: Arc<crate::delivery::DeliveryStatus>,
     http: Option<reqwest::Client>,
     active: AlertMemory,
 }
@@ -48,6 +49,7 @@ impl Alerter {
         config: Arc<Config>,
         spool: Arc<Spool>,
         tokens: Option<Arc<TokenManager>>,
+        delivery: Arc<crate::delivery::DeliveryStatus>,
         active: AlertMemory,
     ) -> Alerter {
         let http = config.alerts.webhook.as_ref().and_then(|url| {
@@ -71,6 +73,7 @@ impl Alerter {
             config,
             spool,
             tokens,
+            delivery,
             http,
             active,
         }
@@ -90,6 +93,22 @@ impl Alerter {
             }
             return now;
         };
+        // Mailboxes the upstream holds until an admin acts, and accounts on their fallback.
+        for held in self.delivery.held().iter().filter(|h| h.needs_admin) {
+            now.insert(
+                format!("mailbox:{}:{}:held", held.account, held.mailbox),
+                format!(
+                    "account {}: mailbox {} cannot send: {}",
+                    held.account, held.mailbox, held.reason
+                ),
+            );
+        }
+        for fallback in self.delivery.fallbacks() {
+            now.insert(
+                format!("account:{}:graph_fallback", fallback.account),
+                fallback.describe(),
+            );
+        }
         let unix = unix_now();
         for status in tokens.statuses() {
             let account = &status.account;
@@ -261,6 +280,7 @@ impl Alerter {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(EVALUATE_EVERY) => {}
                 _ = token_event => {}
+                _ = self.delivery.changed() => {}
             }
         }
     }

@@ -21,8 +21,22 @@ use crate::queue::QueueId;
 pub enum Block {
     /// Its sending budget is spent.
     Budget(Window),
-    /// Exchange asked it to wait (throttling, quota, a hold-the-account reply): why, in words.
+    /// Exchange or Graph asked it to wait (throttling, quota, a refused token): why, in words.
     Paused(String),
+    /// It cannot send until an admin acts (SMTP AUTH off, no permission, mailbox full or
+    /// blocked); looked at again now and then. Why, in words.
+    Held(String),
+}
+
+impl Block {
+    /// Why, in words (a spent budget names its window).
+    pub fn reason(&self) -> &str {
+        match self {
+            Block::Budget(Window::Rate) => "rate budget spent",
+            Block::Budget(Window::Daily) => "daily budget spent",
+            Block::Paused(why) | Block::Held(why) => why,
+        }
+    }
 }
 
 /// What became of a message a worker had.

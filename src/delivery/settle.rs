@@ -54,10 +54,10 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
             }
             Stopped::Send(SendError::Account(effect)) | Stopped::Effect(effect) => {
                 let report = match pause_for(&shared.config, effect) {
-                    Ok((until, why)) => {
+                    Ok((until, block)) => {
                         // `queue list` and `queue show` say why the message waits.
-                        state.last_error = Some(why.clone());
-                        Report::Blocked(until, Block::Paused(why))
+                        state.last_error = Some(block.reason().to_owned());
+                        Report::Blocked(until, block)
                     }
                     // Refused mid-session after an accepted login: the next one logs in afresh.
                     Err(reason) => {
@@ -128,21 +128,20 @@ fn retry_soon(config: &Config) -> Report {
     Report::RetryAt(Instant::now() + disposition::retry_delay(&config.queue, 1))
 }
 
-/// How long the mailbox pauses after an account-wide reply, and why; `Err` for a token
+/// How long the mailbox waits after an account-wide reply, and why; `Err` for a token
 /// refused mid-session (the account waits for a fresh token instead).
-fn pause_for(config: &Config, effect: AccountEffect) -> Result<(Instant, String), String> {
-    let (pause, reply) = match effect {
+fn pause_for(config: &Config, effect: AccountEffect) -> Result<(Instant, Block), String> {
+    let (pause, block) = match effect {
         AccountEffect::TokenRejected(reply) => return Err(reply.described()),
         AccountEffect::Throttled(reply, asked) => (
             asked.unwrap_or_else(|| disposition::retry_delay(&config.queue, 1)),
-            reply,
+            Block::Paused(reply.described()),
         ),
-        AccountEffect::QuotaExceeded(reply) => (QUOTA_PAUSE, reply),
-        AccountEffect::Hold(reply) => (HOLD_PAUSE, reply),
+        AccountEffect::QuotaExceeded(reply) => (QUOTA_PAUSE, Block::Paused(reply.described())),
+        AccountEffect::Hold(reply) => (HOLD_PAUSE, Block::Held(reply.described())),
     };
-    let why = reply.described();
-    tracing::warn!(pause_secs = pause.as_secs(), reason = %why, "mailbox paused");
-    Ok((Instant::now() + pause, why))
+    tracing::warn!(pause_secs = pause.as_secs(), reason = %block.reason(), "mailbox paused");
+    Ok((Instant::now() + pause, block))
 }
 
 /// Every recipient has a final result: report failures, then leave the queue. Removing the

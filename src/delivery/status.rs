@@ -18,6 +18,8 @@ pub struct HeldMailbox {
     pub budget: Option<Window>,
     /// In words: which budget, or what Exchange said.
     pub reason: String,
+    /// It waits for an admin to act (not for time to pass): alerts say so.
+    pub needs_admin: bool,
     /// When sending may resume (Unix seconds).
     pub until: u64,
     /// Messages due that wait for it.
@@ -35,12 +37,14 @@ impl HeldMailbox {
         let (budget, reason) = match why {
             Block::Budget(window) => (Some(*window), format!("{window} budget spent")),
             Block::Paused(reason) => (None, format!("paused: {reason}")),
+            Block::Held(reason) => (None, format!("held: {reason}")),
         };
         HeldMailbox {
             account: account.to_owned(),
             mailbox: mailbox.to_owned(),
             budget,
             reason,
+            needs_admin: matches!(why, Block::Held(_)),
             until: until
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
@@ -95,6 +99,9 @@ impl FallbackInUse {
 pub struct DeliveryStatus {
     held: Mutex<Vec<HeldMailbox>>,
     fallbacks: Mutex<Vec<FallbackInUse>>,
+    /// Told when a mailbox starts or stops waiting for an admin, or an account falls back
+    /// (the alerter wakes for it).
+    changed: tokio::sync::Notify,
 }
 
 impl DeliveryStatus {
@@ -103,7 +110,24 @@ impl DeliveryStatus {
     }
 
     pub(super) fn set_held(&self, held: Vec<HeldMailbox>) {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = held;
+        let needing_admin = |list: &[HeldMailbox]| -> Vec<(String, String)> {
+            list.iter()
+                .filter(|h| h.needs_admin)
+                .map(|h| (h.account.clone(), h.mailbox.clone()))
+                .collect()
+        };
+        let mut current = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = needing_admin(&current) != needing_admin(&held);
+        *current = held;
+        drop(current);
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Waits until what alerts look at changes.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     pub fn fallbacks(&self) -> Vec<FallbackInUse> {
@@ -114,6 +138,15 @@ impl DeliveryStatus {
     }
 
     pub(super) fn set_fallbacks(&self, fallbacks: Vec<FallbackInUse>) {
-        *self.fallbacks.lock().unwrap_or_else(|e| e.into_inner()) = fallbacks;
+        let accounts = |list: &[FallbackInUse]| -> Vec<String> {
+            list.iter().map(|f| f.account.clone()).collect()
+        };
+        let mut current = self.fallbacks.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = accounts(&current) != accounts(&fallbacks);
+        *current = fallbacks;
+        drop(current);
+        if changed {
+            self.changed.notify_one();
+        }
     }
 }

@@ -236,9 +236,10 @@ impl GraphTransport {
 
     async fn send_message(&mut self, message: &Outgoing<'_>) -> Result<Outcome, SendError> {
         let http = self.http.clone().map_err(SendError::Failed)?;
-        let payload = self.payload(message).await?;
+        let mut payload = self.payload(message, false).await?;
         let account = &self.account.name;
-        for try_number in 0..2 {
+        let mut refreshed = false;
+        loop {
             let token = self
                 .tokens
                 .access_token(account)
@@ -263,8 +264,15 @@ impl GraphTransport {
                 Action::Delivered => {
                     return Ok(everyone(message, RecipientResult::Delivered(reply)));
                 }
-                Action::RefreshToken if try_number == 0 => {
+                // Graph's limit is what it says it is: the draft path takes any size.
+                Action::FailMessage
+                    if answer.status == 413 && matches!(payload, Payload::Mime(_)) =>
+                {
+                    payload = self.payload(message, true).await?;
+                }
+                Action::RefreshToken if !refreshed => {
                     self.tokens.invalidate(account, &token.token);
+                    refreshed = true;
                 }
                 Action::RefreshToken => return Err(SendError::TokenRefused(reply.to_string())),
                 Action::Throttled => {
@@ -281,13 +289,13 @@ impl GraphTransport {
                 Action::Retry => return Err(SendError::Failed(reply.to_string())),
             }
         }
-        unreachable!("the loop returns on its second pass")
     }
 
     /// What goes to Graph: the spooled MIME (checked against its checksum) with the envelope's
     /// unnamed recipients in a `Bcc:` header (and From rewritten, if asked), base64-encoded;
-    /// or, when that is over Graph's 4 MB, the message rebuilt as a draft.
-    async fn payload(&self, message: &Outgoing<'_>) -> Result<Payload, SendError> {
+    /// or, when that is over Graph's 4 MB (or Graph said 413, or `draft`), the message
+    /// rebuilt as a draft.
+    async fn payload(&self, message: &Outgoing<'_>, draft: bool) -> Result<Payload, SendError> {
         let file = message.file.clone();
         let path = message.path.to_owned();
         let recipients = message.recipients.to_vec();
@@ -301,7 +309,7 @@ impl GraphTransport {
             let edits =
                 super::headers::HeaderEdits::plan(head, Some(&recipients), rewrite_from.as_deref());
             let mime = edits.apply(&content);
-            if mime.len().div_ceil(3) * 4 <= MAX_BODY {
+            if !draft && mime.len().div_ceil(3) * 4 <= MAX_BODY {
                 return Ok(Payload::Mime(STANDARD.encode(mime.as_ref())));
             }
             // Drafts take their recipients from the envelope, so the Bcc edit is not needed.
