@@ -231,6 +231,28 @@ mod tests {
     }
 
     #[test]
+    fn html_with_an_inline_image_keeps_the_image_inline_with_its_content_id() {
+        let mime = "From: a@contoso.com\r\nTo: b@contoso.com\r\nSubject: logo\r\nMIME-Version: 1.0\r\nContent-Type: multipart/related; boundary=r\r\n\r\n--r\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Hi <img src=\"cid:logo@x\"></p>\r\n--r\r\nContent-Type: image/png\r\nContent-ID: <logo@x>\r\nContent-Disposition: inline; filename=logo.png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--r--\r\n";
+        let draft = draft(mime.as_bytes(), &["b@contoso.com".to_owned()], None).unwrap();
+        assert_eq!(draft.message["body"]["contentType"], "HTML");
+        assert!(
+            draft.message["body"]["content"]
+                .as_str()
+                .unwrap()
+                .contains("cid:logo@x")
+        );
+        assert_eq!(draft.attachments.len(), 1);
+        let logo = &draft.attachments[0];
+        assert!(logo.inline);
+        assert_eq!(logo.content_id.as_deref(), Some("logo@x"));
+        assert_eq!(logo.content_type, "image/png");
+        assert_eq!(logo.bytes, b"\x89PNG\r\n\x1a\n");
+        let resource = logo.resource();
+        assert_eq!(resource["isInline"], true);
+        assert_eq!(resource["contentId"], "logo@x");
+    }
+
+    #[test]
     fn rewrite_from_moves_the_sender_to_reply_to() {
         let draft = draft(
             SCAN.as_bytes(),
