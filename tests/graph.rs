@@ -17,6 +17,7 @@ async fn graph_world(account: &str, extra: &str) -> (World, Graph) {
     let w = World::start(WorldOptions {
         account: &keys,
         extra,
+        extra_ca: &graph.pki.ca_pem,
         ..Default::default()
     })
     .await;
@@ -215,6 +216,7 @@ async fn a_30_mb_scan_arrives_intact_through_a_draft_and_an_upload_session() {
     let w = World::start(WorldOptions {
         account: &keys,
         max_message_size: "64MiB",
+        extra_ca: &graph.pki.ca_pem,
         ..Default::default()
     })
     .await;
@@ -335,11 +337,12 @@ async fn token_test_says_when_mail_send_is_missing() {
 async fn with_smtp_auth_disabled_the_same_mail_flows_through_graph() {
     let graph = Graph::start().await;
     let keys = format!(
-        "fallback_transport = \"graph\"\ngraph_endpoint = \"http://{}/v1.0\"\n",
-        graph.addr
+        "fallback_transport = \"graph\"\ngraph_endpoint = {:?}\n",
+        graph.endpoint()
     );
     let w = World::start(WorldOptions {
         account: &keys,
+        extra_ca: &graph.pki.ca_pem,
         ..Default::default()
     })
     .await;
@@ -420,6 +423,7 @@ async fn a_send_whose_answer_is_lost_is_not_sent_again() {
         max_message_size: "8MiB",
         upstream_timeout: "1s",
         extra: "[queue]\nretry = [\"1s\"]\n",
+        extra_ca: &graph.pki.ca_pem,
         ..Default::default()
     })
     .await;

@@ -109,17 +109,53 @@ pub struct GraphState {
 pub struct Graph {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<GraphState>>,
+    /// Its HTTPS certificate's CA (the relay trusts it through `ca_file`).
+    pub pki: Arc<super::TestPki>,
     entra: Arc<Mutex<Option<Entra>>>,
+}
+
+/// HTTPS for axum: TLS with the double's rcgen certificate on each accepted connection.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.tls.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
 }
 
 impl Graph {
     pub async fn start() -> Graph {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pki = Arc::new(super::TestPki::new());
+        let tls = smtprelay::smtp::tls::acceptor(&smtprelay::config::TlsConfig {
+            certificate: pki.cert_path(),
+            private_key: pki.key_path(),
+        })
+        .unwrap();
         let graph = Graph {
-            addr: listener.local_addr().unwrap(),
+            addr: tcp.local_addr().unwrap(),
             state: Arc::default(),
+            pki,
             entra: Arc::default(),
         };
+        let listener = TlsListener { tcp, tls };
         let app = axum::Router::new()
             .route(
                 "/v1.0/users/{user}/sendMail",
@@ -161,9 +197,14 @@ impl Graph {
     /// The `[[account]]` keys that send through this double.
     pub fn account_keys(&self) -> String {
         format!(
-            "transport = \"graph\"\ngraph_endpoint = \"http://{}/v1.0\"\n",
-            self.addr
+            "transport = \"graph\"\ngraph_endpoint = \"{}\"\n",
+            self.endpoint()
         )
+    }
+
+    /// Its base URL, as `graph_endpoint` names it (HTTPS, the certificate is for localhost).
+    pub fn endpoint(&self) -> String {
+        format!("https://localhost:{}/v1.0", self.addr.port())
     }
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, GraphState> {
@@ -488,7 +529,7 @@ async fn create_upload_session(
             size,
         },
     );
-    let url = format!("http://{}/upload/{session}", graph.addr);
+    let url = format!("https://localhost:{}/upload/{session}", graph.addr.port());
     (
         StatusCode::CREATED,
         axum::Json(json!({

@@ -156,6 +156,8 @@ pub struct WorldOptions<'a> {
     pub max_message_size: &'a str,
     /// `[account.upstream] command_timeout`.
     pub upstream_timeout: &'a str,
+    /// More trust roots for `ca_file` (PEM), e.g. the Graph double's CA.
+    pub extra_ca: &'a str,
 }
 
 impl Default for WorldOptions<'_> {
@@ -168,8 +170,22 @@ impl Default for WorldOptions<'_> {
             extra: "",
             max_message_size: "1MiB",
             upstream_timeout: "10s",
+            extra_ca: "",
         }
     }
+}
+
+/// `table` unchanged, once `extra_ca` is added to the CA file it names.
+fn with_extra_ca(table: String, dir: &std::path::Path, extra_ca: &str) -> String {
+    if !extra_ca.is_empty() {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("upstream-ca.pem"))
+            .unwrap();
+        file.write_all(extra_ca.as_bytes()).unwrap();
+    }
+    table
 }
 
 impl World {
@@ -197,7 +213,12 @@ impl World {
                 "mailbox = \"relay@contoso.com\"",
                 &format!("mailbox = {:?}", options.mailbox)
             ),
-            exchange.upstream_table(dir.path()).replace(
+            with_extra_ca(
+                exchange.upstream_table(dir.path()),
+                dir.path(),
+                options.extra_ca
+            )
+            .replace(
                 "command_timeout = \"10s\"",
                 &format!("command_timeout = {:?}", options.upstream_timeout)
             ),
