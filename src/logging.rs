@@ -27,7 +27,7 @@ pub fn init(config: &LogConfig) {
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok());
     let from_config = from_env.is_none();
-    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&config.level));
+    let filter = from_env.unwrap_or_else(|| config_filter(&config.level));
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let journal = stderr_is_journal();
@@ -114,11 +114,25 @@ fn stderr_is_journal() -> bool {
     stat.st_dev == device && stat.st_ino == inode
 }
 
+/// The filter for `[log] level`. rustls warns about every client that sends an IP address as
+/// its TLS server name (printers do), which says nothing an admin can act on: its warnings are
+/// left out unless the level names rustls itself.
+fn config_filter(level: &str) -> EnvFilter {
+    let filter = EnvFilter::new(level);
+    if level.contains("rustls") {
+        return filter;
+    }
+    match "rustls=error".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
+    }
+}
+
 /// Applies `[log].level` from a reloaded configuration (unless `RUST_LOG` rules).
 pub fn apply_level(config: &LogConfig) {
     let Some(handle) = LEVEL.get() else { return };
     // The level was validated with the rest of the file.
-    if let Ok(filter) = EnvFilter::try_new(&config.level)
+    if let Ok(filter) = EnvFilter::try_new(&config.level).map(|_| config_filter(&config.level))
         && let Err(e) = handle.reload(filter)
     {
         tracing::error!(error = %e, "cannot change the log level");
@@ -176,6 +190,15 @@ fn is_invisible_format(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rustls_warnings_are_left_out_unless_asked_for() {
+        assert_eq!(config_filter("info").to_string(), "rustls=error,info");
+        assert_eq!(
+            config_filter("debug,rustls=debug").to_string(),
+            "rustls=debug,debug"
+        );
+    }
 
     #[test]
     fn client_text_cannot_forge_lines_or_colours() {

@@ -43,6 +43,19 @@ impl Lane {
         &self.config.name
     }
 
+    /// Where this account's mail goes, for log lines: `host:port`, or Graph's endpoint.
+    pub fn relay(&self) -> String {
+        match self.config.transport {
+            crate::config::Transport::Smtp => {
+                format!(
+                    "{}:{}",
+                    self.config.upstream.host, self.config.upstream.port
+                )
+            }
+            crate::config::Transport::Graph => self.config.graph_endpoint.clone(),
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits::of(&self.config.upstream)
     }

@@ -96,8 +96,16 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
         }
         Disposition::RetryIn(delay) => {
             save_progress(shared, id, &state).await;
-            tracing::info!(queue_id = %id, account = lane.name(), attempts = state.attempts,
-                retry_in_secs = delay.as_secs(), error = state.last_error.as_deref().unwrap_or(""), "deferred");
+            let age = crate::clock::unix_ms().saturating_sub(file.envelope.received_at);
+            let error = state.last_error.as_deref().unwrap_or("");
+            // A deferral that has gone on for long is worth an admin's look.
+            if age >= shared.config.alerts.queue_age_warning.as_millis() as u64 {
+                tracing::warn!(queue_id = %id, account = lane.name(), attempts = state.attempts,
+                    age_secs = age / 1000, retry_in_secs = delay.as_secs(), error, "deferred");
+            } else {
+                tracing::info!(queue_id = %id, account = lane.name(), attempts = state.attempts,
+                    retry_in_secs = delay.as_secs(), error, "deferred");
+            }
             shared
                 .metrics
                 .delivery(lane.name(), Outcome::Deferred, state.last_error.clone());

@@ -284,9 +284,12 @@ async fn send(
                     continue;
                 }
             };
+            // Postfix's fields: how long since it arrived, where it went, which attempt.
+            let delay = crate::clock::unix_ms().saturating_sub(file.envelope.received_at);
             tracing::info!(queue_id = %id, account = lane.name(), to = %recipient,
                 result = if status == RecipientStatus::Delivered { "delivered" } else { "failed" },
-                reply = %reply, "recipient");
+                delay = format_args!("{:.2}", delay as f64 / 1000.0), relay = %lane.relay(),
+                attempt = state.attempts + 1, reply = %reply, "recipient");
             state.set(&recipient, status, Some(reply));
         }
         if let Some(effect) = outcome.effect {

@@ -130,6 +130,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             id,
             format!("<{}>", crate::logging::Untrusted(&writer.envelope().sender)),
             writer.envelope().recipients.len(),
+            recipient_list(&writer.envelope().recipients),
         );
         match writer.commit().await {
             Ok(id) => {
@@ -138,7 +139,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     .messages_received_total
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(queue_id = %id, peer = %self.peer, from = %envelope_log.2,
-                    nrcpt = envelope_log.3, size = envelope_log.0,
+                    to = %envelope_log.4, nrcpt = envelope_log.3, size = envelope_log.0,
                     user = self.user.as_deref().unwrap_or(""), "message accepted");
                 Ok(Ok(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))))
             }
@@ -194,3 +195,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         )
     }
 }
+
+/// The recipients for the accept line: each escaped, the first [`LOGGED_RECIPIENTS`], then how
+/// many more (a message to a thousand addresses must not make a thousand-address line).
+fn recipient_list(recipients: &[String]) -> String {
+    let mut list: Vec<String> = recipients
+        .iter()
+        .take(LOGGED_RECIPIENTS)
+        .map(|r| format!("<{}>", crate::logging::Untrusted(r)))
+        .collect();
+    if recipients.len() > LOGGED_RECIPIENTS {
+        list.push(format!("and {} more", recipients.len() - LOGGED_RECIPIENTS));
+    }
+    list.join(",")
+}
+
+const LOGGED_RECIPIENTS: usize = 20;
