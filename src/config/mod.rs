@@ -594,7 +594,7 @@ fn read_account(s: Section) -> Option<AccountConfig> {
     let transport = s
         .parse("transport", Transport::parse)
         .unwrap_or(Transport::Smtp);
-    let account = AccountConfig {
+    let mut account = AccountConfig {
         name: name?,
         provider,
         tenant: s.get("tenant"),
@@ -625,7 +625,6 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         upstream: read_upstream(s.table("upstream"), transport),
         fallback: None,
     };
-    let mut account = account;
     match s.parse("fallback_transport", Transport::parse) {
         Some(Transport::Graph) if transport == Transport::Smtp => {
             account.fallback = Some(Box::new(account.graph_twin()));

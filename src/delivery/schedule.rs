@@ -30,11 +30,10 @@ pub enum Block {
 
 impl Block {
     /// Why, in words (a spent budget names its window).
-    pub fn reason(&self) -> &str {
+    pub fn reason(&self) -> String {
         match self {
-            Block::Budget(Window::Rate) => "rate budget spent",
-            Block::Budget(Window::Daily) => "daily budget spent",
-            Block::Paused(why) | Block::Held(why) => why,
+            Block::Budget(window) => format!("{window} budget spent"),
+            Block::Paused(why) | Block::Held(why) => why.clone(),
         }
     }
 }

@@ -56,7 +56,7 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
                 let report = match pause_for(&shared.config, effect) {
                     Ok((until, block)) => {
                         // `queue list` and `queue show` say why the message waits.
-                        state.last_error = Some(block.reason().to_owned());
+                        state.last_error = Some(block.reason());
                         Report::Blocked(until, block)
                     }
                     // Refused mid-session after an accepted login: the next one logs in afresh.

@@ -35,7 +35,7 @@ impl HeldMailbox {
         messages: usize,
     ) -> Self {
         let (budget, reason) = match why {
-            Block::Budget(window) => (Some(*window), format!("{window} budget spent")),
+            Block::Budget(window) => (Some(*window), why.reason()),
             Block::Paused(reason) => (None, format!("paused: {reason}")),
             Block::Held(reason) => (None, format!("held: {reason}")),
         };

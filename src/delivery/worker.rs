@@ -197,27 +197,25 @@ async fn attempt(
 /// A transport's notes, made durable by the scheduler before the transport goes on.
 struct Recorder<'a> {
     id: QueueId,
-    /// The state as the attempt has it, with what was recorded.
-    state: std::sync::Mutex<DeliveryState>,
+    /// The state as the transaction started.
+    state: &'a DeliveryState,
+    /// A draft recorded during the transaction.
+    recorded: std::sync::Mutex<Option<String>>,
     done: &'a mpsc::UnboundedSender<FromWorker>,
 }
 
 impl Notes for Recorder<'_> {
     fn graph_draft(&self) -> Option<String> {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .graph_draft
-            .clone()
+        let recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        recorded.clone().or_else(|| self.state.graph_draft.clone())
     }
 
     fn record_graph_draft<'a>(&'a self, id: &'a str) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            let state = {
-                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.graph_draft = Some(id.to_owned());
-                state.clone()
-            };
+            // Only now, and only for Graph's large messages, is the state copied.
+            let mut state = self.state.clone();
+            state.graph_draft = Some(id.to_owned());
+            *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.to_owned());
             let (recorded, answer) = oneshot::channel();
             let progress = FromWorker::Progress {
                 id: self.id,
@@ -253,7 +251,8 @@ async fn send(
     while !pending.is_empty() {
         let notes = Recorder {
             id,
-            state: std::sync::Mutex::new(state.clone()),
+            state,
+            recorded: std::sync::Mutex::default(),
             done,
         };
         let message = Outgoing {
@@ -267,7 +266,13 @@ async fn send(
         };
         let sent = transport.send(&message).await;
         // What was recorded stays recorded when the attempt ends.
-        state.graph_draft = notes.graph_draft();
+        if let Some(draft) = notes
+            .recorded
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            state.graph_draft = Some(draft);
+        }
         let outcome = sent.map_err(Stopped::Send)?;
         let mut split = Vec::new();
         for (recipient, result) in outcome.results {

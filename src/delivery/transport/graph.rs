@@ -247,11 +247,7 @@ impl GraphTransport {
                 .map_err(|e| SendError::NoToken(e.to_string()))?;
             let request = Request {
                 http: &http,
-                base: format!(
-                    "{}/users/{}",
-                    self.account.graph_endpoint.trim_end_matches('/'),
-                    percent_encode(message.mailbox)
-                ),
+                base: mailbox_url(&self.account, message.mailbox),
                 token: token.token.expose(),
             };
             let answer = tokio::select! {
@@ -294,8 +290,12 @@ impl GraphTransport {
     /// What goes to Graph: the spooled MIME (checked against its checksum) with the envelope's
     /// unnamed recipients in a `Bcc:` header (and From rewritten, if asked), base64-encoded;
     /// or, when that is over Graph's 4 MB (or Graph said 413, or `draft`), the message
-    /// rebuilt as a draft.
+    /// rebuilt as a draft; or, when an earlier attempt recorded a draft, that draft (the
+    /// content is not read).
     async fn payload(&self, message: &Outgoing<'_>, draft: bool) -> Result<Payload, SendError> {
+        if let Some(id) = message.notes.graph_draft() {
+            return Ok(Payload::Recorded(id));
+        }
         let file = message.file.clone();
         let path = message.path.to_owned();
         let recipients = message.recipients.to_vec();
@@ -308,9 +308,8 @@ impl GraphTransport {
             let head = &content[..content.len().min(super::headers::HEAD)];
             let edits =
                 super::headers::HeaderEdits::plan(head, Some(&recipients), rewrite_from.as_deref());
-            let mime = edits.apply(&content);
-            if !draft && mime.len().div_ceil(3) * 4 <= MAX_BODY {
-                return Ok(Payload::Mime(STANDARD.encode(mime.as_ref())));
+            if !draft && edits.len_after(content.len()).div_ceil(3) * 4 <= MAX_BODY {
+                return Ok(Payload::Mime(STANDARD.encode(edits.apply(&content).as_ref())));
             }
             // Drafts take their recipients from the envelope, so the Bcc edit is not needed.
             super::graph_draft::draft(&content, &recipients, rewrite_from.as_deref())
@@ -327,6 +326,8 @@ enum Payload {
     /// sendMail's body.
     Mime(String),
     Draft(super::graph_draft::Draft),
+    /// A draft an earlier attempt made and recorded: only its fate is left to learn.
+    Recorded(String),
 }
 
 /// Graph's answer to the request that decides (sendMail, or the step of the draft path
@@ -365,15 +366,10 @@ impl Request<'_> {
                     .post(format!("{}/sendMail", self.base))
                     .header(reqwest::header::CONTENT_TYPE, "text/plain")
                     .body(body.clone());
-                Ok(self
-                    .call(request, &[202])
-                    .await?
-                    .map_or_else(|a| a, |_| Answer::accepted()))
+                self.accepted(request).await
             }
-            Payload::Draft(draft) => match notes.graph_draft() {
-                Some(id) => self.send_recorded_draft(&id).await,
-                None => self.send_draft(draft, notes).await,
-            },
+            Payload::Draft(draft) => self.send_draft(draft, notes).await,
+            Payload::Recorded(id) => self.send_recorded_draft(id).await,
         }
     }
 
@@ -384,10 +380,8 @@ impl Request<'_> {
         let message = format!("{}/messages/{}", self.base, percent_encode(id));
         match self.call(self.http.get(&message), &[200]).await? {
             Ok(_) => {
-                let sent = self
-                    .call(self.http.post(format!("{message}/send")), &[202])
-                    .await?;
-                Ok(sent.map_or_else(|a| a, |_| Answer::accepted()))
+                self.accepted(self.http.post(format!("{message}/send")))
+                    .await
             }
             Err(answer) if answer.status == 404 => {
                 tracing::info!(draft = %id, "the draft was sent by an earlier attempt");
@@ -448,10 +442,8 @@ impl Request<'_> {
         if !notes.record_graph_draft(&id).await {
             return Err(SendError::Interrupted);
         }
-        let sent = self
-            .call(self.http.post(format!("{message}/send")), &[202])
-            .await?;
-        Ok(sent.map_or_else(|a| a, |_| Answer::accepted()))
+        self.accepted(self.http.post(format!("{message}/send")))
+            .await
     }
 
     /// The attachment's bytes in chunks to the pre-authenticated upload URL (no token).
@@ -476,6 +468,14 @@ impl Request<'_> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Sends a request that delivers the message: Graph's 202, or what it said instead.
+    async fn accepted(&self, request: reqwest::RequestBuilder) -> Result<Answer, SendError> {
+        Ok(self
+            .call(request, &[202])
+            .await?
+            .map_or_else(|answer| answer, |_| Answer::accepted()))
     }
 
     /// Sends `request` with the token; the JSON body when the status is one of `expected`,
@@ -517,11 +517,7 @@ async fn answer_of(response: reqwest::Response) -> Answer {
 /// 400 for the missing message means both passed, and nothing was sent.
 pub async fn probe(account: &AccountConfig, mailbox: &str, token: &str) -> Result<String, String> {
     let http = http_client(account)?;
-    let url = format!(
-        "{}/users/{}/sendMail",
-        account.graph_endpoint.trim_end_matches('/'),
-        percent_encode(mailbox)
-    );
+    let url = format!("{}/sendMail", mailbox_url(account, mailbox));
     let response = http
         .post(&url)
         .bearer_auth(token)
@@ -530,19 +526,26 @@ pub async fn probe(account: &AccountConfig, mailbox: &str, token: &str) -> Resul
         .send()
         .await
         .map_err(|e| format!("{url}: {}", describe_http_error(&e)))?;
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.unwrap_or_default();
-    let error: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
-    let row = row(status, &error.error.code);
-    match (status, row.action) {
+    let answer = answer_of(response).await;
+    let row = row(answer.status, &answer.error.code);
+    match (answer.status, row.action) {
         (400, Action::FailMessage) => Ok(format!(
             "Graph accepted the token for {mailbox} (an empty message was refused, as it must be: nothing was sent)"
         )),
         _ => Err(format!(
             "as {mailbox}: {}",
-            recorded(row, status, &error.error)
+            recorded(row, answer.status, &answer.error)
         )),
     }
+}
+
+/// `{graph_endpoint}/users/{mailbox}`: where a mailbox's requests go.
+fn mailbox_url(account: &AccountConfig, mailbox: &str) -> String {
+    format!(
+        "{}/users/{}",
+        account.graph_endpoint.trim_end_matches('/'),
+        percent_encode(mailbox)
+    )
 }
 
 /// An HTTP client that trusts the system roots and the account's `ca_file`, with its timeouts.

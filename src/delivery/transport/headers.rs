@@ -73,6 +73,13 @@ impl HeaderEdits {
         self.edits.is_empty()
     }
 
+    /// The length of `len` bytes of content once edited.
+    pub fn len_after(&self, len: usize) -> usize {
+        self.edits
+            .iter()
+            .fold(len, |len, (range, bytes)| len - range.len() + bytes.len())
+    }
+
     /// `content` (or its head) with the edits made.
     pub fn apply<'a>(&self, content: &'a [u8]) -> Cow<'a, [u8]> {
         if self.edits.is_empty() {
@@ -162,6 +169,8 @@ mod tests {
     #[test]
     fn envelope_only_recipients_go_in_one_bcc_header_before_the_rest() {
         let list = recipients(&["ann@contoso.com", "dave@contoso.com", "eve@fabrikam.com"]);
+        let edits = HeaderEdits::plan(MESSAGE, Some(&list), None);
+        assert_eq!(edits.len_after(MESSAGE.len()), edits.apply(MESSAGE).len());
         let out = edited(Some(&list), None, MESSAGE);
         let (head, rest) = out.split_at(out.len() - MESSAGE.len());
         assert_eq!(rest, MESSAGE);
@@ -178,6 +187,8 @@ mod tests {
 
     #[test]
     fn from_is_rewritten_and_the_original_becomes_reply_to() {
+        let edits = HeaderEdits::plan(MESSAGE, None, Some("relay@contoso.com"));
+        assert_eq!(edits.len_after(MESSAGE.len()), edits.apply(MESSAGE).len());
         let out = edited(None, Some("relay@contoso.com"), MESSAGE);
         let expected = [
             &b"Received: from scanner\r\n\tby relay; now\r\nReply-To: Scanner\r\n <scan@printer.local>\r\nFrom: relay@contoso.com\r\n"[..],
