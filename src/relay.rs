@@ -263,6 +263,7 @@ impl Prepared {
                 tokens: manager.clone(),
                 metrics: Arc::clone(&process.metrics),
                 delivery: Arc::clone(&process.delivery_status),
+                budget: Arc::clone(&process.budget) as Arc<dyn crate::delivery::Budget>,
             });
             tokio::spawn(crate::admin::serve(listener, admin, outbound.clone()))
         });

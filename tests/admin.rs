@@ -146,11 +146,118 @@ async fn a_bearer_token_guards_the_endpoint_when_configured() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
-    let right = client
-        .get(format!("{admin}/metrics"))
-        .bearer_auth("s3cret-admin-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(right.status(), 200);
+    // The status page and its report follow the same rule.
+    for path in ["metrics", "", "status.json", "status.txt", "health"] {
+        assert_eq!(http_get(&format!("{admin}/{path}")).await.0, 401, "/{path}");
+        let right = client
+            .get(format!("{admin}/{path}"))
+            .bearer_auth("s3cret-admin-token")
+            .send()
+            .await
+            .unwrap();
+        // /health answers 503 here: the relay has no account.
+        assert_ne!(right.status(), 401, "/{path}");
+    }
+}
+
+/// /health's JSON (any status code).
+async fn health(admin: &str) -> serde_json::Value {
+    let (_, text) = http_get(&format!("{admin}/health")).await;
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn deferring_deliveries_make_the_relay_degraded_until_one_goes_through() {
+    let w = World::start(WorldOptions::default()).await;
+    let (relay, exchange) = (&w.relay, &w.exchange);
+    exchange.state().down = Some("421 4.3.2 Service not available".into());
+    relay
+        .send(
+            "scanner@contoso.com",
+            &["a@fabrikam.com"],
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+    let admin = relay.admin().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let report = loop {
+        let report = health(&admin).await;
+        if report["status"] == "degraded" {
+            break report;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let reasons = report["reasons"].to_string();
+    assert!(
+        reasons.contains("account contoso: deliveries defer since"),
+        "{reasons}"
+    );
+    assert!(reasons.contains("421 4.3.2"), "{reasons}");
+    assert_eq!(report["deferring"][0]["account"], "contoso");
+    // The same state, the same answer.
+    for _ in 0..5 {
+        assert_eq!(health(&admin).await["status"], "degraded");
+    }
+    // Exchange is back: the next message goes through, and with it the deferred one.
+    exchange.state().down = None;
+    relay
+        .send(
+            "scanner@contoso.com",
+            &["b@fabrikam.com"],
+            b"Subject: y\r\n\r\ny\r\n",
+        )
+        .await;
+    relay.drained().await;
+    let report = health(&admin).await;
+    assert_eq!(report["status"], "healthy", "{report}");
+}
+
+#[tokio::test]
+async fn a_spool_that_cannot_be_written_makes_the_relay_degraded() {
+    let w = World::start(WorldOptions::default()).await;
+    let relay = &w.relay;
+    let admin = relay.admin().await;
+    let tmp = relay.spool.paths().tmp();
+    // As root permissions do not stop a write; a file where the directory was does.
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"").unwrap();
+    let report = health(&admin).await;
+    assert_eq!(report["status"], "degraded", "{report}");
+    assert!(
+        report["reasons"]
+            .to_string()
+            .contains("the spool cannot be written"),
+        "{report}"
+    );
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    assert_eq!(health(&admin).await["status"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_and_failing_requests_are_unhealthy_poll_after_poll() {
+    let w = World::start(WorldOptions::default()).await;
+    let tokens = w.relay.tokens.clone().unwrap();
+    let token = tokens.access_token("contoso").await.unwrap();
+    for _ in 0..200 {
+        w.entra.fault(common::entra::Fault::Status(503));
+    }
+    // Exchange refused it: the token is gone and every request for a new one fails.
+    tokens.invalidate("contoso", &token.token);
+    assert!(tokens.access_token("contoso").await.is_err());
+    let admin = w.relay.admin().await;
+    // The manager keeps retrying in the background; /health must not flip while it does.
+    for _ in 0..40 {
+        let report = health(&admin).await;
+        assert_eq!(report["status"], "unhealthy", "{report}");
+        assert!(
+            report["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("account contoso: no usable token and token requests fail"),
+            "{report}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 }

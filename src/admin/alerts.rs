@@ -79,97 +79,13 @@ impl Alerter {
         }
     }
 
-    /// The conditions that hold now, by key, with a summary.
     fn conditions(&self) -> BTreeMap<String, String> {
-        let mut now = BTreeMap::new();
-        let alerts = &self.config.alerts;
-        let Some(tokens) = &self.tokens else {
-            if !self.config.accounts.is_empty() {
-                now.insert(
-                    "tokens:unavailable".into(),
-                    "no token store key: no mail can be delivered (run `smtprelay token keygen`)"
-                        .into(),
-                );
-            }
-            return now;
-        };
-        // Mailboxes the upstream holds until an admin acts, and accounts on their fallback.
-        for held in self.delivery.held().iter().filter(|h| h.needs_admin) {
-            now.insert(
-                format!("mailbox:{}:{}:held", held.account, held.mailbox),
-                format!(
-                    "account {}: mailbox {} cannot send: {}",
-                    held.account, held.mailbox, held.reason
-                ),
-            );
-        }
-        for fallback in self.delivery.fallbacks() {
-            now.insert(
-                format!("account:{}:graph_fallback", fallback.account),
-                fallback.describe(),
-            );
-        }
-        let unix = unix_now();
-        for status in tokens.statuses() {
-            let account = &status.account;
-            match &status.health {
-                Health::NeedsLogin(reason) => {
-                    now.insert(format!("account:{account}:needs_login"), format!("account {account} needs a login (smtprelay token login --account {account}): {reason}"));
-                }
-                Health::Misconfigured(reason) => {
-                    now.insert(
-                        format!("account:{account}:misconfigured"),
-                        format!("account {account} is misconfigured: {reason}"),
-                    );
-                }
-                _ => {}
-            }
-            if status.consecutive_failures >= alerts.refresh_failure_threshold {
-                now.insert(
-                    format!("account:{account}:refresh_failures"),
-                    format!(
-                        "account {account}: {} token requests in a row failed",
-                        status.consecutive_failures
-                    ),
-                );
-            }
-            // A token that cannot be renewed by itself and lapses soon.
-            let warning = alerts.token_expiry_warning.as_secs();
-            let lapses = match (
-                status.auto_refresh,
-                status.access_token_expires_at,
-                status.refresh_token_expires_at,
-            ) {
-                (false, Some(expires), _) => Some(expires),
-                (true, _, Some(refresh_expires))
-                    if status.flow != crate::config::Flow::ClientCredentials =>
-                {
-                    Some(refresh_expires)
-                }
-                _ => None,
-            };
-            if let Some(at) = lapses
-                && at <= unix + warning
-            {
-                now.insert(
-                    format!("account:{account}:expiring"),
-                    format!("account {account}: its token lapses in {} min and cannot be renewed without a login", at.saturating_sub(unix) / 60),
-                );
-            }
-        }
-        if let Some(received) = self.spool.oldest_received_at() {
-            let age = (unix * 1000).saturating_sub(received) / 1000;
-            if age > alerts.queue_age_warning.as_secs() {
-                now.insert(
-                    "queue:old_mail".into(),
-                    format!(
-                        "the oldest message has waited {} min in the queue",
-                        age / 60
-                    ),
-                );
-            }
-        }
-        now
+        conditions(
+            &self.config,
+            &self.spool,
+            self.tokens.as_deref(),
+            &self.delivery,
+        )
     }
 
     /// Sends what started or cleared since the last look.
@@ -284,4 +200,102 @@ impl Alerter {
             }
         }
     }
+}
+
+/// The conditions that hold now, by key, with a summary (the status page lists them too).
+pub fn conditions(
+    config: &Config,
+    spool: &Spool,
+    tokens: Option<&TokenManager>,
+    delivery: &crate::delivery::DeliveryStatus,
+) -> BTreeMap<String, String> {
+    let mut now = BTreeMap::new();
+    let alerts = &config.alerts;
+    let Some(tokens) = tokens else {
+        if !config.accounts.is_empty() {
+            now.insert(
+                "tokens:unavailable".into(),
+                "no token store key: no mail can be delivered (run `smtprelay token keygen`)"
+                    .into(),
+            );
+        }
+        return now;
+    };
+    // Mailboxes the upstream holds until an admin acts, and accounts on their fallback.
+    for held in delivery.held().iter().filter(|h| h.needs_admin) {
+        now.insert(
+            format!("mailbox:{}:{}:held", held.account, held.mailbox),
+            format!(
+                "account {}: mailbox {} cannot send: {}",
+                held.account, held.mailbox, held.reason
+            ),
+        );
+    }
+    for fallback in delivery.fallbacks() {
+        now.insert(
+            format!("account:{}:graph_fallback", fallback.account),
+            fallback.describe(),
+        );
+    }
+    let unix = unix_now();
+    for status in tokens.statuses() {
+        let account = &status.account;
+        match &status.health {
+            Health::NeedsLogin(reason) => {
+                now.insert(format!("account:{account}:needs_login"), format!("account {account} needs a login (smtprelay token login --account {account}): {reason}"));
+            }
+            Health::Misconfigured(reason) => {
+                now.insert(
+                    format!("account:{account}:misconfigured"),
+                    format!("account {account} is misconfigured: {reason}"),
+                );
+            }
+            _ => {}
+        }
+        if status.consecutive_failures >= alerts.refresh_failure_threshold {
+            now.insert(
+                format!("account:{account}:refresh_failures"),
+                format!(
+                    "account {account}: {} token requests in a row failed",
+                    status.consecutive_failures
+                ),
+            );
+        }
+        // A token that cannot be renewed by itself and lapses soon.
+        let warning = alerts.token_expiry_warning.as_secs();
+        let lapses = match (
+            status.auto_refresh,
+            status.access_token_expires_at,
+            status.refresh_token_expires_at,
+        ) {
+            (false, Some(expires), _) => Some(expires),
+            (true, _, Some(refresh_expires))
+                if status.flow != crate::config::Flow::ClientCredentials =>
+            {
+                Some(refresh_expires)
+            }
+            _ => None,
+        };
+        if let Some(at) = lapses
+            && at <= unix + warning
+        {
+            now.insert(
+                format!("account:{account}:expiring"),
+                format!("account {account}: its token lapses in {} min and cannot be renewed without a login", at.saturating_sub(unix) / 60),
+            );
+        }
+    }
+    if let Some(received) = spool.oldest_received_at() {
+        let age = (unix * 1000).saturating_sub(received) / 1000;
+        if age > alerts.queue_age_warning.as_secs() {
+            now.insert(
+                "queue:old_mail".into(),
+                format!(
+                    "the oldest message has waited {} min in the queue",
+                    age / 60
+                ),
+            );
+        }
+    }
+    now
 }

@@ -1,8 +1,11 @@
-//! The admin HTTP endpoint on `[admin].listen` (loopback by default): `GET /health` (JSON,
-//! 503 when mail cannot flow), `GET /ready`, and `GET /metrics` (Prometheus text format).
+//! The admin HTTP endpoint on `[admin].listen` (loopback by default): the status page at
+//! `GET /` (and its report as `/status.json` and `/status.txt`), `GET /health` (JSON, 503
+//! when mail cannot flow), `GET /ready`, and `GET /metrics` (Prometheus text format).
 
 pub mod alerts;
 pub mod control;
+pub mod page;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +36,15 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// What delivery waits for (spent budgets, pauses).
     pub delivery: Arc<crate::delivery::DeliveryStatus>,
+    /// The sending budgets, read for the status page.
+    pub budget: Arc<dyn crate::delivery::Budget>,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
+        .route("/", get(status_page))
+        .route("/status.json", get(status_json))
+        .route("/status.txt", get(status_text))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -111,22 +119,25 @@ pub async fn serve(
 }
 
 #[derive(Serialize)]
-struct HealthReport {
-    status: &'static str,
-    reasons: Vec<String>,
-    accounts: Vec<AccountStatus>,
+pub struct HealthReport {
+    pub status: Status,
+    /// Why it is not healthy, the worst first.
+    pub reasons: Vec<String>,
+    pub accounts: Vec<AccountStatus>,
+    /// Accounts whose deliveries defer, none delivered since.
+    deferring: Vec<crate::metrics::activity::Deferring>,
     /// Mailboxes whose mail waits for a budget or a pause, and until when.
-    held_mailboxes: Vec<crate::delivery::status::HeldMailbox>,
+    pub held_mailboxes: Vec<crate::delivery::status::HeldMailbox>,
     /// SMTP accounts sending through Microsoft Graph (`fallback_transport`).
-    graph_fallbacks: Vec<crate::delivery::status::FallbackInUse>,
-    queue: QueueReport,
-    last_delivery: Option<metrics::LastDelivery>,
+    pub graph_fallbacks: Vec<crate::delivery::status::FallbackInUse>,
+    pub queue: QueueReport,
+    pub last_delivery: Option<metrics::LastDelivery>,
 }
 
 #[derive(Serialize)]
-struct QueueReport {
-    depth: usize,
-    oldest_age_seconds: Option<u64>,
+pub struct QueueReport {
+    pub depth: usize,
+    pub oldest_age_seconds: Option<u64>,
 }
 
 fn queue_report(spool: &Spool) -> QueueReport {
@@ -148,7 +159,29 @@ fn statuses(admin: &Admin) -> Vec<AccountStatus> {
 }
 
 async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
-    let accounts = statuses(&admin);
+    let report = assess(&admin).await;
+    let code = match report.status {
+        Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        Status::Degraded | Status::Healthy => StatusCode::OK,
+    };
+    (code, axum::Json(report))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Healthy,
+    /// Mail flows, or will, but something needs a look.
+    Degraded,
+    /// Mail cannot flow until an admin acts.
+    Unhealthy,
+}
+
+/// How the relay is doing, as `/health` answers and the status page heads with. Only facts
+/// that hold until something changes count: the same state gives the same answer poll after
+/// poll.
+pub async fn assess(admin: &Admin) -> HealthReport {
+    let accounts = statuses(admin);
     let queue = queue_report(&admin.spool);
     let mut unhealthy = Vec::new();
     let mut degraded = Vec::new();
@@ -169,9 +202,16 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
                 account.account,
                 account.health.name()
             )),
-            Health::Failing(reason) => {
-                degraded.push(format!("account {}: failing ({reason})", account.account))
-            }
+            Health::Failing(reason) if !account.usable_token => unhealthy.push(format!(
+                "account {}: no usable token and token requests fail ({} in a row: {reason})",
+                account.account, account.consecutive_failures
+            )),
+            Health::Failing(reason) => degraded.push(format!(
+                "account {}: token requests fail ({} in a row: {reason}); the current token lasts {} more seconds",
+                account.account,
+                account.consecutive_failures,
+                account.access_token_expires_in_secs.unwrap_or(0)
+            )),
             Health::NoToken if account.flow != crate::config::Flow::ClientCredentials => unhealthy
                 .push(format!(
                     "account {}: no token yet; run `smtprelay token login --account {}`",
@@ -180,6 +220,13 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
             _ => {}
         }
     }
+    if let Err(e) = admin.spool.probe_writable().await {
+        degraded.push(format!(
+            "the spool cannot be written ({e}): new mail is refused with 451"
+        ));
+    }
+    let deferring = admin.metrics.activity.deferring();
+    degraded.extend(deferring.iter().map(|d| d.describe()));
     let held_mailboxes = admin.delivery.held();
     degraded.extend(held_mailboxes.iter().map(|held| held.describe()));
     // Mail flows, but not the way the admin set up: worth knowing, and fixing.
@@ -193,24 +240,56 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
             age / 60
         ));
     }
-    let (status, code) = if !unhealthy.is_empty() {
-        ("unhealthy", StatusCode::SERVICE_UNAVAILABLE)
+    let status = if !unhealthy.is_empty() {
+        Status::Unhealthy
     } else if !degraded.is_empty() {
-        ("degraded", StatusCode::OK)
+        Status::Degraded
     } else {
-        ("healthy", StatusCode::OK)
+        Status::Healthy
     };
     unhealthy.extend(degraded);
-    let report = HealthReport {
+    HealthReport {
         status,
         reasons: unhealthy,
         accounts,
+        deferring,
         held_mailboxes,
         graph_fallbacks,
         queue,
         last_delivery: admin.metrics.last_delivery(),
-    };
-    (code, axum::Json(report))
+    }
+}
+
+async fn status_report(admin: &Admin) -> status::StatusReport {
+    let health = assess(admin).await;
+    status::report(admin, health).await
+}
+
+async fn status_page(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    let report = status_report(&admin).await;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing may come from elsewhere; inline style and script are the page's own.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page::render(&report),
+    )
+}
+
+async fn status_json(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    axum::Json(status_report(&admin).await)
+}
+
+async fn status_text(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        status::text(&status_report(&admin).await),
+    )
 }
 
 async fn ready() -> &'static str {

@@ -7,6 +7,7 @@ mod notify;
 mod output;
 mod queue;
 mod serve;
+mod status;
 mod token;
 
 use std::path::PathBuf;
@@ -50,6 +51,13 @@ enum Command {
     Serve,
     /// Check the configuration file and print every problem found.
     CheckConfig,
+    /// Summarise the running relay: health, accounts and tokens, budgets, queue, alerts,
+    /// recent deliveries (what the status page at the admin endpoint shows).
+    Status {
+        /// The admin endpoint's base URL (default: from [admin] listen).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Inspect the queue.
     Queue {
         #[command(subcommand)]
@@ -115,6 +123,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Serve => load(path).and_then(serve::run),
         Command::CheckConfig => check_config::run(path),
+        Command::Status { url } => load(path).and_then(|c| status::run(&c, url)),
         Command::Queue {
             command: QueueCommand::List { json },
         } => load(path).and_then(|c| queue::list(&c, json)),

@@ -86,6 +86,17 @@ impl Drop for Grant {
     }
 }
 
+/// What a mailbox has used of its limits, and when it may send next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Messages in the current rate window (in flight included).
+    pub sent: u64,
+    /// Recipients in the last 24 hours (in flight included).
+    pub recipients_today: u64,
+    /// When a one-recipient message may start; `None`: now.
+    pub next_send: Option<Instant>,
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where delivery counts its sends. Answers at once (it never waits for room: the scheduler
@@ -98,6 +109,9 @@ pub trait Budget: Send + Sync {
         limits: Limits,
         recipients: u64,
     ) -> BoxFuture<'a, Result<Grant, Exhausted>>;
+
+    /// What `mailbox` has used of `limits` (for the admin's eyes; counts nothing).
+    fn usage<'a>(&'a self, mailbox: &'a str, limits: Limits) -> BoxFuture<'a, Usage>;
 }
 
 /// The budgets of this process, saved to a file.
@@ -223,6 +237,26 @@ impl LocalBudget {
             let period = w.rate_period;
             (w.rate.used(period, now), w.daily.used(DAY, now))
         })
+    }
+
+    fn usage_now(&self, mailbox: &str, limits: Limits) -> Usage {
+        let now = Instant::now();
+        let mut mailboxes = self.inner.lock();
+        let Some(w) = mailboxes.get_mut(&key(mailbox)) else {
+            return Usage {
+                sent: 0,
+                recipients_today: 0,
+                next_send: None,
+            };
+        };
+        let period = limits.rate.period;
+        let rate_room = w.rate.room_at(limits.rate.count.into(), period, 1, now);
+        let daily_room = w.daily.room_at(limits.daily_recipients.into(), DAY, 1, now);
+        Usage {
+            sent: w.rate.used(period, now),
+            recipients_today: w.daily.used(DAY, now),
+            next_send: rate_room.max(daily_room),
+        }
     }
 }
 
@@ -375,6 +409,10 @@ impl Budget for LocalBudget {
             self.inner.saved_through(change).await;
             Ok(grant)
         })
+    }
+
+    fn usage<'a>(&'a self, mailbox: &'a str, limits: Limits) -> BoxFuture<'a, Usage> {
+        Box::pin(async move { self.usage_now(mailbox, limits) })
     }
 }
 

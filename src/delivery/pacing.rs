@@ -69,23 +69,37 @@ impl SlidingWindow {
         weight: u64,
         now: Instant,
     ) -> Result<u64, Instant> {
+        if let Some(later) = self.room_at(budget, period, weight, now) {
+            return Err(later);
+        }
+        let number = self.next_number;
+        self.next_number += 1;
+        self.in_flight.push((number, weight));
+        Ok(number)
+    }
+
+    /// When `weight` would fit `budget`: `None` for now, else when to look again.
+    pub fn room_at(
+        &mut self,
+        budget: u64,
+        period: Duration,
+        weight: u64,
+        now: Instant,
+    ) -> Option<Instant> {
         let used = self.used(period, now);
         // One send larger than the whole budget may go into an empty window, or it never could.
         if used + weight <= budget.max(1) || used == 0 {
-            let number = self.next_number;
-            self.next_number += 1;
-            self.in_flight.push((number, weight));
-            return Ok(number);
+            return None;
         }
         // Room appears as finished sends age out, oldest first.
         let mut freed = 0;
         for (at, w) in &self.finished {
             freed += w;
             if used - freed + weight <= budget {
-                return Err(*at + period);
+                return Some(*at + period);
             }
         }
-        Err(now + IN_FLIGHT_POLL)
+        Some(now + IN_FLIGHT_POLL)
     }
 
     /// Gives back a reservation that was never used (another budget refused the send).

@@ -111,6 +111,25 @@ struct LaneQueue {
     runnable: VecDeque<Arc<str>>,
 }
 
+/// The scheduled messages by what they wait for, as the status page shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Census {
+    /// Due now, waiting only for a free connection.
+    pub due: usize,
+    /// Waiting for their next attempt after a deferral.
+    pub deferred: usize,
+    /// Due, but their account has no usable token.
+    pub waiting_for_token: usize,
+    /// Due, but their mailbox's budget is spent.
+    pub waiting_for_budget: usize,
+    /// Due, but their mailbox is paused (Exchange throttled it, or it waits for an admin).
+    pub paused: usize,
+    /// Being delivered now.
+    pub in_flight: usize,
+    /// Held by an admin (`queue hold`): out of the schedule until released.
+    pub held: usize,
+}
+
 /// A blocked mailbox, as `/health` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockedMailbox {
@@ -127,6 +146,8 @@ pub struct Schedule {
     names: HashSet<Arc<str>>,
     timers: BTreeSet<(Instant, Timer)>,
     lanes: Vec<LaneQueue>,
+    /// Messages an admin holds: not scheduled, only counted.
+    held: HashSet<QueueId>,
 }
 
 /// What `hold` and `delete` did.
@@ -155,7 +176,18 @@ impl Schedule {
                     runnable: VecDeque::new(),
                 })
                 .collect(),
+            held: HashSet::new(),
         }
+    }
+
+    /// `id` is held by an admin (it is not, or no longer, scheduled).
+    pub fn note_held(&mut self, id: QueueId) {
+        self.held.insert(id);
+    }
+
+    /// `id` is no longer held (released or deleted); false if it was not.
+    pub fn forget_held(&mut self, id: QueueId) -> bool {
+        self.held.remove(&id)
     }
 
     pub fn len(&self) -> usize {
@@ -469,6 +501,32 @@ impl Schedule {
     }
 
     /// The mailboxes that may not send now.
+    /// Counts every scheduled message by what it waits for.
+    pub fn census(&self) -> Census {
+        let mut census = Census {
+            held: self.held.len(),
+            ..Census::default()
+        };
+        for entry in self.entries.values() {
+            let lane = &self.lanes[entry.lane];
+            match entry.place {
+                Place::Waiting(_) => census.deferred += 1,
+                Place::InFlight(_) => census.in_flight += 1,
+                Place::Ready if lane.token_wait.is_some() => census.waiting_for_token += 1,
+                Place::Ready => match lane
+                    .mailboxes
+                    .get(&entry.mailbox)
+                    .and_then(|m| m.blocked.as_ref())
+                {
+                    Some((_, Block::Budget(_))) => census.waiting_for_budget += 1,
+                    Some(_) => census.paused += 1,
+                    None => census.due += 1,
+                },
+            }
+        }
+        census
+    }
+
     pub fn blocked(&self) -> Vec<BlockedMailbox> {
         let mut blocked: Vec<BlockedMailbox> = self
             .lanes
@@ -503,6 +561,43 @@ mod tests {
 
     fn drain(schedule: &mut Schedule) -> Vec<(usize, QueueId)> {
         std::iter::from_fn(|| schedule.next_dispatch()).collect()
+    }
+
+    #[test]
+    fn the_census_counts_each_message_by_what_it_waits_for() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let mut s = Schedule::new([1, 1, 4]);
+        let [budget, budget2, token, deferred, due, held, flying] = ids(7).try_into().unwrap();
+        s.add(budget, 0, "a", now, now);
+        s.add(budget2, 0, "a", now, now);
+        s.add(token, 1, "b", now, now);
+        s.add(deferred, 2, "c", later, now);
+        s.add(flying, 2, "d", now, now);
+        s.note_held(held);
+        let dispatched = drain(&mut s);
+        assert_eq!(dispatched.len(), 3);
+        s.returned(
+            budget,
+            Report::Blocked(later, Block::Budget(Window::Rate)),
+            Upstream::Untried,
+        );
+        s.returned(token, Report::NoToken(later), Upstream::Untried);
+        s.add(due, 0, "e", now, now);
+        assert_eq!(
+            s.census(),
+            Census {
+                due: 1,
+                deferred: 1,
+                waiting_for_token: 1,
+                waiting_for_budget: 2,
+                paused: 0,
+                in_flight: 1,
+                held: 1,
+            }
+        );
+        assert!(s.forget_held(held));
+        assert_eq!(s.census().held, 0);
     }
 
     #[test]

@@ -134,7 +134,10 @@ impl Delivery {
             _ = shutdown.cancelled() => {}
             startup = queued_messages(Arc::clone(&spool), self.lanes.clone()) => {
                 let now = Instant::now();
-                for waiting in startup {
+                for id in startup.held {
+                    schedule.note_held(id);
+                }
+                for waiting in startup.scheduled {
                     let due = crate::clock::instant_at_unix_ms(waiting.next_attempt_ms);
                     schedule.add(waiting.id, waiting.lane, &waiting.mailbox, due, now);
                 }
@@ -255,6 +258,9 @@ impl Delivery {
         upstream: Upstream,
     ) {
         if let Some(deferred) = schedule.returned(id, report, upstream) {
+            if deferred == Deferred::Hold {
+                schedule.note_held(id);
+            }
             self.carry_out(id, deferred).await;
         }
     }
@@ -300,6 +306,7 @@ impl Delivery {
             })
             .collect();
         self.status.set_fallbacks(fallbacks);
+        self.status.set_queue(schedule.census());
     }
 
     /// An admin's hold or delete, postponed while the message was in flight.
@@ -365,6 +372,7 @@ impl Delivery {
                     )),
                     Some(Applied::Now) | None => {
                         set_held(spool, &file, true).await?;
+                        schedule.note_held(id);
                         Ok(format!("{id} held"))
                     }
                 }
@@ -377,6 +385,7 @@ impl Delivery {
                 if schedule.contains(id) || !set_held(spool, &file, false).await? {
                     return Err(format!("{id} is not held"));
                 }
+                schedule.forget_held(id);
                 let now = Instant::now();
                 self.add(schedule, &file, now, now);
                 Ok(format!("{id} released"))
@@ -389,6 +398,7 @@ impl Delivery {
                     )),
                     Some(Applied::Now) | None => {
                         self.delete(id).await?;
+                        schedule.forget_held(id);
                         Ok(format!("{id} deleted"))
                     }
                 }
@@ -414,17 +424,28 @@ struct Queued {
     next_attempt_ms: u64,
 }
 
-/// Every queued message that is not held, read off the runtime's threads one at a time (a
-/// large queue is never copied whole).
-async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Vec<Queued> {
+/// The queue at start-up: what to schedule, and what an admin holds.
+#[derive(Default)]
+struct Startup {
+    scheduled: Vec<Queued>,
+    held: Vec<QueueId>,
+}
+
+/// Every queued message, read off the runtime's threads one at a time (a large queue is
+/// never copied whole).
+async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Startup {
     tokio::task::spawn_blocking(move || {
         let mut queued = Vec::with_capacity(spool.len());
+        let mut held = Vec::new();
         for id in spool.ids() {
             let Some(file) = spool.get(id) else {
                 continue;
             };
             let next_attempt_ms = match spool.paths().read_state(&file.envelope) {
-                Ok(state) if state.held => continue,
+                Ok(state) if state.held => {
+                    held.push(id);
+                    continue;
+                }
                 Ok(state) => state.next_attempt_ms,
                 Err(e) => {
                     tracing::error!(queue_id = %id, error = %e,
@@ -440,7 +461,10 @@ async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Vec<Queued
                 next_attempt_ms,
             });
         }
-        queued
+        Startup {
+            scheduled: queued,
+            held,
+        }
     })
     .await
     .unwrap_or_default()

@@ -14,7 +14,7 @@ use super::schedule::{Block, Report};
 use super::transport::{AccountEffect, SendError};
 use super::worker::{End, Ran, Shared, Stopped};
 use crate::config::{Config, OnFailure};
-use crate::metrics::Outcome;
+use crate::metrics::{DeliveryResult, Outcome, ResultKind};
 use crate::queue::{DeliveryState, MessageFile, QueueId, RecipientStatus};
 
 /// How soon a message waiting for a token is looked at again (a token event wakes it sooner).
@@ -106,9 +106,10 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
                 tracing::info!(queue_id = %id, account = lane.name(), attempts = state.attempts,
                     retry_in_secs = delay.as_secs(), error, "deferred");
             }
-            shared
-                .metrics
-                .delivery(lane.name(), Outcome::Deferred, state.last_error.clone());
+            shared.metrics.delivery(
+                Outcome::Deferred,
+                result_of(lane, &file, state.last_error.clone()),
+            );
             Report::RetryAt(Instant::now() + delay)
         }
     }
@@ -212,9 +213,10 @@ async fn finish(
         }
     };
     let last_reply = state.recipients.iter().rev().find_map(|r| r.reply.as_ref());
-    shared
-        .metrics
-        .delivery(lane.name(), outcome, last_reply.map(|r| r.to_string()));
+    shared.metrics.delivery(
+        outcome,
+        result_of(lane, file, last_reply.map(|r| r.to_string())),
+    );
     match shared.spool.complete(id).await {
         Ok(()) => {
             tracing::info!(queue_id = %id, delivered = state.recipients.len() - failed, failed, "done");
@@ -224,6 +226,21 @@ async fn finish(
             tracing::error!(queue_id = %id, error = %e, "cannot remove the finished message");
             retry_soon(&shared.config)
         }
+    }
+}
+
+/// The message's line on the status page (its result is the outcome's).
+fn result_of(lane: &Lane, file: &MessageFile, reply: Option<String>) -> DeliveryResult {
+    let envelope = &file.envelope;
+    DeliveryResult {
+        at: crate::clock::unix_secs(),
+        queue_id: envelope.id.to_string(),
+        account: lane.name().to_owned(),
+        mailbox: lane.auth_mailbox(envelope),
+        sender: envelope.sender.clone(),
+        recipients: envelope.recipients.len(),
+        result: ResultKind::Deferred,
+        reply,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::budget::Window;
-use super::schedule::Block;
+use super::schedule::{Block, Census};
 
 /// A mailbox whose mail waits: its budget is spent, or Exchange asked it to pause.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -98,6 +98,8 @@ impl FallbackInUse {
 #[derive(Default)]
 pub struct DeliveryStatus {
     held: Mutex<Vec<HeldMailbox>>,
+    /// The queue by what its messages wait for (as of the last second).
+    queue: Mutex<Census>,
     fallbacks: Mutex<Vec<FallbackInUse>>,
     /// Told when a mailbox starts or stops waiting for an admin, or an account falls back
     /// (the alerter wakes for it).
@@ -128,6 +130,14 @@ impl DeliveryStatus {
     /// Waits until what alerts look at changes.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    pub fn queue(&self) -> Census {
+        *self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn set_queue(&self, census: Census) {
+        *self.queue.lock().unwrap_or_else(|e| e.into_inner()) = census;
     }
 
     pub fn fallbacks(&self) -> Vec<FallbackInUse> {

@@ -127,6 +127,8 @@ pub struct AccountStatus {
     pub health: Health,
     pub access_token_expires_at: Option<u64>,
     pub access_token_expires_in_secs: Option<i64>,
+    /// An access token is at hand that has neither expired nor been refused upstream.
+    pub usable_token: bool,
     pub has_refresh_token: bool,
     pub refresh_token_age_secs: Option<u64>,
     /// Estimate: 90 days after the refresh token was issued, unless it is used before.
@@ -406,7 +408,11 @@ impl TokenManager {
         };
         let refresh_token = {
             let mut state = lock(&slot.state);
-            state.health = Health::Refreshing;
+            // A retry after failures stays "failing" until it succeeds: /health must not
+            // flip to healthy for the moment a request is under way.
+            if !matches!(state.health, Health::Failing(_)) {
+                state.health = Health::Refreshing;
+            }
             state.tokens.refresh_token.clone()
         };
         let result = self
@@ -732,6 +738,8 @@ impl TokenManager {
                         .access_token
                         .as_ref()
                         .map(|_| tokens.expires_at as i64 - now as i64),
+                    usable_token: tokens.access_token.is_some()
+                        && state.expires.is_some_and(|at| at > Instant::now()),
                     has_refresh_token: tokens.refresh_token.is_some(),
                     refresh_token_age_secs: tokens
                         .refresh_token_issued_at

@@ -237,6 +237,23 @@ impl Spool {
         }
     }
 
+    /// Can new messages and their delivery states be written? Writes and removes a small
+    /// file where each goes (`tmp/`, `queue/`): a full disk, a read-only mount or changed
+    /// permissions show here before a client is refused.
+    pub async fn probe_writable(&self) -> io::Result<()> {
+        let dirs = [self.paths.tmp(), self.paths.queue()];
+        blocking(move || {
+            for dir in dirs {
+                let path = dir.join(format!(".probe-{}", std::process::id()));
+                let written = fs::write(&path, [0u8; 4096]);
+                let _ = fs::remove_file(&path);
+                written.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The messages in the queue, oldest first.
     pub fn messages(&self) -> Vec<MessageFile> {
         self.index().values().cloned().collect()

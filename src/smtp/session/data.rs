@@ -134,10 +134,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         );
         match writer.commit().await {
             Ok(id) => {
-                self.intake
-                    .metrics
-                    .messages_received_total
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.intake.metrics.received();
                 tracing::info!(queue_id = %id, peer = %self.peer, from = %envelope_log.2,
                     to = %envelope_log.4, nrcpt = envelope_log.3, size = envelope_log.0,
                     user = self.user.as_deref().unwrap_or(""), "message accepted");

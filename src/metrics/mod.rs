@@ -2,6 +2,10 @@
 //! (version 0.0.4). Gauges that describe the present (queue depth, token expiry) are read
 //! from their owners when scraped, not kept here.
 
+pub mod activity;
+
+pub use activity::{Activity, DeliveryResult, ResultKind};
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -26,6 +30,8 @@ pub struct Metrics {
     clients: Mutex<HashMap<IpAddr, usize>>,
     /// Refused commands and connections, by reason (`SmtpError::reason`).
     refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// What happened lately, for the status page and `/health`.
+    pub activity: Activity,
 }
 
 #[derive(Default, Clone)]
@@ -52,6 +58,16 @@ pub enum Outcome {
     Delivered { latency: Duration },
     Deferred,
     Bounced,
+}
+
+impl Outcome {
+    fn kind(&self) -> ResultKind {
+        match self {
+            Outcome::Delivered { .. } => ResultKind::Delivered,
+            Outcome::Deferred => ResultKind::Deferred,
+            Outcome::Bounced => ResultKind::Bounced,
+        }
+    }
 }
 
 impl Metrics {
@@ -100,10 +116,18 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    pub fn delivery(&self, account: &str, outcome: Outcome, reply: Option<String>) {
+    /// A message was accepted and queued.
+    pub fn received(&self) {
+        self.messages_received_total.fetch_add(1, Ordering::Relaxed);
+        self.activity.received(crate::clock::unix_secs());
+    }
+
+    /// An attempt's result for a whole message (`result.result` is set from `outcome`).
+    pub fn delivery(&self, outcome: Outcome, mut result: DeliveryResult) {
+        result.result = outcome.kind();
         let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
-        let counters = accounts.entry(account.to_owned()).or_default();
-        let result = match outcome {
+        let counters = accounts.entry(result.account.clone()).or_default();
+        match outcome {
             Outcome::Delivered { latency } => {
                 counters.delivered += 1;
                 let seconds = latency.as_secs_f64();
@@ -114,24 +138,18 @@ impl Metrics {
                 }
                 counters.latency_count += 1;
                 counters.latency_sum += seconds;
-                "delivered"
             }
-            Outcome::Deferred => {
-                counters.deferred += 1;
-                "deferred"
-            }
-            Outcome::Bounced => {
-                counters.bounced += 1;
-                "bounced"
-            }
-        };
+            Outcome::Deferred => counters.deferred += 1,
+            Outcome::Bounced => counters.bounced += 1,
+        }
         drop(accounts);
         *self.last_delivery.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastDelivery {
-            account: account.to_owned(),
-            result,
-            reply,
-            at: crate::clock::unix_secs(),
+            account: result.account.clone(),
+            result: result.result.name(),
+            reply: result.reply.clone(),
+            at: result.at,
         });
+        self.activity.delivery(result);
     }
 
     pub fn last_delivery(&self) -> Option<LastDelivery> {
