@@ -28,7 +28,7 @@ async fn accept_and_delivery_lines_carry_postfix_fields() {
         .send(
             "scanner@contoso.com",
             &["a@fabrikam.com", "b@fabrikam.com"],
-            b"Subject: x\r\n\r\nx\r\n",
+            b"Subject: x\r\nMessage-ID: <scan-0042@printer.contoso.com>\r\n\r\nx\r\n",
         )
         .await;
     w.relay.drained().await;
@@ -54,6 +54,15 @@ async fn accept_and_delivery_lines_carry_postfix_fields() {
         assert!(line.contains(&relay), "{line}");
         assert!(line.contains("attempt=1"), "{line}");
         assert!(line.contains(" delay=0."), "{line}");
+        // Exchange's double speaks TLS 1.3, as Exchange Online does.
+        assert!(
+            line.contains("tls=\"TLSv1.3\"") || line.contains("tls=TLSv1.3"),
+            "{line}"
+        );
+        assert!(
+            line.contains("message_id=scan-0042@printer.contoso.com"),
+            "{line}"
+        );
     }
 }
 

@@ -155,6 +155,18 @@ impl UpstreamConnection {
         matches!(self.io, Io::Tls(_))
     }
 
+    /// The TLS version in use, as Postfix logs it ("TLSv1.3"); "none" for plain text.
+    pub fn tls_version(&self) -> &'static str {
+        let Io::Tls(tls) = &self.io else {
+            return "none";
+        };
+        match tls.get_ref().1.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        }
+    }
+
     pub fn has_extension(&self, keyword: &str) -> bool {
         self.extensions
             .iter()

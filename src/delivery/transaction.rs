@@ -45,6 +45,7 @@ fn all(recipients: &[String], verdict: Verdict, reply: &UpstreamReply) -> Outcom
             .map(|r| (r.clone(), result.clone()))
             .collect(),
         effect: effect_of(verdict, reply),
+        ..Outcome::default()
     }
 }
 
@@ -113,7 +114,7 @@ pub async fn send(
         outcome.effect = outcome.effect.or(rest.effect);
         return Ok(outcome);
     }
-    write_content(connection, message).await?;
+    outcome.message_id = write_content(connection, message).await?;
     let reply = connection.read_reply().await?;
     let verdict = classify(&reply);
     let results: Vec<(String, RecipientResult)> = match verdict {
@@ -133,10 +134,11 @@ pub async fn send(
 
 /// Streams the content dot-stuffed, checks its checksum, and ends the data. On a checksum
 /// mismatch the data is never ended: the upstream drops the transaction with the connection.
+/// Returns the Message-ID found in the content's first read.
 async fn write_content(
     connection: &mut UpstreamConnection,
     message: &Outgoing<'_>,
-) -> Result<(), TransactionError> {
+) -> Result<Option<String>, TransactionError> {
     // Read through the blocking pool, never on the runtime's threads.
     let mut file = tokio::fs::File::open(message.path)
         .await
@@ -149,6 +151,7 @@ async fn write_content(
     let mut stuffer = DotStuffer::default();
     let mut chunk = vec![0u8; CHUNK];
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 16);
+    let mut message_id = None;
     if let Some(mailbox) = message.rewrite_from {
         // The headers to change lie in the head: it goes edited, the rest as spooled. The
         // checksum is the spooled bytes'.
@@ -159,16 +162,21 @@ async fn write_content(
             .map_err(TransactionError::Read)?;
         remaining -= n as u64;
         crc.update(&head);
+        message_id = message_id_in(&head);
         let edited = HeaderEdits::plan(&head, None, Some(mailbox));
         stuffer.stuff(&edited.apply(&head), &mut out);
         connection.write_all(&out).await?;
     }
+    let mut first = message.rewrite_from.is_none();
     while remaining > 0 {
         let n = (remaining as usize).min(CHUNK);
         file.read_exact(&mut chunk[..n])
             .await
             .map_err(TransactionError::Read)?;
         remaining -= n as u64;
+        if std::mem::take(&mut first) {
+            message_id = message_id_in(&chunk[..n]);
+        }
         crc.update(&chunk[..n]);
         out.clear();
         stuffer.stuff(&chunk[..n], &mut out);
@@ -185,7 +193,11 @@ async fn write_content(
         b"\r\n.\r\n"
     };
     connection.write_all(end).await?;
-    Ok(())
+    Ok(message_id)
+}
+
+fn message_id_in(start: &[u8]) -> Option<String> {
+    super::transport::headers::message_id(&start[..start.len().min(HEAD)])
 }
 
 /// Doubles a dot at the start of every line (RFC 5321 4.5.2), across chunk boundaries.

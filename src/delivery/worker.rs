@@ -294,7 +294,9 @@ async fn send(
             tracing::info!(queue_id = %id, account = lane.name(), to = %recipient,
                 result = if status == RecipientStatus::Delivered { "delivered" } else { "failed" },
                 delay = format_args!("{:.2}", delay as f64 / 1000.0), relay = %lane.relay(),
-                attempt = state.attempts + 1, reply = %reply, "recipient");
+                tls = outcome.tls, attempt = state.attempts + 1,
+                message_id = %crate::logging::Untrusted(outcome.message_id.as_deref().unwrap_or("")),
+                reply = %reply, "recipient");
             state.set(&recipient, status, Some(reply));
         }
         if let Some(effect) = outcome.effect {

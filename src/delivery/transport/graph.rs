@@ -236,7 +236,12 @@ impl GraphTransport {
 
     async fn send_message(&mut self, message: &Outgoing<'_>) -> Result<Outcome, SendError> {
         let http = self.http.clone().map_err(SendError::Failed)?;
-        let mut payload = self.payload(message, false).await?;
+        let (mut payload, message_id) = self.payload(message, false).await?;
+        let done = |mut outcome: Outcome| {
+            outcome.message_id.clone_from(&message_id);
+            outcome.tls = "https";
+            outcome
+        };
         let account = &self.account.name;
         let mut refreshed = false;
         loop {
@@ -258,13 +263,13 @@ impl GraphTransport {
             let reply = recorded(row, answer.status, &answer.error);
             match row.action {
                 Action::Delivered => {
-                    return Ok(everyone(message, RecipientResult::Delivered(reply)));
+                    return Ok(done(everyone(message, RecipientResult::Delivered(reply))));
                 }
                 // Graph's limit is what it says it is: the draft path takes any size.
                 Action::FailMessage
                     if answer.status == 413 && matches!(payload, Payload::Mime(_)) =>
                 {
-                    payload = self.payload(message, true).await?;
+                    payload = self.payload(message, true).await?.0;
                 }
                 Action::RefreshToken if !refreshed => {
                     self.tokens.invalidate(account, &token.token);
@@ -274,13 +279,13 @@ impl GraphTransport {
                 Action::Throttled => {
                     let mut outcome = everyone(message, RecipientResult::Deferred(reply.clone()));
                     outcome.effect = Some(AccountEffect::Throttled(reply, answer.retry_after));
-                    return Ok(outcome);
+                    return Ok(done(outcome));
                 }
                 Action::HoldAccount => {
                     return Err(SendError::Account(AccountEffect::Hold(reply)));
                 }
                 Action::FailMessage => {
-                    return Ok(everyone(message, RecipientResult::Failed(reply)));
+                    return Ok(done(everyone(message, RecipientResult::Failed(reply))));
                 }
                 Action::Retry => return Err(SendError::Failed(reply.to_string())),
             }
@@ -291,10 +296,14 @@ impl GraphTransport {
     /// unnamed recipients in a `Bcc:` header (and From rewritten, if asked), base64-encoded;
     /// or, when that is over Graph's 4 MB (or Graph said 413, or `draft`), the message
     /// rebuilt as a draft; or, when an earlier attempt recorded a draft, that draft (the
-    /// content is not read).
-    async fn payload(&self, message: &Outgoing<'_>, draft: bool) -> Result<Payload, SendError> {
+    /// content is not read). With the message's Message-ID, for the logs.
+    async fn payload(
+        &self,
+        message: &Outgoing<'_>,
+        draft: bool,
+    ) -> Result<(Payload, Option<String>), SendError> {
         if let Some(id) = message.notes.graph_draft() {
-            return Ok(Payload::Recorded(id));
+            return Ok((Payload::Recorded(id), None));
         }
         let file = message.file.clone();
         let path = message.path.to_owned();
@@ -306,14 +315,16 @@ impl GraphTransport {
                 SendError::Failed(format!("cannot read the spooled message: {e}"))
             })?;
             let head = &content[..content.len().min(super::headers::HEAD)];
+            let message_id = super::headers::message_id(head);
             let edits =
                 super::headers::HeaderEdits::plan(head, Some(&recipients), rewrite_from.as_deref());
             if !draft && edits.len_after(content.len()).div_ceil(3) * 4 <= MAX_BODY {
-                return Ok(Payload::Mime(STANDARD.encode(edits.apply(&content).as_ref())));
+                let mime = STANDARD.encode(edits.apply(&content).as_ref());
+                return Ok((Payload::Mime(mime), message_id));
             }
             // Drafts take their recipients from the envelope, so the Bcc edit is not needed.
             super::graph_draft::draft(&content, &recipients, rewrite_from.as_deref())
-                .map(Payload::Draft)
+                .map(|draft| (Payload::Draft(draft), message_id))
                 .map_err(SendError::Failed)
         })
         .await
@@ -569,7 +580,7 @@ fn everyone(message: &Outgoing<'_>, result: RecipientResult) -> Outcome {
             .iter()
             .map(|r| (r.clone(), result.clone()))
             .collect(),
-        effect: None,
+        ..Outcome::default()
     }
 }
 

@@ -18,6 +18,14 @@ use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 /// rest untouched). A header block longer than this has only what lies inside it changed.
 pub const HEAD: usize = 64 * 1024;
 
+/// The Message-ID in a message's head (without its angle brackets), for the logs.
+pub fn message_id(head: &[u8]) -> Option<String> {
+    MessageParser::default()
+        .parse_headers(head)?
+        .message_id()
+        .map(str::to_owned)
+}
+
 /// Byte ranges of the content and what goes there instead, in order, not overlapping.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeaderEdits {
@@ -158,6 +166,18 @@ mod tests {
         HeaderEdits::plan(content, recipients, from)
             .apply(content)
             .into_owned()
+    }
+
+    #[test]
+    fn the_message_id_is_read_from_the_head() {
+        assert_eq!(
+            message_id(b"Subject: x\r\nMessage-Id:\r\n <a.b@c>\r\n\r\nbody").as_deref(),
+            Some("a.b@c")
+        );
+        assert_eq!(
+            message_id(b"Subject: x\r\n\r\nMessage-ID: <no@body>\r\n"),
+            None
+        );
     }
 
     #[test]

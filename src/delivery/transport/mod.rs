@@ -72,6 +72,10 @@ pub enum AccountEffect {
 pub struct Outcome {
     pub results: Vec<(String, RecipientResult)>,
     pub effect: Option<AccountEffect>,
+    /// What the delivery lines log: the message's Message-ID, when the content was read.
+    pub message_id: Option<String>,
+    /// How the content travelled: the TLS version, "none", or "https" (Graph).
+    pub tls: &'static str,
 }
 
 /// Why nothing was sent.

@@ -73,7 +73,8 @@ impl SmtpTransport {
             let reused = connected.used;
             connected.used = true;
             match transaction::send(&mut connected.connection, message).await {
-                Ok(outcome) => {
+                Ok(mut outcome) => {
+                    outcome.tls = connected.connection.tls_version();
                     // After an account-wide reply the next attempt starts on a new connection.
                     if outcome.effect.is_some() {
                         self.connected = None;
