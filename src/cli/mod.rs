@@ -85,18 +85,28 @@ enum QueueCommand {
     },
     /// Make every deferred message due now (the running daemon does it).
     Flush,
-    /// Try one message now, or bring back every failed one with --failed.
+    /// Try messages now, or bring back every failed one with --failed.
     Retry {
-        id: Option<String>,
-        #[arg(long, conflicts_with = "id")]
+        #[command(flatten)]
+        select: queue::Selection,
+        #[arg(long, conflicts_with_all = ["ids", "all", "from", "to", "older_than"])]
         failed: bool,
     },
-    /// Keep a message from being delivered until released.
-    Hold { id: String },
-    /// Let a held message go.
-    Release { id: String },
-    /// Remove a message from the queue (no bounce).
-    Delete { id: String },
+    /// Keep messages from being delivered until released.
+    Hold {
+        #[command(flatten)]
+        select: queue::Selection,
+    },
+    /// Let held messages go.
+    Release {
+        #[command(flatten)]
+        select: queue::Selection,
+    },
+    /// Remove messages from the queue (no bounce).
+    Delete {
+        #[command(flatten)]
+        select: queue::Selection,
+    },
     /// Show one message: envelope, each recipient's state and last reply, attempts.
     Show {
         id: String,

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::queue::{DeliveryState, SpoolPaths};
+use crate::config::values::{AddressGlob, parse_duration};
+use crate::delivery::scheduler::Control;
+use crate::queue::{DeliveryState, QueueId, SpoolPaths};
 
 #[derive(Serialize)]
 struct Row {
@@ -22,6 +24,75 @@ struct Row {
     /// Recipients still to be delivered.
     pending: Vec<String>,
     last_error: Option<String>,
+    /// The account it goes through.
+    account: Option<String>,
+    /// When it is tried next (Unix seconds); absent when due now or held.
+    next_attempt_at: Option<u64>,
+    /// Why it waits, in words.
+    waiting: String,
+    subject: Option<String>,
+}
+
+/// Why a queued message is not gone yet.
+fn why_waiting(state: &DeliveryState, now_ms: u64) -> String {
+    let last = state.last_error.as_deref();
+    if state.held {
+        return "held by an admin (smtprelay queue release)".to_owned();
+    }
+    if state.next_attempt_ms > now_ms {
+        let at = crate::admin::status::time_words(state.next_attempt_ms / 1000);
+        return match last {
+            Some(error) => format!("deferred until {at}: {error}"),
+            None => format!("deferred until {at}"),
+        };
+    }
+    match (state.attempts, last) {
+        (_, Some(error)) => format!("due; waiting because: {error}"),
+        (0, None) => "due: waiting for its first attempt".to_owned(),
+        (_, None) => "due: waiting for a connection".to_owned(),
+    }
+}
+
+/// The Subject header, read from the content's start.
+fn subject(file: &crate::queue::MessageFile, path: &std::path::Path) -> Option<String> {
+    let head = file
+        .read_head(path, crate::delivery::transport::headers::HEAD)
+        .ok()?;
+    mail_parser::MessageParser::default()
+        .parse_headers(&head)?
+        .subject()
+        .map(str::to_owned)
+}
+
+fn row(
+    config: &Config,
+    path: &std::path::Path,
+    file: &crate::queue::MessageFile,
+    state: &DeliveryState,
+    now_ms: u64,
+) -> Row {
+    let envelope = &file.envelope;
+    let account = (!config.accounts.is_empty()).then(|| {
+        let index = crate::delivery::lane::account_for(&config.accounts, envelope);
+        config.accounts[index].name.clone()
+    });
+    Row {
+        id: envelope.id.to_string(),
+        received_at: envelope.received_at,
+        age_seconds: now_ms.saturating_sub(envelope.received_at) / 1000,
+        sender: envelope.sender.clone(),
+        recipients: envelope.recipients.clone(),
+        size: file.content_len,
+        state: state.label(),
+        attempts: state.attempts,
+        pending: state.pending().map(|r| r.address.clone()).collect(),
+        last_error: state.last_error.clone(),
+        account,
+        next_attempt_at: (!state.held && state.next_attempt_ms > now_ms)
+            .then_some(state.next_attempt_ms / 1000),
+        waiting: why_waiting(state, now_ms),
+        subject: subject(file, path),
+    }
 }
 
 pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
@@ -34,23 +105,12 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
     let rows: Vec<Row> = scan
         .messages
         .iter()
-        .map(|(_, file)| {
+        .map(|(path, file)| {
             // A message finished meanwhile has no state file and reads as new: harmless here.
             let state = paths
                 .read_state(&file.envelope)
                 .unwrap_or_else(|_| DeliveryState::new(&file.envelope));
-            Row {
-                id: file.envelope.id.to_string(),
-                received_at: file.envelope.received_at,
-                age_seconds: now_ms.saturating_sub(file.envelope.received_at) / 1000,
-                sender: file.envelope.sender.clone(),
-                recipients: file.envelope.recipients.clone(),
-                size: file.content_len,
-                state: state.label(),
-                attempts: state.attempts,
-                pending: state.pending().map(|r| r.address.clone()).collect(),
-                last_error: state.last_error.clone(),
-            }
+            row(config, path, file, &state, now_ms)
         })
         .collect();
     for (path, problem) in &scan.damaged {
@@ -81,24 +141,32 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
             &row.sender
         };
         outln!(
-            "{:<26}  {:>8}  {:>10}  {:<8}  {}",
+            "{:<26}  {:>8}  {:>10}  {:<8}  {}{}",
             row.id,
             format_age(Duration::from_secs(row.age_seconds)),
             row.size,
             row.state,
-            sender
+            crate::logging::Untrusted(sender),
+            row.account
+                .as_ref()
+                .map_or(String::new(), |a| format!("  (account {a})"))
         );
+        if let Some(subject) = &row.subject {
+            outln!("{:60}  subject: {}", "", crate::logging::Untrusted(subject));
+        }
         for recipient in &row.recipients {
             let done = if row.pending.contains(recipient) {
                 ""
             } else {
                 " (done)"
             };
-            outln!("{:60}  -> {recipient}{done}", "");
+            outln!(
+                "{:60}  -> {}{done}",
+                "",
+                crate::logging::Untrusted(recipient)
+            );
         }
-        if let Some(error) = &row.last_error {
-            outln!("{:60}  last error: {error}", "");
-        }
+        outln!("{:60}  {}", "", row.waiting);
     }
     let total: u64 = rows.iter().map(|r| r.size).sum();
     outln!("-- {} message(s), {total} bytes", rows.len());
@@ -141,6 +209,12 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
     })?;
     let state = DeliveryState::read(&path.with_extension("state"), &file.envelope)
         .unwrap_or_else(|_| DeliveryState::new(&file.envelope));
+    let now_ms = crate::clock::unix_ms();
+    let mut summary = row(config, &path, &file, &state, now_ms);
+    if place == "failed" {
+        summary.waiting = "failed: kept in failed/ (smtprelay queue retry --failed)".to_owned();
+        summary.next_attempt_at = None;
+    }
     if json {
         let value = serde_json::json!({
             "id": id.to_string(),
@@ -148,6 +222,10 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
             "envelope": file.envelope,
             "size": file.content_len,
             "state": state,
+            "account": summary.account,
+            "subject": summary.subject,
+            "next_attempt_at": summary.next_attempt_at,
+            "waiting": summary.waiting,
         });
         outln!(
             "{}",
@@ -156,7 +234,6 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
     let envelope = &file.envelope;
-    let now_ms = crate::clock::unix_ms();
     outln!("id:          {id} ({place})");
     outln!(
         "received:    {} ago from [{}] (HELO {}{})",
@@ -172,15 +249,29 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
             .map(|u| format!(", user {u}"))
             .unwrap_or_default()
     );
-    outln!("sender:      <{}>", envelope.sender);
+    outln!(
+        "sender:      <{}>",
+        crate::logging::Untrusted(&envelope.sender)
+    );
+    if let Some(subject) = &summary.subject {
+        outln!("subject:     {}", crate::logging::Untrusted(subject));
+    }
     outln!("size:        {} bytes", file.content_len);
+    if let Some(account) = &summary.account {
+        outln!("account:     {account}");
+    }
     outln!(
         "state:       {}, {} attempt(s)",
         state.label(),
         state.attempts
     );
-    if let Some(error) = &state.last_error {
-        outln!("last error:  {error}");
+    outln!("waiting:     {}", summary.waiting);
+    if let Some(at) = summary.next_attempt_at {
+        outln!(
+            "next try:    {} (in {})",
+            crate::admin::status::time_words(at),
+            format_age(Duration::from_secs(at.saturating_sub(now_ms / 1000)))
+        );
     }
     for recipient in &state.recipients {
         let status = match recipient.status {
@@ -199,45 +290,196 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which messages a command applies to: the IDs named, and/or those a filter selects
+/// (filters combine: a message must pass all of them).
+#[derive(clap::Args, Debug, Default)]
+pub struct Selection {
+    /// Queue IDs.
+    ids: Vec<String>,
+    /// Every message in the queue.
+    #[arg(long)]
+    all: bool,
+    /// Messages whose sender matches GLOB (`*@contoso.com`; `<>` for reports).
+    #[arg(long, value_name = "GLOB")]
+    from: Option<String>,
+    /// Messages with a recipient matching GLOB.
+    #[arg(long, value_name = "GLOB")]
+    to: Option<String>,
+    /// Messages received longer ago than AGE (`30m`, `2h`, `3d`).
+    #[arg(long, value_name = "AGE")]
+    older_than: Option<String>,
+}
+
+/// The filters of a selection, parsed.
+struct Filters {
+    from: Option<AddressGlob>,
+    to: Option<AddressGlob>,
+    older_than: Option<Duration>,
+}
+
+impl Filters {
+    fn parse(select: &Selection) -> Result<Filters, String> {
+        let glob = |flag: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| AddressGlob::new(t).map_err(|e| format!("--{flag}: {e}")))
+                .transpose()
+        };
+        Ok(Filters {
+            from: glob("from", &select.from)?,
+            to: glob("to", &select.to)?,
+            older_than: select
+                .older_than
+                .as_deref()
+                .map(|t| parse_duration(t).map_err(|e| format!("--older-than: {e}")))
+                .transpose()?,
+        })
+    }
+
+    fn matches(&self, envelope: &crate::queue::Envelope, now_ms: u64) -> bool {
+        let sender = if envelope.sender.is_empty() {
+            "<>"
+        } else {
+            &envelope.sender
+        };
+        self.from.as_ref().is_none_or(|g| g.matches(sender))
+            && self
+                .to
+                .as_ref()
+                .is_none_or(|g| envelope.recipients.iter().any(|r| g.matches(r)))
+            && self.older_than.is_none_or(|age| {
+                now_ms.saturating_sub(envelope.received_at) > age.as_millis() as u64
+            })
+    }
+}
+
+/// What a bulk command does to one message, and which messages it concerns.
+#[derive(Clone, Copy)]
+enum Action {
+    Retry,
+    Hold,
+    Release,
+    Delete,
+}
+
+impl Action {
+    fn control(self, id: QueueId) -> Control {
+        match self {
+            Action::Retry => Control::Retry(id),
+            Action::Hold => Control::Hold(id),
+            Action::Release => Control::Release(id),
+            Action::Delete => Control::Delete(id),
+        }
+    }
+
+    /// Selected by a filter, a message the command cannot apply to is left out (IDs named
+    /// one by one are always sent, so the daemon says why not).
+    fn applies(self, held: bool) -> bool {
+        match self {
+            Action::Retry | Action::Hold => !held,
+            Action::Release => held,
+            Action::Delete => true,
+        }
+    }
+}
+
+/// The IDs a selection names, in queue order.
+fn select(config: &Config, select: &Selection, action: Action) -> Result<Vec<QueueId>, String> {
+    let mut ids = Vec::new();
+    for id in &select.ids {
+        ids.push(id.parse::<QueueId>().map_err(|e| format!("{id}: {e}"))?);
+    }
+    let filtered =
+        select.all || select.from.is_some() || select.to.is_some() || select.older_than.is_some();
+    if !filtered {
+        if ids.is_empty() {
+            return Err(
+                "name queue IDs, or select messages with --all, --from, --to or --older-than"
+                    .into(),
+            );
+        }
+        return Ok(ids);
+    }
+    let filters = Filters::parse(select)?;
+    let paths = SpoolPaths::new(config.spool_dir());
+    let scan = paths
+        .scan()
+        .map_err(|e| format!("cannot read {}: {e}", paths.queue().display()))?;
+    let now_ms = crate::clock::unix_ms();
+    Ok(scan
+        .messages
+        .iter()
+        .map(|(_, file)| file)
+        .filter(|file| ids.is_empty() || ids.contains(&file.envelope.id))
+        .filter(|file| filters.matches(&file.envelope, now_ms))
+        .filter(|file| {
+            let held = paths
+                .read_state(&file.envelope)
+                .is_ok_and(|state| state.held);
+            action.applies(held)
+        })
+        .map(|file| file.envelope.id)
+        .collect())
+}
+
 /// Queue commands that change things go through the running daemon's control socket.
 pub fn control(config: &Config, command: super::QueueCommand) -> Result<ExitCode, ExitCode> {
-    use crate::delivery::scheduler::Control;
-    let parse = |id: &str| {
-        id.parse::<crate::queue::QueueId>().map_err(|e| {
-            errln!("error: {e}");
-            ExitCode::FAILURE
-        })
-    };
-    let request = match command {
-        super::QueueCommand::Flush => Control::Flush,
-        super::QueueCommand::Retry { failed: true, .. } => Control::RetryFailed,
-        super::QueueCommand::Retry { id: Some(id), .. } => Control::Retry(parse(&id)?),
-        super::QueueCommand::Retry { id: None, .. } => {
-            errln!("error: name a queue ID, or use --failed");
-            return Err(ExitCode::FAILURE);
-        }
-        super::QueueCommand::Hold { id } => Control::Hold(parse(&id)?),
-        super::QueueCommand::Release { id } => Control::Release(parse(&id)?),
-        super::QueueCommand::Delete { id } => Control::Delete(parse(&id)?),
-        super::QueueCommand::List { .. } | super::QueueCommand::Show { .. } => {
+    use super::QueueCommand;
+    let (selection, action) = match command {
+        QueueCommand::Flush => return send(config, &[Control::Flush]),
+        QueueCommand::Retry { failed: true, .. } => return send(config, &[Control::RetryFailed]),
+        QueueCommand::Retry { select, .. } => (select, Action::Retry),
+        QueueCommand::Hold { select } => (select, Action::Hold),
+        QueueCommand::Release { select } => (select, Action::Release),
+        QueueCommand::Delete { select } => (select, Action::Delete),
+        QueueCommand::List { .. } | QueueCommand::Show { .. } => {
             unreachable!("read-only commands are handled directly")
         }
     };
+    let ids = select(config, &selection, action).map_err(|e| {
+        errln!("error: {e}");
+        ExitCode::FAILURE
+    })?;
+    if ids.is_empty() {
+        outln!("No message matches.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let requests: Vec<Control> = ids.into_iter().map(|id| action.control(id)).collect();
+    send(config, &requests)
+}
+
+/// Sends each request in turn, printing each answer; fails if any did.
+fn send(config: &Config, requests: &[Control]) -> Result<ExitCode, ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|_| ExitCode::FAILURE)?;
-    match runtime.block_on(crate::admin::control::request(
-        &config.server.state_dir,
-        &request,
-    )) {
-        Ok(message) => {
-            outln!("{message}");
-            Ok(ExitCode::SUCCESS)
+    let mut failed = 0;
+    for request in requests {
+        match runtime.block_on(crate::admin::control::request(
+            &config.server.state_dir,
+            request,
+        )) {
+            Ok(message) => outln!("{message}"),
+            Err(e) => {
+                errln!("error: {e}");
+                failed += 1;
+                // Without the daemon the rest would fail the same way.
+                if !matches!(e, crate::admin::control::ControlError::Refused(_)) {
+                    return Err(ExitCode::FAILURE);
+                }
+            }
         }
-        Err(e) => {
-            errln!("error: {e}");
-            Err(ExitCode::FAILURE)
-        }
+    }
+    if requests.len() > 1 {
+        outln!(
+            "-- {} message(s): {} done, {failed} not",
+            requests.len(),
+            requests.len() - failed
+        );
+    }
+    if failed > 0 {
+        Err(ExitCode::FAILURE)
+    } else {
+        Ok(ExitCode::SUCCESS)
     }
 }

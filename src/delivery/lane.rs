@@ -84,6 +84,14 @@ impl Lane {
 /// The account for a message: the first whose `senders` match, else the first account.
 /// Reports from the relay (null sender) follow the address they go to.
 pub fn route(lanes: &[Arc<Lane>], envelope: &Envelope) -> usize {
+    account_for(lanes.iter().map(|lane| &lane.config), envelope)
+}
+
+/// The index of the account among `accounts` that a message goes through (see [`route`]).
+pub fn account_for<'a>(
+    accounts: impl IntoIterator<Item = &'a crate::config::AccountConfig>,
+    envelope: &Envelope,
+) -> usize {
     let address = if envelope.sender.is_empty() {
         envelope
             .recipients
@@ -93,8 +101,8 @@ pub fn route(lanes: &[Arc<Lane>], envelope: &Envelope) -> usize {
     } else {
         envelope.sender.as_str()
     };
-    lanes
-        .iter()
-        .position(|lane| lane.config.senders.iter().any(|g| g.matches(address)))
+    accounts
+        .into_iter()
+        .position(|account| account.senders.iter().any(|g| g.matches(address)))
         .unwrap_or(0)
 }

@@ -169,6 +169,15 @@ impl MessageFile {
         })
     }
 
+    /// The first `max` bytes of the content, unchecked (for a look at its headers).
+    pub fn read_head(&self, path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(self.content_offset))?;
+        let mut head = vec![0u8; (self.content_len as usize).min(max)];
+        file.read_exact(&mut head)?;
+        Ok(head)
+    }
+
     /// Reads the content and checks it against the stored checksum.
     pub fn read_content(&self, path: &Path) -> Result<Vec<u8>, SpoolFileError> {
         let mut file = File::open(path)?;
