@@ -23,25 +23,190 @@ fn write(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 #[test]
-fn the_example_config_is_valid() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/smtprelay.toml");
-    let (code, stdout, stderr) = check_config(&path);
+fn the_example_config_is_valid_once_its_token_key_exists() {
+    // A fresh clone has no token key: check-config says so, and how to make it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("smtprelay.toml");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/smtprelay.toml");
+    std::fs::copy(&example, &config).unwrap();
+    let (code, _, stderr) = check_config(&config);
+    assert_eq!(code, 78);
+    let key = dir.path().join("token.key");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "tokens.key_file: {0}: No such file or directory (os error 2); create it with `smtprelay token keygen --to {0}`",
+            key.display()
+        )),
+        "{stderr}"
+    );
+    let keygen = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .args(["token", "keygen", "--to"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let (code, stdout, stderr) = check_config(&config);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(": ok ("), "{stdout}");
 }
 
 #[test]
 fn the_reference_config_uses_every_key_we_implement() {
-    // A copy of ../shared/docs/config-reference.toml: its only problem is the placeholder hash.
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/config-reference.toml");
+    // config/reference.toml (shipped in the packages): its only problem is the placeholder
+    // hash (the files it names live on a production host, so only its keys are checked).
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference.toml");
+    let error = smtprelay::config::Config::load(&path).unwrap_err();
+    let problems: Vec<String> = error.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(":48:1: user[scanner-3rd-floor].password_hash: not a password hash"),
+        "{problems:?}"
+    );
+    // The example points its readers to it.
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/smtprelay.toml"),
+    )
+    .unwrap();
+    assert!(example.contains("See reference.toml beside this file"));
+}
+
+#[test]
+fn files_the_config_names_must_exist_and_be_readable_by_the_service_user() {
+    let (dir, path) = write(
+        r#"[[listen]]
+address = "127.0.0.1:2525"
+auth = "none"
+[tokens]
+key_file = "token.key"
+[admin]
+bearer_token_file = "admin.token"
+[[account]]
+name = "contoso"
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+client_secret_file = "contoso.secret"
+mailbox = "relay@contoso.com"
+[account.upstream]
+ca_file = "ca.pem"
+"#,
+    );
     let (code, _, stderr) = check_config(&path);
     assert_eq!(code, 78);
-    let problems: Vec<&str> = stderr.lines().collect();
-    assert_eq!(problems.len(), 1, "{stderr}");
+    for expected in [
+        ":5:1: tokens.key_file: ",
+        ":7:1: admin.bearer_token_file: ",
+        ":12:1: account[contoso].client_secret_file: ",
+        ":15:1: account[contoso].upstream.ca_file: ",
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(expected))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {expected:?} in
+{stderr}"
+                )
+            });
+        assert!(line.contains("No such file or directory"), "{line}");
+    }
+    for file in ["token.key", "admin.token", "contoso.secret", "ca.pem"] {
+        std::fs::write(dir.path().join(file), "x").unwrap();
+    }
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 0, "{stderr}");
+    // Run as root (as admins and CI do), the service user's view counts: a file only root
+    // may read fails, however readable it is to check-config itself.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = dir.path().join("contoso.secret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+            .args(["check-config", "--service-user", "nobody", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{stderr}");
+        assert!(
+            stderr.contains(":12:1: account[contoso].client_secret_file: ")
+                && stderr.contains(
+                    "the service user nobody cannot read it (owner uid 0, gid 0, mode 0600)"
+                ),
+            "{stderr}"
+        );
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+            .args(["check-config", "--service-user", "nobody", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+}
+
+#[test]
+fn each_mistake_is_reported_once_by_name_with_a_suggestion() {
+    let (_dir, path) = write(
+        r#"[[listen]]
+address = "127.0.0.1:587"
+auth = "required"
+tls = "STARTTLS"
+[access]
+trusted_networks = ["10.0.0.0/8", "bogus", "192.168.0.0/33", "::1/128", "also bogus"]
+[[account]]
+name = "contoso"
+tenant = "contoso.onmicrosoft.com"
+client_id = "x"
+flow = "Client_Credentials"
+client_secret_file = "/dev/null"
+mailbox = "relay@contoso.com"
+mialbox = "typo@contoso.com"
+[[user]]
+name = "app"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$NM0paWxc5jr5wbv6dIJnkg$PaSTC8HoQR5NqGpsXGbdYE5380lZCafKOg59BZhasc8"
+"#,
+    );
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 78);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected = [
+        r#":4:7: listen[1].tls: unknown value "STARTTLS"; did you mean "starttls"?"#,
+        ":6:35: access.trusted_networks: item 2: expected a network",
+        ":6:44: access.trusted_networks: item 3: expected a network",
+        ":6:73: access.trusted_networks: item 5: expected a network",
+        r#":11:8: account[contoso].flow: unknown value "Client_Credentials"; did you mean "client_credentials"?"#,
+        r#":14:1: account[contoso].mialbox: unknown key; did you mean "mailbox"?"#,
+    ];
+    // Nothing follows from the mistakes: the AUTH-without-TLS and credential checks hold off.
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, expected) in lines.iter().zip(expected) {
+        assert!(
+            line.contains(expected),
+            "{expected:?} in
+{stderr}"
+        );
+    }
+}
+
+/// A file with thousands of mistakes is reported in full, each at its own line (how long it
+/// takes, and that it grows linearly, is benchmarks/check_config.sh's business).
+#[test]
+fn a_file_with_many_unknown_keys_is_reported_in_full() {
+    let mut text =
+        String::from("[[listen]]\naddress = \"127.0.0.1:2525\"\nauth = \"none\"\n[server]\n");
+    for n in 0..10_000 {
+        text.push_str(&format!("unknown_{n} = 1\n"));
+    }
+    let (_dir, path) = write(&text);
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 78);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 10_000);
     assert!(
-        problems[0].contains(":48:1: user[1].password_hash: not a password hash"),
-        "{stderr}"
+        lines[9_999].contains(":10004:1: server.unknown_9999: unknown key"),
+        "{}",
+        lines[9_999]
     );
 }
 
@@ -81,9 +246,9 @@ retry = ["1m", "soon"]
         ":7:1: listen[1].tls: this listener uses TLS but there is no [tls] table",
         ":14:7: listen[2].tls: unknown value \"sometimes\"",
         ":11:1: listen[2].auth: AUTH is offered but no [[user]] is configured",
-        ":17:20: access.trusted_networks: item 1: expected a network",
+        ":17:21: access.trusted_networks: item 1: expected a network",
         ":18:15: access.client_rate: expected a rate",
-        ":21:9: queue.retry: item 2: expected a duration",
+        ":21:16: queue.retry: item 2: expected a duration",
     ] {
         assert!(
             stderr

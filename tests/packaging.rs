@@ -12,16 +12,11 @@ fn packaging(file: &str) -> std::path::PathBuf {
 
 #[test]
 fn the_shipped_configuration_is_valid() {
-    let output = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
-        .args(["check-config", "--config"])
-        .arg(packaging("smtprelay.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // The files it names (the token key the package makes) exist on an installed host:
+    // tests/installed_package.rs runs the full check-config there.
+    if let Err(e) = smtprelay::config::Config::load(&packaging("smtprelay.toml")) {
+        panic!("{e}");
+    }
 }
 
 #[test]

@@ -1,26 +1,183 @@
-//! `smtprelay check-config`: every problem in the file, then the files it points to.
+//! `smtprelay check-config`: every problem in the file, then the files it points to: each
+//! must exist and be readable by the service user the unit runs as.
 
 use super::output::{errln, outln};
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Config;
+use crate::config::{Config, InputFile, Problem};
 
-pub fn run(path: &Path) -> Result<ExitCode, ExitCode> {
-    let config = Config::load(path).map_err(|e| super::report_config_error(&e))?;
-    if let Some(tls) = &config.tls
+/// The account the packaged unit runs the relay as (`User=` in smtprelay.service).
+pub const SERVICE_USER: &str = "smtprelay";
+
+pub fn run(path: &Path, service_user: &str) -> Result<ExitCode, ExitCode> {
+    let reader = Reader::service_user(service_user);
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(mut error) => {
+            // One pass: the files named so far are checked with the rest.
+            error
+                .problems
+                .extend(file_problems(path, &reader, &error.input_files));
+            error.problems.sort_by_key(|p| (p.line, p.column));
+            return Err(super::report_config_error(&error));
+        }
+    };
+    let file_problems = file_problems(path, &reader, &config.input_files);
+    let mut problems = file_problems.len();
+    for problem in &file_problems {
+        errln!("error: {problem}");
+    }
+    // The certificate and key must also belong together (only worth trying once readable).
+    if problems == 0
+        && let Some(tls) = &config.tls
         && let Err(e) = crate::smtp::tls::acceptor(tls)
     {
         errln!("error: {}: [tls]: {e}", path.display());
+        problems += 1;
+    }
+    if problems > 0 {
         return Err(ExitCode::from(super::EXIT_CONFIG));
     }
     outln!(
-        "{}: ok ({} listener(s), {} user(s), {} account(s), state in {})",
+        "{}: ok ({} listener(s), {} user(s), {} account(s), state in {}{})",
         path.display(),
         config.listen.len(),
         config.users.len(),
         config.accounts.len(),
-        config.server.state_dir.display()
+        config.server.state_dir.display(),
+        match &reader.user {
+            Some(user) => format!("; files readable by {}", user.name),
+            None => String::new(),
+        }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn file_problems(path: &Path, reader: &Reader, inputs: &[InputFile]) -> Vec<Problem> {
+    inputs
+        .iter()
+        .filter_map(|input| {
+            let why = reader.can_read(&input.path).err()?;
+            let missing = !input.path.exists();
+            let hint = match input.made_by {
+                Some(command) if missing => {
+                    format!("; create it with `{command} {}`", input.path.display())
+                }
+                _ => String::new(),
+            };
+            Some(Problem {
+                file: path.to_owned(),
+                line: input.line,
+                column: input.column,
+                key: input.key.clone(),
+                message: format!("{}: {why}{hint}", input.path.display()),
+            })
+        })
+        .collect()
+}
+
+/// Who will read the files: this process, and when it runs as root (as an admin does) and
+/// the service user exists, that user too, judged by the files' owners and modes.
+struct Reader {
+    user: Option<ServiceUser>,
+}
+
+struct ServiceUser {
+    name: String,
+    uid: u32,
+    groups: Vec<u32>,
+}
+
+impl Reader {
+    fn service_user(name: &str) -> Reader {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        Reader {
+            user: root.then(|| ServiceUser::lookup(name)).flatten(),
+        }
+    }
+
+    fn can_read(&self, path: &Path) -> Result<(), String> {
+        // Opening it proves it exists and is a readable file for this process.
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let metadata = file.metadata().map_err(|e| e.to_string())?;
+        if metadata.is_dir() {
+            return Err("is a directory, not a file".into());
+        }
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        use std::os::unix::fs::MetadataExt;
+        if !user.may(&metadata, 0o4) {
+            return Err(format!(
+                "the service user {} cannot read it (owner uid {}, gid {}, mode {:04o})",
+                user.name,
+                metadata.uid(),
+                metadata.gid(),
+                metadata.mode() & 0o7777
+            ));
+        }
+        // Each directory on the way must let the user through.
+        for dir in path.ancestors().skip(1) {
+            let Ok(metadata) = std::fs::metadata(dir) else {
+                continue;
+            };
+            if !user.may(&metadata, 0o1) {
+                return Err(format!(
+                    "the service user {} cannot reach it: {} has mode {:04o} (owner uid {}, gid {})",
+                    user.name,
+                    dir.display(),
+                    metadata.mode() & 0o7777,
+                    metadata.uid(),
+                    metadata.gid()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServiceUser {
+    fn lookup(name: &str) -> Option<ServiceUser> {
+        let c_name = std::ffi::CString::new(name).ok()?;
+        // SAFETY: getpwnam takes a NUL-terminated name and returns a pointer into static
+        // storage (or null), read at once; check-config is single-threaded here.
+        let entry = unsafe { libc::getpwnam(c_name.as_ptr()) };
+        if entry.is_null() {
+            return None;
+        }
+        // SAFETY: not null, so it points at a valid passwd record.
+        let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+        let mut groups = vec![0 as libc::gid_t; 64];
+        let mut count = groups.len() as libc::c_int;
+        // SAFETY: the buffer holds `count` entries; getgrouplist writes at most that many
+        // and sets `count` to the number found.
+        let found =
+            unsafe { libc::getgrouplist(c_name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        groups.truncate(if found < 0 { 0 } else { count as usize });
+        if !groups.contains(&gid) {
+            groups.push(gid);
+        }
+        Some(ServiceUser {
+            name: name.to_owned(),
+            uid,
+            groups,
+        })
+    }
+
+    /// Whether the user has `bits` (4 read, 1 search) on a file with this owner and mode,
+    /// as the kernel decides: the owner's bits, else the group's, else the others'.
+    fn may(&self, metadata: &std::fs::Metadata, bits: u32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mode = metadata.mode();
+        let shift = if metadata.uid() == self.uid {
+            6
+        } else if self.groups.contains(&metadata.gid()) {
+            3
+        } else {
+            0
+        };
+        (mode >> shift) & bits == bits
+    }
 }

@@ -49,8 +49,13 @@ pub struct Cli {
 enum Command {
     /// Run the relay.
     Serve,
-    /// Check the configuration file and print every problem found.
-    CheckConfig,
+    /// Check the configuration file and print every problem found, including files it
+    /// names that are missing or that the service user cannot read.
+    CheckConfig {
+        /// The user the relay runs as (checked when run as root).
+        #[arg(long, value_name = "USER", default_value = check_config::SERVICE_USER)]
+        service_user: String,
+    },
     /// Summarise the running relay: health, accounts and tokens, budgets, queue, alerts,
     /// recent deliveries (what the status page at the admin endpoint shows).
     Status {
@@ -132,7 +137,7 @@ pub fn run() -> ExitCode {
     let path = cli.config.as_path();
     let result = match cli.command {
         Command::Serve => load(path).and_then(serve::run),
-        Command::CheckConfig => check_config::run(path),
+        Command::CheckConfig { service_user } => check_config::run(path, &service_user),
         Command::Status { url } => load(path).and_then(|c| status::run(&c, url)),
         Command::Queue {
             command: QueueCommand::List { json },

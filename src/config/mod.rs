@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use reader::InputFile;
 pub use reader::Problem;
 use reader::{Section, Source};
 use values::{AddressGlob, Rate, parse_duration, parse_network, parse_size};
@@ -22,6 +23,9 @@ use values::{AddressGlob, Rate, parse_duration, parse_network, parse_size};
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
     pub problems: Vec<Problem>,
+    /// The files the text names for reading, as far as it could be read (`check-config`
+    /// checks them in the same pass).
+    pub input_files: Vec<InputFile>,
 }
 
 impl fmt::Display for ConfigError {
@@ -39,6 +43,8 @@ impl fmt::Display for ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// The files it names for the relay to read, with where (for `check-config`).
+    pub input_files: Vec<InputFile>,
     pub server: ServerConfig,
     pub listen: Vec<ListenConfig>,
     pub tls: Option<TlsConfig>,
@@ -87,10 +93,16 @@ macro_rules! choice {
             fn parse(text: &str) -> Result<Self, String> {
                 match text {
                     $($text => Ok($name::$variant),)+
-                    other => Err(format!(
-                        "unknown value {other:?}; expected one of: {}",
-                        [$(concat!("\"", $text, "\"")),+].join(", ")
-                    )),
+                    other => {
+                        let known = [$($text),+];
+                        Err(match reader::did_you_mean(other, known.into_iter()) {
+                            Some(meant) => format!("unknown value {other:?}; did you mean {meant:?}?"),
+                            None => format!(
+                                "unknown value {other:?}; expected one of: {}",
+                                [$(concat!("\"", $text, "\"")),+].join(", ")
+                            ),
+                        })
+                    }
                 }
             }
 
@@ -339,6 +351,7 @@ impl Config {
                 key: String::new(),
                 message: format!("cannot read the file: {e}"),
             }],
+            input_files: Vec::new(),
         })?;
         Config::parse(path, text)
     }
@@ -350,6 +363,7 @@ impl Config {
         match config {
             Some(config) if !source.has_problems() => Ok(config),
             _ => Err(ConfigError {
+                input_files: source.inputs(),
                 problems: source.into_problems(),
             }),
         }
@@ -410,6 +424,7 @@ fn parse_document(source: &Source) -> Option<Config> {
 
     Some(Config {
         path: source.path.clone(),
+        input_files: source.inputs(),
         server,
         listen,
         tls,
@@ -499,13 +514,16 @@ fn read_listen(s: Section) -> Option<ListenConfig> {
         allow_plaintext_auth: s.get("allow_plaintext_auth").unwrap_or(false),
         require_tls: s.get("require_tls").unwrap_or(false),
     };
-    if listen.require_tls && listen.tls != ListenTls::StartTls {
+    // Checks that combine keys need each of them read: one typo, one error.
+    let intact = s.intact(&["tls", "auth", "allow_plaintext_auth", "require_tls"]);
+    if intact && listen.require_tls && listen.tls != ListenTls::StartTls {
         s.report(
             "require_tls",
             "only makes sense with tls = \"starttls\" (implicit TLS is always encrypted)",
         );
     }
-    if listen.auth == AuthMode::Required
+    if intact
+        && listen.auth == AuthMode::Required
         && listen.tls == ListenTls::None
         && !listen.allow_plaintext_auth
     {
@@ -520,8 +538,8 @@ fn read_listen(s: Section) -> Option<ListenConfig> {
 
 fn read_tls(s: Section) -> Option<TlsConfig> {
     let tls = TlsConfig {
-        certificate: s.require_path("certificate")?,
-        private_key: s.require_path("private_key")?,
+        certificate: s.require_input_file("certificate")?,
+        private_key: s.require_input_file("private_key")?,
     };
     s.finish();
     Some(tls)
@@ -600,9 +618,9 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         tenant: s.get("tenant"),
         client_id: s.require("client_id")?,
         flow,
-        client_secret_file: s.path("client_secret_file"),
-        client_certificate: s.path("client_certificate"),
-        client_private_key: s.path("client_private_key"),
+        client_secret_file: s.input_file("client_secret_file"),
+        client_certificate: s.input_file("client_certificate"),
+        client_private_key: s.input_file("client_private_key"),
         client_assertion_algorithm: s
             .parse("client_assertion_algorithm", AssertionAlgorithm::parse)
             .unwrap_or(AssertionAlgorithm::Ps256),
@@ -625,7 +643,8 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         upstream: read_upstream(s.table("upstream"), transport),
         fallback: None,
     };
-    match s.parse("fallback_transport", Transport::parse) {
+    let fallback = s.parse("fallback_transport", Transport::parse);
+    match fallback.filter(|_| s.intact(&["transport"])) {
         Some(Transport::Graph) if transport == Transport::Smtp => {
             account.fallback = Some(Box::new(account.graph_twin()));
         }
@@ -640,6 +659,7 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         None => {}
     }
     match account.provider {
+        _ if !s.intact(&["provider", "tenant", "token_endpoint"]) => {}
         Provider::Microsoft if account.tenant.is_none() => s.report(
             "tenant",
             "the microsoft provider needs a tenant (GUID or domain)",
@@ -650,7 +670,13 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         ),
         _ => {}
     }
-    if account.flow == Flow::ClientCredentials {
+    let credentials = [
+        "flow",
+        "client_secret_file",
+        "client_certificate",
+        "client_private_key",
+    ];
+    if account.flow == Flow::ClientCredentials && s.intact(&credentials) {
         let has_secret = account.client_secret_file.is_some();
         let has_certificate =
             account.client_certificate.is_some() || account.client_private_key.is_some();
@@ -725,7 +751,7 @@ fn read_upstream(section: Option<Section>, transport: Transport) -> UpstreamConf
             .and_then(|s| s.parse("tls", UpstreamTls::parse))
             .unwrap_or(UpstreamTls::StartTls),
         // An empty string is how the reference spells "no extra root".
-        ca_file: s.and_then(|s| s.optional_path("ca_file")),
+        ca_file: s.and_then(|s| s.optional_input_file("ca_file")),
         max_connections: s
             .and_then(|s| s.get("max_connections"))
             .unwrap_or(default_connections),
@@ -784,7 +810,7 @@ fn read_tokens(section: Option<Section>) -> TokensConfig {
             .and_then(|s| s.get::<String>("file"))
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("tokens.json.enc")),
-        key_file: s.and_then(|s| s.path("key_file")),
+        key_file: s.and_then(|s| s.made_input_file("key_file", "smtprelay token keygen --to")),
         refresh_before: s
             .and_then(|s| s.parse("refresh_before", parse_duration))
             .unwrap_or(Duration::from_secs(300)),
@@ -827,7 +853,7 @@ fn read_admin(section: Option<Section>) -> AdminConfig {
             }
         }
     };
-    let bearer_token_file = s.and_then(|s| s.path("bearer_token_file"));
+    let bearer_token_file = s.and_then(|s| s.input_file("bearer_token_file"));
     if let Some(s) = &section
         && let Some(address) = listen
         && !address.ip().is_loopback()

@@ -5,7 +5,7 @@
 //! A [`Section`] wraps one table. Reading a key marks it used; [`Section::finish`] reports the
 //! keys nobody read as unknown, so a typo is never silently ignored.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
@@ -38,11 +38,27 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A file the configuration names for the relay to read (a secret, a key, a certificate),
+/// with where it is named: `check-config` makes sure the service can read each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    pub key: String,
+    pub line: usize,
+    pub column: usize,
+    pub path: PathBuf,
+    /// How to make it when it is missing, e.g. `smtprelay token keygen`.
+    pub made_by: Option<&'static str>,
+}
+
 /// The text of one configuration file and the problems found in it so far.
 pub struct Source {
     pub path: PathBuf,
     text: String,
     problems: RefCell<Vec<Problem>>,
+    inputs: RefCell<Vec<InputFile>>,
+    /// Where each line starts, found once: positions are looked up per problem, and a file
+    /// with many problems must not be read again for each.
+    line_starts: OnceCell<Vec<usize>>,
 }
 
 impl Source {
@@ -51,6 +67,8 @@ impl Source {
             path: path.to_owned(),
             text,
             problems: RefCell::new(Vec::new()),
+            inputs: RefCell::new(Vec::new()),
+            line_starts: OnceCell::new(),
         }
     }
 
@@ -77,6 +95,11 @@ impl Source {
         });
     }
 
+    /// The files the configuration names for reading, in the order they were read.
+    pub fn inputs(&self) -> Vec<InputFile> {
+        self.inputs.borrow().clone()
+    }
+
     pub fn has_problems(&self) -> bool {
         !self.problems.borrow().is_empty()
     }
@@ -88,10 +111,15 @@ impl Source {
     }
 
     fn line_column(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        (line, column)
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(memchr::memchr_iter(b'\n', self.text.as_bytes()).map(|i| i + 1))
+                .collect()
+        });
+        let offset = offset.min(self.text.len());
+        // The last line start at or before the offset.
+        let line = starts.partition_point(|&start| start <= offset);
+        (line, offset - starts[line - 1] + 1)
     }
 }
 
@@ -136,11 +164,20 @@ impl<T: FromToml> FromToml for Vec<T> {
         let array = value
             .as_array()
             .ok_or_else(|| format!("expected a list, found {}", value.type_name()))?;
-        array
-            .iter()
-            .enumerate()
-            .map(|(i, v)| T::from_toml(v).map_err(|e| format!("item {}: {e}", i + 1)))
-            .collect()
+        let mut items = Vec::with_capacity(array.len());
+        let mut errors = Vec::new();
+        for (i, v) in array.iter().enumerate() {
+            match T::from_toml(v) {
+                Ok(item) => items.push(item),
+                Err(e) => errors.push(format!("item {}: {e}", i + 1)),
+            }
+        }
+        // Every bad item is named, not only the first.
+        if errors.is_empty() {
+            Ok(items)
+        } else {
+            Err(errors.join("; "))
+        }
     }
 }
 
@@ -151,6 +188,9 @@ pub struct Section<'a> {
     span: Option<Range<usize>>,
     path: String,
     used: RefCell<HashSet<String>>,
+    /// Keys whose value could not be read: checks that combine keys leave them alone, so
+    /// one mistake gives one error.
+    broken: RefCell<HashSet<String>>,
 }
 
 impl<'a> Section<'a> {
@@ -166,7 +206,14 @@ impl<'a> Section<'a> {
             span,
             path,
             used: RefCell::new(HashSet::new()),
+            broken: RefCell::new(HashSet::new()),
         }
+    }
+
+    /// None of `keys` had a value that could not be read (absent keys are intact).
+    pub fn intact(&self, keys: &[&str]) -> bool {
+        let broken = self.broken.borrow();
+        keys.iter().all(|key| !broken.contains(*key))
     }
 
     pub fn source(&self) -> &'a Source {
@@ -205,6 +252,7 @@ impl<'a> Section<'a> {
     pub fn require<T: FromToml>(&self, key: &str) -> Option<T> {
         if self.table.get(key).is_none() {
             self.report(key, "this key is required");
+            self.broken.borrow_mut().insert(key.to_owned());
             return None;
         }
         self.get(key)
@@ -218,20 +266,87 @@ impl<'a> Section<'a> {
         })
     }
 
-    /// Reads an optional list of strings, converting each with `parse`.
+    /// Reads an optional list of strings, converting each with `parse`. Every bad item is
+    /// reported where it stands.
     pub fn parse_list<T>(
         &self,
         key: &str,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Option<Vec<T>> {
-        self.get_with(key, |value| {
-            let texts = Vec::<String>::from_toml(value)?;
-            texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| parse(t).map_err(|e| format!("item {}: {e}", i + 1)))
-                .collect()
-        })
+        let array = self.get_with(key, |value| {
+            value
+                .as_array()
+                .cloned()
+                .ok_or_else(|| format!("expected a list, found {}", value.type_name()))
+        })?;
+        let mut items = Vec::with_capacity(array.len());
+        let mut sound = true;
+        for (i, value) in array.iter().enumerate() {
+            let item = String::from_toml(value).and_then(|text| parse(&text));
+            match item {
+                Ok(item) => items.push(item),
+                Err(e) => {
+                    sound = false;
+                    self.source.report(
+                        value.span().or_else(|| self.span_of(key)),
+                        &self.key_path(key),
+                        format!("item {}: {e}", i + 1),
+                    );
+                }
+            }
+        }
+        if !sound {
+            self.broken.borrow_mut().insert(key.to_owned());
+        }
+        sound.then_some(items)
+    }
+
+    fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        self.table
+            .get_key_value(key)
+            .and_then(|(k, _)| k.span())
+            .or_else(|| self.span.clone())
+    }
+
+    /// Reads a path to a file the relay will read (see [`InputFile`]).
+    pub fn input_file(&self, key: &str) -> Option<PathBuf> {
+        let path = self.path(key)?;
+        self.note_input(key, &path, None);
+        Some(path)
+    }
+
+    /// [`Self::input_file`] for a file a command makes (named in the error when it is missing).
+    pub fn made_input_file(&self, key: &str, made_by: &'static str) -> Option<PathBuf> {
+        let path = self.path(key)?;
+        self.note_input(key, &path, Some(made_by));
+        Some(path)
+    }
+
+    /// [`Self::optional_path`] for a file the relay will read.
+    pub fn optional_input_file(&self, key: &str) -> Option<PathBuf> {
+        let path = self.optional_path(key)?;
+        self.note_input(key, &path, None);
+        Some(path)
+    }
+
+    /// [`Self::require_path`] for a file the relay will read.
+    pub fn require_input_file(&self, key: &str) -> Option<PathBuf> {
+        let path = self.require_path(key)?;
+        self.note_input(key, &path, None);
+        Some(path)
+    }
+
+    fn note_input(&self, key: &str, path: &Path, made_by: Option<&'static str>) {
+        let (line, column) = self
+            .span_of(key)
+            .map_or((0, 0), |span| self.source.line_column(span.start));
+        self.source.inputs.borrow_mut().push(InputFile {
+            key: self.key_path(key),
+            line,
+            column,
+            path: path.to_owned(),
+            made_by,
+        });
     }
 
     /// Reads an optional path; a relative path is taken relative to the config file.
@@ -249,6 +364,7 @@ impl<'a> Section<'a> {
     pub fn require_path(&self, key: &str) -> Option<PathBuf> {
         if self.table.get(key).is_none() {
             self.report(key, "this key is required");
+            self.broken.borrow_mut().insert(key.to_owned());
             return None;
         }
         self.path(key)
@@ -274,6 +390,7 @@ impl<'a> Section<'a> {
             Err(message) => {
                 let span = item.span().or_else(|| k.span());
                 self.source.report(span, &self.key_path(key), message);
+                self.broken.borrow_mut().insert(key.to_owned());
                 None
             }
         }
@@ -306,7 +423,7 @@ impl<'a> Section<'a> {
             Item::ArrayOfTables(array) => array
                 .iter()
                 .enumerate()
-                .map(|(i, t)| Section::new(self.source, t, t.span(), format!("{name}[{}]", i + 1)))
+                .map(|(i, t)| Section::new(self.source, t, t.span(), entry_path(&name, i, t)))
                 .collect(),
             Item::Value(Value::Array(array)) => array
                 .iter()
@@ -316,7 +433,7 @@ impl<'a> Section<'a> {
                         self.source,
                         t,
                         t.span(),
-                        format!("{name}[{}]", i + 1),
+                        entry_path(&name, i, t),
                     )),
                     None => {
                         self.source
@@ -336,7 +453,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    /// Reports every key of this table that no reader asked for.
+    /// Reports every key of this table that no reader asked for, with the known key it
+    /// most likely meant.
     pub fn finish(self) {
         let used = self.used.take();
         for (key, item) in self.table.iter() {
@@ -347,9 +465,34 @@ impl<'a> Section<'a> {
                     .and_then(|(k, _)| k.span())
                     .or_else(|| item.span());
                 let what = if self.path.is_empty() { "table" } else { "key" };
+                let hint = did_you_mean(key, used.iter().map(String::as_str))
+                    .map_or(String::new(), |known| format!("; did you mean {known:?}?"));
                 self.source
-                    .report(span, &self.key_path(key), format!("unknown {what}"));
+                    .report(span, &self.key_path(key), format!("unknown {what}{hint}"));
             }
         }
     }
+}
+
+/// `listen[2]`, or `account[contoso]` for a table with a name: admins know their accounts
+/// by name, not by position.
+fn entry_path(array: &str, index: usize, table: &dyn TableLike) -> String {
+    match table.get("name").and_then(Item::as_str) {
+        Some(name) if !name.is_empty() => format!("{array}[{name}]"),
+        _ => format!("{array}[{}]", index + 1),
+    }
+}
+
+/// The candidate closest to `word`, if it is close enough to be a slip: the same word in
+/// another case, or a few letters off.
+pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = word.to_ascii_lowercase();
+    candidates
+        .map(|candidate| {
+            let distance = strsim::levenshtein(&lower, &candidate.to_ascii_lowercase());
+            (distance, candidate)
+        })
+        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(1))
+        .min_by_key(|(distance, candidate)| (*distance, *candidate))
+        .map(|(_, candidate)| candidate)
 }
