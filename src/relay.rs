@@ -32,6 +32,9 @@ pub struct Process {
     pub alerts: crate::admin::alerts::AlertMemory,
     /// Cancelled to stop the relay: everything drains.
     pub shutdown: CancellationToken,
+    /// Told when a generation wants to be replaced by a fresh one (a token store key that
+    /// was missing has appeared); `serve` reloads as for SIGHUP.
+    pub reload: Arc<tokio::sync::Notify>,
 }
 
 impl Process {
@@ -57,6 +60,7 @@ impl Process {
             delivery_status: Arc::default(),
             alerts: Arc::default(),
             shutdown: CancellationToken::new(),
+            reload: Arc::default(),
         })
     }
 
@@ -251,6 +255,13 @@ impl Prepared {
         let outbound = process.shutdown.child_token();
         let mut outbound_tasks = Vec::new();
         let tokens = start_token_manager(&config, &outbound, previous);
+        if tokens.is_none() && !config.accounts.is_empty() {
+            outbound_tasks.push(tokio::spawn(await_token_key(
+                Arc::clone(&config),
+                Arc::clone(&process.reload),
+                outbound.clone(),
+            )));
+        }
         let manager = tokens.map(|(manager, refresher)| {
             outbound_tasks.push(refresher);
             manager
@@ -300,6 +311,35 @@ impl Prepared {
             admin,
             outbound,
             outbound_tasks,
+        }
+    }
+}
+
+/// How often a relay without a usable token store key looks for one.
+const KEY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits for the token store key to become usable (`smtprelay token keygen` wrote it, an
+/// admin fixed its permissions), then asks for a reload: the new generation starts the
+/// token manager and delivery, with nothing for the admin to do.
+async fn await_token_key(
+    config: Arc<Config>,
+    reload: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(KEY_POLL) => {}
+        }
+        let key_file = config.tokens.key_file.clone();
+        let usable =
+            tokio::task::spawn_blocking(move || TokenKey::load(key_file.as_deref()).is_ok())
+                .await
+                .unwrap_or(false);
+        if usable {
+            tracing::info!(target: "tokens", "the token store key is usable now: reloading to start delivery");
+            reload.notify_one();
+            return;
         }
     }
 }

@@ -130,6 +130,77 @@ async fn token_test_explains_what_exchange_refuses() {
     );
 }
 
+/// A provider other than Microsoft may say what a token allows differently: the claims are a
+/// warning, and the login still decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_test_warns_about_claims_of_a_generic_provider_and_logs_in() {
+    let setup = Setup::new("client_credentials", "").await;
+    setup.entra.register(common::entra::App {
+        secret: Some(SECRET.into()),
+        permissions_unclaimed: true,
+        ..common::tokens::app("app-secret")
+    });
+    let config = setup.dir.path().join("smtprelay.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "flow = \"client_credentials\"\n",
+        &format!(
+            "flow = \"client_credentials\"\nprovider = \"generic\"\ntoken_endpoint = {:?}\nscope = \"https://outlook.office365.com/.default\"\n",
+            setup.entra.token_endpoint()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (ok, stdout, stderr) = setup.run(&["token", "test"]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("WARN claims") && stdout.contains("SMTP.SendAsApp"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("the provider is not microsoft"), "{stdout}");
+    assert!(
+        stdout.contains("ok   auth     AUTH XOAUTH2 as relay@contoso.com accepted"),
+        "{stdout}"
+    );
+    assert_eq!(setup.exchange.state().auth_attempts, 1);
+}
+
+/// An endpoint that answers with something other than OAuth JSON (a proxy's error page) is
+/// named, with its URL and what it said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_errors_name_the_endpoint_its_url_and_its_answer() {
+    let setup = Setup::new("device_code", "").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = vec![0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let body = "<html><body>502 Bad Gateway: upstream idp unreachable</body></html>";
+            let answer = format!(
+                "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let url = format!("http://{proxy}/devicecode");
+    let config = setup.dir.path().join("smtprelay.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "flow = \"device_code\"\n",
+        &format!("flow = \"device_code\"\ndevice_authorization_endpoint = {url:?}\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (ok, stdout, stderr) = setup.run(&["token", "login", "--account", "contoso"]).await;
+    assert!(!ok);
+    let said = format!("{stdout}{stderr}");
+    assert!(
+        said.contains(&format!(
+            "the device authorization endpoint {url} answered HTTP 502: <html><body>502 Bad Gateway: upstream idp unreachable</body></html>"
+        )),
+        "{said}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_test_flags_a_graph_token() {
     let setup = Setup::new(
@@ -289,4 +360,57 @@ async fn the_daemon_gets_tokens_by_itself_and_stores_them() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(daemon.id().unwrap() as i32, libc::SIGTERM) };
     assert!(daemon.wait().await.unwrap().success());
+}
+
+/// A relay started before its token store key existed starts delivering once `token keygen`
+/// writes it: no reload, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_relay_picks_up_a_new_token_key() {
+    let setup = Setup::new("client_credentials", "").await;
+    let config = setup.dir.path().join("smtprelay.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[tokens]\nkey_file = \"token.key\"\n[log]\nformat = \"json\"\n"),
+    )
+    .unwrap();
+    let (mut daemon, address, logs) = common::start_binary_with_logs(&config, &[]);
+    let mut client = common::Client::connect(address).await;
+    client.expect("EHLO app", 250).await;
+    let (code, _) = client
+        .send_message(
+            "scanner@contoso.com",
+            &["a@fabrikam.com"],
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(code, 250);
+    client.expect("QUIT", 221).await;
+    // Held: no key, no token, nothing sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(setup.exchange.state().received.is_empty());
+
+    let keygen = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .args(["token", "keygen", "--config"])
+        .arg(&config)
+        .env_remove("SMTPRELAY_TOKEN_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while setup.exchange.state().received.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held message was not sent after keygen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    common::wait_for_log(
+        &logs,
+        "the token store key is usable now: reloading to start delivery",
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
 }

@@ -101,11 +101,15 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     ));
     let mut retired: Vec<JoinHandle<()>> = Vec::new();
     loop {
-        match signals.next().await {
+        let signal = tokio::select! {
+            signal = signals.next() => signal,
+            _ = process.reload.notified() => Signal::Reload,
+        };
+        match signal {
             Signal::Stop => break,
             Signal::Reload => 'reload: {
                 notify(State::Reloading);
-                tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                tracing::info!(config = %path.display(), "reloading the configuration");
                 let config = match load_checked(&path) {
                     Ok(config) => config,
                     Err(problems) => {
@@ -197,7 +201,10 @@ impl Signals {
                 tracing::info!("SIGINT: shutting down");
                 Signal::Stop
             }
-            _ = self.hup.recv() => Signal::Reload,
+            _ = self.hup.recv() => {
+                tracing::info!("SIGHUP");
+                Signal::Reload
+            }
         }
     }
 }

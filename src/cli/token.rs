@@ -182,7 +182,11 @@ async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, Ex
             for step in &steps {
                 outln!(
                     "{} {:<8} {}",
-                    if step.ok { "ok  " } else { "FAIL" },
+                    match (step.ok, step.warning) {
+                        (false, _) => "FAIL",
+                        (true, true) => "WARN",
+                        (true, false) => "ok  ",
+                    },
                     step.title,
                     step.detail
                 );

@@ -28,22 +28,34 @@ const GRAPH_AUDIENCES: &[&str] = &[
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
+    /// False when this step failed (the test stops, or ends failed).
     pub ok: bool,
+    /// Passed, but with something the admin should look at.
+    pub warning: bool,
     pub title: String,
     pub detail: String,
 }
 
+/// What the look inside the token found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    /// Worth a word, not a reason to stop: the login decides.
+    Warn,
+    Fail,
+}
+
 impl Step {
     fn pass(title: impl Into<String>, detail: impl Into<String>) -> Step {
-        Step {
-            ok: true,
-            title: title.into(),
-            detail: detail.into(),
-        }
+        Step::new(Verdict::Pass, title, detail)
     }
     fn fail(title: impl Into<String>, detail: impl Into<String>) -> Step {
+        Step::new(Verdict::Fail, title, detail)
+    }
+    fn new(verdict: Verdict, title: impl Into<String>, detail: impl Into<String>) -> Step {
         Step {
-            ok: false,
+            ok: verdict != Verdict::Fail,
+            warning: verdict == Verdict::Warn,
             title: title.into(),
             detail: detail.into(),
         }
@@ -86,13 +98,17 @@ pub async fn token_test(
             "the token is opaque (not a JWT), so its audience cannot be checked here",
         )),
         Some(claims) => {
-            let (ok, detail) = judge_claims(&claims, config.flow, config.transport);
-            steps.push(Step {
-                ok,
-                title: "claims".into(),
-                detail,
-            });
-            if !ok {
+            let (mut verdict, mut detail) = judge_claims(&claims, config.flow, config.transport);
+            // The audiences and permissions judged are Microsoft's: another provider's
+            // tokens may say it differently and still work, so the login decides.
+            if verdict == Verdict::Fail && config.provider != crate::config::Provider::Microsoft {
+                verdict = Verdict::Warn;
+                detail.push_str(
+                    " (the provider is not microsoft, so this may not matter: trying the login)",
+                );
+            }
+            steps.push(Step::new(verdict, "claims", detail));
+            if verdict == Verdict::Fail {
                 return steps;
             }
         }
@@ -170,7 +186,7 @@ pub fn decode_claims(token: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) -> (bool, String) {
+fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) -> (Verdict, String) {
     let text = |key: &str| claims[key].as_str().unwrap_or("").to_owned();
     let audience = text("aud");
     let who = [
@@ -214,14 +230,14 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) ->
         let may_send = has("Mail.Send");
         return if !GRAPH_AUDIENCES.contains(&audience.as_str()) {
             (
-                false,
+                Verdict::Fail,
                 format!(
                     "{summary}: the Graph transport needs a Microsoft Graph token (scope https://graph.microsoft.com/.default app-only, https://graph.microsoft.com/Mail.Send delegated); check `scope`"
                 ),
             )
         } else if !may_send {
             (
-                false,
+                Verdict::Fail,
                 format!(
                     "{summary}: the token lacks Mail.Send; add it under API permissions (Microsoft Graph, {}) and grant admin consent",
                     if delegated {
@@ -234,18 +250,18 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) ->
         } else if !has("Mail.ReadWrite") {
             // Small messages go; the draft path for large ones would be refused.
             (
-                true,
+                Verdict::Warn,
                 format!(
-                    "{summary}; note: without Mail.ReadWrite, messages over Graph's 4 MB request (about 3 MB of message) cannot be sent: add it like Mail.Send"
+                    "{summary}; without Mail.ReadWrite, messages over Graph's 4 MB request (about 3 MB of message) cannot be sent: add it like Mail.Send"
                 ),
             )
         } else {
-            (true, summary)
+            (Verdict::Pass, summary)
         };
     }
     if GRAPH_AUDIENCES.contains(&audience.as_str()) {
         return (
-            false,
+            Verdict::Fail,
             format!(
                 "{summary}: this is a Microsoft Graph token; SMTP needs an Exchange Online token (scope https://outlook.office365.com/.default app-only, https://outlook.office.com/SMTP.Send delegated)"
             ),
@@ -253,13 +269,13 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) ->
     }
     if !SMTP_AUDIENCES.contains(&audience.as_str()) {
         return (
-            false,
+            Verdict::Fail,
             format!("{summary}: the audience is not Exchange Online; check the scope"),
         );
     }
     match flow {
         Flow::ClientCredentials if !roles.iter().any(|r| r == "SMTP.SendAsApp") => (
-            false,
+            Verdict::Fail,
             format!(
                 "{summary}: the app has no SMTP.SendAsApp application permission; add it under API permissions (Office 365 Exchange Online) and grant admin consent"
             ),
@@ -268,11 +284,11 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) ->
             if !scopes.split(' ').any(|s| s == "SMTP.Send") =>
         {
             (
-                false,
+                Verdict::Fail,
                 format!("{summary}: the token lacks the SMTP.Send delegated permission"),
             )
         }
-        _ => (true, summary),
+        _ => (Verdict::Pass, summary),
     }
 }
 
@@ -284,10 +300,16 @@ mod tests {
     #[test]
     fn audiences_and_permissions_are_judged() {
         let app_only = json!({"aud": "https://outlook.office365.com", "roles": ["SMTP.SendAsApp"], "appid": "a"});
-        assert!(judge_claims(&app_only, Flow::ClientCredentials, Transport::Smtp).0);
+        assert_eq!(
+            judge_claims(&app_only, Flow::ClientCredentials, Transport::Smtp).0,
+            Verdict::Pass
+        );
         let graph = json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Send"]});
-        let (ok, detail) = judge_claims(&graph, Flow::ClientCredentials, Transport::Smtp);
-        assert!(!ok && detail.contains("Microsoft Graph token"), "{detail}");
+        let (verdict, detail) = judge_claims(&graph, Flow::ClientCredentials, Transport::Smtp);
+        assert!(
+            verdict == Verdict::Fail && detail.contains("Microsoft Graph token"),
+            "{detail}"
+        );
         let no_role =
             json!({"aud": "https://outlook.office365.com", "roles": ["full_access_as_app"]});
         assert!(
@@ -297,28 +319,47 @@ mod tests {
         );
         let delegated =
             json!({"aud": "https://outlook.office.com", "scp": "SMTP.Send", "upn": "u@c"});
-        assert!(judge_claims(&delegated, Flow::DeviceCode, Transport::Smtp).0);
+        assert_eq!(
+            judge_claims(&delegated, Flow::DeviceCode, Transport::Smtp).0,
+            Verdict::Pass
+        );
     }
 
     #[test]
     fn graph_accounts_need_a_graph_token_with_mail_send() {
         let graph =
             json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Send", "Mail.ReadWrite"]});
-        let (ok, detail) = judge_claims(&graph, Flow::ClientCredentials, Transport::Graph);
-        assert!(ok && !detail.contains("note"), "{detail}");
+        let (verdict, detail) = judge_claims(&graph, Flow::ClientCredentials, Transport::Graph);
+        assert_eq!(verdict, Verdict::Pass, "{detail}");
         let send_only = json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Send"]});
-        let (ok, detail) = judge_claims(&send_only, Flow::ClientCredentials, Transport::Graph);
-        assert!(ok && detail.contains("without Mail.ReadWrite"), "{detail}");
-        let smtp = json!({"aud": "https://outlook.office365.com", "roles": ["SMTP.SendAsApp"]});
-        let (ok, detail) = judge_claims(&smtp, Flow::ClientCredentials, Transport::Graph);
+        let (verdict, detail) = judge_claims(&send_only, Flow::ClientCredentials, Transport::Graph);
         assert!(
-            !ok && detail.contains("needs a Microsoft Graph token"),
+            verdict == Verdict::Warn && detail.contains("without Mail.ReadWrite"),
+            "{detail}"
+        );
+        let smtp = json!({"aud": "https://outlook.office365.com", "roles": ["SMTP.SendAsApp"]});
+        let (verdict, detail) = judge_claims(&smtp, Flow::ClientCredentials, Transport::Graph);
+        assert!(
+            verdict == Verdict::Fail && detail.contains("needs a Microsoft Graph token"),
             "{detail}"
         );
         let no_role = json!({"aud": "https://graph.microsoft.com", "roles": ["Mail.Read"]});
-        let (ok, detail) = judge_claims(&no_role, Flow::ClientCredentials, Transport::Graph);
-        assert!(!ok && detail.contains("Mail.Send") && detail.contains("application"));
+        let (verdict, detail) = judge_claims(&no_role, Flow::ClientCredentials, Transport::Graph);
+        assert!(
+            verdict == Verdict::Fail
+                && detail.contains("Mail.Send")
+                && detail.contains("application")
+        );
         let delegated = json!({"aud": "https://graph.microsoft.com", "scp": "Mail.Send User.Read"});
-        assert!(judge_claims(&delegated, Flow::DeviceCode, Transport::Graph).0);
+        assert_eq!(
+            judge_claims(&delegated, Flow::DeviceCode, Transport::Graph).0,
+            Verdict::Warn
+        );
+        let delegated =
+            json!({"aud": "https://graph.microsoft.com", "scp": "Mail.Send Mail.ReadWrite"});
+        assert_eq!(
+            judge_claims(&delegated, Flow::DeviceCode, Transport::Graph).0,
+            Verdict::Pass
+        );
     }
 }

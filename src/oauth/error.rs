@@ -46,20 +46,47 @@ impl ErrorBody {
     }
 }
 
+/// Which of the identity provider's endpoints a request went to (errors name it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    DeviceAuthorization,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Endpoint::Token => "token endpoint",
+            Endpoint::DeviceAuthorization => "device authorization endpoint",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("{}", explain(.body))]
     Rejected { status: u16, body: ErrorBody },
-    #[error("token endpoint answered HTTP {status}: {detail}")]
+    /// An answer that is not an OAuth error: `detail` is the start of its body.
+    #[error("the {endpoint} {url} answered HTTP {status}: {detail}")]
     Http {
+        endpoint: Endpoint,
+        url: String,
         status: u16,
         detail: String,
         retry_after: Option<Duration>,
     },
-    #[error("cannot reach the token endpoint: {0}")]
-    Network(String),
-    #[error("the token endpoint's answer is not understood: {0}")]
-    BadResponse(String),
+    #[error("cannot reach the {endpoint} {url}: {error}")]
+    Network {
+        endpoint: Endpoint,
+        url: String,
+        error: String,
+    },
+    #[error("the {endpoint} {url} sent an answer that is not understood: {error}")]
+    BadResponse {
+        endpoint: Endpoint,
+        url: String,
+        error: String,
+    },
     #[error("no token yet: log in once with `smtprelay token login --account {0}`")]
     NotLoggedIn(String),
     #[error("{0}")]
@@ -82,7 +109,7 @@ impl TokenError {
                 ErrorClass::Transient
             }
             TokenError::Http { .. } => ErrorClass::Misconfigured,
-            TokenError::Network(_) | TokenError::BadResponse(_) => ErrorClass::Transient,
+            TokenError::Network { .. } | TokenError::BadResponse { .. } => ErrorClass::Transient,
             TokenError::NotLoggedIn(_) | TokenError::Login(_) => ErrorClass::Reauthenticate,
             TokenError::Credential(_) | TokenError::UnknownAccount(_) => ErrorClass::Misconfigured,
             // A store that cannot be read or written is for the admin to fix (key, permissions).
@@ -343,6 +370,8 @@ mod tests {
             assert_eq!(error.class(), class, "AADSTS{code}");
         }
         let throttled = TokenError::Http {
+            endpoint: Endpoint::Token,
+            url: "https://login.example/token".into(),
             status: 429,
             detail: String::new(),
             retry_after: None,

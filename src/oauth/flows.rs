@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::credential::ClientCredential;
-use super::error::TokenError;
+use super::error::{Endpoint, TokenError};
 use super::http::{TokenClient, TokenResponse, number_or_string};
 use super::provider::{self, Endpoints};
 use super::secret::Secret;
@@ -51,7 +51,9 @@ impl OAuthAccount {
         self.credential
             .add_to(&mut form, &self.config.client_id, &self.endpoints.token)?;
         let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        client.post_form(&self.endpoints.token, &pairs).await
+        client
+            .post_form(Endpoint::Token, &self.endpoints.token, &pairs)
+            .await
     }
 
     /// App-only token (client credentials grant).
@@ -113,7 +115,9 @@ impl OAuthAccount {
             ("client_id", self.config.client_id.as_str()),
             ("scope", self.scope.as_str()),
         ];
-        let authorization: DeviceAuthorization = client.post_form(endpoint, &form).await?;
+        let authorization: DeviceAuthorization = client
+            .post_form(Endpoint::DeviceAuthorization, endpoint, &form)
+            .await?;
         prompt(&authorization);
         let mut interval = Duration::from_secs(authorization.interval.clamp(1, 60));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(authorization.expires_in);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
-use super::error::{ErrorBody, TokenError};
+use super::error::{Endpoint, ErrorBody, TokenError};
 use super::secret::Secret;
 
 /// A successful token response (RFC 6749 5.1).
@@ -117,8 +117,11 @@ impl TokenClient {
         })))
     }
 
+    /// POSTs `form` to `endpoint` at `url`. Errors name the endpoint and its URL, and carry
+    /// the start of an error answer's body (a success's body may hold tokens: never shown).
     pub async fn post_form<T: DeserializeOwned>(
         &self,
+        endpoint: Endpoint,
         url: &str,
         form: &[(&str, &str)],
     ) -> Result<T, TokenError> {
@@ -130,10 +133,17 @@ impl TokenClient {
             .transport
             .post_form(url, form)
             .await
-            .map_err(TokenError::Network)?;
+            .map_err(|error| TokenError::Network {
+                endpoint,
+                url: url.to_owned(),
+                error,
+            })?;
         if (200..300).contains(&status) {
-            return serde_json::from_slice(&body)
-                .map_err(|e| TokenError::BadResponse(e.to_string()));
+            return serde_json::from_slice(&body).map_err(|e| TokenError::BadResponse {
+                endpoint,
+                url: url.to_owned(),
+                error: e.to_string(),
+            });
         }
         match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(error) if !error.error.is_empty() && status != 429 && status < 500 => {
@@ -143,17 +153,35 @@ impl TokenClient {
                 })
             }
             Ok(error) if !error.error.is_empty() => Err(TokenError::Http {
+                endpoint,
+                url: url.to_owned(),
                 status,
                 detail: error.error_description.unwrap_or(error.error),
                 retry_after,
             }),
             _ => Err(TokenError::Http {
+                endpoint,
+                url: url.to_owned(),
                 status,
-                detail: String::from_utf8_lossy(&body).chars().take(200).collect(),
+                detail: body_excerpt(&body),
                 retry_after,
             }),
         }
     }
+}
+
+/// The start of an answer's body, on one line: what a proxy or gateway said instead.
+fn body_excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    let mut excerpt: String = text.chars().take(300).collect();
+    if excerpt.len() < text.len() {
+        excerpt.push('…');
+    }
+    excerpt
 }
 
 /// reqwest's errors hide the useful part (connection refused, certificate unknown) in sources.

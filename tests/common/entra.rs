@@ -41,6 +41,9 @@ pub struct App {
     pub user: String,
     /// Microsoft Graph's Mail.Send was not granted (tokens for Graph carry no such role).
     pub graph_mail_send_denied: bool,
+    /// Tokens carry no `roles`/`scp` claims (as a non-Microsoft provider may issue them);
+    /// the resource still knows what they allow.
+    pub permissions_unclaimed: bool,
 }
 
 /// A scripted failure for the next token request.
@@ -468,8 +471,11 @@ fn issue(state: &mut EntraState, app: &App, scope: &str, delegated: bool) -> Res
         (false, false) => vec!["SMTP.SendAsApp".into()],
     };
     if delegated {
-        claims["scp"] = json!(permissions.join(" "));
         claims["upn"] = json!(app.user);
+    }
+    if app.permissions_unclaimed {
+    } else if delegated {
+        claims["scp"] = json!(permissions.join(" "));
     } else {
         claims["roles"] = json!(permissions);
     }
