@@ -252,6 +252,11 @@ impl Prepared {
             .admin_listener
             .as_ref()
             .and_then(|listener| listener.local_addr().ok());
+        // Said before the SMTP listeners' lines (they come from the server's task): a
+        // reader of the log knows both addresses once it sees "listening".
+        if let Some(address) = admin_address {
+            tracing::info!(%address, "admin HTTP listening");
+        }
         let outbound = process.shutdown.child_token();
         let mut outbound_tasks = Vec::new();
         let tokens = start_token_manager(&config, &outbound, previous);

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::tokens::{SECRET, account, tenant};
-use common::{Client, start_binary_with_logs, wait_for_log};
+use common::{Client, start_binary_with_admin, wait_for_log};
 
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,13 +42,13 @@ async fn send(address: std::net::SocketAddr, n: usize) {
     assert_eq!(code, 250, "{text}");
 }
 
-async fn health(admin: u16) -> serde_json::Value {
-    let (_, body) = common::http_get(&format!("http://127.0.0.1:{admin}/health")).await;
+async fn health(admin: std::net::SocketAddr) -> serde_json::Value {
+    let (_, body) = common::http_get(&format!("http://{admin}/health")).await;
     serde_json::from_str(&body).unwrap()
 }
 
 /// The first `/health` report that names a held mailbox.
-async fn health_with_held_mailbox(admin: u16) -> serde_json::Value {
+async fn health_with_held_mailbox(admin: std::net::SocketAddr) -> serde_json::Value {
     let deadline = Instant::now() + common::TIMEOUT;
     loop {
         let report = health(admin).await;
@@ -68,14 +68,13 @@ async fn a_spent_daily_budget_holds_mail_across_reload_stop_and_restart() {
     let (entra, exchange) = tenant().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-    let admin = common::free_port();
     let config = dir.path().join("smtprelay.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\nshutdown_timeout = \"{}s\"\n\
              [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\n{}{}daily_recipients = 2\n",
+             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{}{}daily_recipients = 2\n",
             SHUTDOWN_TIMEOUT.as_secs(),
             account(&entra, "contoso", "app-secret", "client_credentials", "client_secret_file = \"secret\""),
             exchange.upstream_table(dir.path()),
@@ -85,7 +84,8 @@ async fn a_spent_daily_budget_holds_mail_across_reload_stop_and_restart() {
     let key_hex = common::token_key_hex();
     let env = [("SMTPRELAY_TOKEN_KEY", key_hex.as_str())];
 
-    let (mut relay, address, logs) = start_binary_with_logs(&config, &env);
+    let (mut relay, address, admin, logs) = start_binary_with_admin(&config, &env);
+    let admin = admin.expect("the admin endpoint listens");
     for n in 0..3 {
         send(address, n).await;
     }
@@ -135,8 +135,8 @@ async fn a_spent_daily_budget_holds_mail_across_reload_stop_and_restart() {
     assert_eq!(mode(dir.path().join("state/budgets.json")), 0o600);
 
     // After a restart the day's budget is still spent: nothing more goes out.
-    let (mut relay, _, _logs) = start_binary_with_logs(&config, &env);
-    let report = health_with_held_mailbox(admin).await;
+    let (mut relay, _, admin, _logs) = start_binary_with_admin(&config, &env);
+    let report = health_with_held_mailbox(admin.expect("the admin endpoint listens")).await;
     assert_eq!(report["held_mailboxes"][0]["budget"], "daily", "{report}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(exchange.state().received.len(), 2);

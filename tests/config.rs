@@ -60,7 +60,7 @@ fn the_reference_config_uses_every_key_we_implement() {
     let problems: Vec<String> = error.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].contains(":48:1: user[scanner-3rd-floor].password_hash: not a password hash"),
+        problems[0].contains(":57:1: user[scanner-3rd-floor].password_hash: not a password hash"),
         "{problems:?}"
     );
     // The example points its readers to it.

@@ -346,14 +346,13 @@ async fn a_reload_keeps_token_counters_and_alert_memory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     std::fs::write(dir.path().join("wrong-secret"), "not-the-secret").unwrap();
-    let admin = common::free_port();
     let path = dir.path().join("smtprelay.toml");
     std::fs::write(
         &path,
         format!(
             "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n\
              [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
              [alerts]\nwebhook = {hook:?}\n{}{}{}{}",
             account(
                 &entra,
@@ -375,10 +374,11 @@ async fn a_reload_keeps_token_counters_and_alert_memory() {
     )
     .unwrap();
     let key_hex = common::token_key_hex();
-    let (mut relay, _, logs) =
-        start_binary_with_logs(&path, &[("SMTPRELAY_TOKEN_KEY", key_hex.as_str())]);
+    let (mut relay, _, admin, logs) =
+        common::start_binary_with_admin(&path, &[("SMTPRELAY_TOKEN_KEY", key_hex.as_str())]);
+    let admin = admin.expect("the admin endpoint listens");
     let metric = async |name: &str, account: &str| -> f64 {
-        let (_, body) = common::http_get(&format!("http://127.0.0.1:{admin}/metrics")).await;
+        let (_, body) = common::http_get(&format!("http://{admin}/metrics")).await;
         let wanted = format!("{name}{{account=\"{account}\"}} ");
         body.lines()
             .find_map(|line| line.strip_prefix(&wanted))

@@ -107,9 +107,6 @@ pub async fn serve(
     admin: Arc<Admin>,
     shutdown: CancellationToken,
 ) {
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "admin HTTP listening");
-    }
     let result = axum::serve(listener, router(admin))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

@@ -169,6 +169,11 @@ pub struct ListenConfig {
     pub auth: AuthMode,
     pub allow_plaintext_auth: bool,
     pub require_tls: bool,
+    /// Connections start with a PROXY protocol header (v1 or v2) naming the client: the
+    /// listener sits behind a TCP load balancer.
+    pub proxy_protocol: bool,
+    /// The load balancers: only they may connect to a `proxy_protocol` listener.
+    pub proxy_from: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -513,7 +518,24 @@ fn read_listen(s: Section) -> Option<ListenConfig> {
             .unwrap_or(AuthMode::Optional),
         allow_plaintext_auth: s.get("allow_plaintext_auth").unwrap_or(false),
         require_tls: s.get("require_tls").unwrap_or(false),
+        proxy_protocol: s.get("proxy_protocol").unwrap_or(false),
+        proxy_from: s
+            .parse_list("proxy_from", parse_network)
+            .unwrap_or_default(),
     };
+    if s.intact(&["proxy_protocol", "proxy_from"]) {
+        match (listen.proxy_protocol, listen.proxy_from.is_empty()) {
+            (true, true) => s.report(
+                "proxy_from",
+                "proxy_protocol needs proxy_from: the addresses of the load balancers that may send the header",
+            ),
+            (false, false) => s.report(
+                "proxy_from",
+                "only used with proxy_protocol = true",
+            ),
+            _ => {}
+        }
+    }
     // Checks that combine keys need each of them read: one typo, one error.
     let intact = s.intact(&["tls", "auth", "allow_plaintext_auth", "require_tls"]);
     if intact && listen.require_tls && listen.tls != ListenTls::StartTls {

@@ -77,6 +77,12 @@ pub enum SmtpError {
     TooManyConnections,
     #[error("Too many connections from your address, try again later")]
     TooManyConnectionsFromClient,
+    /// A `proxy_protocol` listener takes connections from its load balancers only.
+    #[error("Connect through the load balancer")]
+    NotFromProxy,
+    /// A `proxy_protocol` connection that did not start with a valid header.
+    #[error("Bad PROXY protocol header")]
+    BadProxyHeader,
 }
 
 impl SmtpError {
@@ -118,6 +124,8 @@ impl SmtpError {
             SmtpError::Timeout => "timeout",
             SmtpError::TooManyConnections => "too_many_connections",
             SmtpError::TooManyConnectionsFromClient => "too_many_connections_from_client",
+            SmtpError::NotFromProxy => "not_from_proxy",
+            SmtpError::BadProxyHeader => "bad_proxy_header",
         }
     }
 

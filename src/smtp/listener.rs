@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use super::error::SmtpError;
+use super::proxy::{self, Header, ProxyError, Version};
 use super::reply::Reply;
 use super::session::{Intake, Session};
 use super::stream::Stream;
@@ -166,63 +167,157 @@ async fn accept_loop(
             }
         };
         let _ = socket.set_nodelay(true);
-        let client = peer.ip().to_canonical();
-        let server = &intake.config.server;
-        let exempt = intake
-            .config
-            .access
-            .connection_limit_exempt
-            .iter()
-            .any(|net| net.contains(&client));
-        let max_per_client = (!exempt).then_some(server.max_connections_per_client);
-        let permit =
-            match intake
-                .metrics
-                .admit_session(client, server.max_connections, max_per_client)
-            {
-                Ok(permit) => permit,
-                Err(crowded) => {
-                    let (error, limit) = match crowded {
-                        Crowded::Total => (SmtpError::TooManyConnections, server.max_connections),
-                        Crowded::Client => (
-                            SmtpError::TooManyConnectionsFromClient,
-                            server.max_connections_per_client,
-                        ),
-                    };
-                    intake.metrics.refused(error.reason());
-                    tracing::warn!(%peer, limit, reason = error.reason(), "connection refused");
-                    sessions.spawn(refuse(socket, error));
-                    continue;
-                }
-            };
-        let intake = Arc::clone(&intake);
-        let listen = Arc::clone(&listen);
-        sessions.spawn(async move {
-            let _permit = permit;
-            let stream = match listen.tls {
-                ListenTls::Implicit => {
-                    let Some(acceptor) = intake.tls.clone() else {
+        if listen.proxy_protocol {
+            // Only the load balancers may speak first, and who the client is comes from them.
+            let balancer = peer.ip().to_canonical();
+            if !listen.proxy_from.iter().any(|net| net.contains(&balancer)) {
+                let error = SmtpError::NotFromProxy;
+                intake.metrics.refused(error.reason());
+                tracing::warn!(%peer, reason = error.reason(), "connection refused: not from a proxy_from address");
+                sessions.spawn(refuse(socket, error));
+                continue;
+            }
+            let intake = Arc::clone(&intake);
+            let listen = Arc::clone(&listen);
+            let tracker = sessions.clone();
+            sessions.spawn(async move {
+                let timeout = intake.config.server.command_timeout;
+                let mut socket = socket;
+                let header = tokio::time::timeout(timeout, read_proxy_header(&mut socket)).await;
+                let client = match header {
+                    Ok(Ok(Header::Proxied { source, .. })) => source,
+                    Ok(Ok(Header::Local)) => peer,
+                    Ok(Err(e)) => {
+                        let error = SmtpError::BadProxyHeader;
+                        intake.metrics.refused(error.reason());
+                        tracing::warn!(%peer, error = %e, reason = error.reason(), "connection refused");
+                        refuse(socket, error).await;
                         return;
-                    };
-                    let timeout = intake.config.server.command_timeout;
-                    match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
-                        Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
                     }
-                }
-                ListenTls::None | ListenTls::StartTls => Stream::Plain(socket),
-            };
-            Session::new(intake, listen, peer, stream).run().await;
-        });
+                    Err(_) => {
+                        tracing::info!(%peer, "no PROXY protocol header in time; closed");
+                        return;
+                    }
+                };
+                tracing::debug!(balancer = %peer, %client, "PROXY protocol header");
+                admit(intake, listen, socket, client, &tracker).await;
+            });
+            continue;
+        }
+        admit(
+            Arc::clone(&intake),
+            Arc::clone(&listen),
+            socket,
+            peer,
+            &sessions,
+        )
+        .await;
     }
 }
 
+/// Admits a connection from `peer` (the client: from a PROXY header behind a balancer)
+/// within the connection limits and runs its session, or refuses it.
+async fn admit(
+    intake: Arc<Intake>,
+    listen: Arc<ListenConfig>,
+    socket: TcpStream,
+    peer: std::net::SocketAddr,
+    sessions: &TaskTracker,
+) {
+    let client = peer.ip().to_canonical();
+    let server = &intake.config.server;
+    let exempt = intake
+        .config
+        .access
+        .connection_limit_exempt
+        .iter()
+        .any(|net| net.contains(&client));
+    let max_per_client = (!exempt).then_some(server.max_connections_per_client);
+    let permit = match intake
+        .metrics
+        .admit_session(client, server.max_connections, max_per_client)
+    {
+        Ok(permit) => permit,
+        Err(crowded) => {
+            let (error, limit) = match crowded {
+                Crowded::Total => (SmtpError::TooManyConnections, server.max_connections),
+                Crowded::Client => (
+                    SmtpError::TooManyConnectionsFromClient,
+                    server.max_connections_per_client,
+                ),
+            };
+            intake.metrics.refused(error.reason());
+            tracing::warn!(%peer, limit, reason = error.reason(), "connection refused");
+            sessions.spawn(refuse(socket, error));
+            return;
+        }
+    };
+    sessions.spawn(async move {
+        let _permit = permit;
+        let stream = match listen.tls {
+            ListenTls::Implicit => {
+                let Some(acceptor) = intake.tls.clone() else {
+                    return;
+                };
+                let timeout = intake.config.server.command_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                    Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+            ListenTls::None | ListenTls::StartTls => Stream::Plain(socket),
+        };
+        Session::new(intake, listen, peer, stream).run().await;
+    });
+}
+
+/// Reads exactly the PROXY protocol header (v1 or v2) at the start of the connection, so the
+/// session's bytes stay in the socket.
+async fn read_proxy_header(socket: &mut TcpStream) -> Result<Header, ProxyError> {
+    use tokio::io::AsyncReadExt;
+    let lost = |_| ProxyError::Missing;
+    let mut start = [0u8; 5];
+    socket.read_exact(&mut start).await.map_err(lost)?;
+    match proxy::version(&start)? {
+        Version::V1 => {
+            // One line, at most 107 bytes: read a byte at a time so nothing past it is taken.
+            let mut line = start.to_vec();
+            while !line.ends_with(b"\r\n") {
+                if line.len() >= proxy::V1_MAX {
+                    return Err(ProxyError::V1("longer than 107 bytes"));
+                }
+                line.push(socket.read_u8().await.map_err(lost)?);
+            }
+            proxy::parse_v1(&line)
+        }
+        Version::V2 => {
+            let mut prefix = [0u8; 16];
+            prefix[..5].copy_from_slice(&start);
+            socket.read_exact(&mut prefix[5..]).await.map_err(lost)?;
+            let mut body = vec![0u8; proxy::v2_body_len(&prefix)?];
+            socket.read_exact(&mut body).await.map_err(lost)?;
+            proxy::parse_v2(&prefix, &body)
+        }
+    }
+}
+
+/// Answers with the refusal and closes. The close lingers: what the client already sent is
+/// read and dropped for a moment, since closing with unread input resets the connection and
+/// the client could lose the reply.
 async fn refuse(mut socket: TcpStream, error: SmtpError) {
+    use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     Reply::from(&error).write_to(&mut out);
-    let _ = tokio::time::timeout(Duration::from_secs(5), socket.write_all(&out)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        socket.write_all(&out).await?;
+        socket.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while socket.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod line;
 pub mod listener;
 pub mod policy;
+pub mod proxy;
 pub mod reply;
 pub mod sasl;
 pub mod session;

@@ -105,6 +105,8 @@ impl From<&SmtpError> for Reply {
             TooManyErrors => (421, "4.7.0"),
             Timeout => (421, "4.4.2"),
             TooManyConnections | TooManyConnectionsFromClient => (421, "4.7.0"),
+            NotFromProxy => (554, "5.7.1"),
+            BadProxyHeader => (421, "4.7.0"),
         };
         Reply::new(code, status, error.to_string())
     }

@@ -264,7 +264,18 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        Client::over(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    /// Connects to `addr` from `from` (any loopback address: 127.0.0.2 is a different client).
+    pub async fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        Client::over(socket.connect(addr).await.unwrap()).await
+    }
+
+    /// A client on a connection already made; reads the greeting.
+    pub async fn over(tcp: TcpStream) -> Client {
         let mut client = Client {
             stream: Some(ClientStream::Plain(tcp)),
             buffer: Vec::new(),
@@ -446,6 +457,21 @@ pub fn start_binary_with_logs(
     SocketAddr,
     std::sync::mpsc::Receiver<serde_json::Value>,
 ) {
+    let (child, address, _admin, logs) = start_binary_with_admin(config, env);
+    (child, address, logs)
+}
+
+/// Like [`start_binary_with_logs`], and the admin endpoint's address when it listens (its
+/// configuration says port 0, like every listener in the tests: the log line tells the port).
+pub fn start_binary_with_admin(
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    SocketAddr,
+    Option<SocketAddr>,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
     use std::io::BufRead;
     occupy_default_admin_port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
@@ -458,12 +484,16 @@ pub fn start_binary_with_logs(
         .unwrap();
     // The JSON log line {"message":"listening","address":"127.0.0.1:NNNN",…} gives the port.
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut admin = None;
     let address = loop {
         let line = lines
             .next()
             .expect("relay exited before listening")
             .unwrap();
         let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["message"] == "admin HTTP listening" {
+            admin = event["address"].as_str().and_then(|a| a.parse().ok());
+        }
         if event["message"] == "listening" {
             break event["address"].as_str().unwrap().parse().unwrap();
         }
@@ -477,7 +507,7 @@ pub fn start_binary_with_logs(
             }
         }
     });
-    (child, address, rx)
+    (child, address, admin, rx)
 }
 
 /// CI machines may run another relay on the default admin address, 127.0.0.1:8025: the port
