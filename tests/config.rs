@@ -302,3 +302,25 @@ fn an_admin_endpoint_off_loopback_needs_a_bearer_token() {
         "{stderr}"
     );
 }
+
+/// Under systemd the service reads the token key as its credential (the file is root's):
+/// check-config, run by the unit as the service user, must not call that a problem.
+#[test]
+fn a_token_key_supplied_as_a_credential_need_not_be_readable_as_a_file() {
+    let (dir, path) = write(
+        "[[listen]]\naddress = \"127.0.0.1:2525\"\nauth = \"none\"\n[tokens]\nkey_file = \"token.key\"\n",
+    );
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("token-key"), "00".repeat(32)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 78);
+    assert!(stderr.contains("tokens.key_file: "), "{stderr}");
+}

@@ -5,7 +5,7 @@ use super::output::{errln, outln};
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{Config, InputFile, Problem};
+use crate::config::{Config, InputFile, InputKind, Problem};
 
 /// The account the packaged unit runs the relay as (`User=` in smtprelay.service).
 pub const SERVICE_USER: &str = "smtprelay";
@@ -55,15 +55,20 @@ pub fn run(path: &Path, service_user: &str) -> Result<ExitCode, ExitCode> {
 }
 
 fn file_problems(path: &Path, reader: &Reader, inputs: &[InputFile]) -> Vec<Problem> {
+    // Under systemd the service gets the key as a credential (or from the environment):
+    // then the file itself is root's, and rightly unreadable to the service user.
+    let key_elsewhere = crate::oauth::TokenKey::supplied_elsewhere().is_some();
     inputs
         .iter()
+        .filter(|input| !(input.kind == InputKind::TokenKey && key_elsewhere))
         .filter_map(|input| {
             let why = reader.can_read(&input.path).err()?;
             let missing = !input.path.exists();
-            let hint = match input.made_by {
-                Some(command) if missing => {
-                    format!("; create it with `{command} {}`", input.path.display())
-                }
+            let hint = match input.kind {
+                InputKind::TokenKey if missing => format!(
+                    "; create it with `smtprelay token keygen --to {}`",
+                    input.path.display()
+                ),
                 _ => String::new(),
             };
             Some(Problem {

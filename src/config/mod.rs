@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use reader::InputFile;
 pub use reader::Problem;
+pub use reader::{InputFile, InputKind};
 use reader::{Section, Source};
 use values::{AddressGlob, Rate, parse_duration, parse_network, parse_size};
 
@@ -832,7 +832,7 @@ fn read_tokens(section: Option<Section>) -> TokensConfig {
             .and_then(|s| s.get::<String>("file"))
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("tokens.json.enc")),
-        key_file: s.and_then(|s| s.made_input_file("key_file", "smtprelay token keygen --to")),
+        key_file: s.and_then(|s| s.input_file_of("key_file", InputKind::TokenKey)),
         refresh_before: s
             .and_then(|s| s.parse("refresh_before", parse_duration))
             .unwrap_or(Duration::from_secs(300)),

@@ -46,8 +46,16 @@ pub struct InputFile {
     pub line: usize,
     pub column: usize,
     pub path: PathBuf,
-    /// How to make it when it is missing, e.g. `smtprelay token keygen`.
-    pub made_by: Option<&'static str>,
+    pub kind: InputKind,
+}
+
+/// What a named file is, where that changes how it is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    File,
+    /// The token store key: `smtprelay token keygen` makes it, and the service may get it
+    /// as a systemd credential or from the environment instead of reading the file.
+    TokenKey,
 }
 
 /// The text of one configuration file and the problems found in it so far.
@@ -311,32 +319,32 @@ impl<'a> Section<'a> {
     /// Reads a path to a file the relay will read (see [`InputFile`]).
     pub fn input_file(&self, key: &str) -> Option<PathBuf> {
         let path = self.path(key)?;
-        self.note_input(key, &path, None);
+        self.note_input(key, &path, InputKind::File);
         Some(path)
     }
 
-    /// [`Self::input_file`] for a file a command makes (named in the error when it is missing).
-    pub fn made_input_file(&self, key: &str, made_by: &'static str) -> Option<PathBuf> {
+    /// [`Self::input_file`] for a file of a particular kind.
+    pub fn input_file_of(&self, key: &str, kind: InputKind) -> Option<PathBuf> {
         let path = self.path(key)?;
-        self.note_input(key, &path, Some(made_by));
+        self.note_input(key, &path, kind);
         Some(path)
     }
 
     /// [`Self::optional_path`] for a file the relay will read.
     pub fn optional_input_file(&self, key: &str) -> Option<PathBuf> {
         let path = self.optional_path(key)?;
-        self.note_input(key, &path, None);
+        self.note_input(key, &path, InputKind::File);
         Some(path)
     }
 
     /// [`Self::require_path`] for a file the relay will read.
     pub fn require_input_file(&self, key: &str) -> Option<PathBuf> {
         let path = self.require_path(key)?;
-        self.note_input(key, &path, None);
+        self.note_input(key, &path, InputKind::File);
         Some(path)
     }
 
-    fn note_input(&self, key: &str, path: &Path, made_by: Option<&'static str>) {
+    fn note_input(&self, key: &str, path: &Path, kind: InputKind) {
         let (line, column) = self
             .span_of(key)
             .map_or((0, 0), |span| self.source.line_column(span.start));
@@ -345,7 +353,7 @@ impl<'a> Section<'a> {
             line,
             column,
             path: path.to_owned(),
-            made_by,
+            kind,
         });
     }
 

@@ -77,6 +77,19 @@ impl TokenKey {
     }
 
     /// Finds the key as described in the module documentation.
+    /// Where the key comes from when it is not read from `key_file`: the environment or
+    /// the systemd credential (which take precedence, as [`TokenKey::load`] reads them).
+    pub fn supplied_elsewhere() -> Option<String> {
+        if std::env::var_os(KEY_ENV).is_some() {
+            return Some(format!("${KEY_ENV}"));
+        }
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+        Path::new(&dir)
+            .join(CREDENTIAL_NAME)
+            .exists()
+            .then(|| format!("the systemd credential {CREDENTIAL_NAME}"))
+    }
+
     pub fn load(key_file: Option<&Path>) -> Result<TokenKey, KeyError> {
         TokenKey::load_with(key_file, |name| std::env::var(name).ok())
     }
