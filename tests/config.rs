@@ -323,4 +323,12 @@ fn a_token_key_supplied_as_a_credential_need_not_be_readable_as_a_file() {
     let (code, _, stderr) = check_config(&path);
     assert_eq!(code, 78);
     assert!(stderr.contains("tokens.key_file: "), "{stderr}");
+    // ExecReload= does not see the credential under ProtectSystem= (systemd#35227): the
+    // packaged unit says where the key comes from instead.
+    let output = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .args(["check-config", "--token-key-from-credential", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
 }

@@ -49,7 +49,7 @@ fn the_unit_is_hardened() {
         "NoNewPrivileges=yes",
         "SystemCallFilter=@system-service",
         "MemoryDenyWriteExecute=yes",
-        "ExecReload=/usr/bin/smtprelay check-config --config /etc/smtprelay/smtprelay.toml",
+        "ExecReload=/usr/bin/smtprelay check-config --token-key-from-credential --config /etc/smtprelay/smtprelay.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "LoadCredential=token-key:/etc/smtprelay/token.key",
     ] {

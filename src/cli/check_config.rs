@@ -10,22 +10,29 @@ use crate::config::{Config, InputFile, InputKind, Problem};
 /// The account the packaged unit runs the relay as (`User=` in smtprelay.service).
 pub const SERVICE_USER: &str = "smtprelay";
 
-pub fn run(path: &Path, service_user: &str) -> Result<ExitCode, ExitCode> {
+pub fn run(
+    path: &Path,
+    service_user: &str,
+    token_key_from_credential: bool,
+) -> Result<ExitCode, ExitCode> {
     let reader = Reader::service_user(service_user);
+    // Under systemd the service gets the key as a credential (or from the environment):
+    // then the file itself is root's, and rightly unreadable to the service user.
+    let key_elsewhere =
+        token_key_from_credential || crate::oauth::TokenKey::supplied_elsewhere().is_some();
+    let file_problems = |inputs: &[InputFile]| file_problems(path, &reader, inputs, key_elsewhere);
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(mut error) => {
             // One pass: the files named so far are checked with the rest.
-            error
-                .problems
-                .extend(file_problems(path, &reader, &error.input_files));
+            error.problems.extend(file_problems(&error.input_files));
             error.problems.sort_by_key(|p| (p.line, p.column));
             return Err(super::report_config_error(&error));
         }
     };
-    let file_problems = file_problems(path, &reader, &config.input_files);
-    let mut problems = file_problems.len();
-    for problem in &file_problems {
+    let found = file_problems(&config.input_files);
+    let mut problems = found.len();
+    for problem in &found {
         errln!("error: {problem}");
     }
     // The certificate and key must also belong together (only worth trying once readable).
@@ -54,10 +61,12 @@ pub fn run(path: &Path, service_user: &str) -> Result<ExitCode, ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn file_problems(path: &Path, reader: &Reader, inputs: &[InputFile]) -> Vec<Problem> {
-    // Under systemd the service gets the key as a credential (or from the environment):
-    // then the file itself is root's, and rightly unreadable to the service user.
-    let key_elsewhere = crate::oauth::TokenKey::supplied_elsewhere().is_some();
+fn file_problems(
+    path: &Path,
+    reader: &Reader,
+    inputs: &[InputFile],
+    key_elsewhere: bool,
+) -> Vec<Problem> {
     inputs
         .iter()
         .filter(|input| !(input.kind == InputKind::TokenKey && key_elsewhere))

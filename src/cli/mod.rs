@@ -55,6 +55,10 @@ enum Command {
         /// The user the relay runs as (checked when run as root).
         #[arg(long, value_name = "USER", default_value = check_config::SERVICE_USER)]
         service_user: String,
+        /// The service gets the token store key as the systemd credential `token-key` (as
+        /// the packaged unit does): [tokens] key_file is not checked.
+        #[arg(long)]
+        token_key_from_credential: bool,
     },
     /// Summarise the running relay: health, accounts and tokens, budgets, queue, alerts,
     /// recent deliveries (what the status page at the admin endpoint shows).
@@ -137,7 +141,10 @@ pub fn run() -> ExitCode {
     let path = cli.config.as_path();
     let result = match cli.command {
         Command::Serve => load(path).and_then(serve::run),
-        Command::CheckConfig { service_user } => check_config::run(path, &service_user),
+        Command::CheckConfig {
+            service_user,
+            token_key_from_credential,
+        } => check_config::run(path, &service_user, token_key_from_credential),
         Command::Status { url } => load(path).and_then(|c| status::run(&c, url)),
         Command::Queue {
             command: QueueCommand::List { json },
