@@ -16,6 +16,12 @@ pub fn unix_secs() -> u64 {
     unix_ms() / 1000
 }
 
+/// A Unix time in seconds as RFC 3339 (UTC, whole seconds): how `/health`, the status page
+/// and the CLI write times for people.
+pub fn rfc3339(unix_secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
+}
+
 /// The instant at which a Unix time in milliseconds falls (clamped to the start of the
 /// monotonic clock when it lies further back).
 pub fn instant_at_unix_ms(at_ms: u64) -> Instant {

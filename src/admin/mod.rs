@@ -174,6 +174,17 @@ pub enum Status {
     Unhealthy,
 }
 
+impl Status {
+    /// As `/health` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Degraded => "degraded",
+            Status::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 /// How the relay is doing, as `/health` answers and the status page heads with. Only facts
 /// that hold until something changes count: the same state gives the same answer poll after
 /// poll.

@@ -5,8 +5,8 @@
 
 use std::fmt::Write;
 
-use super::Status;
-use super::status::{StatusReport, duration_words, time_words};
+use super::status::{StatusReport, duration_words};
+use crate::clock::rfc3339;
 use crate::metrics::activity::Minute;
 
 pub const REFRESH_SECS: u64 = 10;
@@ -51,7 +51,7 @@ tick();setInterval(tick,1000);
 
 pub fn render(report: &StatusReport) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    let status = status_name(report.status);
+    let status = report.status.name();
     let _ = write!(
         out,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -63,7 +63,7 @@ pub fn render(report: &StatusReport) -> String {
          refreshes every {REFRESH_SECS} s</p>",
         host = escape(&report.hostname),
         version = report.version,
-        at = time_words(report.generated_at),
+        at = rfc3339(report.generated_at),
     );
     out.push_str("<ul id=\"reasons\">");
     for reason in &report.reasons {
@@ -83,14 +83,6 @@ pub fn render(report: &StatusReport) -> String {
     deliveries(&mut out, report);
     let _ = write!(out, "<script>{SCRIPT}</script></body></html>");
     out
-}
-
-fn status_name(status: Status) -> &'static str {
-    match status {
-        Status::Healthy => "healthy",
-        Status::Degraded => "degraded",
-        Status::Unhealthy => "unhealthy",
-    }
 }
 
 fn accounts(out: &mut String, report: &StatusReport) {
@@ -121,7 +113,7 @@ fn accounts(out: &mut String, report: &StatusReport) {
             a.transport,
             a.flow,
             a.token,
-            a.next_refresh_at.map_or(String::new(), time_words),
+            a.next_refresh_at.map_or(String::new(), rfc3339),
             name = escape(&a.name),
             mailbox = escape(&a.mailbox),
         );
@@ -146,7 +138,7 @@ fn budgets(out: &mut String, report: &StatusReport) {
             b.rate,
             b.recipients_today,
             b.daily_limit,
-            b.next_send_at.map_or("now".to_owned(), time_words),
+            b.next_send_at.map_or("now".to_owned(), rfc3339),
             mailbox = escape(&b.mailbox),
         );
     }
@@ -175,7 +167,7 @@ fn pauses(out: &mut String, report: &StatusReport) {
             } else {
                 ""
             },
-            time_words(p.until),
+            rfc3339(p.until),
             p.messages,
             mailbox = escape(&p.mailbox),
         );
@@ -247,7 +239,7 @@ fn deliveries(out: &mut String, report: &StatusReport) {
             out,
             "<tr data-queue-id=\"{id}\"><td>{}</td><td>{id}</td><td>{}</td><td>{}</td>\
              <td class=\"num\">{}</td><td class=\"result {result}\">{result}</td><td class=\"reply\">{}</td></tr>",
-            time_words(d.at),
+            rfc3339(d.at),
             escape(&d.account),
             escape(if d.sender.is_empty() { "<>" } else { &d.sender }),
             d.recipients,
@@ -301,7 +293,7 @@ pub fn chart(minutes: &[Minute]) -> String {
                 HEIGHT - height,
                 BAR / 3,
                 minute.start,
-                time_words(minute.start),
+                rfc3339(minute.start),
             );
         }
         svg.push_str("</g>");

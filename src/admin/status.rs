@@ -10,6 +10,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::{Admin, HealthReport, Status};
+use crate::clock::rfc3339;
 use crate::delivery::budget::Limits;
 use crate::delivery::schedule::Census;
 use crate::delivery::status::HeldMailbox;
@@ -188,28 +189,20 @@ pub fn duration_words(seconds: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
 }
 
-/// A Unix time as RFC 3339 (UTC, seconds).
-pub fn time_words(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(
-        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(unix),
-    )
-    .to_string()
-}
-
 /// The report for a terminal (`smtprelay status`).
 pub fn text(report: &StatusReport) -> String {
     let mut out = String::new();
+    // Shouted when it needs a look, as a terminal has no colours to spare.
     let status = match report.status {
-        Status::Healthy => "healthy",
-        Status::Degraded => "DEGRADED",
-        Status::Unhealthy => "UNHEALTHY",
+        Status::Healthy => Status::Healthy.name().to_owned(),
+        other => other.name().to_uppercase(),
     };
     let _ = writeln!(
         out,
         "smtprelay {} on {}: {status} (at {})",
         report.version,
         report.hostname,
-        time_words(report.generated_at)
+        rfc3339(report.generated_at)
     );
     for reason in &report.reasons {
         let _ = writeln!(out, "  - {reason}");
@@ -239,7 +232,7 @@ pub fn text(report: &StatusReport) -> String {
     if !report.budgets.is_empty() {
         let _ = writeln!(out, "\nBudgets");
         for b in &report.budgets {
-            let next = b.next_send_at.map_or("now".to_owned(), time_words);
+            let next = b.next_send_at.map_or("now".to_owned(), rfc3339);
             let _ = writeln!(
                 out,
                 "  {:<32} {}/{} in the rate window ({}), {}/{} recipients today; next send {next}",
@@ -292,7 +285,7 @@ pub fn text(report: &StatusReport) -> String {
         let _ = writeln!(
             out,
             "  {} {} {:<9} {} <{}> ({} rcpt): {}",
-            time_words(d.at),
+            rfc3339(d.at),
             d.queue_id,
             d.result.name(),
             d.account,

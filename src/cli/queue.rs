@@ -40,7 +40,7 @@ fn why_waiting(state: &DeliveryState, now_ms: u64) -> String {
         return "held by an admin (smtprelay queue release)".to_owned();
     }
     if state.next_attempt_ms > now_ms {
-        let at = crate::admin::status::time_words(state.next_attempt_ms / 1000);
+        let at = crate::clock::rfc3339(state.next_attempt_ms / 1000);
         return match last {
             Some(error) => format!("deferred until {at}: {error}"),
             None => format!("deferred until {at}"),
@@ -269,7 +269,7 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
     if let Some(at) = summary.next_attempt_at {
         outln!(
             "next try:    {} (in {})",
-            crate::admin::status::time_words(at),
+            crate::clock::rfc3339(at),
             format_age(Duration::from_secs(at.saturating_sub(now_ms / 1000)))
         );
     }

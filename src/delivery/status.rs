@@ -2,7 +2,7 @@
 //! it lives for the process, so `/health` reads it across reloads.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -54,13 +54,12 @@ impl HeldMailbox {
 
     /// One line for `/health`.
     pub fn describe(&self) -> String {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(self.until);
         format!(
             "account {}: mailbox {}: {}; sending resumes at {} ({} message(s) wait)",
             self.account,
             self.mailbox,
             self.reason,
-            humantime::format_rfc3339_seconds(at),
+            crate::clock::rfc3339(self.until),
             self.messages
         )
     }
@@ -84,13 +83,9 @@ impl FallbackInUse {
         format!(
             "account {}: sending through Microsoft Graph since {} ({}); SMTP is tried again at {}",
             self.account,
-            humantime::format_rfc3339_seconds(
-                SystemTime::UNIX_EPOCH + Duration::from_secs(self.since)
-            ),
+            crate::clock::rfc3339(self.since),
             self.reason,
-            humantime::format_rfc3339_seconds(
-                SystemTime::UNIX_EPOCH + Duration::from_secs(self.retry_smtp_at)
-            ),
+            crate::clock::rfc3339(self.retry_smtp_at),
         )
     }
 }

@@ -74,9 +74,7 @@ impl Deferring {
         format!(
             "account {}: deliveries defer since {} ({} deferral(s), none delivered since; last: {})",
             self.account,
-            humantime::format_rfc3339_seconds(
-                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.since)
-            ),
+            crate::clock::rfc3339(self.since),
             self.deferrals,
             self.last_reply.as_deref().unwrap_or("no reply")
         )
