@@ -27,7 +27,15 @@ use crate::smtp::session::Intake;
 pub struct Process {
     pub spool: Arc<Spool>,
     pub metrics: Arc<Metrics>,
-    pub budget: Arc<LocalBudget>,
+    /// Where sends and connections are counted: this process's saved budgets, or with
+    /// `[cluster]` Redis for all nodes.
+    pub budget: Arc<dyn crate::delivery::Budget>,
+    /// The budgets saved under `state_dir` (without `[cluster]`), written out at shutdown.
+    saved_budget: Option<Arc<LocalBudget>>,
+    /// With `[cluster]`: this node's view of the cluster (heartbeats, Redis's health).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The `[cluster]` it started with: a change takes effect at the next restart.
+    pub cluster_config: Option<crate::config::ClusterConfig>,
     pub delivery_status: Arc<DeliveryStatus>,
     pub alerts: crate::admin::alerts::AlertMemory,
     /// Cancelled to stop the relay: everything drains.
@@ -53,10 +61,26 @@ impl Process {
             moved_to_corrupt = recovery.moved_to_corrupt,
             "spool opened"
         );
+        let (budget, saved_budget, cluster): (Arc<dyn crate::delivery::Budget>, _, _) =
+            match &config.cluster {
+                Some(cluster) => {
+                    let cluster = Arc::new(crate::cluster::Cluster::start(cluster)?);
+                    tracing::info!(node = %cluster.report().node, redis = %cluster.report().redis,
+                        "cluster: budgets and connection limits are shared through Redis");
+                    (Arc::clone(&cluster) as _, None, Some(cluster))
+                }
+                None => {
+                    let saved = open_budget(state_dir);
+                    (Arc::clone(&saved) as _, Some(saved), None)
+                }
+            };
         Ok(Process {
             spool,
             metrics: Arc::new(Metrics::default()),
-            budget: open_budget(state_dir),
+            budget,
+            saved_budget,
+            cluster,
+            cluster_config: config.cluster.clone(),
             delivery_status: Arc::default(),
             alerts: Arc::default(),
             shutdown: CancellationToken::new(),
@@ -68,8 +92,15 @@ impl Process {
         Outbound {
             spool: Arc::clone(&self.spool),
             metrics: Arc::clone(&self.metrics),
-            budget: Arc::clone(&self.budget) as Arc<dyn crate::delivery::Budget>,
+            budget: Arc::clone(&self.budget),
             status: Arc::clone(&self.delivery_status),
+        }
+    }
+
+    /// Waits until the saved budgets hold every send so far (at shutdown).
+    pub async fn flush_budgets(&self) {
+        if let Some(saved) = &self.saved_budget {
+            saved.flush().await;
         }
     }
 }
@@ -279,7 +310,8 @@ impl Prepared {
                 tokens: manager.clone(),
                 metrics: Arc::clone(&process.metrics),
                 delivery: Arc::clone(&process.delivery_status),
-                budget: Arc::clone(&process.budget) as Arc<dyn crate::delivery::Budget>,
+                budget: Arc::clone(&process.budget),
+                cluster: process.cluster.clone(),
             });
             tokio::spawn(crate::admin::serve(listener, admin, outbound.clone()))
         });

@@ -38,6 +38,8 @@ pub struct Admin {
     pub delivery: Arc<crate::delivery::DeliveryStatus>,
     /// The sending budgets, read for the status page.
     pub budget: Arc<dyn crate::delivery::Budget>,
+    /// With `[cluster]`: Redis's health and the nodes.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -129,6 +131,9 @@ pub struct HealthReport {
     pub graph_fallbacks: Vec<crate::delivery::status::FallbackInUse>,
     pub queue: QueueReport,
     pub last_delivery: Option<metrics::LastDelivery>,
+    /// With `[cluster]`: Redis's health, how budgets are counted, the live nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterReport>,
 }
 
 #[derive(Serialize)]
@@ -240,6 +245,8 @@ pub async fn assess(admin: &Admin) -> HealthReport {
     // Mail flows, but not the way the admin set up: worth knowing, and fixing.
     let graph_fallbacks = admin.delivery.fallbacks();
     degraded.extend(graph_fallbacks.iter().map(|f| f.describe()));
+    let cluster = admin.cluster.as_ref().map(|c| c.report());
+    degraded.extend(cluster.as_ref().and_then(|c| c.problem()));
     if let Some(age) = queue.oldest_age_seconds
         && age > OLD_MAIL.as_secs()
     {
@@ -265,6 +272,7 @@ pub async fn assess(admin: &Admin) -> HealthReport {
         graph_fallbacks,
         queue,
         last_delivery: admin.metrics.last_delivery(),
+        cluster,
     }
 }
 
@@ -304,6 +312,41 @@ async fn ready() -> &'static str {
     "ready\n"
 }
 
+fn cluster_metrics(out: &mut String, report: &crate::cluster::ClusterReport) {
+    use crate::metrics::{counter, gauge};
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    gauge(
+        out,
+        "smtprelay_cluster_redis_up",
+        "whether Redis answers this node",
+        flag(report.reachable),
+    );
+    gauge(
+        out,
+        "smtprelay_cluster_budgets_shared",
+        "1 while budgets are counted in Redis for all nodes; 0 on this node's share or paused",
+        flag(report.mode == crate::cluster::Mode::Shared),
+    );
+    gauge(
+        out,
+        "smtprelay_cluster_nodes",
+        "nodes whose heartbeat Redis has seen within 5 s",
+        report.nodes.len() as f64,
+    );
+    counter(
+        out,
+        "smtprelay_cluster_redis_calls_total",
+        "round trips to Redis (scripts and releases)",
+        report.redis_calls,
+    );
+    counter(
+        out,
+        "smtprelay_cluster_redis_failures_total",
+        "Redis calls that failed or went unanswered",
+        report.redis_failures,
+    );
+}
+
 /// A per-account metric read from the token manager's status: name, type, help, value.
 type Family = (
     &'static str,
@@ -329,6 +372,9 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         "age of the oldest queued message",
         queue.oldest_age_seconds.unwrap_or(0) as f64,
     );
+    if let Some(cluster) = &admin.cluster {
+        cluster_metrics(&mut out, &cluster.report());
+    }
     let accounts = statuses(&admin);
     let families: [Family; 5] = [
         (

@@ -73,6 +73,7 @@ pub fn render(report: &StatusReport) -> String {
     accounts(&mut out, report);
     budgets(&mut out, report);
     pauses(&mut out, report);
+    cluster(&mut out, report);
     queue(&mut out, report);
     alerts(&mut out, report);
     let _ = write!(
@@ -170,6 +171,38 @@ fn pauses(out: &mut String, report: &StatusReport) {
             rfc3339(p.until),
             p.messages,
             mailbox = escape(&p.mailbox),
+        );
+    }
+    out.push_str("</table>");
+}
+
+fn cluster(out: &mut String, report: &StatusReport) {
+    let Some(cluster) = &report.cluster else {
+        return;
+    };
+    let _ = write!(
+        out,
+        "<h2>Cluster</h2><p id=\"cluster\" data-mode=\"{mode:?}\">Node <b>{}</b>, Redis at {} \
+         ({}); budgets {}.</p><table id=\"nodes\"><tr><th>Node</th><th>Version</th>\
+         <th>Up since</th><th>Last heartbeat</th></tr>",
+        escape(&cluster.node),
+        escape(&cluster.redis),
+        if cluster.reachable {
+            "answering"
+        } else {
+            "<b>unreachable</b>"
+        },
+        escape(&cluster.mode_words()),
+        mode = cluster.mode,
+    );
+    for node in &cluster.nodes {
+        let _ = write!(
+            out,
+            "<tr data-node=\"{name}\"><td>{name}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&node.version),
+            rfc3339(node.started_at),
+            rfc3339(node.last_seen_ms / 1000),
+            name = escape(&node.name),
         );
     }
     out.push_str("</table>");

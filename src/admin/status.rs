@@ -34,6 +34,8 @@ pub struct StatusReport {
     pub alerts: Vec<FiringAlert>,
     /// Per minute, oldest first.
     pub last_hour: Vec<Minute>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterReport>,
 }
 
 #[derive(Serialize)]
@@ -120,6 +122,7 @@ pub async fn report(admin: &Admin, health: HealthReport) -> StatusReport {
         accounts,
         budgets,
         pauses: health.held_mailboxes,
+        cluster: health.cluster,
         queue: QueueView {
             depth: health.queue.depth,
             oldest_age_seconds: health.queue.oldest_age_seconds,
@@ -237,6 +240,30 @@ pub fn text(report: &StatusReport) -> String {
                 out,
                 "  {:<32} {}/{} in the rate window ({}), {}/{} recipients today; next send {next}",
                 b.mailbox, b.sent, b.rate_limit, b.rate, b.recipients_today, b.daily_limit
+            );
+        }
+    }
+    if let Some(cluster) = &report.cluster {
+        let _ = writeln!(
+            out,
+            "\nCluster: node {} with Redis at {} ({}); budgets {}",
+            cluster.node,
+            cluster.redis,
+            if cluster.reachable {
+                "answering"
+            } else {
+                "UNREACHABLE"
+            },
+            cluster.mode_words()
+        );
+        for node in &cluster.nodes {
+            let _ = writeln!(
+                out,
+                "  {:<24} {} up since {}, last heartbeat {}",
+                node.name,
+                node.version,
+                rfc3339(node.started_at),
+                rfc3339(node.last_seen_ms / 1000)
             );
         }
     }

@@ -122,6 +122,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                 };
                 path = config.path.clone();
                 let log = config.log.clone();
+                let cluster_changed = config.cluster != process.cluster_config;
                 let next = match prepare(&process, Arc::new(config), &mut sockets).await {
                     Ok(next) => next,
                     Err(e) => {
@@ -139,6 +140,9 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                 if log.format != log_format {
                     tracing::warn!("[log] format changes take effect at the next restart");
                 }
+                if cluster_changed {
+                    tracing::warn!("[cluster] changes take effect at the next restart");
+                }
             }
         }
         // After a reload, applied or refused: either way the relay runs.
@@ -153,7 +157,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     for server in retired {
         let _ = server.await;
     }
-    process.budget.flush().await;
+    process.flush_budgets().await;
     tracing::info!(queued = process.spool.len(), "stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -56,6 +56,25 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub alerts: AlertsConfig,
+    /// `[cluster]`: several nodes share budgets and connection limits through Redis.
+    pub cluster: Option<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://`, with an ACL user and password if the server wants them.
+    pub redis_url: url::Url,
+    /// Extra CA for a `rediss://` server whose certificate the system does not trust.
+    pub ca_file: Option<PathBuf>,
+    /// A file holding the password (instead of putting it in the URL).
+    pub password_file: Option<PathBuf>,
+    /// Put before every key, so several relay clusters can share one Redis.
+    pub key_prefix: String,
+    /// This node's name in heartbeats and leases (default: the host name).
+    pub node_name: String,
+    /// How many nodes share the budgets: while Redis is unreachable each node sends within
+    /// this share of them. Without it, sending pauses until Redis answers again.
+    pub nodes: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -319,7 +338,6 @@ pub struct TokensConfig {
     pub retry_attempts: u32,
     pub retry_delay: Duration,
     pub backups: u32,
-    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +438,7 @@ fn parse_document(source: &Source) -> Option<Config> {
     let admin = read_admin(root.table("admin"));
     let log = read_log(root.table("log"));
     let alerts = read_alerts(root.table("alerts"));
+    let cluster = root.table("cluster").and_then(read_cluster);
 
     check_combinations(&root, &listen, tls.is_some(), &users, &accounts, &tokens);
     if listen.is_empty() && !source.has_problems() {
@@ -441,6 +460,7 @@ fn parse_document(source: &Source) -> Option<Config> {
         admin,
         log,
         alerts,
+        cluster,
     })
 }
 
@@ -841,18 +861,73 @@ fn read_tokens(section: Option<Section>) -> TokensConfig {
             .and_then(|s| s.parse("retry_delay", parse_duration))
             .unwrap_or(Duration::from_secs(1)),
         backups: s.and_then(|s| s.get("backups")).unwrap_or(5),
-        redis_url: s.and_then(|s| s.get("redis_url")),
     };
     if let Some(s) = section {
+        // These keys of early drafts became [cluster]; say so rather than "unknown key".
+        let moved = "several nodes now share through [cluster]: remove this key and set \
+             [cluster] redis_url (see config-reference.toml)";
+        if s.get::<String>("redis_url").is_some() {
+            s.report("redis_url", moved);
+        }
         if tokens.store == TokenStoreKind::Redis {
-            s.report(
-                "store",
-                "the redis token store is not available in this version; use \"file\"",
-            );
+            s.report("store", format!("store = \"redis\" is gone: {moved}"));
         }
         s.finish();
     }
     tokens
+}
+
+fn read_cluster(s: Section) -> Option<ClusterConfig> {
+    let redis_url = s.require::<String>("redis_url").and_then(|text| {
+        let parsed = url::Url::parse(&text)
+            .map_err(|e| format!("not a URL ({e}): expected redis://host:6379/0"))
+            .and_then(|url| match url.scheme() {
+                "redis" | "rediss" if url.host_str().is_some() => Ok(url),
+                "redis" | "rediss" => Err("the URL names no host".to_owned()),
+                other => Err(format!(
+                    "the scheme is {other:?}: expected redis:// or rediss:// (TLS)"
+                )),
+            });
+        parsed.map_err(|e| s.report("redis_url", e)).ok()
+    });
+    let ca_file = s.optional_input_file("ca_file");
+    let password_file = s.optional_input_file("password_file");
+    let key_prefix = s
+        .get::<String>("key_prefix")
+        .unwrap_or_else(|| "smtprelay:".into());
+    let node_name = s
+        .get::<String>("node_name")
+        .unwrap_or_else(machine_hostname);
+    let nodes = s.get("nodes");
+    if nodes == Some(0) {
+        s.report("nodes", "must be at least 1");
+    }
+    if node_name.is_empty() || node_name.contains(char::is_whitespace) {
+        s.report("node_name", "must be a word without spaces");
+    }
+    if let Some(url) = &redis_url {
+        if ca_file.is_some() && url.scheme() != "rediss" {
+            s.report(
+                "ca_file",
+                "is for a rediss:// (TLS) server; redis_url is plain redis://",
+            );
+        }
+        if password_file.is_some() && url.password().is_some() {
+            s.report(
+                "password_file",
+                "redis_url already has a password; keep one of them",
+            );
+        }
+    }
+    s.finish();
+    Some(ClusterConfig {
+        redis_url: redis_url?,
+        ca_file,
+        password_file,
+        key_prefix,
+        node_name,
+        nodes,
+    })
 }
 
 fn read_admin(section: Option<Section>) -> AdminConfig {
@@ -1040,6 +1115,74 @@ mod tests {
         assert!(check_endpoint("http://127.0.0.1.evil.example/t").is_err());
         assert!(check_endpoint("ftp://x").is_err());
         assert!(check_endpoint("https:///path").is_err());
+    }
+
+    fn with_tables(tables: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[server]\nhostname = \"r\"\nstate_dir = \"/tmp/x\"\n[[listen]]\naddress = \"127.0.0.1:25\"\nauth = \"none\"\n{tables}"
+        );
+        Config::parse(Path::new("/etc/smtprelay.toml"), text)
+    }
+
+    fn problems(result: Result<Config, ConfigError>) -> Vec<String> {
+        let error = result.expect_err("problems");
+        error.problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn the_cluster_table_and_where_the_old_redis_keys_went() {
+        let config = with_tables(
+            "[cluster]\nredis_url = \"redis://:pw@redis.internal:6379/2\"\nnodes = 3\n",
+        )
+        .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.key_prefix, "smtprelay:");
+        assert_eq!(cluster.nodes, Some(3));
+        assert!(!cluster.node_name.is_empty());
+        assert!(with_tables("").unwrap().cluster.is_none());
+
+        // Early drafts kept tokens in Redis under [tokens]: the error says where to go.
+        let found = problems(with_tables(
+            "[tokens]\nstore = \"redis\"\nredis_url = \"redis://r:6379\"\n",
+        ));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|p| p.contains("[cluster] redis_url")),
+            "{found:?}"
+        );
+        assert!(found[0].contains(":8:1: tokens.store"), "{found:?}");
+        assert!(found[1].contains(":9:1: tokens.redis_url"), "{found:?}");
+
+        let found = problems(with_tables(
+            "[cluster]\nredis_url = \"http://r:6379\"\nnodes = 0\nnode_name = \"a b\"\n",
+        ));
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].contains("cluster.redis_url") && found[0].contains("rediss://"));
+        assert!(
+            found[1].contains("cluster.nodes: must be at least 1"),
+            "{found:?}"
+        );
+        assert!(found[2].contains("cluster.node_name"), "{found:?}");
+        let found = problems(with_tables(
+            "[cluster]\nredis_url = \"redis://:pw@r:6379\"\nca_file = \"ca.pem\"\n\
+             password_file = \"pw\"\nredis_urll = \"x\"\n",
+        ));
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("ca_file") && p.contains("rediss://"))
+        );
+        assert!(found.iter().any(|p| p.contains("password_file")));
+        assert!(
+            found.iter().any(|p| p.contains("did you mean")),
+            "{found:?}"
+        );
+        let found = problems(with_tables("[cluster]\nnodes = 2\n"));
+        assert!(
+            found[0].contains("cluster.redis_url: this key is required"),
+            "{found:?}"
+        );
     }
 
     fn graph_account(keys: &str) -> Result<Config, ConfigError> {

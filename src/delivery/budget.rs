@@ -46,6 +46,26 @@ pub enum Window {
     Rate,
     /// `daily_recipients`: recipients per rolling 24 h.
     Daily,
+    /// `max_connections`: every connection (SMTP session, Graph request) the mailbox may
+    /// have at once is in use, on this node or another.
+    Connections,
+    /// The nodes of a cluster cannot share the budgets (Redis is unreachable) and no
+    /// `[cluster] nodes` says what this node's share would be.
+    Unshared,
+}
+
+impl Window {
+    /// Why a mailbox waits, in words.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Window::Rate => "rate budget spent",
+            Window::Daily => "daily recipient budget spent",
+            Window::Connections => "every connection the mailbox may have is in use",
+            Window::Unshared => {
+                "Redis is unreachable and [cluster] nodes is not set: sending waits for Redis"
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Window {
@@ -53,9 +73,31 @@ impl std::fmt::Display for Window {
         f.write_str(match self {
             Window::Rate => "rate",
             Window::Daily => "daily recipient",
+            Window::Connections => "connection",
+            Window::Unshared => "unshared",
         })
     }
 }
+
+/// What a connection to a mailbox is, for its limit: Exchange counts SMTP sessions and
+/// Graph requests separately (3 and 4 by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Smtp,
+    Graph,
+}
+
+impl Channel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Smtp => "smtp",
+            Channel::Graph => "graph",
+        }
+    }
+}
+
+/// How soon a mailbox whose connections are all in use looks again.
+pub const CONNECTION_POLL: Duration = Duration::from_millis(100);
 
 /// The send does not fit now; `until` is the earliest time it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +106,9 @@ pub struct Exhausted {
     pub until: Instant,
 }
 
-/// A send counted against a mailbox's budgets. Dropping it marks the send finished, which is
-/// when the windows start counting it (the upstream had the message by then).
+/// A send or a connection counted against a mailbox's limits. Dropping a send's grant marks
+/// it finished, which is when the windows start counting it (the upstream had the message by
+/// then); dropping a connection's gives the connection back.
 pub struct Grant {
     finish: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -112,11 +155,66 @@ pub trait Budget: Send + Sync {
 
     /// What `mailbox` has used of `limits` (for the admin's eyes; counts nothing).
     fn usage<'a>(&'a self, mailbox: &'a str, limits: Limits) -> BoxFuture<'a, Usage>;
+
+    /// How long a worker keeps an idle connection open. It counts against the mailbox's
+    /// connection limit meanwhile: where other nodes share the limit, it goes back sooner.
+    fn keep_idle(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+
+    /// Takes one of the `limit` connections `mailbox` may have open over `channel` at once,
+    /// held until the grant is dropped.
+    fn connect<'a>(
+        &'a self,
+        mailbox: &'a str,
+        channel: Channel,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Grant, Exhausted>>;
+}
+
+/// The connections of this process, per mailbox and channel.
+#[derive(Default)]
+pub struct Connections {
+    open: Mutex<HashMap<(Channel, String), u32>>,
+}
+
+impl Connections {
+    /// Takes one if fewer than `limit` are open.
+    pub fn take(
+        self: &Arc<Self>,
+        mailbox: &str,
+        channel: Channel,
+        limit: u32,
+    ) -> Result<Grant, Exhausted> {
+        let key = (channel, key(mailbox));
+        {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let count = open.entry(key.clone()).or_default();
+            if *count >= limit.max(1) {
+                return Err(Exhausted {
+                    window: Window::Connections,
+                    until: Instant::now() + CONNECTION_POLL,
+                });
+            }
+            *count += 1;
+        }
+        let connections = Arc::clone(self);
+        Ok(Grant::new(move || {
+            let mut open = connections.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = open.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&key);
+                }
+            }
+        }))
+    }
 }
 
 /// The budgets of this process, saved to a file.
 pub struct LocalBudget {
     inner: Arc<Inner>,
+    connections: Arc<Connections>,
 }
 
 struct Inner {
@@ -159,7 +257,7 @@ struct SavedWindows {
 
 const FORMAT_VERSION: u32 = 1;
 
-fn key(mailbox: &str) -> String {
+pub fn key(mailbox: &str) -> String {
     mailbox.to_ascii_lowercase()
 }
 
@@ -221,7 +319,10 @@ impl LocalBudget {
         if inner.file.is_some() {
             tokio::spawn(write_changes(Arc::clone(&inner)));
         }
-        LocalBudget { inner }
+        LocalBudget {
+            inner,
+            connections: Arc::default(),
+        }
     }
 
     /// Waits until every change so far is in the file (at shutdown).
@@ -413,6 +514,15 @@ impl Budget for LocalBudget {
 
     fn usage<'a>(&'a self, mailbox: &'a str, limits: Limits) -> BoxFuture<'a, Usage> {
         Box::pin(async move { self.usage_now(mailbox, limits) })
+    }
+
+    fn connect<'a>(
+        &'a self,
+        mailbox: &'a str,
+        channel: Channel,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Grant, Exhausted>> {
+        Box::pin(async move { self.connections.take(mailbox, channel, limit) })
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 use tokio::sync::mpsc;
 
-use super::budget::Limits;
+use super::budget::{Channel, Limits};
 use super::transport::fallback::FallbackState;
 use crate::config::AccountConfig;
 use crate::queue::{Envelope, QueueId};
@@ -58,6 +58,15 @@ impl Lane {
 
     pub fn limits(&self) -> Limits {
         Limits::of(&self.config.upstream)
+    }
+
+    /// What its connections are, for the mailbox's connection limit (an SMTP lane that falls
+    /// back to Graph keeps SMTP's, the lower).
+    pub fn channel(&self) -> Channel {
+        match self.config.transport {
+            crate::config::Transport::Smtp => Channel::Smtp,
+            crate::config::Transport::Graph => Channel::Graph,
+        }
     }
     /// The mailbox named in XOAUTH2 for this message.
     pub fn auth_mailbox(&self, envelope: &Envelope) -> String {

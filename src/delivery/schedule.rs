@@ -32,7 +32,7 @@ impl Block {
     /// Why, in words (a spent budget names its window).
     pub fn reason(&self) -> String {
         match self {
-            Block::Budget(window) => format!("{window} budget spent"),
+            Block::Budget(window) => window.reason().to_owned(),
             Block::Paused(why) | Block::Held(why) => why.clone(),
         }
     }

@@ -6,12 +6,11 @@
 //! transport's waits for a token or a connection end when delivery stops.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{BoxFuture, Budget, Exhausted};
+use super::budget::{BoxFuture, Budget, Exhausted, Grant};
 use super::lane::Lane;
 use super::schedule::Upstream;
 use super::transport::{
@@ -21,9 +20,6 @@ use super::transport::{
 use crate::config::Config;
 use crate::oauth::manager::TokenManager;
 use crate::queue::{DeliveryState, MessageFile, QueueId, RecipientStatus, Spool};
-
-/// A connection left idle this long is closed.
-const IDLE_CLOSE: Duration = Duration::from_secs(30);
 
 pub struct Shared {
     pub spool: Arc<Spool>,
@@ -90,29 +86,76 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut transport = transport_for(&shared, &lane, stop);
+    let mut connection = None;
     loop {
-        let next = {
-            let mut receiver = lane.receiver.lock().await;
-            if transport.is_open() {
-                match tokio::time::timeout(IDLE_CLOSE, receiver.recv()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        drop(receiver);
-                        transport.close().await;
-                        continue;
-                    }
+        // The idle time counts while waiting for the queue's lock too: another worker may
+        // hold it for as long as no message comes, and an idle connection must not.
+        let take = async { lane.receiver.lock().await.recv().await };
+        let next = if transport.is_open() {
+            match tokio::time::timeout(shared.budget.keep_idle(), take).await {
+                Ok(next) => next,
+                Err(_) => {
+                    transport.close().await;
+                    connection = None;
+                    continue;
                 }
-            } else {
-                receiver.recv().await
             }
+        } else {
+            take.await
         };
         let Some(id) = next else { break };
-        let attempted = attempt(&shared, &lane, transport.as_mut(), id, &done).await;
+        let mut way = Way {
+            transport: transport.as_mut(),
+            connection: &mut connection,
+        };
+        let attempted = attempt(&shared, &lane, &mut way, id, &done).await;
+        // A connection counts against the mailbox's limit while it is open, and a Graph
+        // request while it runs.
+        if !transport.is_open() {
+            connection = None;
+        }
         if done.send(FromWorker::Ended(attempted)).is_err() {
             break;
         }
     }
     transport.close().await;
+}
+
+/// A worker's way upstream and the connection it holds for a mailbox.
+struct Way<'a> {
+    transport: &'a mut dyn Transport,
+    /// The mailbox the transport's connection counts against, and its grant.
+    connection: &'a mut Option<(String, Grant)>,
+}
+
+impl Way<'_> {
+    /// Makes sure the transport may connect as `mailbox`: keeps the connection it has for
+    /// that mailbox, or closes one for another and takes one of `mailbox`'s.
+    async fn connect_as(
+        &mut self,
+        shared: &Shared,
+        lane: &Lane,
+        mailbox: &str,
+    ) -> Result<(), Exhausted> {
+        let key = super::budget::key(mailbox);
+        if self
+            .connection
+            .as_ref()
+            .is_some_and(|(held, _)| *held == key)
+        {
+            return Ok(());
+        }
+        if self.connection.take().is_some() {
+            self.transport.close().await;
+        }
+        let limit = u32::try_from(lane.config.upstream.max_connections).unwrap_or(u32::MAX);
+        let grant = shared
+            .budget
+            .connect(mailbox, lane.channel(), limit)
+            .await?;
+        *self.connection = Some((key, grant));
+        Ok(())
+    }
 }
 
 /// The account's way upstream: SMTP, Graph, or SMTP that falls back to Graph.
@@ -144,14 +187,14 @@ fn transport_for(shared: &Shared, lane: &Lane, stop: CancellationToken) -> Box<d
 async fn attempt(
     shared: &Shared,
     lane: &Lane,
-    transport: &mut dyn Transport,
+    way: &mut Way<'_>,
     id: QueueId,
     done: &mpsc::UnboundedSender<FromWorker>,
 ) -> Attempted {
-    let ended = |upstream, end| Attempted {
+    let ended = |reached, end| Attempted {
         id,
         lane: lane.index,
-        upstream,
+        upstream: reached,
         end,
     };
     let Some(file) = shared.spool.get(id) else {
@@ -173,10 +216,8 @@ async fn attempt(
         }));
         return ended(Upstream::Untried, end);
     }
-    let stopped = send(shared, lane, transport, &file, &mut state, done)
-        .await
-        .err();
-    let upstream = match &stopped {
+    let stopped = send(shared, lane, way, &file, &mut state, done).await.err();
+    let reached = match &stopped {
         None | Some(Stopped::Effect(_)) => Upstream::Reached,
         Some(Stopped::Send(
             SendError::Account(_) | SendError::Refused(_) | SendError::TokenRefused(_),
@@ -185,7 +226,7 @@ async fn attempt(
         Some(_) => Upstream::Untried,
     };
     ended(
-        upstream,
+        reached,
         End::Ran(Box::new(Ran {
             file,
             state,
@@ -232,7 +273,7 @@ impl Notes for Recorder<'_> {
 async fn send(
     shared: &Shared,
     lane: &Lane,
-    transport: &mut dyn Transport,
+    way: &mut Way<'_>,
     file: &MessageFile,
     state: &mut DeliveryState,
     done: &mpsc::UnboundedSender<FromWorker>,
@@ -242,6 +283,9 @@ async fn send(
     let sender = lane.upstream_sender(&file.envelope);
     let path = shared.spool.paths().message(id);
     let mut pending: Vec<String> = state.pending().map(|r| r.address.clone()).collect();
+    way.connect_as(shared, lane, &mailbox)
+        .await
+        .map_err(Stopped::Budget)?;
     // Held until the attempt ends, so the budgets count when the upstream got the message.
     let _grant = shared
         .budget
@@ -264,7 +308,7 @@ async fn send(
             rewrite_from: lane.config.rewrite_from.then_some(mailbox.as_str()),
             notes: &notes,
         };
-        let sent = transport.send(&message).await;
+        let sent = way.transport.send(&message).await;
         // What was recorded stays recorded when the attempt ends.
         if let Some(draft) = notes
             .recorded

@@ -47,6 +47,40 @@ pub struct ExchangeState {
     pub accepted_at: Vec<std::time::Instant>,
     /// Close the connection (without a word) after this many messages on it, as servers do.
     pub messages_per_connection: Option<usize>,
+    /// Sessions logged in per mailbox now, and the most there ever were at once.
+    pub open_sessions: std::collections::HashMap<String, usize>,
+    pub peak_sessions: std::collections::HashMap<String, usize>,
+}
+
+/// Counts a logged-in session as open until the session ends, however it ends.
+struct OpenSession {
+    state: Arc<Mutex<ExchangeState>>,
+    mailbox: String,
+}
+
+impl OpenSession {
+    fn open(state: &Arc<Mutex<ExchangeState>>, mailbox: &str) -> OpenSession {
+        let mut s = state.lock().unwrap();
+        let open = s.open_sessions.entry(mailbox.to_owned()).or_default();
+        *open += 1;
+        let now = *open;
+        let peak = s.peak_sessions.entry(mailbox.to_owned()).or_default();
+        *peak = (*peak).max(now);
+        OpenSession {
+            state: Arc::clone(state),
+            mailbox: mailbox.to_owned(),
+        }
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock()
+            && let Some(open) = s.open_sessions.get_mut(&self.mailbox)
+        {
+            *open -= 1;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +210,7 @@ impl Session {
         };
         let mut tls = false;
         let mut authenticated: Option<String> = None;
+        let mut _logged_in: Option<OpenSession> = None;
         let mut sender: Option<String> = None;
         let mut recipients = Vec::new();
         let mut messages = 0;
@@ -226,6 +261,9 @@ impl Session {
                 }
                 "AUTH" => {
                     let reply = self.auth(&line, &mut authenticated);
+                    if let Some(mailbox) = &authenticated {
+                        _logged_in = Some(OpenSession::open(&self.state, mailbox));
+                    }
                     conn.reply(&reply).await?;
                 }
                 "MAIL" if authenticated.is_none() => {

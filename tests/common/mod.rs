@@ -6,6 +6,7 @@ pub mod entra;
 pub mod exchange;
 pub mod graph;
 pub mod installed;
+pub mod redis;
 pub mod tokens;
 
 use std::net::SocketAddr;

@@ -1,0 +1,464 @@
+//! Several relay nodes sending as the same mailboxes: they count the mailboxes' budgets and
+//! connections together in Redis (`[cluster]`), so Exchange sees one sender's limits kept.
+//!
+//! [`Cluster`] is the node's side of it: the Redis connection, this node's heartbeat and its
+//! view of the others, and (in `budget.rs`) the [`crate::delivery::Budget`] that counts in
+//! Redis. Redis unreachable costs no mail: each node then sends within its share of every
+//! budget (`[cluster] nodes`), or waits when no share is set, and says so on `/health`; what
+//! it sent meanwhile goes into Redis when Redis answers again, before it counts there.
+
+pub mod budget;
+pub mod ledger;
+pub mod scripts;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::ClusterConfig;
+use crate::delivery::budget::Connections;
+use ledger::Ledger;
+use scripts::Scripts;
+
+pub const DAY_MS: u64 = 86_400_000;
+const MINUTE_MS: u64 = 60_000;
+/// Longer than this, and a Redis call counts as failed: Redis is unreachable for now.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A node not heard from for this long is gone from the list.
+const NODE_TTL_MS: u64 = 5_000;
+/// A dead node's connection leases run out after this.
+const LEASE_TTL_MS: u64 = 6_000;
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// Back from an outage, a node counts on its share this long, so that every node has put
+/// its outage's sends into Redis (each does at its next heartbeat) before any counts there.
+const SETTLE: Duration = Duration::from_secs(3);
+/// The longest a send may be in flight; until it finishes it counts as finishing then.
+const IN_FLIGHT_MS: u64 = 600_000;
+/// How long a worker keeps an idle connection, which another node may be waiting for.
+const KEEP_IDLE: Duration = Duration::from_secs(2);
+/// How soon a mailbox held back only by sends in flight (elsewhere) looks again.
+const POLL_MS: u64 = 100;
+/// While the budgets cannot be shared and there is no share, how soon to look again.
+const UNSHARED_WAIT: Duration = Duration::from_secs(1);
+
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    /// `redis_url` without its password, for logs and reports.
+    redis_display: String,
+    redis: ConnectionManager,
+    scripts: Scripts,
+    state: Mutex<State>,
+    /// This node's connections per mailbox (in Redis too while it answers).
+    connections: Arc<Connections>,
+    /// Held while a send is checked against this node's share and counted, so two workers
+    /// cannot both take its last place.
+    share_check: tokio::sync::Mutex<()>,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    next_number: AtomicU64,
+    started_at: u64,
+}
+
+struct State {
+    reach: Reach,
+    /// The data set this node has counted in (see `scripts`); "" before the first contact.
+    epoch: String,
+    /// Redis's clock minus this node's, in ms, as of the last answer.
+    offset_ms: i64,
+    ledger: Ledger,
+    /// Live nodes as of the last heartbeat.
+    nodes: Vec<Node>,
+    /// This node's leases: id → lease set key.
+    leases: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+enum Reach {
+    Down { since_ms: u64, error: String },
+    Up { since: Instant },
+}
+
+/// A node as its heartbeat shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub name: String,
+    /// When it last beat (Unix ms, Redis's clock).
+    pub last_seen_ms: u64,
+    pub version: String,
+    pub started_at: u64,
+}
+
+/// How the budgets are counted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// In Redis, for all nodes together.
+    Shared,
+    /// Redis is back after an outage: in Redis and within this node's share both, until
+    /// every node has put what it sent meanwhile into Redis.
+    Settling,
+    /// Redis is unreachable (or just back): within this node's share.
+    OwnShare,
+    /// Redis is unreachable and there is no share: sending waits.
+    Paused,
+}
+
+/// The cluster as `/health`, `/metrics` and the status page show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterReport {
+    pub node: String,
+    pub redis: String,
+    pub reachable: bool,
+    /// Since when Redis has been unreachable (Unix ms), and the last error.
+    pub unreachable_since_ms: Option<u64>,
+    pub error: Option<String>,
+    pub mode: Mode,
+    /// `[cluster] nodes`: the share each node has while Redis is unreachable is 1/this.
+    pub share_of: Option<u32>,
+    pub nodes: Vec<Node>,
+    pub redis_calls: u64,
+    pub redis_failures: u64,
+}
+
+impl ClusterReport {
+    /// How the budgets are counted, in words.
+    pub fn mode_words(&self) -> String {
+        match self.mode {
+            Mode::Shared => "shared by all nodes".to_owned(),
+            Mode::Settling => format!(
+                "shared, and within this node's share (1/{}) until all nodes are back",
+                self.share_of.unwrap_or(1)
+            ),
+            Mode::OwnShare => format!("at this node's share (1/{})", self.share_of.unwrap_or(1)),
+            Mode::Paused => "paused until Redis answers".to_owned(),
+        }
+    }
+
+    /// Why `/health` is degraded, if it is.
+    pub fn problem(&self) -> Option<String> {
+        let since = self
+            .unreachable_since_ms
+            .map(|ms| crate::clock::rfc3339(ms / 1000))
+            .unwrap_or_default();
+        let error = self.error.as_deref().unwrap_or("");
+        match self.mode {
+            Mode::Shared => None,
+            Mode::Settling => Some(format!(
+                "cluster: Redis at {} answers again; budgets stay within this node's share too for a moment",
+                self.redis
+            )),
+            Mode::OwnShare => Some(format!(
+                "cluster: Redis at {} unreachable since {since} ({error}): this node sends within its share (1/{}) of every budget",
+                self.redis,
+                self.share_of.unwrap_or(1)
+            )),
+            Mode::Paused => Some(format!(
+                "cluster: Redis at {} unreachable since {since} ({error}): sending waits for it ([cluster] nodes is not set, so there is no share to send within)",
+                self.redis
+            )),
+        }
+    }
+}
+
+impl Cluster {
+    /// Connects lazily (an unreachable Redis does not stop the relay) and starts the
+    /// heartbeat. Errors are about the configuration: the password or CA file, the URL.
+    pub fn start(config: &ClusterConfig) -> Result<Cluster, String> {
+        let client = client(config)?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(1));
+        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|e| format!("[cluster] redis_url: {e}"))?;
+        let mut redis_display = config.redis_url.clone();
+        let _ = redis_display.set_password(None);
+        let inner = Arc::new(Inner {
+            config: config.clone(),
+            redis_display: redis_display.to_string(),
+            redis,
+            scripts: Scripts::default(),
+            state: Mutex::new(State {
+                reach: Reach::Down {
+                    since_ms: crate::clock::unix_ms(),
+                    error: "not reached yet".into(),
+                },
+                epoch: String::new(),
+                offset_ms: 0,
+                ledger: Ledger::default(),
+                nodes: Vec::new(),
+                leases: HashMap::new(),
+            }),
+            connections: Arc::default(),
+            share_check: tokio::sync::Mutex::new(()),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            next_number: AtomicU64::new(0),
+            started_at: crate::clock::unix_ms() / 1000,
+        });
+        tokio::spawn(beat(Arc::downgrade(&inner)));
+        tokio::spawn(renew_leases(Arc::downgrade(&inner)));
+        Ok(Cluster { inner })
+    }
+
+    pub fn report(&self) -> ClusterReport {
+        self.inner.report()
+    }
+}
+
+fn client(config: &ClusterConfig) -> Result<redis::Client, String> {
+    let mut url = config.redis_url.clone();
+    if let Some(path) = &config.password_file {
+        let password = std::fs::read_to_string(path)
+            .map_err(|e| format!("[cluster] password_file {}: {e}", path.display()))?;
+        url.set_password(Some(password.trim_end_matches(['\r', '\n'])))
+            .map_err(|()| "[cluster] redis_url cannot carry a password".to_owned())?;
+    }
+    let client = if url.scheme() == "rediss" {
+        let root_cert = match &config.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("[cluster] ca_file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert,
+        };
+        redis::Client::build_with_tls(url.as_str(), certificates)
+    } else {
+        redis::Client::open(url.as_str())
+    };
+    client.map_err(|e| format!("[cluster] redis_url: {e}"))
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a script; a failure or a late answer marks Redis unreachable.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, String> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut connection = self.redis.clone();
+        let answer = tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut connection))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer within 1 s",
+                )))
+            });
+        match answer {
+            Ok(value) => {
+                self.reached();
+                Ok(value)
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let error = e.to_string();
+                self.unreachable(&error);
+                Err(error)
+            }
+        }
+    }
+
+    fn reached(&self) {
+        let mut state = self.state();
+        if let Reach::Down { since_ms, .. } = &state.reach {
+            let down_for = crate::clock::unix_ms().saturating_sub(*since_ms);
+            tracing::info!(redis = %self.redis_display, down_ms = down_for,
+                "cluster: Redis answers; budgets are shared again once every node has put back what it sent meanwhile");
+            state.reach = Reach::Up {
+                since: Instant::now(),
+            };
+        }
+    }
+
+    fn unreachable(&self, error: &str) {
+        let mut state = self.state();
+        match &mut state.reach {
+            Reach::Up { .. } => {
+                let share = match self.config.nodes {
+                    Some(n) => format!("each node sends within 1/{n} of every budget"),
+                    None => "sending waits ([cluster] nodes is not set)".to_owned(),
+                };
+                tracing::warn!(redis = %self.redis_display, error, "cluster: Redis unreachable: {share}");
+                state.reach = Reach::Down {
+                    since_ms: crate::clock::unix_ms(),
+                    error: error.to_owned(),
+                };
+            }
+            Reach::Down { error: last, .. } => *last = error.to_owned(),
+        }
+    }
+
+    fn reachable(&self) -> bool {
+        matches!(self.state().reach, Reach::Up { .. })
+    }
+
+    /// Whether the budgets are counted in Redis now.
+    fn mode(&self) -> Mode {
+        match (&self.state().reach, self.config.nodes) {
+            // Without a share nothing was sent meanwhile: nothing to wait for.
+            (Reach::Up { since }, Some(_)) if since.elapsed() < SETTLE => Mode::Settling,
+            (Reach::Up { .. }, _) => Mode::Shared,
+            (Reach::Down { .. }, Some(_)) => Mode::OwnShare,
+            (Reach::Down { .. }, None) => Mode::Paused,
+        }
+    }
+
+    /// Now in Redis's clock (ms), as well as this node knows it.
+    fn cluster_now(&self) -> u64 {
+        let offset = self.state().offset_ms;
+        crate::clock::unix_ms().saturating_add_signed(offset)
+    }
+
+    fn note_redis_time(&self, redis_now: u64) {
+        self.state().offset_ms = redis_now as i64 - crate::clock::unix_ms() as i64;
+    }
+
+    /// The latest Redis's clock may show when it runs a call sent now, for the call to
+    /// count: after it, this node has stopped waiting and counted elsewhere.
+    fn deadline(&self) -> u64 {
+        self.cluster_now() + CALL_TIMEOUT.as_millis() as u64
+    }
+
+    /// A time in Redis's clock as an instant of this process.
+    fn instant_at(&self, cluster_ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(cluster_ms.saturating_sub(self.cluster_now()))
+    }
+
+    fn key(&self, what: &str, mailbox: &str) -> String {
+        format!("{}{what}:{mailbox}", self.config.key_prefix)
+    }
+
+    fn fresh_id(&self) -> String {
+        let n = self.next_number.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{}:{n}", self.config.node_name, self.started_at)
+    }
+
+    /// A data set other than the one this node counted in: Redis lost its data (or another
+    /// node found it lost first). Everything of the last day is owed to it again.
+    fn adopt_epoch(&self, epoch: &str) {
+        let mut state = self.state();
+        if state.epoch == epoch {
+            return;
+        }
+        if !state.epoch.is_empty() {
+            tracing::warn!(redis = %self.redis_display,
+                "cluster: Redis lost its data (restarted empty?): this node puts back its sends of the last day");
+        }
+        state.epoch = epoch.to_owned();
+        state.ledger.forget_redis();
+        // Counting there waits until the other nodes have put theirs back too.
+        state.reach = Reach::Up {
+            since: Instant::now(),
+        };
+    }
+
+    fn report(&self) -> ClusterReport {
+        let mode = self.mode();
+        let state = self.state();
+        let (reachable, unreachable_since_ms, error) = match &state.reach {
+            Reach::Up { .. } => (true, None, None),
+            Reach::Down { since_ms, error } => (false, Some(*since_ms), Some(error.clone())),
+        };
+        ClusterReport {
+            node: self.config.node_name.clone(),
+            redis: self.redis_display.clone(),
+            reachable,
+            unreachable_since_ms,
+            error,
+            mode,
+            share_of: self.config.nodes,
+            nodes: state.nodes.clone(),
+            redis_calls: self.calls.load(Ordering::Relaxed),
+            redis_failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// One heartbeat: says this node lives, learns the others and the epoch, and puts back
+    /// into Redis what it owes.
+    async fn beat_once(&self) {
+        let details = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": self.started_at,
+        })
+        .to_string();
+        let mut invocation = self.scripts.heartbeat.prepare_invoke();
+        invocation
+            .key(format!("{}nodes", self.config.key_prefix))
+            .key(format!("{}epoch", self.config.key_prefix))
+            .key(format!("{}node-details", self.config.key_prefix))
+            .arg(&self.config.node_name)
+            .arg(NODE_TTL_MS)
+            .arg(details)
+            .arg(new_epoch());
+        let Ok(reply) = self.call::<Vec<String>>(&invocation).await else {
+            return;
+        };
+        let mut reply = reply.into_iter();
+        let epoch = reply.next().unwrap_or_default();
+        let now: u64 = reply.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+        self.note_redis_time(now);
+        let mut nodes = Vec::new();
+        let rest: Vec<String> = reply.collect();
+        for chunk in rest.chunks(3) {
+            if let [name, seen, details] = chunk {
+                let details: serde_json::Value = serde_json::from_str(details).unwrap_or_default();
+                nodes.push(Node {
+                    name: name.clone(),
+                    last_seen_ms: seen.parse().unwrap_or(0),
+                    version: details["version"].as_str().unwrap_or("").to_owned(),
+                    started_at: details["started_at"].as_u64().unwrap_or(0),
+                });
+            }
+        }
+        self.state().nodes = nodes;
+        self.adopt_epoch(&epoch);
+        self.pay_back().await;
+    }
+}
+
+/// A name for a new data set in Redis.
+fn new_epoch() -> String {
+    use rand::Rng;
+    format!("{:016x}", rand::thread_rng().r#gen::<u64>())
+}
+
+async fn beat(inner: Weak<Inner>) {
+    let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.beat_once().await;
+    }
+}
+
+async fn renew_leases(inner: Weak<Inner>) {
+    let mut every = tokio::time::interval(RENEW_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.renew().await;
+    }
+}

@@ -1,0 +1,241 @@
+//! Nodes of a cluster count the mailboxes' budgets and connections together in a real
+//! `redis-server`: one budget for all, Redis paused or restarted empty costs no mail and
+//! never lets a budget be exceeded, and each node's share holds while Redis is away.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use smtprelay::cluster::{Cluster, Mode};
+use smtprelay::config::ClusterConfig;
+use smtprelay::delivery::budget::{Budget, Channel, Limits, Window};
+use tokio::time::Instant;
+
+fn node(redis: &RedisServer, name: &str, nodes: Option<u32>) -> Cluster {
+    let config = ClusterConfig {
+        redis_url: redis.url().parse().unwrap(),
+        ca_file: None,
+        password_file: None,
+        key_prefix: "test:".into(),
+        node_name: name.into(),
+        nodes,
+    };
+    Cluster::start(&config).unwrap()
+}
+
+async fn until_mode(node: &Cluster, mode: Mode) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.report().mode != mode {
+        assert!(
+            Instant::now() < deadline,
+            "still {:?}: {:?}",
+            node.report().mode,
+            node.report()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn limits(rate: &str, daily: u32) -> Limits {
+    Limits {
+        rate: rate.parse().unwrap(),
+        daily_recipients: daily,
+    }
+}
+
+/// Lets the finishes of dropped grants reach Redis.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_count_one_budget_and_one_connection_limit() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", Some(2));
+    let b = node(&redis, "b", Some(2));
+    until_mode(&a, Mode::Shared).await;
+    until_mode(&b, Mode::Shared).await;
+    assert_eq!(a.report().nodes.len(), 2, "{:?}", a.report());
+
+    let l = limits("4/1h", 100);
+    let mut sends = Vec::new();
+    for i in 0..4 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        // Mailboxes are counted whatever their case.
+        let mailbox = if i == 0 {
+            "Relay@Contoso.com"
+        } else {
+            "relay@contoso.com"
+        };
+        sends.push(node.take(mailbox, l, 1).await.unwrap());
+    }
+    let refused = b.take("relay@contoso.com", l, 1).await.err().unwrap();
+    assert_eq!(refused.window, Window::Rate);
+    // Held back by sends in flight: looked at again soon, as they may finish any time.
+    assert!(refused.until < Instant::now() + Duration::from_secs(1));
+    drop(sends);
+    settle().await;
+    let refused = a.take("relay@contoso.com", l, 1).await.err().unwrap();
+    assert_eq!(refused.window, Window::Rate);
+    assert!(refused.until > Instant::now() + Duration::from_secs(3590));
+    let usage = b.usage("relay@contoso.com", l).await;
+    assert_eq!((usage.sent, usage.recipients_today), (4, 4));
+    // Another mailbox has its own budget.
+    assert!(a.take("other@contoso.com", l, 1).await.is_ok());
+
+    // The daily recipients: 60 + 40 fill it; one more does not fit, from either node.
+    let l = limits("100/1m", 100);
+    drop(a.take("big@contoso.com", l, 60).await.unwrap());
+    drop(b.take("big@contoso.com", l, 40).await.unwrap());
+    settle().await;
+    let refused = a.take("big@contoso.com", l, 1).await.err().unwrap();
+    assert_eq!(refused.window, Window::Daily);
+    assert!(refused.until > Instant::now() + Duration::from_secs(86_000));
+
+    // Three SMTP sessions per mailbox across the nodes; Graph's requests are counted apart.
+    let first = a
+        .connect("relay@contoso.com", Channel::Smtp, 3)
+        .await
+        .unwrap();
+    let _second = a
+        .connect("relay@contoso.com", Channel::Smtp, 3)
+        .await
+        .unwrap();
+    let _third = b
+        .connect("relay@contoso.com", Channel::Smtp, 3)
+        .await
+        .unwrap();
+    let full = b
+        .connect("relay@contoso.com", Channel::Smtp, 3)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(full.window, Window::Connections);
+    assert!(
+        a.connect("relay@contoso.com", Channel::Graph, 4)
+            .await
+            .is_ok()
+    );
+    assert_eq!(redis.integer("ZCARD test:conn:smtp:relay@contoso.com"), 3);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match b.connect("relay@contoso.com", Channel::Smtp, 3).await {
+            Ok(_) => break,
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "the connection was never given back"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_paused_each_node_keeps_to_its_share_and_redis_hears_of_it_after() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", Some(2));
+    let b = node(&redis, "b", Some(2));
+    until_mode(&a, Mode::Shared).await;
+    until_mode(&b, Mode::Shared).await;
+    let l = limits("10/1h", 1000);
+    for _ in 0..2 {
+        drop(a.take("relay@contoso.com", l, 1).await.unwrap());
+    }
+    settle().await;
+
+    redis.pause();
+    // The first take finds Redis silent and falls back at once to a's share (5 of 10),
+    // in which a's two sends before the pause count.
+    for _ in 0..3 {
+        drop(a.take("relay@contoso.com", l, 1).await.unwrap());
+    }
+    let refused = a.take("relay@contoso.com", l, 1).await.err().unwrap();
+    assert_eq!(refused.window, Window::Rate);
+    let report = a.report();
+    assert_eq!(report.mode, Mode::OwnShare);
+    let problem = report.problem().unwrap();
+    assert!(
+        problem.contains("unreachable") && problem.contains("1/2"),
+        "{problem}"
+    );
+    // b has its whole share.
+    for _ in 0..5 {
+        drop(b.take("relay@contoso.com", l, 1).await.unwrap());
+    }
+    assert!(b.take("relay@contoso.com", l, 1).await.is_err());
+
+    redis.resume();
+    until_mode(&a, Mode::Shared).await;
+    until_mode(&b, Mode::Shared).await;
+    // Redis counts all ten: the budget is spent for both.
+    let usage = a.usage("relay@contoso.com", l).await;
+    assert_eq!(usage.sent, 10);
+    for node in [&a, &b] {
+        let refused = node.take("relay@contoso.com", l, 1).await.err().unwrap();
+        assert_eq!(refused.window, Window::Rate);
+    }
+    assert!(a.report().problem().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_gets_the_nodes_sends_back() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, "a", Some(2));
+    let b = node(&redis, "b", Some(2));
+    until_mode(&a, Mode::Shared).await;
+    until_mode(&b, Mode::Shared).await;
+    let l = limits("5/1h", 1000);
+    for _ in 0..3 {
+        drop(a.take("relay@contoso.com", l, 2).await.unwrap());
+    }
+    drop(b.take("relay@contoso.com", l, 1).await.unwrap());
+    // In flight across the restart: its finish is owed to the new data set.
+    let in_flight = b.take("relay@contoso.com", l, 1).await.unwrap();
+    settle().await;
+
+    redis.restart_empty();
+    assert_eq!(redis.integer("EXISTS test:rate:relay@contoso.com"), 0);
+    // Each node finds the data gone (a new epoch) and puts its own sends back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis.integer("ZCARD test:rate:relay@contoso.com") < 5 {
+        assert!(Instant::now() < deadline, "the sends were not put back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_mode(&a, Mode::Shared).await;
+    until_mode(&b, Mode::Shared).await;
+    drop(in_flight);
+    settle().await;
+    let usage = a.usage("relay@contoso.com", l).await;
+    assert_eq!((usage.sent, usage.recipients_today), (5, 8));
+    assert_eq!(
+        b.take("relay@contoso.com", l, 1)
+            .await
+            .err()
+            .unwrap()
+            .window,
+        Window::Rate
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_share_sending_waits_for_redis() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", None);
+    until_mode(&a, Mode::Shared).await;
+    let l = limits("10/1h", 1000);
+    drop(a.take("relay@contoso.com", l, 1).await.unwrap());
+    redis.pause();
+    let refused = a.take("relay@contoso.com", l, 1).await.err().unwrap();
+    assert_eq!(refused.window, Window::Unshared);
+    assert_eq!(a.report().mode, Mode::Paused);
+    assert!(
+        a.connect("relay@contoso.com", Channel::Smtp, 3)
+            .await
+            .is_err()
+    );
+    redis.resume();
+    until_mode(&a, Mode::Shared).await;
+    assert!(a.take("relay@contoso.com", l, 1).await.is_ok());
+}
