@@ -13,15 +13,18 @@ use smtprelay::delivery::budget::{Budget, Channel, Limits, Window};
 use tokio::time::Instant;
 
 fn node(redis: &RedisServer, name: &str, nodes: Option<u32>) -> Cluster {
-    let config = ClusterConfig {
-        redis_url: redis.url().parse().unwrap(),
+    Cluster::start(&config(&redis.url(), name, nodes)).unwrap()
+}
+
+fn config(url: &str, name: &str, nodes: Option<u32>) -> ClusterConfig {
+    ClusterConfig {
+        redis_url: url.parse().unwrap(),
         ca_file: None,
         password_file: None,
         key_prefix: "test:".into(),
         node_name: name.into(),
         nodes,
-    };
-    Cluster::start(&config).unwrap()
+    }
 }
 
 async fn until_mode(node: &Cluster, mode: Mode) {
@@ -81,6 +84,13 @@ async fn two_nodes_count_one_budget_and_one_connection_limit() {
     assert!(refused.until > Instant::now() + Duration::from_secs(3590));
     let usage = b.usage("relay@contoso.com", l).await;
     assert_eq!((usage.sent, usage.recipients_today), (4, 4));
+    // The next send: when the first of the four ages out, an hour after it finished.
+    let next = usage.next_send.expect("the budget is spent");
+    assert!(
+        next > Instant::now() + Duration::from_secs(3590),
+        "{next:?}"
+    );
+    assert_eq!(a.usage("other@contoso.com", l).await.next_send, None);
     // Another mailbox has its own budget.
     assert!(a.take("other@contoso.com", l, 1).await.is_ok());
 
@@ -238,4 +248,56 @@ async fn without_a_share_sending_waits_for_redis() {
     redis.resume();
     until_mode(&a, Mode::Shared).await;
     assert!(a.take("relay@contoso.com", l, 1).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_ca_file_and_a_password_file() {
+    let pki = common::TestPki::new();
+    let redis = RedisServer::start_tls(&pki, "s3cret pass");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("redis-ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let password_file = dir.path().join("redis.password");
+    std::fs::write(&password_file, "s3cret pass\n").unwrap();
+    let url = format!("rediss://localhost:{}/0", redis.port);
+
+    let tls = |password: &std::path::Path, ca: Option<&std::path::Path>| ClusterConfig {
+        ca_file: ca.map(|p| p.to_owned()),
+        password_file: Some(password.to_owned()),
+        ..config(&url, "a", Some(1))
+    };
+    let a = Cluster::start(&tls(&password_file, Some(&ca_file))).unwrap();
+    until_mode(&a, Mode::Shared).await;
+    let l = limits("1/1h", 10);
+    let _sent = a.take("relay@contoso.com", l, 1).await.unwrap();
+    assert_eq!(
+        a.take("relay@contoso.com", l, 1)
+            .await
+            .err()
+            .unwrap()
+            .window,
+        Window::Rate
+    );
+    // The report never shows the password.
+    assert!(!format!("{:?}", a.report()).contains("s3cret"));
+
+    // A wrong password, and a server the system's CAs do not vouch for: unreachable, and
+    // the report says why.
+    let wrong = dir.path().join("wrong.password");
+    std::fs::write(&wrong, "nope").unwrap();
+    for (config, expected) in [
+        (tls(&wrong, Some(&ca_file)), "authentication"),
+        (tls(&password_file, None), "certificate"),
+    ] {
+        let node = Cluster::start(&config).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let report = node.report();
+        assert!(!report.reachable, "{report:?}");
+        let error = report.error.unwrap_or_default();
+        assert!(error.to_lowercase().contains(expected), "{error}");
+    }
+    // A password file that cannot be read is a configuration error at start.
+    let missing = tls(&dir.path().join("missing"), Some(&ca_file));
+    let error = Cluster::start(&missing).err().unwrap();
+    assert!(error.contains("[cluster] password_file"), "{error}");
 }

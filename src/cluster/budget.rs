@@ -419,21 +419,33 @@ impl Inner {
                 .key(self.key("rate", mailbox))
                 .key(self.key("daily", mailbox))
                 .key(self.key("minutes", mailbox))
-                .arg(period_ms);
-            if let Ok((sent, recipients_today)) = self.call::<(u64, u64)>(&invocation).await {
+                .arg(period_ms)
+                .arg(limits.rate.count)
+                .arg(limits.daily_recipients);
+            if let Ok((sent, recipients_today, next)) =
+                self.call::<(u64, u64, u64)>(&invocation).await
+            {
                 return Usage {
                     sent,
                     recipients_today,
-                    next_send: None,
+                    next_send: (next > 0).then(|| self.instant_at(next)),
                 };
             }
         }
+        // What this node knows: its own sends, against its share.
         let now = self.cluster_now();
+        let next_send = match self.share(limits) {
+            Ok(share) => {
+                let room = self.state().ledger.room(mailbox, share, 1, now, POLL_MS);
+                room.err().map(|(_, until)| self.instant_at(until))
+            }
+            Err(unshared) => Some(unshared.until),
+        };
         let (sent, recipients_today) = self.state().ledger.usage(mailbox, period_ms, now);
         Usage {
             sent,
             recipients_today,
-            next_send: None,
+            next_send,
         }
     }
 }

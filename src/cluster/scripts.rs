@@ -137,16 +137,39 @@ redis.call('PEXPIRE', KEYS[3], DAY + 12 * MINUTE)
 return (#ARGV - 1) / 4
 "#;
 
-/// KEYS: rate, daily, minutes. ARGV: rate period ms. This mailbox's use of its budgets:
-/// {messages in the rate window, recipients in the day}.
+/// KEYS: rate, daily, minutes. ARGV: rate period ms, rate limit, daily limit. This
+/// mailbox's use of its budgets: {messages in the rate window, recipients in the day, when a
+/// one-recipient message may start (ms; 0: now)}. Counts nothing.
 const USAGE: &str = r#"
-local sent = redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now - tonumber(ARGV[1])), '+inf')
-local total = 0
+local period = tonumber(ARGV[1])
+local rate_limit = tonumber(ARGV[2])
+local daily_limit = tonumber(ARGV[3])
+local rate = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(now - period), '+inf', 'WITHSCORES')
+local sent = #rate / 2
+local next_send = 0
+if sent >= rate_limit and sent > 0 then
+  local at = tonumber(rate[2 * (sent - rate_limit) + 2])
+  next_send = at + period
+  if at > now then next_send = now + 100 end
+end
 local first_live = math.floor((now - DAY) / MINUTE)
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], first_live, '+inf')) do
+local buckets = redis.call('ZRANGEBYSCORE', KEYS[3], first_live, '+inf')
+local total = 0
+for _, m in ipairs(buckets) do
   total = total + tonumber(redis.call('HGET', KEYS[2], m) or '0')
 end
-return {sent, total}
+if total + 1 > daily_limit and total > 0 then
+  local freed = 0
+  for _, m in ipairs(buckets) do
+    freed = freed + tonumber(redis.call('HGET', KEYS[2], m) or '0')
+    if total - freed + 1 <= daily_limit then
+      local later = (tonumber(m) + 1) * MINUTE + DAY
+      if later > next_send then next_send = later end
+      break
+    end
+  end
+end
+return {sent, total, fmt(next_send)}
 "#;
 
 /// KEYS: a lease set. ARGV: lease id, limit, ttl ms, poll ms, deadline ms.

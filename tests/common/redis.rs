@@ -11,6 +11,8 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// For `restart_empty`: the options it started with beyond port and directory.
+    options: Vec<String>,
 }
 
 impl RedisServer {
@@ -20,13 +22,62 @@ impl RedisServer {
         for _ in 0..20 {
             let dir = tempfile::tempdir().unwrap();
             let port = super::free_port();
-            let child = spawn(port, dir.path());
-            let mut server = RedisServer { child, port, dir };
+            let child = spawn(port, dir.path(), &[]);
+            let mut server = RedisServer {
+                child,
+                port,
+                dir,
+                options: Vec::new(),
+            };
             if server.wait_ready() {
                 return server;
             }
         }
         panic!("redis-server did not start");
+    }
+
+    /// A server that speaks TLS only (the certificate from `pki`, for `localhost`) and wants
+    /// `password`. Ready once it accepts connections (the plain-text checks cannot reach it).
+    pub fn start_tls(pki: &super::TestPki, password: &str) -> RedisServer {
+        let options: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ]
+        .iter()
+        .map(|o| o.to_string())
+        .chain([
+            "--tls-cert-file".to_owned(),
+            pki.cert_path().display().to_string(),
+            "--tls-key-file".to_owned(),
+            pki.key_path().display().to_string(),
+        ])
+        .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let child = spawn(port, dir.path(), &options);
+        let mut server = RedisServer {
+            child,
+            port,
+            dir,
+            options,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                server.child.try_wait().unwrap().is_none(),
+                "redis-server with TLS exited"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "redis-server with TLS did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
     }
 
     pub fn url(&self) -> String {
@@ -130,7 +181,7 @@ impl RedisServer {
         let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            self.child = spawn(self.port, self.dir.path());
+            self.child = spawn(self.port, self.dir.path(), &self.options);
             if self.wait_ready() {
                 return;
             }
@@ -142,9 +193,16 @@ impl RedisServer {
     }
 }
 
-fn spawn(port: u16, dir: &std::path::Path) -> Child {
+fn spawn(port: u16, dir: &std::path::Path, options: &[String]) -> Child {
+    // With TLS, `--port 0` in the options closes the plain port and `--tls-port` opens this one.
+    let port_option = if options.iter().any(|o| o == "--tls-cert-file") {
+        "--tls-port"
+    } else {
+        "--port"
+    };
     Command::new("redis-server")
-        .args(["--port", &port.to_string()])
+        .args([port_option, &port.to_string()])
+        .args(options)
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
