@@ -34,6 +34,7 @@ mkdir "$work/up"
 target/release/examples/bench_upstream "$UP_PORT" "$TOKEN_PORT" "$work/up" > "$work/up.count" &
 pids+=($!)
 echo "bench-secret" > "$work/secret"
+chmod 600 "$work/secret"
 sleep 0.5
 # shellcheck source=benchmarks/account.sh
 . benchmarks/account.sh
@@ -113,9 +114,11 @@ after=0; for n in 1 2 3; do after=$((after + $(calls "1007$n"))); done
 three_calls=$((after - before))
 
 latency=$(timeout 3 redis-cli -p "$REDIS_PORT" --latency --raw 2>/dev/null | tail -1 || true)
+kill "$(pgrep -f examples/bench_upstream)"
+sleep 0.3
 
 echo "one node, no [cluster]:        $alone msg/s"
 echo "one node with [cluster]:       $one msg/s, $(python3 -c "print(f'{$one_calls / $MESSAGES:.2f}')") Redis round trips per message"
 echo "three nodes with [cluster]:    $three msg/s, $(python3 -c "print(f'{$three_calls / $MESSAGES:.2f}')") Redis round trips per message (heartbeats and lease renewals included)"
-echo "Redis round trip (min avg max ms, redis-cli --latency): $latency"
+echo "Redis round trip (min max avg ms, redis-cli --latency, then samples): $latency"
 echo "upstream received: $(cat "$work/up.count")"

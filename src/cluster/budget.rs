@@ -320,7 +320,16 @@ impl Inner {
             let local = self.connections.take(mailbox, channel, limit)?;
             match self.lease_in_redis(&key, &id, limit).await {
                 Some(Ok(())) => return Ok(self.connection_grant(local, id, key)),
-                Some(Err(full)) => return Err(full),
+                Some(Err(full)) => {
+                    drop(local);
+                    // Connections this node holds can take the message now: only the
+                    // worker that asked waits (see `worker`), not the mailbox.
+                    let until = match self.connections.open(mailbox, channel) {
+                        0 => full.until,
+                        _ => Instant::now(),
+                    };
+                    return Err(Exhausted { until, ..full });
+                }
                 // Unreachable just now, or answered too late to count: the share decides.
                 None => drop(local),
             }

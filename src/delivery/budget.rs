@@ -179,6 +179,12 @@ pub struct Connections {
 }
 
 impl Connections {
+    /// How many this process has open to `mailbox` over `channel`.
+    pub fn open(&self, mailbox: &str, channel: Channel) -> u32 {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&(channel, key(mailbox))).copied().unwrap_or(0)
+    }
+
     /// Takes one if fewer than `limit` are open.
     pub fn take(
         self: &Arc<Self>,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{BoxFuture, Budget, Exhausted, Grant};
+use super::budget::{BoxFuture, Budget, CONNECTION_POLL, Exhausted, Grant, Window};
 use super::lane::Lane;
 use super::schedule::Upstream;
 use super::transport::{
@@ -85,7 +85,7 @@ pub async fn run(
     done: mpsc::UnboundedSender<FromWorker>,
     stop: CancellationToken,
 ) {
-    let mut transport = transport_for(&shared, &lane, stop);
+    let mut transport = transport_for(&shared, &lane, stop.clone());
     let mut connection = None;
     loop {
         // The idle time counts while waiting for the queue's lock too: another worker may
@@ -114,8 +114,18 @@ pub async fn run(
         if !transport.is_open() {
             connection = None;
         }
+        let refused_a_connection = matches!(&attempted.end, End::Ran(ran)
+            if matches!(&ran.stopped, Some(Stopped::Budget(e)) if e.window == Window::Connections));
         if done.send(FromWorker::Ended(attempted)).is_err() {
             break;
+        }
+        // Without a connection of its own, this worker lets the ones that have one take the
+        // next messages for a moment.
+        if refused_a_connection {
+            tokio::select! {
+                _ = tokio::time::sleep(CONNECTION_POLL) => {}
+                _ = stop.cancelled() => {}
+            }
         }
     }
     transport.close().await;
