@@ -65,7 +65,8 @@ impl Process {
             match &config.cluster {
                 Some(cluster) => {
                     let cluster = Arc::new(crate::cluster::Cluster::start(cluster)?);
-                    tracing::info!(node = %cluster.report().node, redis = %cluster.report().redis,
+                    let report = cluster.report();
+                    tracing::info!(node = %report.node, redis = %report.redis,
                         "cluster: budgets and connection limits are shared through Redis");
                     (Arc::clone(&cluster) as _, None, Some(cluster))
                 }

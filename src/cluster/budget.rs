@@ -13,6 +13,14 @@ use crate::delivery::budget::{
     self, BoxFuture, Budget, Channel, Exhausted, Grant, Limits, Usage, Window,
 };
 
+/// No share to send within while Redis cannot count: look again in a moment.
+fn unshared() -> Exhausted {
+    Exhausted {
+        window: Window::Unshared,
+        until: Instant::now() + UNSHARED_WAIT,
+    }
+}
+
 /// What the take script answered.
 enum Taken {
     Granted {
@@ -65,7 +73,7 @@ impl Inner {
             .key(self.key("rate", mailbox))
             .key(self.key("daily", mailbox))
             .key(self.key("minutes", mailbox))
-            .key(format!("{}epoch", self.config.key_prefix))
+            .key(self.shared_key("epoch"))
     }
 
     /// Counts the send in Redis; `None` when Redis cannot (unreachable, or a new data set).
@@ -124,18 +132,14 @@ impl Inner {
 
     /// This node's share of a mailbox's limits: `Err` when it has none (sending waits).
     fn share(&self, limits: Limits) -> Result<Share, Exhausted> {
-        let unshared = Exhausted {
-            window: Window::Unshared,
-            until: Instant::now() + UNSHARED_WAIT,
-        };
-        let nodes = u64::from(self.config.nodes.ok_or(unshared)?);
+        let nodes = u64::from(self.config.nodes.ok_or_else(unshared)?);
         let share = Share {
             rate: u64::from(limits.rate.count) / nodes,
             period_ms: limits.rate.period.as_millis() as u64,
             daily: u64::from(limits.daily_recipients) / nodes,
         };
         if share.rate == 0 || share.daily == 0 {
-            return Err(unshared);
+            return Err(unshared());
         }
         Ok(share)
     }
@@ -208,8 +212,9 @@ impl Inner {
         })
     }
 
+    /// Tells Redis a send counted in flight has finished (now, or late after an outage).
     async fn finish_in_redis(&self, mailbox: &str, send: &Send) {
-        let InRedis::Taken { bucket } = &send.in_redis else {
+        let (InRedis::Taken { bucket } | InRedis::FinishOwed { bucket }) = &send.in_redis else {
             return;
         };
         let epoch = self.state().epoch.clone();
@@ -288,22 +293,7 @@ impl Inner {
             }
         }
         for (mailbox, send) in finishes {
-            let InRedis::FinishOwed { bucket } = &send.in_redis else {
-                continue;
-            };
-            let taken = Send {
-                in_redis: InRedis::Taken {
-                    bucket: bucket.clone(),
-                },
-                ..send.clone()
-            };
-            self.state().ledger.set_in_redis(
-                &mailbox,
-                send.number,
-                &send.in_redis,
-                taken.in_redis.clone(),
-            );
-            self.finish_in_redis(&mailbox, &taken).await;
+            self.finish_in_redis(&mailbox, &send).await;
         }
     }
 
@@ -316,7 +306,7 @@ impl Inner {
     ) -> Result<Grant, Exhausted> {
         let id = self.fresh_id();
         let key = self.key(&format!("conn:{}", channel.name()), mailbox);
-        if matches!(self.mode(), Mode::Shared | Mode::Settling) {
+        if self.reachable() {
             let local = self.connections.take(mailbox, channel, limit)?;
             match self.lease_in_redis(&key, &id, limit).await {
                 Some(Ok(())) => return Ok(self.connection_grant(local, id, key)),
@@ -336,10 +326,7 @@ impl Inner {
         }
         let share = self.config.nodes.map_or(0, |nodes| limit / nodes);
         if share == 0 {
-            return Err(Exhausted {
-                window: Window::Unshared,
-                until: Instant::now() + UNSHARED_WAIT,
-            });
+            return Err(unshared());
         }
         let local = self.connections.take(mailbox, channel, share)?;
         Ok(self.connection_grant(local, id, key))
@@ -422,7 +409,7 @@ impl Inner {
 
     async fn usage(&self, mailbox: &str, limits: Limits) -> Usage {
         let period_ms = limits.rate.period.as_millis() as u64;
-        if matches!(self.mode(), Mode::Shared | Mode::Settling) {
+        if self.reachable() {
             let mut invocation = self.scripts.usage.prepare_invoke();
             invocation
                 .key(self.key("rate", mailbox))

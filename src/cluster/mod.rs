@@ -208,8 +208,16 @@ impl Cluster {
             next_number: AtomicU64::new(0),
             started_at: crate::clock::unix_ms() / 1000,
         });
-        tokio::spawn(beat(Arc::downgrade(&inner)));
-        tokio::spawn(renew_leases(Arc::downgrade(&inner)));
+        tokio::spawn(every(
+            HEARTBEAT_EVERY,
+            Arc::downgrade(&inner),
+            |inner| async move { inner.beat_once().await },
+        ));
+        tokio::spawn(every(
+            RENEW_EVERY,
+            Arc::downgrade(&inner),
+            |inner| async move { inner.renew().await },
+        ));
         Ok(Cluster { inner })
     }
 
@@ -345,8 +353,14 @@ impl Inner {
         Instant::now() + Duration::from_millis(cluster_ms.saturating_sub(self.cluster_now()))
     }
 
+    /// A mailbox's key for `what` (rate, daily, minutes, conn:…).
     fn key(&self, what: &str, mailbox: &str) -> String {
         format!("{}{what}:{mailbox}", self.config.key_prefix)
+    }
+
+    /// A key of the whole cluster (epoch, nodes, node-details).
+    fn shared_key(&self, name: &str) -> String {
+        format!("{}{name}", self.config.key_prefix)
     }
 
     fn fresh_id(&self) -> String {
@@ -404,9 +418,9 @@ impl Inner {
         .to_string();
         let mut invocation = self.scripts.heartbeat.prepare_invoke();
         invocation
-            .key(format!("{}nodes", self.config.key_prefix))
-            .key(format!("{}epoch", self.config.key_prefix))
-            .key(format!("{}node-details", self.config.key_prefix))
+            .key(self.shared_key("nodes"))
+            .key(self.shared_key("epoch"))
+            .key(self.shared_key("node-details"))
             .arg(&self.config.node_name)
             .arg(NODE_TTL_MS)
             .arg(details)
@@ -443,22 +457,17 @@ fn new_epoch() -> String {
     format!("{:016x}", rand::thread_rng().r#gen::<u64>())
 }
 
-async fn beat(inner: Weak<Inner>) {
-    let mut every = tokio::time::interval(HEARTBEAT_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Runs `job` every `period` for as long as the cluster lives.
+async fn every<F: std::future::Future<Output = ()>>(
+    period: Duration,
+    inner: Weak<Inner>,
+    job: impl Fn(Arc<Inner>) -> F,
+) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        every.tick().await;
+        ticks.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        inner.beat_once().await;
-    }
-}
-
-async fn renew_leases(inner: Weak<Inner>) {
-    let mut every = tokio::time::interval(RENEW_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        inner.renew().await;
+        job(inner).await;
     }
 }

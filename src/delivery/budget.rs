@@ -68,17 +68,6 @@ impl Window {
     }
 }
 
-impl std::fmt::Display for Window {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Window::Rate => "rate",
-            Window::Daily => "daily recipient",
-            Window::Connections => "connection",
-            Window::Unshared => "unshared",
-        })
-    }
-}
-
 /// What a connection to a mailbox is, for its limit: Exchange counts SMTP sessions and
 /// Graph requests separately (3 and 4 by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

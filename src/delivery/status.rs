@@ -14,7 +14,8 @@ use super::schedule::{Block, Census};
 pub struct HeldMailbox {
     pub account: String,
     pub mailbox: String,
-    /// `rate` or `daily` for a spent budget; absent for a pause.
+    /// `rate`, `daily`, `connections` or `unshared` for a limit that holds the mail; absent
+    /// for a pause.
     pub budget: Option<Window>,
     /// In words: which budget, or what Exchange said.
     pub reason: String,
