@@ -17,7 +17,7 @@ use crate::delivery::{Delivery, DeliveryStatus, LocalBudget, Outbound};
 use crate::metrics::Metrics;
 use crate::oauth::http::TokenClient;
 use crate::oauth::manager::TokenManager;
-use crate::oauth::{FileStore, TokenKey};
+use crate::oauth::{FileStore, TokenKey, TokenStore};
 use crate::queue::Spool;
 use crate::smtp::listener::Server;
 use crate::smtp::policy::Policy;
@@ -67,7 +67,7 @@ impl Process {
                     let cluster = Arc::new(crate::cluster::Cluster::start(cluster)?);
                     let report = cluster.report();
                     tracing::info!(node = %report.node, redis = %report.redis,
-                        "cluster: budgets and connection limits are shared through Redis");
+                        "cluster: tokens, budgets and connection limits are shared through Redis");
                     (Arc::clone(&cluster) as _, None, Some(cluster))
                 }
                 None => {
@@ -277,7 +277,7 @@ pub async fn prepare(
 impl Prepared {
     /// Starts it; `previous` is the generation's it replaces, whose counters and tokens the
     /// new token manager takes over.
-    pub fn start(self, process: &Process, previous: Option<&TokenManager>) -> Generation {
+    pub async fn start(self, process: &Process, previous: Option<&TokenManager>) -> Generation {
         let config = self.config;
         let smtp_addresses = self.server.local_addrs();
         let admin_address = self
@@ -291,7 +291,8 @@ impl Prepared {
         }
         let outbound = process.shutdown.child_token();
         let mut outbound_tasks = Vec::new();
-        let tokens = start_token_manager(&config, &outbound, previous);
+        let tokens =
+            start_token_manager(&config, process.cluster.as_deref(), &outbound, previous).await;
         if tokens.is_none() && !config.accounts.is_empty() {
             outbound_tasks.push(tokio::spawn(await_token_key(
                 Arc::clone(&config),
@@ -384,8 +385,9 @@ async fn await_token_key(
 
 /// Keeps every account's token fresh in the background. Without a usable store key the relay
 /// still accepts mail, which waits in the queue until the key is fixed.
-fn start_token_manager(
+async fn start_token_manager(
     config: &Config,
+    cluster: Option<&crate::cluster::Cluster>,
     shutdown: &CancellationToken,
     previous: Option<&TokenManager>,
 ) -> Option<(Arc<TokenManager>, JoinHandle<()>)> {
@@ -407,12 +409,15 @@ fn start_token_manager(
             return None;
         }
     };
-    let store = FileStore::new(
-        config.server.state_dir.join(&config.tokens.file),
-        key,
-        config.tokens.backups,
-    );
-    let manager = Arc::new(TokenManager::new(config, Arc::new(store), client));
+    let store: Arc<dyn TokenStore> = match cluster {
+        Some(cluster) => Arc::new(cluster.token_store(key)),
+        None => Arc::new(FileStore::new(
+            config.server.state_dir.join(&config.tokens.file),
+            key,
+            config.tokens.backups,
+        )),
+    };
+    let manager = Arc::new(TokenManager::new(config, store, client).await);
     if let Some(previous) = previous {
         manager.take_over(previous);
     }

@@ -1,7 +1,9 @@
 //! Three `smtprelay serve` processes sending as one mailbox, sharing a real `redis-server`,
 //! against the Entra and Exchange doubles: Exchange sees one sender's limits kept (the rate
 //! in every window, three sessions at once), through a Redis pause and an empty restart
-//! every message arrives exactly once, and a killed node's connections are given back.
+//! every message arrives exactly once, a killed node's connections are given back, and the
+//! three make one token request per token lifetime (a delegated account whose refresh
+//! tokens Entra accepts once each, logged in once with the CLI against Redis).
 
 mod common;
 
@@ -39,6 +41,15 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// How the nodes' account gets its tokens.
+#[derive(Clone, Copy, PartialEq)]
+enum Login {
+    /// Client credentials: each node could ask on its own.
+    AppOnly,
+    /// Device code: an admin logs in once, with the CLI on the first node.
+    Delegated,
+}
+
 /// Three nodes, each with its own spool, configured alike apart from their names.
 async fn cluster(
     entra: &common::entra::Entra,
@@ -46,10 +57,31 @@ async fn cluster(
     redis: &RedisServer,
     upstream: &str,
 ) -> Cluster {
+    cluster_with(entra, exchange, redis, upstream, Login::AppOnly).await
+}
+
+async fn cluster_with(
+    entra: &common::entra::Entra,
+    exchange: &Exchange,
+    redis: &RedisServer,
+    upstream: &str,
+    login: Login,
+) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     let key_hex = common::token_key_hex();
-    let mut nodes = Vec::new();
+    let env = [("SMTPRELAY_TOKEN_KEY", key_hex.as_str())];
+    let table = match login {
+        Login::AppOnly => account(
+            entra,
+            "contoso",
+            "app-secret",
+            "client_credentials",
+            &format!("client_secret_file = {:?}", dir.path().join("secret")),
+        ),
+        Login::Delegated => account(entra, "contoso", "app-public", "device_code", ""),
+    };
+    let mut configs = Vec::new();
     for n in 1..=3 {
         let node_dir = dir.path().join(format!("node{n}"));
         std::fs::create_dir_all(&node_dir).unwrap();
@@ -58,21 +90,20 @@ async fn cluster(
             "[server]\nhostname = \"relay{n}.test\"\nstate_dir = \"state\"\n\
              [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
-             {}{}{upstream}\n\
+             {table}{}{upstream}\n\
              [cluster]\nredis_url = \"{}\"\nnode_name = \"node{n}\"\nnodes = 3\n",
-            account(
-                entra,
-                "contoso",
-                "app-secret",
-                "client_credentials",
-                &format!("client_secret_file = {:?}", dir.path().join("secret")),
-            ),
             exchange.upstream_table(&node_dir),
             redis.url(),
         );
         std::fs::write(&config, text).unwrap();
-        let env = [("SMTPRELAY_TOKEN_KEY", key_hex.as_str())];
-        let (child, smtp, admin, logs) = start_binary_with_admin(&config, &env);
+        configs.push(config);
+    }
+    if login == Login::Delegated {
+        device_login(entra, &configs[0], &env).await;
+    }
+    let mut nodes = Vec::new();
+    for config in &configs {
+        let (child, smtp, admin, logs) = start_binary_with_admin(config, &env);
         nodes.push(Node {
             child,
             smtp,
@@ -96,6 +127,29 @@ async fn cluster(
         }
     }
     cluster
+}
+
+/// `smtprelay token login` on one node, approved at the Entra double as the user would.
+async fn device_login(
+    entra: &common::entra::Entra,
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+        .arg("--config")
+        .arg(config)
+        .args(["token", "login", "--account", "contoso"])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let printed = common::tokens::approve_device_login(entra, child.stdout.take().unwrap()).await;
+    assert!(child.wait().await.unwrap().success(), "{printed}");
+    assert!(
+        printed.contains("stored encrypted in Redis at"),
+        "{printed}"
+    );
 }
 
 async fn health(admin: SocketAddr) -> serde_json::Value {
@@ -206,6 +260,8 @@ async fn three_nodes_keep_one_mailbox_s_rate_and_session_limit_together() {
     let busiest = busiest_window(&exchange, Duration::from_secs(10));
     assert!(busiest <= 20, "{busiest} messages within 10 s");
     assert!(busiest >= 15, "the budget was barely used: {busiest}");
+    // One token for the three nodes: one asked, the others used what it stored.
+    assert_eq!(entra.requests("client_credentials"), 1);
     // Nine workers (three per node, as many as Exchange allows one client), never more
     // than three sessions for the mailbox.
     let peak = exchange.state().peak_sessions[MAILBOX];
@@ -273,6 +329,16 @@ async fn redis_paused_then_restarted_empty_mid_run_delivers_every_message_once()
     for node in &cluster.nodes {
         let report = health(node.admin).await;
         assert_eq!(report["cluster"]["mode"], "shared", "{report}");
+    }
+    // The token at hand kept working while Redis was away, and went back into it.
+    assert_eq!(entra.requests("client_credentials"), 1);
+    let deadline = Instant::now() + common::TIMEOUT;
+    while redis.bulk("HGET smtprelay:tokens contoso").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not put their token back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -348,4 +414,79 @@ async fn a_killed_node_s_sessions_are_given_back_and_the_others_go_on() {
         assert!(Instant::now() < deadline, "{report}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_make_one_token_request_per_token_lifetime() {
+    let (entra, exchange) = tenant().await;
+    // Tokens live 10 s and are renewed 5 s before they run out: one request every 5 s, from
+    // whichever node gets there first. Entra answers slowly, so the others are due too
+    // while it does, and must wait for what it stores.
+    entra.state().access_token_lifetime = 10;
+    let mut redis = RedisServer::start();
+    let cluster = cluster_with(
+        &entra,
+        &exchange,
+        &redis,
+        "rate = \"10000/min\"\n[tokens]\nrefresh_before = \"5s\"\n",
+        Login::Delegated,
+    )
+    .await;
+    entra.state().delay = Some(Duration::from_millis(1500));
+    let start = Instant::now();
+    let mut holders = std::collections::HashSet::new();
+    let (mut sent, mut restarted, mut said_in_text) = (0, false, false);
+    while start.elapsed() < Duration::from_secs(22) {
+        if !restarted && start.elapsed() > Duration::from_secs(11) {
+            // The nodes put back the tokens they hold: nobody logs in again.
+            redis.restart_empty();
+            restarted = true;
+        }
+        send_through(&cluster, sent..sent + 3).await;
+        sent += 3;
+        for node in &cluster.nodes {
+            let report = health(node.admin).await;
+            if let Some(holder) = report["accounts"][0]["refresh_lock_holder"].as_str() {
+                holders.insert(holder.to_owned());
+            }
+            let (_, text) = common::http_get(&format!("http://{}/status.txt", node.admin)).await;
+            said_in_text |= text.contains("is getting a new token");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    received(&exchange, sent, Duration::from_secs(60), &cluster, &redis).await;
+    assert!(arrivals(&exchange).values().all(|n| *n == 1));
+
+    // Entra takes each refresh token once: a second request for the same lifetime would
+    // have been refused (invalid_grant) and the account would need a login.
+    let times = entra.request_times("refresh_token");
+    assert!(times.len() >= 3, "{} refreshes in 22 s", times.len());
+    for pair in times.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap >= Duration::from_secs(3),
+            "two token requests {gap:?} apart: {times:?}"
+        );
+    }
+    for node in &cluster.nodes {
+        let report = health(node.admin).await;
+        let account = &report["accounts"][0];
+        assert_eq!(account["state"], "valid", "{report}");
+        assert_eq!(account["unsaved"], false, "{report}");
+    }
+    // The nodes that waited saw who asked for them.
+    assert!(!holders.is_empty(), "no node was seen asking Entra");
+    assert!(said_in_text, "/status.txt never named the node asking");
+    assert!(
+        holders
+            .iter()
+            .all(|h| ["node1", "node2", "node3"].contains(&h.as_str())),
+        "{holders:?}"
+    );
+    // Sealed in Redis again after its restart, at a revision above the ones before.
+    let stored = redis
+        .bulk("HGET smtprelay:tokens contoso")
+        .expect("tokens in Redis");
+    let revision: u64 = stored.split(':').next().unwrap().parse().unwrap();
+    assert!(revision > times.len() as u64, "{stored}");
 }

@@ -7,10 +7,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::entra::{DeviceStatus, Entra};
+use common::entra::Entra;
 use common::exchange::Exchange;
 use common::tokens::{SECRET, account};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 struct Setup {
@@ -235,16 +234,8 @@ async fn device_login_status_refresh_backup_restore_clear() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = String::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        printed.push_str(&line);
-        printed.push('\n');
-        if let Some(code) = line.split("enter the code ").nth(1) {
-            let code = code.split_whitespace().next().unwrap().to_owned();
-            setup.entra.device_login(&code, DeviceStatus::Approved);
-        }
-    }
+    let printed =
+        common::tokens::approve_device_login(&setup.entra, child.stdout.take().unwrap()).await;
     assert!(child.wait().await.unwrap().success(), "{printed}");
     assert!(
         printed.contains("https://microsoft.com/devicelogin"),

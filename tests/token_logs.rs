@@ -29,7 +29,7 @@ async fn secrets_and_tokens_never_appear_in_logs() {
         )
     })
     .await;
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let mut seen = Vec::new();
 
     // Client credentials, an upstream login with the token, a refused token, a refresh.
@@ -58,7 +58,7 @@ async fn secrets_and_tokens_never_appear_in_logs() {
     entra.revoke_refresh_tokens();
     manager.invalidate("user", &token.token);
     assert!(manager.access_token("user").await.is_err());
-    seen.push(format!("{:?}", fx.store().load_all()));
+    seen.push(format!("{:?}", fx.store().load_all().await));
 
     let logs = captured.text() + &seen.join("\n");
     assert!(logs.contains("token refreshed"), "nothing was logged?");

@@ -6,20 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::entra::{DeviceStatus, Entra, Fault};
-use common::tokens::{SECRET, TokenFixture, account, app, certificate, claims, fixture};
-use smtprelay::oauth::TokenStore;
+use common::tokens::{
+    SECRET, TokenFixture, account, app, certificate, claims, fixture, secret_account,
+};
 use smtprelay::oauth::error::ErrorClass;
 use smtprelay::oauth::manager::Health;
-
-fn secret_account(entra: &Entra) -> String {
-    account(
-        entra,
-        "contoso",
-        "app-secret",
-        "client_credentials",
-        "client_secret_file = \"secret\"",
-    )
-}
 
 async fn secret_fixture() -> TokenFixture {
     let entra = Entra::start().await;
@@ -42,7 +33,7 @@ fn health(manager: &smtprelay::oauth::manager::TokenManager, account: &str) -> H
 #[tokio::test]
 async fn client_secret_gets_an_app_only_token_and_caches_it() {
     let fx = secret_fixture().await;
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let token = manager.access_token("contoso").await.unwrap();
     let claims = claims(token.token.expose());
     assert_eq!(claims["aud"], "https://outlook.office365.com");
@@ -52,7 +43,7 @@ async fn client_secret_gets_an_app_only_token_and_caches_it() {
     assert_eq!(again.token, token.token);
     assert_eq!(fx.entra.requests("client_credentials"), 1);
     // Persisted, encrypted.
-    let stored = fx.store().load("contoso").unwrap().unwrap();
+    let stored = fx.stored("contoso").await.unwrap();
     assert_eq!(stored.access_token, Some(token.token.clone()));
     let raw = std::fs::read_to_string(fx.store_path()).unwrap();
     assert!(!raw.contains(token.token.expose()));
@@ -76,7 +67,7 @@ async fn certificate_assertions_ps256_and_rs256_are_accepted() {
             account(e, "contoso", "app-cert", "client_credentials", &extra)
         })
         .await;
-        let manager = fx.manager();
+        let manager = fx.manager().await;
         let token = manager
             .access_token("contoso")
             .await
@@ -104,7 +95,7 @@ async fn a_certificate_with_the_wrong_key_is_misconfigured_and_explained() {
         account(e, "contoso", "app-cert", "client_credentials", &extra)
     })
     .await;
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let error = manager.access_token("contoso").await.unwrap_err();
     assert_eq!(error.class(), ErrorClass::Misconfigured);
     let Health::Misconfigured(reason) = health(&manager, "contoso") else {
@@ -125,7 +116,7 @@ async fn a_wrong_secret_is_misconfigured_and_not_retried_in_a_hot_loop() {
         ..app("app-secret")
     });
     let fx = TokenFixture::new(entra, secret_account).await;
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let error = manager.access_token("contoso").await.unwrap_err();
     assert!(
         error.to_string().contains("Value, not its Secret ID"),
@@ -145,7 +136,7 @@ async fn a_wrong_secret_is_misconfigured_and_not_retried_in_a_hot_loop() {
 async fn a_hundred_concurrent_callers_make_one_token_request() {
     let fx = secret_fixture().await;
     fx.entra.state().delay = Some(Duration::from_millis(300));
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let callers: Vec<_> = (0..100)
         .map(|_| {
             let manager = Arc::clone(&manager);
@@ -178,7 +169,7 @@ async fn transient_failures_are_retried_with_backoff_and_retry_after() {
     let fx = secret_fixture().await;
     fx.entra.fault(Fault::Status(503));
     fx.entra.fault(Fault::Throttle(1));
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let started = std::time::Instant::now();
     manager.access_token("contoso").await.unwrap();
     assert_eq!(fx.entra.requests("client_credentials"), 3);
@@ -191,7 +182,7 @@ async fn transient_failures_are_retried_with_backoff_and_retry_after() {
 #[tokio::test]
 async fn exhausted_retries_leave_the_account_failing_and_its_tokens_stored() {
     let fx = secret_fixture().await;
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let first = manager.access_token("contoso").await.unwrap();
     for _ in 0..4 {
         fx.entra.fault(Fault::Status(502));
@@ -203,7 +194,7 @@ async fn exhausted_retries_leave_the_account_failing_and_its_tokens_stored() {
     assert_eq!(fx.entra.requests("client_credentials"), 5);
     // Nothing was thrown away.
     assert_eq!(
-        fx.store().load("contoso").unwrap().unwrap().access_token,
+        fx.stored("contoso").await.unwrap().access_token,
         Some(first.token)
     );
     // Once the endpoint is back, the next caller recovers.
@@ -227,7 +218,7 @@ async fn device_login(
     fx: &TokenFixture,
     outcome: DeviceStatus,
 ) -> Result<(), smtprelay::oauth::error::TokenError> {
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let oauth = manager.oauth_account("contoso").unwrap();
     let entra = fx.entra.clone();
     let response = oauth
@@ -256,30 +247,24 @@ async fn device_code_login_then_refresh_rotates_and_persists_before_use() {
         .entra
         .requests("urn:ietf:params:oauth:grant-type:device_code");
     assert!(polls >= 2, "expected pending polls first, got {polls}");
-    let stored = fx.store().load("contoso").unwrap().unwrap();
+    let stored = fx.stored("contoso").await.unwrap();
     let first_refresh = stored.refresh_token.clone().unwrap();
     assert!(stored.login_at.is_some());
 
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let token = manager.access_token("contoso").await.unwrap();
     assert_eq!(claims(token.token.expose())["scp"], "SMTP.Send");
     manager.invalidate("contoso", &token.token);
     let fresh = manager.access_token("contoso").await.unwrap();
     assert_ne!(fresh.token, token.token);
-    let rotated = fx
-        .store()
-        .load("contoso")
-        .unwrap()
-        .unwrap()
-        .refresh_token
-        .unwrap();
+    let rotated = fx.stored("contoso").await.unwrap().refresh_token.unwrap();
     assert_ne!(
         rotated, first_refresh,
         "the rotated refresh token was not saved"
     );
 
     // A new process (a restart) continues with the rotated token; the old one is dead.
-    let restarted = fx.manager();
+    let restarted = fx.manager().await;
     restarted.refresh_now("contoso").await.unwrap();
     assert_eq!(fx.entra.requests("refresh_token"), 2);
     let status = &restarted.statuses()[0];
@@ -292,13 +277,13 @@ async fn a_declined_device_login_is_reported() {
     let fx = device_fixture().await;
     let error = device_login(&fx, DeviceStatus::Declined).await.unwrap_err();
     assert!(error.to_string().contains("declined"), "{error}");
-    assert!(fx.store().load("contoso").unwrap().is_none());
+    assert!(fx.stored("contoso").await.is_none());
 }
 
 #[tokio::test]
 async fn without_a_login_the_account_needs_one() {
     let fx = device_fixture().await;
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let error = manager.access_token("contoso").await.unwrap_err();
     assert!(
         error.to_string().contains("smtprelay token login"),
@@ -312,7 +297,7 @@ async fn without_a_login_the_account_needs_one() {
 async fn a_revoked_refresh_token_holds_the_account_until_a_new_login() {
     let fx = device_fixture().await;
     device_login(&fx, DeviceStatus::Approved).await.unwrap();
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let mut events = manager.subscribe();
     let token = manager.access_token("contoso").await.unwrap();
     fx.entra.revoke_refresh_tokens();
@@ -337,14 +322,7 @@ async fn a_revoked_refresh_token_holds_the_account_until_a_new_login() {
     let requests = fx.entra.state().requests.len();
     assert!(manager.access_token("contoso").await.is_err());
     assert_eq!(fx.entra.state().requests.len(), requests);
-    assert!(
-        fx.store()
-            .load("contoso")
-            .unwrap()
-            .unwrap()
-            .refresh_token
-            .is_some()
-    );
+    assert!(fx.stored("contoso").await.unwrap().refresh_token.is_some());
 
     // `token login` in another process writes the store; the manager picks it up.
     device_login(&fx, DeviceStatus::Approved).await.unwrap();
@@ -388,7 +366,7 @@ async fn browser(url: String) -> String {
 async fn authorization_code_with_pkce_through_the_loopback_listener() {
     let port = common::free_port();
     let fx = auth_code_fixture(port).await;
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let oauth = manager.oauth_account("contoso").unwrap();
     let (_paste, pasted) = tokio::sync::mpsc::channel(1);
     let response = oauth
@@ -430,7 +408,7 @@ async fn pasted_login(
     paste: fn(String) -> Vec<String>,
 ) -> Result<smtprelay::oauth::http::TokenResponse, smtprelay::oauth::error::TokenError> {
     let fx = auth_code_fixture(common::free_port()).await;
-    let manager = fx.manager();
+    let manager = fx.manager().await;
     let oauth = manager.oauth_account("contoso").unwrap();
     let (lines, pasted) = tokio::sync::mpsc::channel(4);
     oauth
@@ -479,7 +457,12 @@ async fn a_tenant_that_does_not_exist_is_misconfigured() {
         secret_account(e).replace("contoso.onmicrosoft.com", "fabrikam.onmicrosoft.com")
     })
     .await;
-    let error = fx.manager().access_token("contoso").await.unwrap_err();
+    let error = fx
+        .manager()
+        .await
+        .access_token("contoso")
+        .await
+        .unwrap_err();
     assert_eq!(error.class(), ErrorClass::Misconfigured);
     assert!(
         error.to_string().contains("tenant was not found"),
@@ -490,13 +473,13 @@ async fn a_tenant_that_does_not_exist_is_misconfigured() {
 #[tokio::test]
 async fn a_store_with_the_wrong_key_holds_accounts_and_is_not_overwritten() {
     let fx = secret_fixture().await;
-    fx.manager().access_token("contoso").await.unwrap();
+    fx.manager().await.access_token("contoso").await.unwrap();
     let before = std::fs::read(fx.store_path()).unwrap();
     let wrong = TokenFixture {
         key: smtprelay::oauth::TokenKey::generate(),
         ..fx
     };
-    let manager = wrong.manager();
+    let manager = wrong.manager().await;
     let error = manager.access_token("contoso").await.unwrap_err();
     assert!(error.to_string().contains("wrong token key"), "{error}");
     assert_eq!(std::fs::read(wrong.store_path()).unwrap(), before);
@@ -539,11 +522,14 @@ async fn a_slow_token_endpoint_holds_up_only_its_own_account() {
     let path = fixture.dir.path().join("smtprelay.toml");
     std::fs::write(&path, text).unwrap();
     let config = smtprelay::config::Config::load(&path).unwrap();
-    let manager = Arc::new(smtprelay::oauth::manager::TokenManager::new(
-        &config,
-        Arc::new(fixture.store()),
-        smtprelay::oauth::http::TokenClient::new().unwrap(),
-    ));
+    let manager = Arc::new(
+        smtprelay::oauth::manager::TokenManager::new(
+            &config,
+            Arc::new(fixture.store()),
+            smtprelay::oauth::http::TokenClient::new().unwrap(),
+        )
+        .await,
+    );
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -103,10 +103,13 @@ fn accounts(out: &mut String, report: &StatusReport) {
             ),
             None => "<span class=\"muted\">no token</span>".to_owned(),
         };
-        let reason = a
+        let reason: String = a
             .token_reason
-            .as_ref()
-            .map_or(String::new(), |r| format!(": {}", escape(r)));
+            .iter()
+            .cloned()
+            .chain(a.refreshing_words())
+            .map(|words| format!(": {}", escape(&words)))
+            .collect();
         let _ = write!(
             out,
             "<tr data-account=\"{name}\"><td>{name}</td><td>{mailbox}</td><td>{}</td><td>{}</td>\

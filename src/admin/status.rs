@@ -50,6 +50,17 @@ pub struct AccountView {
     /// Unix seconds.
     pub token_expires_at: Option<u64>,
     pub next_refresh_at: Option<u64>,
+    /// With `[cluster]`: the node asking Entra for this account's token now, if one is.
+    pub refresh_lock_holder: Option<String>,
+}
+
+impl AccountView {
+    /// Who is getting the account a new token, in words, while someone is.
+    pub fn refreshing_words(&self) -> Option<String> {
+        self.refresh_lock_holder
+            .as_ref()
+            .map(|node| format!("{node} is getting a new token"))
+    }
 }
 
 /// One mailbox's budgets.
@@ -99,6 +110,7 @@ pub async fn report(admin: &Admin, health: HealthReport) -> StatusReport {
                 token_reason: status.and_then(|s| s.health.reason().map(str::to_owned)),
                 token_expires_at: status.and_then(|s| s.access_token_expires_at),
                 next_refresh_at: status.and_then(|s| s.next_refresh_at),
+                refresh_lock_holder: status.and_then(|s| s.refresh_lock_holder.clone()),
             }
         })
         .collect();
@@ -228,8 +240,11 @@ pub fn text(report: &StatusReport) -> String {
             a.flow,
             a.token,
             a.token_reason
-                .as_ref()
-                .map_or(String::new(), |r| format!(" ({r})"))
+                .iter()
+                .cloned()
+                .chain(a.refreshing_words())
+                .map(|words| format!(" ({words})"))
+                .collect::<String>()
         );
     }
     if !report.budgets.is_empty() {

@@ -1,6 +1,9 @@
 //! `smtprelay token …`: log in, inspect, refresh, clear, back up and restore tokens, make the
 //! store key, and test a token against the upstream. Works with or without the daemon
-//! running: both share the store under its lock, and the daemon picks up what is written here.
+//! running, on the store the daemon uses (the file, or Redis with `[cluster]`): writes are
+//! compare-and-set on each account's revision, and the daemon picks up what is written here.
+//! Backups are always files in the file store's format, so `backup` and `restore` also move
+//! tokens between the file and Redis.
 
 use super::output::{errln, outln};
 use std::io::{BufRead, IsTerminal};
@@ -13,7 +16,7 @@ use crate::config::{Config, Flow};
 use crate::oauth::check::token_test;
 use crate::oauth::http::TokenClient;
 use crate::oauth::manager::{AccountStatus, TokenManager};
-use crate::oauth::{FileStore, TokenKey, TokenStore};
+use crate::oauth::{FileStore, TokenKey, TokenStore, Write};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum TokenCommand {
@@ -26,14 +29,17 @@ pub enum TokenCommand {
     },
     /// Get a new access token now.
     Refresh(AccountArg),
-    /// Forget an account's tokens (the previous store is kept as a backup).
+    /// Forget an account's tokens (the file store keeps its previous version as a backup).
     Clear(AccountArg),
-    /// Copy the encrypted store to a file (it needs the same key to be restored).
+    /// Copy the tokens, encrypted, to a file in the file store's format (it needs the same
+    /// key to be restored). With [cluster], this copies them out of Redis.
     Backup {
         #[arg(long)]
         to: Option<PathBuf>,
     },
-    /// Replace the store with a backup (default: the newest rotated copy).
+    /// Replace the stored tokens with a backup's (default: the file store's newest rotated
+    /// copy). With [cluster], this puts them into Redis: name a node's token file to move
+    /// its tokens there.
     Restore { file: Option<PathBuf> },
     /// Write a new store key to [tokens] key_file (or --to).
     Keygen {
@@ -74,15 +80,36 @@ pub fn run(config: Config, command: TokenCommand) -> Result<ExitCode, ExitCode> 
     runtime.block_on(run_async(config, command))
 }
 
-fn open_store(config: &Config) -> Result<FileStore, ExitCode> {
+/// The store the daemon uses: Redis with `[cluster]`, the file otherwise.
+struct Store {
+    tokens: Arc<dyn TokenStore>,
+    key: TokenKey,
+    /// The file store, when that is the store.
+    file: Option<FileStore>,
+}
+
+fn open_store(config: &Config) -> Result<Store, ExitCode> {
     let key = TokenKey::load(config.tokens.key_file.as_deref()).map_err(fail)?;
+    if let Some(cluster) = &config.cluster {
+        let cluster = crate::cluster::Cluster::connect(cluster).map_err(fail)?;
+        return Ok(Store {
+            tokens: Arc::new(cluster.token_store(key.clone())),
+            key,
+            file: None,
+        });
+    }
     crate::private_files::private_dir(&config.server.state_dir)
         .map_err(|e| fail(format!("{}: {e}", config.server.state_dir.display())))?;
-    Ok(FileStore::new(
+    let file = FileStore::new(
         config.server.state_dir.join(&config.tokens.file),
-        key,
+        key.clone(),
         config.tokens.backups,
-    ))
+    );
+    Ok(Store {
+        tokens: Arc::new(file.clone()),
+        key,
+        file: Some(file),
+    })
 }
 
 fn choose_account(config: &Config, arg: &AccountArg) -> Result<String, ExitCode> {
@@ -106,35 +133,59 @@ fn choose_account(config: &Config, arg: &AccountArg) -> Result<String, ExitCode>
 
 async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, ExitCode> {
     let store = open_store(&config)?;
-    let store_path = store.path().to_owned();
+    let place = store.tokens.describe();
     match command {
         TokenCommand::Backup { to } => {
             let to = to.unwrap_or_else(|| {
                 let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+                let store_path = config.server.state_dir.join(&config.tokens.file);
                 PathBuf::from(format!("{}.backup-{stamp}", store_path.display()))
             });
-            let count = store.backup_to(&to).map_err(fail)?;
+            let entries = store.tokens.load_all().await.map_err(fail)?;
+            FileStore::write_backup(store.key.clone(), &to, &entries).map_err(fail)?;
+            let count = entries.values().filter(|e| e.tokens.is_some()).count();
             outln!(
-                "Backed up {count} account(s) to {} (encrypted; keep the key with it).",
+                "Backed up {count} account(s) from {place} to {} (encrypted; keep the key with it).",
                 to.display()
             );
             return Ok(ExitCode::SUCCESS);
         }
         TokenCommand::Restore { file } => {
-            let from = file.unwrap_or_else(|| store.backup_path(1));
-            let count = store.restore_from(&from).map_err(fail)?;
+            let from = match (file, &store.file) {
+                (Some(file), _) => file,
+                (None, Some(file_store)) => file_store.backup_path(1),
+                (None, None) => {
+                    return Err(fail(
+                        "name the backup to restore: smtprelay token restore FILE (a node's token file moves its tokens into Redis)",
+                    ));
+                }
+            };
+            let accounts = FileStore::read_backup(store.key.clone(), &from).map_err(fail)?;
+            let count = accounts.len();
+            store.tokens.replace_all(accounts).await.map_err(fail)?;
+            let replaced = match &store.file {
+                Some(file_store) => format!(
+                    "; the replaced store is {}",
+                    file_store.backup_path(1).display()
+                ),
+                None => String::new(),
+            };
             outln!(
-                "Restored {count} account(s) from {}; the replaced store is {}.",
-                from.display(),
-                store.backup_path(1).display()
+                "Restored {count} account(s) from {} into {place}{replaced}. Running relays pick them up within seconds.",
+                from.display()
             );
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
     }
-    let manager = TokenManager::new(&config, Arc::new(store), TokenClient::new().map_err(fail)?);
+    let manager = TokenManager::new(
+        &config,
+        Arc::clone(&store.tokens),
+        TokenClient::new().map_err(fail)?,
+    )
+    .await;
     match command {
-        TokenCommand::Login(arg) => login(&config, &manager, &choose_account(&config, &arg)?).await,
+        TokenCommand::Login(arg) => login(&manager, &place, &choose_account(&config, &arg)?).await,
         TokenCommand::Status { json } => {
             let statuses = manager.statuses();
             if json {
@@ -158,12 +209,20 @@ async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, Ex
         }
         TokenCommand::Clear(arg) => {
             let account = choose_account(&config, &arg)?;
-            let removed = open_store(&config)?.remove(&account).map_err(fail)?;
-            if removed {
-                outln!(
-                    "{account}: tokens removed (the previous store is {}.1).",
-                    store_path.display()
-                );
+            let stored = store.tokens.load(&account).await.map_err(fail)?;
+            if stored.is_some_and(|entry| entry.tokens.is_some()) {
+                store
+                    .tokens
+                    .save(&account, None, Write::Replace)
+                    .await
+                    .map_err(fail)?;
+                match &store.file {
+                    Some(file_store) => outln!(
+                        "{account}: tokens removed (the previous store is {}).",
+                        file_store.backup_path(1).display()
+                    ),
+                    None => outln!("{account}: tokens removed from {place}."),
+                }
             } else {
                 outln!("{account}: no tokens were stored.");
             }
@@ -206,11 +265,7 @@ async fn run_async(config: Config, command: TokenCommand) -> Result<ExitCode, Ex
     }
 }
 
-async fn login(
-    config: &Config,
-    manager: &TokenManager,
-    account: &str,
-) -> Result<ExitCode, ExitCode> {
+async fn login(manager: &TokenManager, place: &str, account: &str) -> Result<ExitCode, ExitCode> {
     let oauth = manager.oauth_account(account).map_err(fail)?;
     let client = manager.client();
     let response = match oauth.config.flow {
@@ -275,9 +330,8 @@ async fn login(
         .await
         .map_err(fail)?;
     outln!(
-        "\nLogged in. Access token valid for {}; the refresh token is stored encrypted in {}.",
+        "\nLogged in. Access token valid for {}; the refresh token is stored encrypted in {place}.",
         duration(token.expires_at.saturating_sub(unix_now())),
-        config.server.state_dir.join(&config.tokens.file).display()
     );
     outln!("A running relay picks it up within seconds; held mail then goes out.");
     Ok(ExitCode::SUCCESS)

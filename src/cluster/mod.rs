@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod ledger;
 pub mod scripts;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,6 +175,24 @@ impl Cluster {
     /// Connects lazily (an unreachable Redis does not stop the relay) and starts the
     /// heartbeat. Errors are about the configuration: the password or CA file, the URL.
     pub fn start(config: &ClusterConfig) -> Result<Cluster, String> {
+        let cluster = Cluster::connect(config)?;
+        let inner = &cluster.inner;
+        tokio::spawn(every(
+            HEARTBEAT_EVERY,
+            Arc::downgrade(inner),
+            |inner| async move { inner.beat_once().await },
+        ));
+        tokio::spawn(every(
+            RENEW_EVERY,
+            Arc::downgrade(inner),
+            |inner| async move { inner.renew().await },
+        ));
+        Ok(cluster)
+    }
+
+    /// Redis without a node's heartbeat: for the admin's commands (`smtprelay token …`),
+    /// which use the cluster's store but are not a node of it.
+    pub fn connect(config: &ClusterConfig) -> Result<Cluster, String> {
         let client = client(config)?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
@@ -208,16 +227,6 @@ impl Cluster {
             next_number: AtomicU64::new(0),
             started_at: crate::clock::unix_ms() / 1000,
         });
-        tokio::spawn(every(
-            HEARTBEAT_EVERY,
-            Arc::downgrade(&inner),
-            |inner| async move { inner.beat_once().await },
-        ));
-        tokio::spawn(every(
-            RENEW_EVERY,
-            Arc::downgrade(&inner),
-            |inner| async move { inner.renew().await },
-        ));
         Ok(Cluster { inner })
     }
 
@@ -263,9 +272,22 @@ impl Inner {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, String> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
         let mut connection = self.redis.clone();
-        let answer = tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut connection))
+        self.timed(invocation.invoke_async(&mut connection)).await
+    }
+
+    /// Runs a command, as [`Inner::call`] runs a script.
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, String> {
+        let mut connection = self.redis.clone();
+        self.timed(command.query_async(&mut connection)).await
+    }
+
+    async fn timed<T>(
+        &self,
+        request: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let answer = tokio::time::timeout(CALL_TIMEOUT, request)
             .await
             .unwrap_or_else(|_| {
                 Err(redis::RedisError::from((

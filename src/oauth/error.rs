@@ -112,7 +112,9 @@ impl TokenError {
             TokenError::Network { .. } | TokenError::BadResponse { .. } => ErrorClass::Transient,
             TokenError::NotLoggedIn(_) | TokenError::Login(_) => ErrorClass::Reauthenticate,
             TokenError::Credential(_) | TokenError::UnknownAccount(_) => ErrorClass::Misconfigured,
-            // A store that cannot be read or written is for the admin to fix (key, permissions).
+            // A store that does not answer comes back by itself (Redis restarting); one that
+            // cannot be read or written is for the admin to fix (key, permissions).
+            TokenError::Store(e) if e.is_transient() => ErrorClass::Transient,
             TokenError::Store(_) => ErrorClass::Misconfigured,
             TokenError::Held(_) => ErrorClass::Misconfigured,
         }

@@ -5,9 +5,14 @@
 //!   token request, however many callers).
 //! - [`TokenManager::invalidate`] forgets a token the server refused (535 5.7.3, HTTP 401).
 //! - [`TokenManager::run`] refreshes every account before expiry even when no mail flows, so a
-//!   refresh token never idles out, and picks up tokens written by `smtprelay token login`.
+//!   refresh token never idles out, and picks up tokens written by `smtprelay token login`
+//!   or by other nodes.
 //! - A rotated refresh token is saved before anything uses it; a failed refresh never discards
-//!   stored tokens.
+//!   stored tokens. Saves name the revision they started from, so a token refreshed from an
+//!   old refresh token never replaces a newer one; one that could not be saved (the store
+//!   unreachable) is saved when the store answers again, and put back if the store lost it.
+//! - Processes sharing a store (nodes with `[cluster]`) ask for each account's token one at a
+//!   time ([`super::store::Flight`]): the others wait for the revision it writes, and use it.
 //! - Accounts that need a login or a configuration fix are *held*: callers get an error at
 //!   once (no token request) until the store changes or a slow recheck comes due.
 //!
@@ -27,7 +32,9 @@ use super::error::{ErrorClass, TokenError};
 use super::flows::OAuthAccount;
 use super::http::{TokenClient, TokenResponse};
 use super::secret::Secret;
-use super::store::{StoreVersion, StoredTokens, TokenStore};
+use super::store::{
+    Flight, FlightGuard, Saved, StoreError, StoreVersion, Stored, StoredTokens, TokenStore, Write,
+};
 use crate::config::{AccountConfig, Config, Flow, TokensConfig};
 
 /// How long an account that needs a login waits before one more try on its own (a new
@@ -38,6 +45,11 @@ const NEEDS_LOGIN_RECHECK: Duration = Duration::from_secs(3600);
 const MISCONFIGURED_RECHECK: Duration = Duration::from_secs(300);
 /// How often the background task looks for tokens written by another process.
 const STORE_POLL: Duration = Duration::from_secs(5);
+/// While another node asks for an account's token, how often to look for what it stored.
+const FLIGHT_POLL: Duration = Duration::from_millis(200);
+/// While the store cannot say who may ask and the token at hand still works, how long to
+/// keep it before trying again.
+const STORE_RETRY: Duration = Duration::from_secs(5);
 /// Entra's refresh tokens expire after 90 days without use.
 pub const REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 86400);
 /// Longest back-off between attempts after transient failures.
@@ -141,6 +153,12 @@ pub struct AccountStatus {
     pub refresh_failures_total: u64,
     pub consecutive_failures: u32,
     pub average_lifetime_secs: Option<u64>,
+    /// The store's revision of these tokens as this process last read or wrote it.
+    pub revision: u64,
+    /// These tokens are newer than the store's (it did not answer): they are saved when it does.
+    pub unsaved: bool,
+    /// The node asking for this account's token now, when the store is shared.
+    pub refresh_lock_holder: Option<String>,
 }
 
 struct Slot {
@@ -153,6 +171,12 @@ struct Slot {
 
 struct SlotState {
     tokens: StoredTokens,
+    /// The store's revision `tokens` came from or went to.
+    revision: u64,
+    /// `tokens` are newer than the store's `revision`, which they must go over.
+    unsaved: bool,
+    /// Who holds the account's flight elsewhere (or here), while someone does.
+    flight_holder: Option<String>,
     /// Tokio-clock mirror of `tokens.expires_at`.
     expires: Option<Instant>,
     health: Health,
@@ -179,6 +203,9 @@ impl SlotState {
         };
         SlotState {
             tokens,
+            revision: 0,
+            unsaved: false,
+            flight_holder: None,
             expires,
             health,
             held_until: None,
@@ -220,6 +247,15 @@ enum Persist {
     Required,
 }
 
+/// Why a token is requested.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The current one is (nearly) used up: one another process stored meanwhile does too.
+    Due,
+    /// An admin asked for a new one.
+    Asked,
+}
+
 pub struct TokenManager {
     slots: BTreeMap<String, Arc<Slot>>,
     store: Arc<dyn TokenStore>,
@@ -232,17 +268,29 @@ pub struct TokenManager {
 impl TokenManager {
     /// Sets up every configured account and loads what the store holds. A store that cannot
     /// be read (wrong key, tampering) marks the accounts misconfigured rather than failing:
-    /// intake keeps accepting mail, which waits for the admin's fix.
-    pub fn new(config: &Config, store: Arc<dyn TokenStore>, client: TokenClient) -> TokenManager {
-        let (stored, store_error) = match store.load_all() {
-            Ok(stored) => (stored, None),
-            Err(e) => (BTreeMap::new(), Some(e.to_string())),
+    /// intake keeps accepting mail, which waits for the admin's fix. A store that does not
+    /// answer yet (Redis) is read as soon as it does.
+    pub async fn new(
+        config: &Config,
+        store: Arc<dyn TokenStore>,
+        client: TokenClient,
+    ) -> TokenManager {
+        let version = store.version().await.ok().flatten();
+        let (stored, store_error, version) = match store.load_all().await {
+            Ok(stored) => (stored, None, version),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(target: "tokens", error = %e, "token store unreachable: its tokens are loaded when it answers");
+                (BTreeMap::new(), None, None)
+            }
+            Err(e) => (BTreeMap::new(), Some(e.to_string()), version),
         };
         let slots = config
             .token_accounts()
             .map(|account| {
+                let entry = stored.get(&account.name);
                 let mut state =
-                    SlotState::new(stored.get(&account.name).cloned().unwrap_or_default());
+                    SlotState::new(entry.and_then(|e| e.tokens.clone()).unwrap_or_default());
+                state.revision = entry.map_or(0, |e| e.revision);
                 let oauth = OAuthAccount::new(account).map_err(|e| e.to_string());
                 if let Some(reason) = store_error
                     .clone()
@@ -263,7 +311,7 @@ impl TokenManager {
         let (events, _) = broadcast::channel(256);
         TokenManager {
             slots,
-            store_version: Mutex::new(store.version()),
+            store_version: Mutex::new(version),
             store,
             client,
             settings: config.tokens.clone(),
@@ -298,6 +346,8 @@ impl TokenManager {
             state.lifetime_total = old_state.lifetime_total;
             if same_identity && !matches!(state.health, Health::Misconfigured(_)) {
                 state.tokens = old_state.tokens.clone();
+                state.revision = old_state.revision;
+                state.unsaved = old_state.unsaved;
                 state.expires = old_state.expires;
                 state.health = old_state.health.clone();
                 state.held_until = None;
@@ -340,11 +390,21 @@ impl TokenManager {
         if let Some(token) = lock(&slot.state).token_with(margin) {
             return Ok(token);
         }
+        // A retry is scheduled (the endpoint or the store failed just now), and the token at
+        // hand still works until then.
+        {
+            let state = lock(&slot.state);
+            if state.retry_at.is_some_and(|at| at > Instant::now())
+                && let Some(token) = state.token_with(Duration::ZERO)
+            {
+                return Ok(token);
+            }
+        }
         let held = lock(&slot.state).held();
         let result = match held {
             Some(error) => Err(error),
             None => {
-                self.refresh_locked(account, slot, Persist::BestEffort)
+                self.refresh_locked(account, slot, Persist::BestEffort, Why::Due)
                     .await
             }
         };
@@ -372,10 +432,11 @@ impl TokenManager {
     /// saved, since the command's point is the stored token.
     pub async fn refresh_now(&self, account: &str) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
-        self.store.load_all()?;
+        self.store.load_all().await?;
         self.reload_if_changed().await;
         let _flight = slot.refresh.lock().await;
-        self.refresh_locked(account, slot, Persist::Required).await
+        self.refresh_locked(account, slot, Persist::Required, Why::Asked)
+            .await
     }
 
     /// Saves tokens from an interactive login (or a first client-credentials request).
@@ -391,12 +452,14 @@ impl TokenManager {
             .await
     }
 
-    /// Must be called with `slot.refresh` held.
+    /// Must be called with `slot.refresh` held. `why` says whether a token another process
+    /// stored meanwhile does instead (it does unless an admin asked for a new one).
     async fn refresh_locked(
         &self,
         account: &str,
         slot: &Slot,
         persist: Persist,
+        why: Why,
     ) -> Result<AccessToken, TokenError> {
         let oauth = match &slot.account {
             Ok(oauth) => oauth,
@@ -405,6 +468,10 @@ impl TokenManager {
                 self.fail(account, slot, &error);
                 return Err(error);
             }
+        };
+        let guard = match self.take_flight(account, slot, why).await {
+            Ok(guard) => guard,
+            Err(stored_meanwhile) => return Ok(stored_meanwhile),
         };
         let refresh_token = {
             let mut state = lock(&slot.state);
@@ -424,13 +491,114 @@ impl TokenManager {
                 }
             })
             .await;
-        match result {
+        let result = match result {
             Ok(response) => self.accept(account, slot, response, false, persist).await,
             Err(error) => {
                 self.fail(account, slot, &error);
                 Err(error)
             }
+        };
+        if let Some(guard) = guard {
+            guard.release().await;
         }
+        lock(&slot.state).flight_holder = None;
+        result
+    }
+
+    /// Waits until this process may ask for `account`'s token: `Ok` with the guard to release
+    /// afterwards (`None` when the store cannot be asked, and this process asks on its own),
+    /// or `Err` with a token another process stored meanwhile.
+    async fn take_flight(
+        &self,
+        account: &str,
+        slot: &Slot,
+        why: Why,
+    ) -> Result<Option<FlightGuard>, AccessToken> {
+        let margin = self.settings.refresh_before;
+        loop {
+            if why == Why::Due
+                && let Some(token) = self.adopt_stored(account, slot, margin).await
+            {
+                return Err(token);
+            }
+            match self.store.flight(account).await {
+                Ok(Flight::Mine(guard)) => {
+                    // Whoever held it before may have stored a token just now.
+                    if why == Why::Due
+                        && let Some(token) = self.adopt_stored(account, slot, margin).await
+                    {
+                        guard.release().await;
+                        lock(&slot.state).flight_holder = None;
+                        return Err(token);
+                    }
+                    lock(&slot.state).flight_holder = guard.holder.clone();
+                    return Ok(Some(guard));
+                }
+                Ok(Flight::Elsewhere { holder }) => {
+                    lock(&slot.state).flight_holder = Some(holder);
+                    tokio::time::sleep(FLIGHT_POLL).await;
+                }
+                Err(e) => {
+                    let mut state = lock(&slot.state);
+                    if why == Why::Due
+                        && let Some(token) = state.token_with(Duration::ZERO)
+                    {
+                        // The token at hand still works: ask again soon rather than behind
+                        // the other nodes' backs.
+                        state.retry_at = Some(Instant::now() + STORE_RETRY);
+                        return Err(token);
+                    }
+                    // Mail must not wait for the store: this process asks on its own, and
+                    // saves what it gets when the store answers.
+                    tracing::warn!(target: "tokens", account, error = %e,
+                        "token store unreachable: asking for a token without the other nodes' agreement");
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Reads the account's entry, adopts it if another process wrote it, and returns the
+    /// account's token if that has more than `margin` left: then no request is due, nor a
+    /// retry.
+    async fn adopt_stored(
+        &self,
+        account: &str,
+        slot: &Slot,
+        margin: Duration,
+    ) -> Option<AccessToken> {
+        let entry = self.store.load(account).await.ok()?;
+        if let Some(entry) = entry
+            && entry.revision != lock(&slot.state).revision
+        {
+            self.adopt(account, slot, &entry);
+        }
+        let mut state = lock(&slot.state);
+        let token = state.token_with(margin)?;
+        state.retry_at = None;
+        Some(token)
+    }
+
+    /// Makes another process's write of the account current here.
+    fn adopt(&self, account: &str, slot: &Slot, entry: &Stored) {
+        let tokens = entry.tokens.clone().unwrap_or_default();
+        let mut state = lock(&slot.state);
+        state.revision = entry.revision;
+        state.unsaved = false;
+        state.flight_holder = None;
+        if state.tokens == tokens {
+            return;
+        }
+        let fresh = SlotState::new(tokens);
+        state.tokens = fresh.tokens;
+        state.expires = fresh.expires;
+        state.health = fresh.health;
+        state.held_until = None;
+        state.retry_at = None;
+        state.consecutive_failures = 0;
+        drop(state);
+        tracing::info!(target: "tokens", account, revision = entry.revision, "loaded tokens written by another process");
+        self.emit(account, TokenEventKind::Loaded);
     }
 
     /// Keeps a successful response: persists it first, then makes it current.
@@ -444,7 +612,10 @@ impl TokenManager {
     ) -> Result<AccessToken, TokenError> {
         let now = crate::clock::unix_secs();
         let lifetime = Duration::from_secs(response.expires_in);
-        let mut tokens = lock(&slot.state).tokens.clone();
+        let (mut tokens, read_revision) = {
+            let state = lock(&slot.state);
+            (state.tokens.clone(), state.revision)
+        };
         let rotated =
             response.refresh_token.is_some() && response.refresh_token != tokens.refresh_token;
         tokens.access_token = Some(response.access_token);
@@ -463,30 +634,49 @@ impl TokenManager {
             tokens.scope = response.scope;
         }
         // Persist before use: after rotation the old refresh token may already be dead, so
-        // this one must survive a crash.
-        let store = Arc::clone(&self.store);
-        let (name, to_save) = (account.to_owned(), tokens.clone());
-        let saved = tokio::task::spawn_blocking(move || store.save(&name, &to_save))
-            .await
-            .unwrap_or_else(|e| {
-                Err(super::store::StoreError::Io {
-                    path: Default::default(),
-                    error: std::io::Error::other(e),
-                })
-            });
-        match saved {
-            Ok(()) => *lock(&self.store_version) = self.store.version(),
-            Err(e) if persist == Persist::Required => return Err(e.into()),
-            Err(e) => {
-                tracing::error!(target: "tokens", account, error = %e, "cannot save the new token; using it from memory");
-                self.emit(
-                    account,
-                    TokenEventKind::StoreFailed {
-                        reason: e.to_string(),
-                    },
-                );
+        // this one must survive a crash. A login replaces whatever is stored; a refresh only
+        // the revision it started from.
+        let mut over = read_revision;
+        let mut conflicts = 0;
+        let (revision, unsaved) = loop {
+            let write = match login {
+                true => Write::Replace,
+                false => Write::Over {
+                    revision: over,
+                    after: over,
+                },
+            };
+            let error = match self.store.save(account, Some(&tokens), write).await {
+                // The next poll reads this write back, and finds nothing new in it.
+                Ok(Saved::Written { revision }) => break (revision, false),
+                Ok(Saved::Conflict) if conflicts < 3 => {
+                    conflicts += 1;
+                    match self.superseded(account, slot).await? {
+                        Some(theirs) => return Ok(theirs),
+                        None => {
+                            over = lock(&slot.state).revision;
+                            continue;
+                        }
+                    }
+                }
+                Ok(Saved::Conflict) => TokenError::Store(StoreError::Unreachable {
+                    store: self.store.describe(),
+                    error: "other writers keep storing this account's tokens".into(),
+                }),
+                Err(e) => e.into(),
+            };
+            if persist == Persist::Required {
+                return Err(error);
             }
-        }
+            tracing::error!(target: "tokens", account, error = %error, "cannot save the new token; using it from memory, and saving it when the store answers");
+            self.emit(
+                account,
+                TokenEventKind::StoreFailed {
+                    reason: error.to_string(),
+                },
+            );
+            break (over, true);
+        };
         let token = AccessToken {
             token: tokens.access_token.clone().expect("just set"),
             expires_at: tokens.expires_at,
@@ -495,6 +685,8 @@ impl TokenManager {
             let mut state = lock(&slot.state);
             state.expires = Some(Instant::now() + lifetime);
             state.tokens = tokens;
+            state.revision = revision;
+            state.unsaved = unsaved;
             state.health = Health::Valid;
             state.held_until = None;
             state.retry_at = None;
@@ -502,7 +694,7 @@ impl TokenManager {
             state.consecutive_failures = 0;
             state.lifetime_total += lifetime;
         }
-        tracing::info!(target: "tokens", account, expires_in = lifetime.as_secs(), rotated, "token refreshed");
+        tracing::info!(target: "tokens", account, expires_in = lifetime.as_secs(), rotated, revision, "token refreshed");
         self.emit(
             account,
             TokenEventKind::Refreshed {
@@ -511,6 +703,29 @@ impl TokenManager {
             },
         );
         Ok(token)
+    }
+
+    /// Another writer stored the account while this process asked for a token (a node that
+    /// could not reach the store, an admin's login or logout): what is stored wins. Returns
+    /// its token if it has a usable one; `None` when ours should go over it instead.
+    async fn superseded(
+        &self,
+        account: &str,
+        slot: &Slot,
+    ) -> Result<Option<AccessToken>, TokenError> {
+        let entry = self.store.load(account).await?;
+        if let Some(entry) = &entry {
+            self.adopt(account, slot, entry);
+        }
+        if let Some(token) = lock(&slot.state).token_with(Duration::ZERO) {
+            tracing::info!(target: "tokens", account, "another process stored this account's tokens meanwhile; those are used");
+            return Ok(Some(token));
+        }
+        let logged_out = entry.as_ref().is_some_and(|e| e.tokens.is_none());
+        if logged_out && slot.flow != Flow::ClientCredentials {
+            return Err(TokenError::NotLoggedIn(account.to_owned()));
+        }
+        Ok(None)
     }
 
     /// Records a failed request; stored tokens are kept whatever the failure.
@@ -598,40 +813,78 @@ impl TokenManager {
         }
     }
 
-    /// Loads the store again if another process (the CLI) wrote it.
+    /// Brings this process and the store together: loads what another process (the CLI,
+    /// another node) wrote, saves tokens the store could not take when they were new, and puts
+    /// back tokens a store lost (Redis restarted empty).
     pub async fn reload_if_changed(&self) {
-        let version = self.store.version();
-        if *lock(&self.store_version) == version {
+        let Ok(version) = self.store.version().await else {
+            return;
+        };
+        let behind = self.slots.values().any(|slot| lock(&slot.state).unsaved);
+        if *lock(&self.store_version) == version && !behind {
             return;
         }
-        let store = Arc::clone(&self.store);
-        let loaded = tokio::task::spawn_blocking(move || store.load_all()).await;
-        let stored = match loaded {
-            Ok(Ok(stored)) => stored,
-            Ok(Err(e)) => {
+        let stored = match self.store.load_all().await {
+            Ok(stored) => stored,
+            Err(e) => {
                 tracing::error!(target: "tokens", error = %e, "cannot read the token store");
-                *lock(&self.store_version) = version;
+                if !e.is_transient() {
+                    *lock(&self.store_version) = version;
+                }
                 return;
             }
-            Err(_) => return,
         };
         *lock(&self.store_version) = version;
         for (account, slot) in &self.slots {
-            let on_disk = stored.get(account).cloned().unwrap_or_default();
-            let mut state = lock(&slot.state);
-            if state.tokens == on_disk {
+            let (revision, unsaved, has_tokens, tokens) = {
+                let state = lock(&slot.state);
+                let has_tokens =
+                    state.tokens.access_token.is_some() || state.tokens.refresh_token.is_some();
+                (
+                    state.revision,
+                    state.unsaved,
+                    has_tokens,
+                    state.tokens.clone(),
+                )
+            };
+            let over = match stored.get(account) {
+                Some(entry) if entry.revision != revision => {
+                    self.adopt(account, slot, entry);
+                    continue;
+                }
+                Some(_) if unsaved => revision,
+                // Absent is not removed (that leaves the revision behind): the store lost
+                // what this process knows.
+                None if has_tokens && (revision > 0 || unsaved) => {
+                    tracing::warn!(target: "tokens", account, "the token store lost this account's tokens (Redis restarted empty?): putting back this node's");
+                    0
+                }
+                _ => continue,
+            };
+            let write = Write::Over {
+                revision: over,
+                after: revision,
+            };
+            // A refresh under way saves its own result.
+            let Ok(_flight) = slot.refresh.try_lock() else {
                 continue;
+            };
+            match self.store.save(account, Some(&tokens), write).await {
+                Ok(Saved::Written { revision }) => {
+                    let mut state = lock(&slot.state);
+                    if state.tokens == tokens {
+                        state.revision = revision;
+                        state.unsaved = false;
+                    }
+                    drop(state);
+                    tracing::info!(target: "tokens", account, revision, "saved tokens the store did not have");
+                }
+                // Someone else wrote it first: the next round adopts theirs.
+                Ok(Saved::Conflict) => {}
+                Err(e) => {
+                    tracing::warn!(target: "tokens", account, error = %e, "cannot save tokens to the store yet")
+                }
             }
-            let fresh = SlotState::new(on_disk);
-            state.tokens = fresh.tokens;
-            state.expires = fresh.expires;
-            state.health = fresh.health;
-            state.held_until = None;
-            state.retry_at = None;
-            state.consecutive_failures = 0;
-            drop(state);
-            tracing::info!(target: "tokens", account, "loaded tokens written by another process");
-            self.emit(account, TokenEventKind::Loaded);
         }
     }
 
@@ -698,7 +951,7 @@ impl TokenManager {
                         .is_some_and(|d| d <= Instant::now())
                     {
                         let _ = self
-                            .refresh_locked(&account, &slot, Persist::BestEffort)
+                            .refresh_locked(&account, &slot, Persist::BestEffort, Why::Due)
                             .await;
                     }
                     continue;
@@ -759,6 +1012,9 @@ impl TokenManager {
                     consecutive_failures: state.consecutive_failures,
                     average_lifetime_secs: (state.refreshes > 0)
                         .then(|| state.lifetime_total.as_secs() / state.refreshes),
+                    revision: state.revision,
+                    unsaved: state.unsaved,
+                    refresh_lock_holder: state.flight_holder.clone(),
                 }
             })
             .collect()
@@ -810,7 +1066,7 @@ mod tests {
 
     use super::*;
     use crate::oauth::http::{RawResponse, Transport};
-    use crate::oauth::store::StoreError;
+    use crate::oauth::store::{StoreFuture, apply, apply_all};
 
     /// Answers token requests from a script, then with fresh tokens; records when each
     /// request came.
@@ -870,25 +1126,42 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct MemoryStore(Mutex<BTreeMap<String, StoredTokens>>);
+    struct MemoryStore(Mutex<BTreeMap<String, Stored>>);
 
     impl TokenStore for MemoryStore {
-        fn load_all(&self) -> Result<BTreeMap<String, StoredTokens>, StoreError> {
-            Ok(lock(&self.0).clone())
+        fn load_all(&self) -> StoreFuture<'_, BTreeMap<String, Stored>> {
+            let all = lock(&self.0).clone();
+            Box::pin(async move { Ok(all) })
         }
-        fn save(&self, account: &str, tokens: &StoredTokens) -> Result<(), StoreError> {
-            lock(&self.0).insert(account.to_owned(), tokens.clone());
-            Ok(())
+        fn load<'a>(&'a self, account: &'a str) -> StoreFuture<'a, Option<Stored>> {
+            let entry = lock(&self.0).get(account).cloned();
+            Box::pin(async move { Ok(entry) })
         }
-        fn remove(&self, account: &str) -> Result<bool, StoreError> {
-            Ok(lock(&self.0).remove(account).is_some())
+        fn save<'a>(
+            &'a self,
+            account: &'a str,
+            tokens: Option<&'a StoredTokens>,
+            write: Write,
+        ) -> StoreFuture<'a, Saved> {
+            let saved = apply(&mut lock(&self.0), account, tokens, write);
+            Box::pin(async move { Ok(saved) })
         }
-        fn version(&self) -> Option<StoreVersion> {
-            None
+        fn replace_all(&self, accounts: BTreeMap<String, StoredTokens>) -> StoreFuture<'_, ()> {
+            apply_all(&mut lock(&self.0), accounts);
+            Box::pin(async { Ok(()) })
+        }
+        fn version(&self) -> StoreFuture<'_, Option<StoreVersion>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn flight<'a>(&'a self, _account: &'a str) -> StoreFuture<'a, Flight> {
+            Box::pin(async { Ok(Flight::Mine(FlightGuard::local())) })
+        }
+        fn describe(&self) -> String {
+            "memory".into()
         }
     }
 
-    fn manager(dir: &Path, flow: &str, transport: Arc<Scripted>) -> Arc<TokenManager> {
+    async fn manager(dir: &Path, flow: &str, transport: Arc<Scripted>) -> Arc<TokenManager> {
         std::fs::write(dir.join("secret"), "s3cret").unwrap();
         let text = format!(
             "[server]\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
@@ -897,11 +1170,14 @@ mod tests {
              flow = \"{flow}\"\nclient_secret_file = \"secret\"\nmailbox = \"relay@contoso.com\"\n"
         );
         let config = Config::parse(&dir.join("smtprelay.toml"), text).unwrap();
-        Arc::new(TokenManager::new(
-            &config,
-            Arc::new(MemoryStore::default()),
-            TokenClient::with_transport(transport),
-        ))
+        Arc::new(
+            TokenManager::new(
+                &config,
+                Arc::new(MemoryStore::default()),
+                TokenClient::with_transport(transport),
+            )
+            .await,
+        )
     }
 
     fn scripted(lifetime: u64) -> Arc<Scripted> {
@@ -915,7 +1191,7 @@ mod tests {
     async fn refresh_happens_when_less_than_the_margin_is_left() {
         let dir = tempfile::tempdir().unwrap();
         let endpoint = scripted(3600);
-        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint));
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
         let first = manager.access_token("contoso").await.unwrap();
         tokio::time::advance(Duration::from_secs(3600 - 300 - 1)).await;
         assert_eq!(
@@ -935,7 +1211,7 @@ mod tests {
     async fn the_background_task_keeps_tokens_fresh_without_callers() {
         let dir = tempfile::tempdir().unwrap();
         let endpoint = scripted(3600);
-        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint));
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
         // Refreshes are due at 0, 55 min, 1 h 50 min, 2 h 45 min, 3 h 40 min.
@@ -965,7 +1241,7 @@ mod tests {
                 Some(30),
             ),
         ]);
-        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint));
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
         manager.access_token("contoso").await.unwrap();
         let times = endpoint.request_times();
         assert_eq!(times.len(), 4);
@@ -1003,7 +1279,7 @@ mod tests {
             json(400, serde_json::json!({"error": "slow_down"}), None),
             pending(),
         ]);
-        let manager = manager(dir.path(), "device_code", Arc::clone(&endpoint));
+        let manager = manager(dir.path(), "device_code", Arc::clone(&endpoint)).await;
         let oauth = manager.oauth_account("contoso").unwrap();
         let response = oauth.device_code(manager.client(), |_| {}).await.unwrap();
         assert_eq!(response.refresh_token.unwrap().expose(), "refresh-5");
@@ -1031,7 +1307,7 @@ mod tests {
                 None,
             ));
         }
-        let manager = manager(dir.path(), "device_code", endpoint);
+        let manager = manager(dir.path(), "device_code", endpoint).await;
         let oauth = manager.oauth_account("contoso").unwrap();
         let error = oauth
             .device_code(manager.client(), |_| {})

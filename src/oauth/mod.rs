@@ -15,4 +15,4 @@ pub mod store;
 
 pub use key::TokenKey;
 pub use secret::Secret;
-pub use store::{FileStore, StoreError, StoredTokens, TokenStore};
+pub use store::{FileStore, Saved, StoreError, Stored, StoredTokens, TokenStore, Write};

@@ -112,6 +112,8 @@ pub struct EntraState {
     pub faults: VecDeque<Fault>,
     /// Grant types of token requests, in order.
     pub requests: Vec<String>,
+    /// When each of `requests` came.
+    pub requested_at: Vec<std::time::Instant>,
     /// Delay before answering a token request (widens race windows in tests).
     pub delay: Option<Duration>,
     pub device_interval: u64,
@@ -161,6 +163,18 @@ impl Entra {
 
     pub fn fault(&self, fault: Fault) {
         self.state().faults.push_back(fault);
+    }
+
+    /// When the requests of `grant_type` came.
+    pub fn request_times(&self, grant_type: &str) -> Vec<std::time::Instant> {
+        let state = self.state();
+        state
+            .requests
+            .iter()
+            .zip(&state.requested_at)
+            .filter(|(g, _)| *g == grant_type)
+            .map(|(_, at)| *at)
+            .collect()
     }
 
     pub fn requests(&self, grant_type: &str) -> usize {
@@ -538,7 +552,11 @@ async fn token(
         );
     }
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
-    state.lock().unwrap().requests.push(grant_type.clone());
+    {
+        let mut s = state.lock().unwrap();
+        s.requests.push(grant_type.clone());
+        s.requested_at.push(std::time::Instant::now());
+    }
     if let Some(response) = apply_fault(&state).await {
         return response;
     }

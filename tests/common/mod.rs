@@ -156,7 +156,7 @@ impl TestRelay {
         )
         .await
         .unwrap();
-        let generation = prepared.start(&process, None);
+        let generation = prepared.start(&process, None).await;
         TestRelay {
             dir,
             addrs: generation.smtp_addresses.clone(),

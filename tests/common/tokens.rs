@@ -29,6 +29,35 @@ pub fn account(entra: &Entra, name: &str, client_id: &str, flow: &str, extra: &s
     )
 }
 
+/// The app-only `[[account]]` "contoso" with the confidential app's secret in `secret` (a file
+/// beside the config).
+pub fn secret_account(entra: &Entra) -> String {
+    account(
+        entra,
+        "contoso",
+        "app-secret",
+        "client_credentials",
+        "client_secret_file = \"secret\"",
+    )
+}
+
+/// Reads what `smtprelay token login` prints and approves its device code at `entra`, as the
+/// user would; returns the text printed.
+pub async fn approve_device_login(entra: &Entra, stdout: tokio::process::ChildStdout) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut printed = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(code) = line.split("enter the code ").nth(1) {
+            let code = code.split_whitespace().next().unwrap().to_owned();
+            entra.device_login(&code, super::entra::DeviceStatus::Approved);
+        }
+    }
+    printed
+}
+
 impl TokenFixture {
     /// A config with the given `[[account]]` tables; files named in them are relative to
     /// the fixture's directory.
@@ -60,12 +89,25 @@ impl TokenFixture {
         FileStore::new(self.store_path(), self.key.clone(), 5)
     }
 
-    pub fn manager(&self) -> Arc<TokenManager> {
-        Arc::new(TokenManager::new(
-            &self.config,
-            Arc::new(self.store()),
-            TokenClient::new().unwrap(),
-        ))
+    /// The account's tokens in the store, if it has any.
+    pub async fn stored(&self, account: &str) -> Option<smtprelay::oauth::StoredTokens> {
+        use smtprelay::oauth::TokenStore;
+        self.store()
+            .load(account)
+            .await
+            .unwrap()
+            .and_then(|e| e.tokens)
+    }
+
+    pub async fn manager(&self) -> Arc<TokenManager> {
+        Arc::new(
+            TokenManager::new(
+                &self.config,
+                Arc::new(self.store()),
+                TokenClient::new().unwrap(),
+            )
+            .await,
+        )
     }
 }
 
