@@ -435,7 +435,8 @@ async fn three_nodes_make_one_token_request_per_token_lifetime() {
     entra.state().delay = Some(Duration::from_millis(1500));
     let start = Instant::now();
     let mut holders = std::collections::HashSet::new();
-    let (mut sent, mut restarted, mut said_in_text) = (0, false, false);
+    let (mut sent, mut restarted) = (0, false);
+    let (mut said_in_text, mut said_in_metrics) = (false, false);
     while start.elapsed() < Duration::from_secs(22) {
         if !restarted && start.elapsed() > Duration::from_secs(11) {
             // The nodes put back the tokens they hold: nobody logs in again.
@@ -451,6 +452,9 @@ async fn three_nodes_make_one_token_request_per_token_lifetime() {
             }
             let (_, text) = common::http_get(&format!("http://{}/status.txt", node.admin)).await;
             said_in_text |= text.contains("is getting a new token");
+            let (_, metrics) = common::http_get(&format!("http://{}/metrics", node.admin)).await;
+            said_in_metrics |= metrics
+                .contains("smtprelay_token_refresh_lock_held{account=\"contoso\",node=\"node");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -473,10 +477,16 @@ async fn three_nodes_make_one_token_request_per_token_lifetime() {
         let account = &report["accounts"][0];
         assert_eq!(account["state"], "valid", "{report}");
         assert_eq!(account["unsaved"], false, "{report}");
+        let (_, metrics) = common::http_get(&format!("http://{}/metrics", node.admin)).await;
+        assert!(
+            metrics.contains("smtprelay_token_unsaved{account=\"contoso\"} 0"),
+            "{metrics}"
+        );
     }
     // The nodes that waited saw who asked for them.
     assert!(!holders.is_empty(), "no node was seen asking Entra");
     assert!(said_in_text, "/status.txt never named the node asking");
+    assert!(said_in_metrics, "/metrics never named the node asking");
     assert!(
         holders
             .iter()

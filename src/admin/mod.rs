@@ -376,7 +376,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         cluster_metrics(&mut out, &cluster.report());
     }
     let accounts = statuses(&admin);
-    let families: [Family; 5] = [
+    let families: [Family; 6] = [
         (
             "smtprelay_token_expires_in_seconds",
             "gauge",
@@ -412,6 +412,12 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
                 ) as u8 as f64)
             },
         ),
+        (
+            "smtprelay_token_unsaved",
+            "gauge",
+            "1 while the account's newest token is only in memory (the store did not answer)",
+            |s| Some(s.unsaved as u8 as f64),
+        ),
     ];
     for (name, kind, help, value) in families {
         let _ = std::fmt::Write::write_fmt(
@@ -425,6 +431,26 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
                     format_args!("{name}{{account=\"{}\"}} {v}\n", escape(&status.account)),
                 );
             }
+        }
+    }
+    // Only while a node is asking: the series is there for as long as the lock is held.
+    let name = "smtprelay_token_refresh_lock_held";
+    let _ = std::fmt::Write::write_fmt(
+        &mut out,
+        format_args!(
+            "# HELP {name} 1 while a node (of a cluster) asks Entra for the account's token\n# TYPE {name} gauge\n"
+        ),
+    );
+    for status in &accounts {
+        if let Some(node) = &status.refresh_lock_holder {
+            let _ = std::fmt::Write::write_fmt(
+                &mut out,
+                format_args!(
+                    "{name}{{account=\"{}\",node=\"{}\"}} 1\n",
+                    escape(&status.account),
+                    escape(node)
+                ),
+            );
         }
     }
     (
