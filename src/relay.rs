@@ -64,7 +64,8 @@ impl Process {
         let (budget, saved_budget, cluster): (Arc<dyn crate::delivery::Budget>, _, _) =
             match &config.cluster {
                 Some(cluster) => {
-                    let cluster = Arc::new(crate::cluster::Cluster::start(cluster)?);
+                    let cluster =
+                        Arc::new(crate::cluster::Cluster::start(cluster, Some(state_dir))?);
                     let report = cluster.report();
                     tracing::info!(node = %report.node, redis = %report.redis,
                         "cluster: tokens, budgets and connection limits are shared through Redis");
@@ -102,6 +103,9 @@ impl Process {
     pub async fn flush_budgets(&self) {
         if let Some(saved) = &self.saved_budget {
             saved.flush().await;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.flush().await;
         }
     }
 }

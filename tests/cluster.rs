@@ -13,7 +13,7 @@ use smtprelay::delivery::budget::{Budget, Channel, Limits, Window};
 use tokio::time::Instant;
 
 fn node(redis: &RedisServer, name: &str, nodes: Option<u32>) -> Cluster {
-    Cluster::start(&config(&redis.url(), name, nodes)).unwrap()
+    Cluster::start(&config(&redis.url(), name, nodes), None).unwrap()
 }
 
 fn config(url: &str, name: &str, nodes: Option<u32>) -> ClusterConfig {
@@ -266,7 +266,7 @@ async fn rediss_with_a_ca_file_and_a_password_file() {
         password_file: Some(password.to_owned()),
         ..config(&url, "a", Some(1))
     };
-    let a = Cluster::start(&tls(&password_file, Some(&ca_file))).unwrap();
+    let a = Cluster::start(&tls(&password_file, Some(&ca_file)), None).unwrap();
     until_mode(&a, Mode::Shared).await;
     let l = limits("1/1h", 10);
     let _sent = a.take("relay@contoso.com", l, 1).await.unwrap();
@@ -289,7 +289,7 @@ async fn rediss_with_a_ca_file_and_a_password_file() {
         (tls(&wrong, Some(&ca_file)), "authentication"),
         (tls(&password_file, None), "certificate"),
     ] {
-        let node = Cluster::start(&config).unwrap();
+        let node = Cluster::start(&config, None).unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         let report = node.report();
         assert!(!report.reachable, "{report:?}");
@@ -298,6 +298,39 @@ async fn rediss_with_a_ca_file_and_a_password_file() {
     }
     // A password file that cannot be read is a configuration error at start.
     let missing = tls(&dir.path().join("missing"), Some(&ca_file));
-    let error = Cluster::start(&missing).err().unwrap();
+    let error = Cluster::start(&missing, None).err().unwrap();
     assert!(error.contains("[cluster] password_file"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_while_redis_is_away_remembers_what_it_sent() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let start = || Cluster::start(&config(&redis.url(), "a", Some(2)), Some(dir.path())).unwrap();
+    let a = start();
+    until_mode(&a, Mode::Shared).await;
+    let l = limits("10/1h", 1000);
+    drop(a.take("relay@contoso.com", l, 1).await.unwrap());
+    settle().await;
+
+    redis.pause();
+    // a's share is 5: one sent through Redis, three more while Redis is away.
+    for _ in 0..3 {
+        drop(a.take("relay@contoso.com", l, 1).await.unwrap());
+    }
+    a.flush().await;
+    drop(a);
+    // Restarted while Redis is still away, it counts them all against its share.
+    let a = start();
+    drop(a.take("relay@contoso.com", l, 1).await.unwrap());
+    let refused = a.take("relay@contoso.com", l, 1).await.err().unwrap();
+    assert_eq!(refused.window, Window::Rate);
+    assert_eq!(a.report().mode, Mode::OwnShare);
+
+    // Back, Redis hears of the four sent while it was away: five in all.
+    redis.resume();
+    until_mode(&a, Mode::Shared).await;
+    settle().await;
+    assert_eq!(a.usage("relay@contoso.com", l).await.sent, 5);
+    assert_eq!(redis.integer("ZCARD test:rate:relay@contoso.com"), 5);
 }

@@ -173,6 +173,8 @@ impl Inner {
             self.state()
                 .ledger
                 .record(mailbox, member, due, (recipients, period_ms), InRedis::No);
+        // Only this node knows of it: on disk before it starts, in case of a restart.
+        self.save_ledger().await;
         Ok(self.send_grant(mailbox, number))
     }
 

@@ -1,14 +1,18 @@
 //! This node's own sends, per mailbox, in Redis's time (ms): what it counts against its share
 //! of a budget while Redis is unreachable, and what it puts back into Redis when Redis comes
-//! back without them (sent during the outage, or lost by a Redis restart). No I/O.
+//! back without them (sent during the outage, or lost by a Redis restart). No I/O: the
+//! node writes it to `state_dir` (see `Cluster::start`), so a node restarted while Redis is
+//! away still knows what it sent.
 
 use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
 
 use super::DAY_MS;
 use crate::delivery::budget::Window;
 
 /// Where a send stands in Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InRedis {
     /// Redis has not counted it.
     No,
@@ -20,7 +24,7 @@ pub enum InRedis {
     Finished,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Send {
     pub number: u64,
     /// Its member in the rate set: unique in the cluster.
@@ -42,13 +46,30 @@ pub struct Share {
     pub daily: u64,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Ledger {
     mailboxes: HashMap<String, VecDeque<Send>>,
     next: u64,
+    /// Counts changes, so that an unchanged ledger is not written again.
+    #[serde(skip)]
+    changes: u64,
 }
 
 impl Ledger {
+    /// A ledger written by a process that has stopped: its sends in flight ended with it,
+    /// at the latest when they would have finished.
+    pub fn resumed(mut self) -> Ledger {
+        for send in self.mailboxes.values_mut().flatten() {
+            send.in_flight = false;
+        }
+        self
+    }
+
+    /// Changes so far: equal counts mean an equal ledger.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// Notes a send: `at` is when it counts from while in flight.
     pub fn record(
         &mut self,
@@ -59,6 +80,7 @@ impl Ledger {
         in_redis: InRedis,
     ) -> u64 {
         self.next += 1;
+        self.changes += 1;
         let number = self.next;
         self.mailboxes
             .entry(mailbox.to_owned())
@@ -125,6 +147,7 @@ impl Ledger {
 
     /// The send finished at `now`; returns it as it stood.
     pub fn finish(&mut self, mailbox: &str, number: u64, now: u64) -> Option<Send> {
+        self.changes += 1;
         let send = self.find(mailbox, number)?;
         let before = send.clone();
         send.in_flight = false;
@@ -135,6 +158,7 @@ impl Ledger {
     /// Notes what Redis now has of a send, unless its standing changed meanwhile (Redis
     /// lost its data while the call ran: then it is owed in full).
     pub fn set_in_redis(&mut self, mailbox: &str, number: u64, was: &InRedis, now: InRedis) {
+        self.changes += 1;
         if let Some(send) = self.find(mailbox, number)
             && send.in_redis == *was
         {
@@ -175,6 +199,7 @@ impl Ledger {
 
     /// Redis lost what it had (a new epoch): every send of the last day is owed to it again.
     pub fn forget_redis(&mut self) {
+        self.changes += 1;
         for send in self.mailboxes.values_mut().flatten() {
             send.in_redis = InRedis::No;
         }
@@ -211,7 +236,11 @@ impl Ledger {
 
     fn forget_old(&mut self, now: u64) {
         for sends in self.mailboxes.values_mut() {
+            let before = sends.len();
             sends.retain(|s| s.in_flight || s.at + DAY_MS > now);
+            if sends.len() != before {
+                self.changes += 1;
+            }
         }
         self.mailboxes.retain(|_, sends| !sends.is_empty());
     }

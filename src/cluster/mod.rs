@@ -13,6 +13,7 @@ pub mod scripts;
 pub mod tokens;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -47,6 +48,11 @@ const KEEP_IDLE: Duration = Duration::from_secs(2);
 const POLL_MS: u64 = 100;
 /// While the budgets cannot be shared and there is no share, how soon to look again.
 const UNSHARED_WAIT: Duration = Duration::from_secs(1);
+/// How often the ledger is written to `state_dir` when it changed (sends from this node's
+/// share are written before they start).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// The ledger's file in `state_dir`.
+pub const LEDGER_FILE: &str = "cluster-ledger.json";
 
 pub struct Cluster {
     inner: Arc<Inner>,
@@ -68,6 +74,23 @@ struct Inner {
     failures: AtomicU64,
     next_number: AtomicU64,
     started_at: u64,
+    /// Where the ledger is kept between runs (none for the admin's commands).
+    ledger_file: Option<PathBuf>,
+    /// The ledger's change count last written; held while writing, one write at a time.
+    ledger_saved: tokio::sync::Mutex<u64>,
+}
+
+/// The ledger file: the ledger and the data set its standing in Redis refers to.
+#[derive(Serialize)]
+struct LedgerOut<'a> {
+    epoch: &'a str,
+    ledger: &'a Ledger,
+}
+
+#[derive(serde::Deserialize)]
+struct LedgerIn {
+    epoch: String,
+    ledger: Ledger,
 }
 
 struct State {
@@ -174,9 +197,18 @@ impl ClusterReport {
 impl Cluster {
     /// Connects lazily (an unreachable Redis does not stop the relay) and starts the
     /// heartbeat. Errors are about the configuration: the password or CA file, the URL.
-    pub fn start(config: &ClusterConfig) -> Result<Cluster, String> {
-        let cluster = Cluster::connect(config)?;
+    /// With `state_dir`, this node's ledger is kept there between runs: a node restarted
+    /// while Redis is away still counts what it sent before, and Redis hears of it later.
+    pub fn start(config: &ClusterConfig, state_dir: Option<&Path>) -> Result<Cluster, String> {
+        let ledger_file = state_dir.map(|dir| dir.join(LEDGER_FILE));
+        let (epoch, ledger) = ledger_file.as_deref().map(read_ledger).unwrap_or_default();
+        let cluster = Cluster::build(config, ledger_file, epoch, ledger)?;
         let inner = &cluster.inner;
+        tokio::spawn(every(
+            SAVE_EVERY,
+            Arc::downgrade(inner),
+            |inner| async move { inner.save_ledger().await },
+        ));
         tokio::spawn(every(
             HEARTBEAT_EVERY,
             Arc::downgrade(inner),
@@ -193,6 +225,15 @@ impl Cluster {
     /// Redis without a node's heartbeat: for the admin's commands (`smtprelay token …`),
     /// which use the cluster's store but are not a node of it.
     pub fn connect(config: &ClusterConfig) -> Result<Cluster, String> {
+        Cluster::build(config, None, String::new(), Ledger::default())
+    }
+
+    fn build(
+        config: &ClusterConfig,
+        ledger_file: Option<PathBuf>,
+        epoch: String,
+        ledger: Ledger,
+    ) -> Result<Cluster, String> {
         let client = client(config)?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
@@ -214,9 +255,9 @@ impl Cluster {
                     since_ms: crate::clock::unix_ms(),
                     error: "not reached yet".into(),
                 },
-                epoch: String::new(),
+                epoch,
                 offset_ms: 0,
-                ledger: Ledger::default(),
+                ledger,
                 nodes: Vec::new(),
                 leases: HashMap::new(),
             }),
@@ -226,12 +267,41 @@ impl Cluster {
             failures: AtomicU64::new(0),
             next_number: AtomicU64::new(0),
             started_at: crate::clock::unix_ms() / 1000,
+            ledger_file,
+            ledger_saved: tokio::sync::Mutex::new(0),
         });
         Ok(Cluster { inner })
     }
 
     pub fn report(&self) -> ClusterReport {
         self.inner.report()
+    }
+
+    /// Writes the ledger now (at shutdown).
+    pub async fn flush(&self) {
+        self.inner.save_ledger().await;
+    }
+}
+
+/// The ledger a previous run left; an unreadable file is moved aside, loudly.
+fn read_ledger(path: &Path) -> (String, Ledger) {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Default::default(),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cluster: cannot read this node's ledger; its earlier sends are not counted");
+            return Default::default();
+        }
+    };
+    match serde_json::from_slice::<LedgerIn>(&bytes) {
+        Ok(saved) => (saved.epoch, saved.ledger.resumed()),
+        Err(e) => {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".unreadable");
+            let _ = std::fs::rename(path, &aside);
+            tracing::error!(file = %path.display(), error = %e, "cluster: this node's ledger is unreadable (moved aside); its earlier sends are not counted");
+            Default::default()
+        }
     }
 }
 
@@ -306,6 +376,36 @@ impl Inner {
                 self.unreachable(&error);
                 Err(error)
             }
+        }
+    }
+
+    /// Writes the ledger if it changed since the last write.
+    async fn save_ledger(&self) {
+        let Some(path) = &self.ledger_file else {
+            return;
+        };
+        let mut saved = self.ledger_saved.lock().await;
+        let (changes, bytes) = {
+            let state = self.state();
+            let changes = state.ledger.changes();
+            if changes == *saved {
+                return;
+            }
+            let out = LedgerOut {
+                epoch: &state.epoch,
+                ledger: &state.ledger,
+            };
+            (changes, serde_json::to_vec(&out).expect("serialises"))
+        };
+        let path = path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            crate::private_files::atomic_write(&path, &bytes, false)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match written {
+            Ok(()) => *saved = changes,
+            Err(e) => tracing::warn!(error = %e, "cluster: cannot write this node's ledger"),
         }
     }
 
