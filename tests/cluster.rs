@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::RedisServer;
@@ -44,6 +45,20 @@ fn limits(rate: &str, daily: u32) -> Limits {
     Limits {
         rate: rate.parse().unwrap(),
         daily_recipients: daily,
+    }
+}
+
+/// A take that waits out the moment after Redis falls silent.
+async fn take_after_handover(node: &Cluster, l: Limits) -> smtprelay::delivery::budget::Grant {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match node.take("relay@contoso.com", l, 1).await {
+            Ok(grant) => return grant,
+            Err(e) if e.window == Window::Handover && Instant::now() < deadline => {
+                tokio::time::sleep_until(e.until).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
     }
 }
 
@@ -156,10 +171,14 @@ async fn while_redis_is_paused_each_node_keeps_to_its_share_and_redis_hears_of_i
     settle().await;
 
     redis.pause();
-    // The first take finds Redis silent and falls back at once to a's share (5 of 10),
-    // in which a's two sends before the pause count.
+    // The first take finds Redis silent: a waits a moment (the other nodes may still reach
+    // Redis, and must first see a fall silent), then sends within its share (5 of 10), in
+    // which its two sends before the pause count.
+    let waiting = a.take("relay@contoso.com", l, 1).await.err().unwrap();
+    assert_eq!(waiting.window, Window::Handover);
+    assert!(waiting.until <= Instant::now() + Duration::from_secs(3));
     for _ in 0..3 {
-        drop(a.take("relay@contoso.com", l, 1).await.unwrap());
+        drop(take_after_handover(&a, l).await);
     }
     let refused = a.take("relay@contoso.com", l, 1).await.err().unwrap();
     assert_eq!(refused.window, Window::Rate);
@@ -172,7 +191,7 @@ async fn while_redis_is_paused_each_node_keeps_to_its_share_and_redis_hears_of_i
     );
     // b has its whole share.
     for _ in 0..5 {
-        drop(b.take("relay@contoso.com", l, 1).await.unwrap());
+        drop(take_after_handover(&b, l).await);
     }
     assert!(b.take("relay@contoso.com", l, 1).await.is_err());
 
@@ -316,13 +335,13 @@ async fn a_node_restarted_while_redis_is_away_remembers_what_it_sent() {
     redis.pause();
     // a's share is 5: one sent through Redis, three more while Redis is away.
     for _ in 0..3 {
-        drop(a.take("relay@contoso.com", l, 1).await.unwrap());
+        drop(take_after_handover(&a, l).await);
     }
     a.flush().await;
     drop(a);
     // Restarted while Redis is still away, it counts them all against its share.
     let a = start();
-    drop(a.take("relay@contoso.com", l, 1).await.unwrap());
+    drop(take_after_handover(&a, l).await);
     let refused = a.take("relay@contoso.com", l, 1).await.err().unwrap();
     assert_eq!(refused.window, Window::Rate);
     assert_eq!(a.report().mode, Mode::OwnShare);
@@ -333,4 +352,137 @@ async fn a_node_restarted_while_redis_is_away_remembers_what_it_sent() {
     settle().await;
     assert_eq!(a.usage("relay@contoso.com", l).await.sent, 5);
     assert_eq!(redis.integer("ZCARD test:rate:relay@contoso.com"), 5);
+}
+
+/// A TCP path to Redis that a test can cut (connections dropped, new ones closed at once)
+/// and mend: one node cut off while the others reach Redis.
+struct Link {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Link {
+    async fn to(redis: &RedisServer) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let target = format!("127.0.0.1:{}", redis.port);
+        let (is_cut, cuts) = (Arc::clone(&cut), Arc::clone(&generation));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut_now = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_now.changed() => {}
+                    }
+                });
+            }
+        });
+        Link {
+            port,
+            cut,
+            generation,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|n| *n += 1);
+    }
+
+    fn mend(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_alone_never_lets_the_budget_be_exceeded() {
+    let redis = RedisServer::start();
+    let link = Link::to(&redis).await;
+    let a = node(&redis, "a", Some(2));
+    let b = Cluster::start(&config(&link.url(), "b", Some(2)), None).unwrap();
+    until_mode(&a, Mode::Shared).await;
+    until_mode(&b, Mode::Shared).await;
+    let l = limits("10/1h", 1000);
+    for _ in 0..2 {
+        drop(b.take("relay@contoso.com", l, 1).await.unwrap());
+    }
+    settle().await;
+
+    // b alone loses Redis; a still reaches it.
+    link.cut();
+    let mut sent_by_b = 2;
+    while let Ok(grant) = take_or_refused(&b, l).await {
+        drop(grant);
+        sent_by_b += 1;
+    }
+    // b's share is 5, its two sends through Redis included.
+    assert_eq!(sent_by_b, 5);
+    assert_eq!(b.report().mode, Mode::OwnShare);
+    // a keeps b's share free once b is silent, and says why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.report().silent_nodes != 1 {
+        assert!(Instant::now() < deadline, "{:?}", a.report());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let problem = a.report().problem().unwrap();
+    assert!(problem.contains("1 of 2 nodes not heard from"), "{problem}");
+    let mut sent_by_a = 0;
+    while let Ok(grant) = a.take("relay@contoso.com", l, 1).await {
+        drop(grant);
+        sent_by_a += 1;
+    }
+    // Redis has b's two and room for five less b's share: a sent three. Together: ten.
+    assert_eq!(sent_by_a, 3);
+    assert!(sent_by_a + sent_by_b <= 10);
+
+    // b back: it puts its outage's sends into Redis before it counts as heard again.
+    link.mend();
+    until_mode(&b, Mode::Shared).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.report().silent_nodes != 0 {
+        assert!(Instant::now() < deadline, "{:?}", a.report());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settle().await;
+    assert_eq!(redis.integer("ZCARD test:rate:relay@contoso.com"), 8);
+    assert_eq!(a.usage("relay@contoso.com", l).await.sent, 8);
+    // The whole budget is a's again: two more, and no third.
+    let mut more = 0;
+    while let Ok(grant) = take_or_refused(&a, l).await {
+        drop(grant);
+        more += 1;
+    }
+    assert_eq!(more, 2);
+}
+
+/// A take that waits out the handover; `Err` when a budget refuses it.
+async fn take_or_refused(
+    node: &Cluster,
+    l: Limits,
+) -> Result<smtprelay::delivery::budget::Grant, Window> {
+    loop {
+        match node.take("relay@contoso.com", l, 1).await {
+            Ok(grant) => return Ok(grant),
+            Err(e) if e.window == Window::Handover => tokio::time::sleep_until(e.until).await,
+            Err(e) => return Err(e.window),
+        }
+    }
 }

@@ -86,13 +86,14 @@ impl Inner {
         let member = self.fresh_id();
         let epoch = self.state().epoch.clone();
         let period_ms = limits.rate.period.as_millis() as u64;
+        let (rate, daily) = self.limits_in_redis(limits);
         let mut invocation = self.scripts.take.prepare_invoke();
         self.budget_keys(&mut invocation, mailbox)
             .arg(epoch)
             .arg(new_epoch())
             .arg(period_ms)
-            .arg(limits.rate.count)
-            .arg(limits.daily_recipients)
+            .arg(rate)
+            .arg(daily)
             .arg(recipients)
             .arg(&member)
             .arg(IN_FLIGHT_MS)
@@ -130,6 +131,26 @@ impl Inner {
         }
     }
 
+    /// What the nodes that reach Redis count against there: the limits less the shares of
+    /// nodes not heard from, which may be sending within them on their own.
+    fn limits_in_redis(&self, limits: Limits) -> (u64, u64) {
+        let (rate, daily) = (
+            u64::from(limits.rate.count),
+            u64::from(limits.daily_recipients),
+        );
+        let silent = u64::from(self.silent_nodes());
+        match self.config.nodes {
+            Some(nodes) if silent > 0 => {
+                let nodes = u64::from(nodes);
+                (
+                    rate - silent * (rate / nodes),
+                    daily - silent * (daily / nodes),
+                )
+            }
+            _ => (rate, daily),
+        }
+    }
+
     /// This node's share of a mailbox's limits: `Err` when it has none (sending waits).
     fn share(&self, limits: Limits) -> Result<Share, Exhausted> {
         let nodes = u64::from(self.config.nodes.ok_or_else(unshared)?);
@@ -147,6 +168,12 @@ impl Inner {
     /// Whether the send fits this node's share now.
     fn share_room(&self, mailbox: &str, limits: Limits, recipients: u64) -> Result<(), Exhausted> {
         let share = self.share(limits)?;
+        if let Some(until) = self.handover_until() {
+            return Err(Exhausted {
+                window: Window::Handover,
+                until,
+            });
+        }
         let now = self.cluster_now();
         let room = self
             .state()
@@ -412,14 +439,15 @@ impl Inner {
     async fn usage(&self, mailbox: &str, limits: Limits) -> Usage {
         let period_ms = limits.rate.period.as_millis() as u64;
         if self.reachable() {
+            let (rate, daily) = self.limits_in_redis(limits);
             let mut invocation = self.scripts.usage.prepare_invoke();
             invocation
                 .key(self.key("rate", mailbox))
                 .key(self.key("daily", mailbox))
                 .key(self.key("minutes", mailbox))
                 .arg(period_ms)
-                .arg(limits.rate.count)
-                .arg(limits.daily_recipients);
+                .arg(rate)
+                .arg(daily);
             if let Ok((sent, recipients_today, next)) =
                 self.call::<(u64, u64, u64)>(&invocation).await
             {

@@ -40,6 +40,13 @@ const RENEW_EVERY: Duration = Duration::from_secs(2);
 /// Back from an outage, a node counts on its share this long, so that every node has put
 /// its outage's sends into Redis (each does at its next heartbeat) before any counts there.
 const SETTLE: Duration = Duration::from_secs(3);
+/// A node not heard from for this long may be cut off from Redis and sending within its
+/// share: the nodes counting in Redis leave that share free. Beats come every second, and
+/// each node reads the list at its own beat, so a live node is at most about 2 s behind.
+const LIVE_MS: u64 = 2_500;
+/// Cut off from Redis, a node waits this long before sending within its share: by then
+/// every node still counting in Redis has seen it fall silent (`LIVE_MS`).
+const HANDOVER: Duration = Duration::from_secs(3);
 /// The longest a send may be in flight; until it finishes it counts as finishing then.
 const IN_FLIGHT_MS: u64 = 600_000;
 /// How long a worker keeps an idle connection, which another node may be waiting for.
@@ -150,6 +157,9 @@ pub struct ClusterReport {
     /// `[cluster] nodes`: the share each node has while Redis is unreachable is 1/this.
     pub share_of: Option<u32>,
     pub nodes: Vec<Node>,
+    /// Of `share_of` nodes, how many have not been heard from: their shares are kept free
+    /// of what the others count in Redis (they may be sending on their own).
+    pub silent_nodes: u32,
     pub redis_calls: u64,
     pub redis_failures: u64,
 }
@@ -176,6 +186,16 @@ impl ClusterReport {
             .unwrap_or_default();
         let error = self.error.as_deref().unwrap_or("");
         match self.mode {
+            Mode::Shared if self.silent_nodes > 0 => Some(format!(
+                "cluster: {} of {} nodes not heard from: the others keep {} of every budget free for them",
+                self.silent_nodes,
+                self.share_of.unwrap_or(1),
+                if self.silent_nodes == 1 {
+                    format!("a share (1/{})", self.share_of.unwrap_or(1))
+                } else {
+                    format!("{} shares", self.silent_nodes)
+                }
+            )),
             Mode::Shared => None,
             Mode::Settling => Some(format!(
                 "cluster: Redis at {} answers again; budgets stay within this node's share too for a moment",
@@ -443,6 +463,31 @@ impl Inner {
         matches!(self.state().reach, Reach::Up { .. })
     }
 
+    /// Of `[cluster] nodes`, how many have not been heard from lately (this one counts as
+    /// heard): they may be cut off from Redis and sending within their shares.
+    fn silent_nodes(&self) -> u32 {
+        let Some(nodes) = self.config.nodes else {
+            return 0;
+        };
+        let now = self.cluster_now();
+        let state = self.state();
+        let live = state
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.config.node_name && n.last_seen_ms + LIVE_MS > now)
+            .count() as u32;
+        nodes.saturating_sub(live + 1)
+    }
+
+    /// Until when a node just cut off from Redis waits before sending within its share.
+    fn handover_until(&self) -> Option<Instant> {
+        let Reach::Down { since_ms, .. } = self.state().reach else {
+            return None;
+        };
+        let waited = Duration::from_millis(crate::clock::unix_ms().saturating_sub(since_ms));
+        (waited < HANDOVER).then(|| Instant::now() + (HANDOVER - waited))
+    }
+
     /// Whether the budgets are counted in Redis now.
     fn mode(&self) -> Mode {
         match (&self.state().reach, self.config.nodes) {
@@ -511,6 +556,11 @@ impl Inner {
 
     fn report(&self) -> ClusterReport {
         let mode = self.mode();
+        // Only worth saying while the others count in Redis.
+        let silent_nodes = match self.reachable() {
+            true => self.silent_nodes(),
+            false => 0,
+        };
         let state = self.state();
         let (reachable, unreachable_since_ms, error) = match &state.reach {
             Reach::Up { .. } => (true, None, None),
@@ -525,6 +575,7 @@ impl Inner {
             mode,
             share_of: self.config.nodes,
             nodes: state.nodes.clone(),
+            silent_nodes,
             redis_calls: self.calls.load(Ordering::Relaxed),
             redis_failures: self.failures.load(Ordering::Relaxed),
         }
@@ -533,6 +584,11 @@ impl Inner {
     /// One heartbeat: says this node lives, learns the others and the epoch, and puts back
     /// into Redis what it owes.
     async fn beat_once(&self) {
+        // What it sent while cut off goes into Redis before its beat says it is back: until
+        // then the others keep its share free.
+        if !self.state().epoch.is_empty() {
+            self.pay_back().await;
+        }
         let details = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "started_at": self.started_at,

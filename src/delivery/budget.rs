@@ -52,6 +52,9 @@ pub enum Window {
     /// The nodes of a cluster cannot share the budgets (Redis is unreachable) and no
     /// `[cluster] nodes` says what this node's share would be.
     Unshared,
+    /// Redis just became unreachable: this node waits until the other nodes, which may
+    /// still reach Redis, have noticed its silence and left its share free.
+    Handover,
 }
 
 impl Window {
@@ -63,6 +66,9 @@ impl Window {
             Window::Connections => "every connection the mailbox may have is in use",
             Window::Unshared => {
                 "Redis is unreachable and [cluster] nodes is not set: sending waits for Redis"
+            }
+            Window::Handover => {
+                "Redis just became unreachable: sending within this node's share starts in a moment"
             }
         }
     }
