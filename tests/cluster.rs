@@ -360,6 +360,8 @@ struct Link {
     port: u16,
     cut: Arc<std::sync::atomic::AtomicBool>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Connections being passed on; a cut is done when none is left.
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Link {
@@ -369,7 +371,8 @@ impl Link {
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
         let target = format!("127.0.0.1:{}", redis.port);
-        let (is_cut, cuts) = (Arc::clone(&cut), Arc::clone(&generation));
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (is_cut, cuts, opened) = (Arc::clone(&cut), Arc::clone(&generation), Arc::clone(&open));
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -380,14 +383,18 @@ impl Link {
                 }
                 let target = target.clone();
                 let mut cut_now = cuts.subscribe();
+                let open = Arc::clone(&opened);
+                open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_now.changed() => {}
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut_now.changed() => {}
+                        }
                     }
+                    // Both ends are closed before the count says so.
+                    drop(client);
+                    open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
@@ -395,6 +402,7 @@ impl Link {
             port,
             cut,
             generation,
+            open,
         }
     }
 
@@ -402,9 +410,14 @@ impl Link {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    fn cut(&self) {
+    /// Returns once every connection through the link is closed, so nothing sent after it
+    /// reaches Redis.
+    async fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
         self.generation.send_modify(|n| *n += 1);
+        while self.open.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn mend(&self) {
@@ -427,7 +440,7 @@ async fn a_node_cut_off_alone_never_lets_the_budget_be_exceeded() {
     settle().await;
 
     // b alone loses Redis; a still reaches it.
-    link.cut();
+    link.cut().await;
     let mut sent_by_b = 2;
     while let Ok(grant) = take_or_refused(&b, l).await {
         drop(grant);
