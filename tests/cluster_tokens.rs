@@ -124,7 +124,7 @@ async fn tokens_in_redis_are_sealed_and_only_written_over_the_revision_read() {
     // Another key cannot read them, and says which account it could not open.
     let stranger = connect(&redis, "c").token_store(TokenKey::generate());
     match stranger.load_all().await {
-        Err(StoreError::Sealed { account, .. }) => assert_eq!(account, "contoso"),
+        Err(StoreError::Decrypt { account, .. }) => assert_eq!(account, "contoso"),
         other => panic!("{other:?}"),
     }
 

@@ -104,10 +104,7 @@ fn accounts(out: &mut String, report: &StatusReport) {
             None => "<span class=\"muted\">no token</span>".to_owned(),
         };
         let reason: String = a
-            .token_reason
-            .iter()
-            .cloned()
-            .chain(a.refreshing_words())
+            .remarks()
             .map(|words| format!(": {}", escape(&words)))
             .collect();
         let _ = write!(

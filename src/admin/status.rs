@@ -55,11 +55,14 @@ pub struct AccountView {
 }
 
 impl AccountView {
-    /// Who is getting the account a new token, in words, while someone is.
-    pub fn refreshing_words(&self) -> Option<String> {
-        self.refresh_lock_holder
+    /// What to say beside the token's state: why it is not valid, and who is getting the
+    /// account a new token while someone is.
+    pub fn remarks(&self) -> impl Iterator<Item = String> + '_ {
+        let refreshing = self
+            .refresh_lock_holder
             .as_ref()
-            .map(|node| format!("{node} is getting a new token"))
+            .map(|node| format!("{node} is getting a new token"));
+        self.token_reason.iter().cloned().chain(refreshing)
     }
 }
 
@@ -239,10 +242,7 @@ pub fn text(report: &StatusReport) -> String {
             a.mailbox,
             a.flow,
             a.token,
-            a.token_reason
-                .iter()
-                .cloned()
-                .chain(a.refreshing_words())
+            a.remarks()
                 .map(|words| format!(" ({words})"))
                 .collect::<String>()
         );

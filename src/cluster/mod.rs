@@ -372,20 +372,28 @@ impl Inner {
         self.timed(command.query_async(&mut connection)).await
     }
 
-    async fn timed<T>(
+    /// Sends a request and waits at most `CALL_TIMEOUT` for its answer, counting the call.
+    async fn within_timeout<T>(
         &self,
         request: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, String> {
+    ) -> redis::RedisResult<T> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let answer = tokio::time::timeout(CALL_TIMEOUT, request)
+        tokio::time::timeout(CALL_TIMEOUT, request)
             .await
             .unwrap_or_else(|_| {
                 Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "no answer within 1 s",
                 )))
-            });
-        match answer {
+            })
+    }
+
+    /// As [`Inner::within_timeout`]; what happens tells whether Redis is reachable.
+    async fn timed<T>(
+        &self,
+        request: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        match self.within_timeout(request).await {
             Ok(value) => {
                 self.reached();
                 Ok(value)

@@ -114,7 +114,7 @@ impl RedisStore {
 
     /// One hash value as an entry.
     fn entry(&self, account: &str, value: &str) -> Result<Stored, StoreError> {
-        let sealed_error = || StoreError::Sealed {
+        let sealed_error = || StoreError::Decrypt {
             store: self.describe(),
             account: account.to_owned(),
         };

@@ -567,16 +567,22 @@ impl TokenManager {
         slot: &Slot,
         margin: Duration,
     ) -> Option<AccessToken> {
-        let entry = self.store.load(account).await.ok()?;
-        if let Some(entry) = entry
-            && entry.revision != lock(&slot.state).revision
-        {
-            self.adopt(account, slot, &entry);
-        }
+        self.read_back(account, slot).await.ok()?;
         let mut state = lock(&slot.state);
         let token = state.token_with(margin)?;
         state.retry_at = None;
         Some(token)
+    }
+
+    /// Reads the account's entry and adopts it if another process wrote it since.
+    async fn read_back(&self, account: &str, slot: &Slot) -> Result<Option<Stored>, StoreError> {
+        let entry = self.store.load(account).await?;
+        if let Some(entry) = &entry
+            && entry.revision != lock(&slot.state).revision
+        {
+            self.adopt(account, slot, entry);
+        }
+        Ok(entry)
     }
 
     /// Makes another process's write of the account current here.
@@ -659,9 +665,9 @@ impl TokenManager {
                         }
                     }
                 }
-                Ok(Saved::Conflict) => TokenError::Store(StoreError::Unreachable {
+                Ok(Saved::Conflict) => TokenError::Store(StoreError::Contended {
                     store: self.store.describe(),
-                    error: "other writers keep storing this account's tokens".into(),
+                    account: account.to_owned(),
                 }),
                 Err(e) => e.into(),
             };
@@ -713,10 +719,7 @@ impl TokenManager {
         account: &str,
         slot: &Slot,
     ) -> Result<Option<AccessToken>, TokenError> {
-        let entry = self.store.load(account).await?;
-        if let Some(entry) = &entry {
-            self.adopt(account, slot, entry);
-        }
+        let entry = self.read_back(account, slot).await?;
         if let Some(token) = lock(&slot.state).token_with(Duration::ZERO) {
             tracing::info!(target: "tokens", account, "another process stored this account's tokens meanwhile; those are used");
             return Ok(Some(token));

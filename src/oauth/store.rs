@@ -101,24 +101,27 @@ pub enum StoreError {
     Io { path: PathBuf, error: io::Error },
     #[error("{path}: not a token store file ({reason})")]
     Format { path: PathBuf, reason: String },
+    /// What the store holds is not ours to read (another key, tampering); `store` is the
+    /// file's path or Redis's address.
     #[error(
-        "{path}: account {account:?} cannot be decrypted: wrong token key, or the file was tampered with; the file is left untouched"
+        "{store}: account {account:?} cannot be decrypted: wrong token key, or it was tampered with; it is left untouched"
     )]
-    Decrypt { path: PathBuf, account: String },
-    /// The store answers, but what it holds is not ours to read (another key, tampering).
-    #[error(
-        "{store}: account {account:?} cannot be decrypted: wrong token key, or the entry was tampered with; it is left untouched"
-    )]
-    Sealed { store: String, account: String },
+    Decrypt { store: String, account: String },
     /// A store that lives elsewhere does not answer now (Redis down): worth trying again.
     #[error("{store} unreachable: {error}")]
     Unreachable { store: String, error: String },
+    /// Other writers stored the account each time this process tried: worth trying again.
+    #[error("{store}: other writers kept storing account {account:?} first")]
+    Contended { store: String, account: String },
 }
 
 impl StoreError {
     /// Whether trying again later may work without anyone's help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unreachable { .. })
+        matches!(
+            self,
+            StoreError::Unreachable { .. } | StoreError::Contended { .. }
+        )
     }
 }
 
@@ -408,7 +411,7 @@ impl FileStore {
                 .sealer
                 .open(account, blob)
                 .ok_or_else(|| StoreError::Decrypt {
-                    path: path.to_owned(),
+                    store: path.display().to_string(),
                     account: account.clone(),
                 })?;
             let entry = entries.entry(account.clone()).or_insert(Stored {
