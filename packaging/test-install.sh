@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deb=$(ls target/debian/smtprelay_*.deb)
-rpm=$(ls target/generate-rpm/smtprelay-*.rpm)
+rpm=$(ls target/rpm/smtprelay-*.rpm)
 suite=${SMTPRELAY_TEST_SUITE:-bookworm}
 mirror=${SMTPRELAY_TEST_MIRROR:-http://deb.debian.org/debian}
 
