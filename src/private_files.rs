@@ -15,6 +15,13 @@ pub fn atomic_write(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// [`atomic_write`] on tokio's blocking pool, for async callers.
+pub async fn atomic_write_off_thread(path: PathBuf, bytes: Vec<u8>, sync: bool) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || atomic_write(&path, &bytes, sync))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
 /// The first half of [`atomic_write`], for callers with more to do before the rename: writes
 /// `<path>.tmp` and returns it, open, with its path.
 pub fn write_temp(path: &Path, bytes: &[u8], sync: bool) -> io::Result<(File, PathBuf)> {

@@ -425,13 +425,7 @@ impl Inner {
             };
             (changes, serde_json::to_vec(&out).expect("serialises"))
         };
-        let path = path.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            crate::private_files::atomic_write(&path, &bytes, false)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        match written {
+        match crate::private_files::atomic_write_off_thread(path.clone(), bytes, false).await {
             Ok(()) => *saved = changes,
             Err(e) => tracing::warn!(error = %e, "cluster: cannot write this node's ledger"),
         }

@@ -437,12 +437,8 @@ async fn write_changes(inner: Arc<Inner>) {
         let through = *changes.borrow_and_update();
         if through > *inner.saved.borrow() {
             let bytes = serde_json::to_vec(&inner.snapshot()).expect("budgets serialise");
-            let target = path.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                crate::private_files::atomic_write(&target, &bytes, false)
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let written =
+                crate::private_files::atomic_write_off_thread(path.clone(), bytes, false).await;
             match written {
                 Ok(()) if failing => {
                     failing = false;

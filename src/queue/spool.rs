@@ -302,7 +302,7 @@ impl Spool {
         let path = self.paths.state(id);
         let bytes = serde_json::to_vec(state).map_err(io::Error::other)?;
         let fsync = self.fsync;
-        blocking(move || crate::private_files::atomic_write(&path, &bytes, fsync)).await?;
+        crate::private_files::atomic_write_off_thread(path, bytes, fsync).await?;
         if self.fsync {
             self.dir_sync.sync().await?;
         }
