@@ -64,6 +64,9 @@ done
 rpm_requires=$(rpm -qp --requires "$rpm")
 check "rpm requires ca-certificates" grep -q '^ca-certificates' <<<"$rpm_requires"
 check "rpm requires the unit's /usr/bin/kill" grep -q '^/usr/bin/kill' <<<"$rpm_requires"
+check "rpm requires openssl-libs (the legacy TLS profile)" grep -q '^openssl-libs' <<<"$rpm_requires"
+check "deb depends on libssl3 (the legacy TLS profile)" grep -Eq '(^|, )libssl3(t64)? ' \
+    <<<"$(dpkg-deb -f "$deb" Depends)"
 check "rpm: binary 0755" grep -qx -- '-rwxr-xr-x root:root /usr/bin/smtprelay' <<<"$rpm_modes"
 # root:smtprelay in the package itself, so that `rpm -V` agrees with what post-install sets.
 check "rpm: configuration 0640 root:smtprelay" grep -qx -- '-rw-r----- root:smtprelay /etc/smtprelay/smtprelay.toml' <<<"$rpm_modes"
@@ -120,6 +123,7 @@ check "unit is enabled" test -L "$root/etc/systemd/system/multi-user.target.want
 check "man page is installed" test -f "$root/usr/share/man/man1/smtprelay.1.gz"
 check "binary runs" in_root smtprelay --version
 check "dependencies installed" in_root dpkg-query -W ca-certificates
+check "the binary finds every library it links" bash -c "! chroot '$root' ldd /usr/bin/smtprelay | grep -q 'not found'"
 
 echo "== the installed relay, as the service user (tests/installed_package.rs)"
 installed_tests installed_package "installed relay: check-config and one message relayed"

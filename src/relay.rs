@@ -4,7 +4,6 @@
 //! token manager, delivery, control socket, alerts). `serve` builds the first generation at
 //! start and a new one on each reload; tests build theirs with the same code.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,6 +26,8 @@ use crate::smtp::session::Intake;
 pub struct Process {
     pub spool: Arc<Spool>,
     pub metrics: Arc<Metrics>,
+    /// Where `metrics.tls`'s list of clients on outdated TLS is kept between runs.
+    tls_clients_file: std::path::PathBuf,
     /// Where sends and connections are counted: this process's saved budgets, or with
     /// `[cluster]` Redis for all nodes.
     pub budget: Arc<dyn crate::delivery::Budget>,
@@ -76,9 +77,12 @@ impl Process {
                     (Arc::clone(&saved) as _, Some(saved), None)
                 }
             };
+        let metrics = Arc::new(Metrics::default());
+        restore_tls_clients(state_dir, &metrics);
         Ok(Process {
             spool,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
+            tls_clients_file: state_dir.join(TLS_CLIENTS_FILE),
             budget,
             saved_budget,
             cluster,
@@ -99,13 +103,68 @@ impl Process {
         }
     }
 
-    /// Waits until the saved budgets hold every send so far (at shutdown).
-    pub async fn flush_budgets(&self) {
+    /// At shutdown: waits until the saved budgets hold every send so far, and saves the
+    /// list of clients on outdated TLS.
+    pub async fn save_state(&self) {
         if let Some(saved) = &self.saved_budget {
             saved.flush().await;
         }
         if let Some(cluster) = &self.cluster {
             cluster.flush().await;
+        }
+        save_tls_clients(&self.metrics, &self.tls_clients_file).await;
+    }
+
+    /// Saves the clients seen on TLS older than 1.2, when the list changed, every minute
+    /// until the relay stops (a week's list should survive a restart or an upgrade).
+    pub fn keep_tls_clients(&self) {
+        let metrics = Arc::clone(&self.metrics);
+        let path = self.tls_clients_file.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => save_tls_clients(&metrics, &path).await,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+}
+
+async fn save_tls_clients(metrics: &Metrics, path: &std::path::Path) {
+    let Some(clients) = metrics.tls.unsaved() else {
+        return;
+    };
+    let bytes = serde_json::to_vec(&clients).unwrap_or_default();
+    if let Err(e) =
+        crate::private_files::atomic_write_off_thread(path.to_owned(), bytes, false).await
+    {
+        tracing::warn!(file = %path.display(), error = %e,
+            "cannot save the list of clients on outdated TLS");
+    }
+}
+
+/// Where the clients seen on TLS older than 1.2 are kept between runs.
+const TLS_CLIENTS_FILE: &str = "tls-clients.json";
+
+/// Reads back the clients on outdated TLS an earlier run saved; a file that cannot be read
+/// costs only the list (said once), never the start.
+fn restore_tls_clients(state_dir: &std::path::Path, metrics: &Metrics) {
+    let path = state_dir.join(TLS_CLIENTS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the list of clients on outdated TLS");
+            return;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(clients) => metrics.tls.restore(clients),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "the list of clients on outdated TLS cannot be read; starting afresh")
         }
     }
 }
@@ -129,7 +188,7 @@ fn open_budget(state_dir: &std::path::Path) -> Arc<LocalBudget> {
 /// Sockets handed from one generation to the next.
 #[derive(Default)]
 pub struct Sockets {
-    smtp: HashMap<SocketAddr, std::net::TcpListener>,
+    smtp: crate::smtp::listener::Handoff,
     admin: Option<(SocketAddr, std::net::TcpListener)>,
 }
 
@@ -203,9 +262,17 @@ pub async fn prepare(
     sockets: &mut Sockets,
 ) -> Result<Prepared, String> {
     let tls = match &config.tls {
-        Some(tls) => Some(crate::smtp::tls::acceptor(tls).map_err(|e| e.to_string())?),
+        Some(tls) => Some(
+            crate::smtp::tls::Acceptors::new(tls, config.wants_legacy_tls())
+                .map_err(|e| e.to_string())?,
+        ),
         None => None,
     };
+    if tls.as_ref().and_then(|t| t.legacy_key_is_rsa()) == Some(false) {
+        tracing::warn!(
+            "[tls] has no RSA key: old devices on the legacy TLS listener(s) mostly speak RSA only and will fail the handshake"
+        );
+    }
     if !config.queue.fsync {
         tracing::warn!("queue.fsync = false: accepted mail can be lost in a power failure");
     }
@@ -219,10 +286,10 @@ pub async fn prepare(
         metrics: Arc::clone(&process.metrics),
     });
     // Work on duplicates: if anything below fails, `sockets` still serves the next reload.
-    let mut reuse: HashMap<SocketAddr, std::net::TcpListener> = sockets
+    let mut reuse: crate::smtp::listener::Handoff = sockets
         .smtp
         .iter()
-        .filter_map(|(address, socket)| socket.try_clone().ok().map(|s| (*address, s)))
+        .filter_map(|(key, socket)| socket.try_clone().ok().map(|s| (*key, s)))
         .collect();
     let mut server = Server::bind(Arc::clone(&intake), &mut reuse)
         .await

@@ -1,5 +1,7 @@
 //! `check-config` on good and bad files: every problem, each with file, line and key.
 
+mod common;
+
 use std::process::Command;
 
 fn check_config(path: &std::path::Path) -> (i32, String, String) {
@@ -60,7 +62,7 @@ fn the_reference_config_uses_every_key_we_implement() {
     let problems: Vec<String> = error.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].contains(":57:1: user[scanner-3rd-floor].password_hash: not a password hash"),
+        problems[0].contains(":65:1: user[scanner-3rd-floor].password_hash: not a password hash"),
         "{problems:?}"
     );
     // The example points its readers to it.
@@ -331,4 +333,48 @@ fn a_token_key_supplied_as_a_credential_need_not_be_readable_as_a_file() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn the_legacy_tls_profile_needs_a_tls_listener_and_check_config_says_what_it_weakens() {
+    let (_dir, path) = write(
+        "[[listen]]\naddress = \"127.0.0.1:25\"\nauth = \"none\"\ntls_profile = \"legacy\"\n\
+         [[listen]]\naddress = \"127.0.0.1:26\"\nauth = \"none\"\ntls = \"starttls\"\ntls_profile = \"legasy\"\n",
+    );
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains(":4:1: listen[1].tls_profile: only for a listener with TLS"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listen[2].tls_profile") && stderr.contains("did you mean \"legacy\""),
+        "{stderr}"
+    );
+
+    // A legacy listener on an ECDSA certificate: valid, with two warnings.
+    for (pki, rsa) in [
+        (common::TestPki::new(), false),
+        (common::TestPki::new_rsa(), true),
+    ] {
+        let (_dir, path) = write(&format!(
+            "[[listen]]\naddress = \"127.0.0.1:25\"\nauth = \"none\"\ntls = \"starttls\"\ntls_profile = \"legacy\"\n{}",
+            pki.tls_table()
+        ));
+        let (code, stdout, stderr) = check_config(&path);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains(": ok (1 listener(s)"), "{stdout}");
+        assert!(
+            stderr.contains("warning: ")
+                && stderr.contains(
+                    "listen[1] (127.0.0.1:25): tls_profile = \"legacy\" accepts TLS 1.0 and 1.1"
+                ),
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.contains("the private key is not RSA"),
+            !rsa,
+            "{stderr}"
+        );
+    }
 }

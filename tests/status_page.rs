@@ -5,30 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::http_get;
 use common::tokens::{World, WorldOptions};
-
-/// The page's DOM after its scripts ran, as headless Chromium sees it.
-fn chromium_dom(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .expect("chromium is installed (.ci/run installs it)");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout).unwrap()
-}
+use common::{chromium_dom, http_get};
 
 /// The text of the first element that starts with `start` (an opening tag's prefix).
 fn element<'a>(dom: &'a str, start: &str) -> &'a str {

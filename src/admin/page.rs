@@ -82,6 +82,7 @@ pub fn render(report: &StatusReport) -> String {
         chart(&report.last_hour)
     );
     deliveries(&mut out, report);
+    outdated_tls(&mut out, report);
     let _ = write!(out, "<script>{SCRIPT}</script></body></html>");
     out
 }
@@ -279,6 +280,33 @@ fn deliveries(out: &mut String, report: &StatusReport) {
             escape(d.reply.as_deref().unwrap_or("")),
             id = escape(&d.queue_id),
             result = d.result.name(),
+        );
+    }
+    out.push_str("</table>");
+}
+
+/// The devices still on TLS 1.0/1.1: what the legacy listener is kept open for.
+fn outdated_tls(out: &mut String, report: &StatusReport) {
+    out.push_str("<h2>Clients on TLS older than 1.2 (last 7 days)</h2>");
+    if report.outdated_tls_clients.is_empty() {
+        out.push_str("<p id=\"outdated-tls\" class=\"muted\">None seen.</p>");
+        return;
+    }
+    out.push_str(
+        "<table id=\"outdated-tls\"><tr><th>Address</th><th>HELO name</th><th>TLS</th>\
+         <th>Cipher</th><th>Last seen</th><th>Messages</th></tr>",
+    );
+    for c in &report.outdated_tls_clients {
+        let _ = write!(
+            out,
+            "<tr data-address=\"{address}\"><td>{address}</td><td>{}</td><td class=\"tls-version\">{}</td>\
+             <td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+            escape(&c.helo),
+            c.version,
+            escape(&c.cipher),
+            rfc3339(c.last_seen),
+            c.messages,
+            address = c.address,
         );
     }
     out.push_str("</table>");

@@ -34,6 +34,9 @@ pub struct StatusReport {
     pub alerts: Vec<FiringAlert>,
     /// Per minute, oldest first.
     pub last_hour: Vec<Minute>,
+    /// Clients seen on TLS older than 1.2 in the last 7 days, most recent first: the
+    /// devices to replace or update.
+    pub outdated_tls_clients: Vec<crate::metrics::tls::OutdatedClient>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterReport>,
 }
@@ -153,6 +156,7 @@ pub async fn report(admin: &Admin, health: HealthReport) -> StatusReport {
         deliveries,
         alerts,
         last_hour: admin.metrics.activity.last_hour(now),
+        outdated_tls_clients: admin.metrics.tls.outdated(now),
     }
 }
 
@@ -319,6 +323,21 @@ pub fn text(report: &StatusReport) -> String {
         "\nLast hour: {} received, {} delivered, {} deferred",
         hour.0, hour.1, hour.2
     );
+    if !report.outdated_tls_clients.is_empty() {
+        let _ = writeln!(out, "\nClients on TLS older than 1.2 (last 7 days)");
+        for c in &report.outdated_tls_clients {
+            let _ = writeln!(
+                out,
+                "  {} {} {} {}, last seen {}, {} message(s)",
+                c.address,
+                crate::logging::Untrusted(if c.helo.is_empty() { "-" } else { &c.helo }),
+                c.version,
+                c.cipher,
+                rfc3339(c.last_seen),
+                c.messages
+            );
+        }
+    }
     let _ = writeln!(out, "\nRecent deliveries");
     if report.deliveries.is_empty() {
         let _ = writeln!(out, "  none yet");

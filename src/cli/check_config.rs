@@ -35,17 +35,24 @@ pub fn run(
     for problem in &found {
         errln!("error: {problem}");
     }
-    // The certificate and key must also belong together (only worth trying once readable).
+    // The certificate and key must also belong together (only worth trying once readable),
+    // for each TLS library a listener uses.
+    let mut acceptors = None;
     if problems == 0
         && let Some(tls) = &config.tls
-        && let Err(e) = crate::smtp::tls::acceptor(tls)
     {
-        errln!("error: {}: [tls]: {e}", path.display());
-        problems += 1;
+        match crate::smtp::tls::Acceptors::new(tls, config.wants_legacy_tls()) {
+            Ok(built) => acceptors = Some(built),
+            Err(e) => {
+                errln!("error: {}: [tls]: {e}", path.display());
+                problems += 1;
+            }
+        }
     }
     if problems > 0 {
         return Err(ExitCode::from(super::EXIT_CONFIG));
     }
+    legacy_tls_warnings(path, &config, acceptors.as_ref());
     outln!(
         "{}: ok ({} listener(s), {} user(s), {} account(s), state in {}{})",
         path.display(),
@@ -59,6 +66,33 @@ pub fn run(
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a legacy TLS listener gives away, said where the admin checks the file, and a
+/// certificate the old devices it is for cannot use.
+fn legacy_tls_warnings(
+    path: &Path,
+    config: &Config,
+    acceptors: Option<&crate::smtp::tls::Acceptors>,
+) {
+    use crate::config::{ListenTls, TlsProfile};
+    for (i, listen) in config.listen.iter().enumerate() {
+        if listen.tls != ListenTls::None && listen.tls_profile == TlsProfile::Legacy {
+            errln!(
+                "warning: {}: listen[{}] ({}): tls_profile = \"legacy\" {}",
+                path.display(),
+                i + 1,
+                listen.address,
+                crate::smtp::tls::LEGACY_WEAKENS
+            );
+        }
+    }
+    if acceptors.and_then(|a| a.legacy_key_is_rsa()) == Some(false) {
+        errln!(
+            "warning: {}: [tls]: the private key is not RSA; the old devices a legacy listener is for mostly speak RSA only and will fail the handshake",
+            path.display()
+        );
+    }
 }
 
 fn file_problems(

@@ -81,6 +81,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
         ExitCode::FAILURE
     };
     let process = Process::open(&config).map_err(fail)?;
+    process.keep_tls_clients();
     let mut sockets = Sockets::default();
     let mut path = config.path.clone();
     let log_format = config.log.format;
@@ -157,7 +158,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     for server in retired {
         let _ = server.await;
     }
-    process.flush_budgets().await;
+    process.save_state().await;
     tracing::info!(queued = process.spool.len(), "stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -167,7 +168,7 @@ fn load_checked(path: &std::path::Path) -> Result<Config, Vec<String>> {
     let config = Config::load(path)
         .map_err(|e| e.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
     if let Some(tls) = &config.tls
-        && let Err(e) = crate::smtp::tls::acceptor(tls)
+        && let Err(e) = crate::smtp::tls::Acceptors::new(tls, config.wants_legacy_tls())
     {
         return Err(vec![format!("{}: [tls]: {e}", path.display())]);
     }

@@ -159,6 +159,15 @@ choice!(
 );
 
 choice!(ListenTls { None = "none", StartTls = "starttls", Implicit = "implicit" });
+choice!(
+    /// Which TLS a listener speaks (`smtp::tls`).
+    TlsProfile {
+        /// rustls: TLS 1.2 and 1.3, forward-secret AEAD suites only.
+        Modern = "modern",
+        /// OpenSSL: TLS 1.0 to 1.3 with RSA key exchange and CBC suites too, for old devices.
+        Legacy = "legacy",
+    }
+);
 choice!(AuthMode { None = "none", Optional = "optional", Required = "required" });
 choice!(Provider { Microsoft = "microsoft", Generic = "generic" });
 choice!(Flow {
@@ -185,6 +194,7 @@ choice!(LogFormat { Text = "text", Json = "json" });
 pub struct ListenConfig {
     pub address: SocketAddr,
     pub tls: ListenTls,
+    pub tls_profile: TlsProfile,
     pub auth: AuthMode,
     pub allow_plaintext_auth: bool,
     pub require_tls: bool,
@@ -392,6 +402,13 @@ impl Config {
         }
     }
 
+    /// Whether a TLS listener asks for the legacy profile (and so OpenSSL is set up).
+    pub fn wants_legacy_tls(&self) -> bool {
+        self.listen
+            .iter()
+            .any(|l| l.tls != ListenTls::None && l.tls_profile == TlsProfile::Legacy)
+    }
+
     /// Every account whose tokens the relay keeps: the configured ones and their Graph
     /// twins (`fallback_transport`).
     pub fn token_accounts(&self) -> impl Iterator<Item = &AccountConfig> {
@@ -530,9 +547,11 @@ fn read_listen(s: Section) -> Option<ListenConfig> {
             .ok()
     });
     let tls = s.parse("tls", ListenTls::parse).unwrap_or(ListenTls::None);
+    let tls_profile = s.parse("tls_profile", TlsProfile::parse);
     let listen = ListenConfig {
         address: address?,
         tls,
+        tls_profile: tls_profile.unwrap_or(TlsProfile::Modern),
         auth: s
             .parse("auth", AuthMode::parse)
             .unwrap_or(AuthMode::Optional),
@@ -558,6 +577,12 @@ fn read_listen(s: Section) -> Option<ListenConfig> {
     }
     // Checks that combine keys need each of them read: one typo, one error.
     let intact = s.intact(&["tls", "auth", "allow_plaintext_auth", "require_tls"]);
+    if intact && tls_profile.is_some() && listen.tls == ListenTls::None {
+        s.report(
+            "tls_profile",
+            "only for a listener with TLS: set tls = \"starttls\" or \"implicit\", or remove tls_profile",
+        );
+    }
     if intact && listen.require_tls && listen.tls != ListenTls::StartTls {
         s.report(
             "require_tls",
@@ -1057,7 +1082,8 @@ fn check_combinations(
                 "AUTH is offered but no [[user]] is configured (set auth = \"none\" or add users)",
             );
         }
-        if listen[..i].iter().any(|other| other.address == l.address) {
+        // Port 0 asks for any free port: several listeners may.
+        if l.address.port() != 0 && listen[..i].iter().any(|other| other.address == l.address) {
             source.report(
                 listen_span(i),
                 &format!("{key}.address"),

@@ -3,6 +3,7 @@
 //! from their owners when scraped, not kept here.
 
 pub mod activity;
+pub mod tls;
 
 pub use activity::{Activity, DeliveryResult, ResultKind};
 
@@ -32,6 +33,8 @@ pub struct Metrics {
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// What happened lately, for the status page and `/health`.
     pub activity: Activity,
+    /// Inbound TLS: versions by listener, and the clients still on TLS older than 1.2.
+    pub tls: tls::TlsStats,
 }
 
 #[derive(Default, Clone)]
@@ -198,6 +201,7 @@ impl Metrics {
         for (reason, count) in refusals {
             let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
         }
+        self.tls.render(out);
         let accounts = self
             .accounts
             .lock()

@@ -22,15 +22,20 @@ use super::error::SmtpError;
 use super::proxy::{self, Header, ProxyError, Version};
 use super::reply::Reply;
 use super::session::{Intake, Session};
-use super::stream::Stream;
-use crate::config::{ListenConfig, ListenTls};
+use super::tls::HandshakeError;
+use super::tls::Stream;
+use crate::config::{ListenConfig, ListenTls, TlsProfile};
 use crate::metrics::Crowded;
+
+/// Bound sockets a server hands to the next, keyed by configured address and, since several
+/// listeners may ask for port 0 of one address (any free port), their order among those.
+pub type Handoff = HashMap<(SocketAddr, usize), std::net::TcpListener>;
 
 pub struct Server {
     intake: Arc<Intake>,
     listeners: Vec<(TcpListener, Arc<ListenConfig>)>,
-    /// Duplicates of the bound sockets, keyed by configured address, for the next server.
-    handoff: HashMap<SocketAddr, std::net::TcpListener>,
+    /// Duplicates of the bound sockets, for the next server.
+    handoff: Handoff,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +49,17 @@ pub struct BindError {
 impl Server {
     /// Binds every configured listener, taking sockets from `reuse` (a previous server's
     /// handoff) where the address is unchanged; fails on the first that cannot be bound.
-    pub async fn bind(
-        intake: Arc<Intake>,
-        reuse: &mut HashMap<SocketAddr, std::net::TcpListener>,
-    ) -> Result<Server, BindError> {
+    pub async fn bind(intake: Arc<Intake>, reuse: &mut Handoff) -> Result<Server, BindError> {
         let mut listeners = Vec::new();
         let mut handoff = HashMap::new();
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
         for listen in &intake.config.listen {
             let address = listen.address;
+            let nth = seen.entry(address).or_default();
+            let key = (address, *nth);
+            *nth += 1;
             let error = |source| BindError { address, source };
-            let socket = match reuse.remove(&address) {
+            let socket = match reuse.remove(&key) {
                 Some(socket) => socket,
                 None => {
                     let socket = std::net::TcpListener::bind(address).map_err(error)?;
@@ -61,7 +67,7 @@ impl Server {
                     socket
                 }
             };
-            handoff.insert(address, socket.try_clone().map_err(error)?);
+            handoff.insert(key, socket.try_clone().map_err(error)?);
             let listener = TcpListener::from_std(socket).map_err(error)?;
             listeners.push((listener, Arc::new(listen.clone())));
         }
@@ -73,7 +79,7 @@ impl Server {
     }
 
     /// The sockets, for the server that takes over after a reload.
-    pub fn handoff(&mut self) -> HashMap<SocketAddr, std::net::TcpListener> {
+    pub fn handoff(&mut self) -> Handoff {
         std::mem::take(&mut self.handoff)
     }
 
@@ -101,6 +107,9 @@ impl Server {
         for (listener, listen) in listeners {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(%address, tls = listen.tls.as_str(), auth = listen.auth.as_str(), "listening");
+                if listen.tls != ListenTls::None && listen.tls_profile == TlsProfile::Legacy {
+                    tracing::warn!(%address, "tls_profile = \"legacy\" {}", crate::smtp::tls::LEGACY_WEAKENS);
+                }
             }
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
@@ -152,6 +161,9 @@ async fn accept_loop(
     intake: Arc<Intake>,
     sessions: TaskTracker,
 ) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -200,13 +212,14 @@ async fn accept_loop(
                     }
                 };
                 tracing::debug!(balancer = %peer, %client, "PROXY protocol header");
-                admit(intake, listen, socket, client, &tracker).await;
+                admit(intake, listen, local, socket, client, &tracker).await;
             });
             continue;
         }
         admit(
             Arc::clone(&intake),
             Arc::clone(&listen),
+            local,
             socket,
             peer,
             &sessions,
@@ -220,6 +233,7 @@ async fn accept_loop(
 async fn admit(
     intake: Arc<Intake>,
     listen: Arc<ListenConfig>,
+    local: SocketAddr,
     socket: TcpStream,
     peer: std::net::SocketAddr,
     sessions: &TaskTracker,
@@ -256,14 +270,14 @@ async fn admit(
         let _permit = permit;
         let stream = match listen.tls {
             ListenTls::Implicit => {
-                let Some(acceptor) = intake.tls.clone() else {
+                let Some(acceptors) = intake.tls.clone() else {
                     return;
                 };
-                let timeout = intake.config.server.command_timeout;
-                match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                let handshake = acceptors.accept(listen.tls_profile, socket);
+                match tokio::time::timeout(intake.config.server.command_timeout, handshake).await {
                     Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
                     Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "TLS handshake failed");
+                        handshake_failed(&intake, &listen, local, peer, &e);
                         return;
                     }
                     Err(_) => return,
@@ -271,7 +285,9 @@ async fn admit(
             }
             ListenTls::None | ListenTls::StartTls => Stream::Plain(socket),
         };
-        Session::new(intake, listen, peer, stream).run().await;
+        Session::new(intake, listen, local, peer, stream)
+            .run()
+            .await;
     });
 }
 
@@ -320,4 +336,25 @@ async fn refuse(mut socket: TcpStream, error: SmtpError) {
         Ok::<_, io::Error>(())
     })
     .await;
+}
+
+/// One line and a count for a handshake that failed; for a client that speaks only what
+/// the modern profile refuses, the line says what would let it in.
+pub(super) fn handshake_failed(
+    intake: &Intake,
+    listen: &ListenConfig,
+    local: SocketAddr,
+    peer: SocketAddr,
+    error: &HandshakeError,
+) {
+    intake.metrics.tls.handshake_failed(local);
+    match error {
+        HandshakeError::Incompatible(e) if listen.tls_profile == TlsProfile::Modern => {
+            tracing::info!(%peer, error = %e,
+                "TLS handshake failed: the client speaks only an old TLS version or cipher; an old device may need a listener with tls_profile = \"legacy\"");
+        }
+        HandshakeError::Incompatible(e) | HandshakeError::Failed(e) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+        }
+    }
 }

@@ -11,7 +11,6 @@ pub mod proxy;
 pub mod reply;
 pub mod sasl;
 pub mod session;
-pub mod stream;
 pub mod tls;
 
 pub use error::SmtpError;

@@ -31,6 +31,26 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn new() -> TestPki {
+        TestPki::with_leaf_key(rcgen::KeyPair::generate().unwrap())
+    }
+
+    /// A server certificate with an RSA key: what old devices, which speak RSA key exchange
+    /// or ECDHE with RSA signatures only, need.
+    pub fn new_rsa() -> TestPki {
+        let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+        let pem = openssl::pkey::PKey::from_rsa(rsa)
+            .unwrap()
+            .private_key_to_pem_pkcs8()
+            .unwrap();
+        let key = rcgen::KeyPair::from_pem_and_sign_algo(
+            std::str::from_utf8(&pem).unwrap(),
+            &rcgen::PKCS_RSA_SHA256,
+        )
+        .unwrap();
+        TestPki::with_leaf_key(key)
+    }
+
+    fn with_leaf_key(leaf_key: rcgen::KeyPair) -> TestPki {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -38,7 +58,6 @@ impl TestPki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "smtprelay test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf_key = KeyPair::generate().unwrap();
         let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .unwrap()
             .signed_by(&leaf_key, &ca)
@@ -58,6 +77,13 @@ impl TestPki {
 
     pub fn key_path(&self) -> PathBuf {
         self.dir.path().join("key.pem")
+    }
+
+    /// The CA certificate as a PEM file, for clients outside this process.
+    pub fn ca_path(&self) -> PathBuf {
+        let path = self.dir.path().join("ca.pem");
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
     }
 
     pub fn tls_table(&self) -> String {
@@ -491,7 +517,8 @@ pub fn start_binary_with_admin(
             .next()
             .expect("relay exited before listening")
             .unwrap();
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("the relay wrote a line that is not JSON: {line}"));
         if event["message"] == "admin HTTP listening" {
             admin = event["address"].as_str().and_then(|a| a.parse().ok());
         }
@@ -542,6 +569,28 @@ impl TestRelay {
     pub async fn admin(&self) -> String {
         format!("http://{}", self.admin_address.unwrap())
     }
+}
+
+/// The page's DOM after its scripts ran, as headless Chromium sees it.
+pub fn chromium_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("chromium is installed (.ci/run installs it)");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
 }
 
 /// GET `url`; returns the status and body.

@@ -135,9 +135,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         match writer.commit().await {
             Ok(id) => {
                 self.intake.metrics.received();
+                if self.on_outdated_tls() {
+                    let now = crate::clock::unix_secs();
+                    let client = self.peer.ip().to_canonical();
+                    self.intake.metrics.tls.message(client, now);
+                }
+                let (tls, cipher) = match &self.tls {
+                    Some(negotiated) => (negotiated.version.as_str(), negotiated.cipher.as_str()),
+                    None => ("none", ""),
+                };
                 tracing::info!(queue_id = %id, peer = %self.peer, from = %envelope_log.2,
                     to = %envelope_log.4, nrcpt = envelope_log.3, size = envelope_log.0,
-                    user = self.user.as_deref().unwrap_or(""), "message accepted");
+                    user = self.user.as_deref().unwrap_or(""), tls, cipher, "message accepted");
                 Ok(Ok(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))))
             }
             Err(e) => {

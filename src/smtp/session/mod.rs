@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::command::{self, Command, MailParams};
@@ -23,7 +22,7 @@ use super::error::SmtpError;
 use super::line::{InputBuffer, Line};
 use super::policy::Policy;
 use super::reply::Reply;
-use super::stream::Stream;
+use super::tls::{Acceptors, Negotiated, Stream};
 use crate::config::{Config, ListenConfig};
 use crate::queue::Spool;
 
@@ -39,7 +38,7 @@ pub struct Intake {
     pub config: Arc<Config>,
     pub policy: Policy,
     pub spool: Arc<Spool>,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Acceptors>,
     pub shutdown: CancellationToken,
     /// Cancelled when this intake's listeners stop accepting: at shutdown, or when a reload
     /// hands them to a new intake (its sessions then finish with these settings).
@@ -83,8 +82,12 @@ struct Transaction {
 pub struct Session<IO> {
     intake: Arc<Intake>,
     listener: Arc<ListenConfig>,
+    /// The listener's bound address (the port resolved), which the TLS counts are kept by.
+    local: SocketAddr,
     peer: SocketAddr,
     stream: Stream<IO>,
+    /// What the TLS handshake agreed on, once there was one.
+    tls: Option<Negotiated>,
     input: InputBuffer,
     output: Vec<u8>,
     helo: Option<Helo>,
@@ -100,15 +103,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub fn new(
         intake: Arc<Intake>,
         listener: Arc<ListenConfig>,
+        local: SocketAddr,
         peer: SocketAddr,
         stream: Stream<IO>,
     ) -> Self {
         let trusted = intake.policy.is_trusted(peer.ip());
-        Session {
+        let mut session = Session {
             intake,
             listener,
+            local,
             peer,
             stream,
+            tls: None,
             input: InputBuffer::new(MAX_COMMAND_LINE),
             output: Vec::with_capacity(512),
             helo: None,
@@ -117,7 +123,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             transaction: None,
             errors: 0,
             refused_recipient: None,
+        };
+        // Implicit TLS: the listener made the handshake before the session began.
+        if let Stream::Tls(tls) = &session.stream {
+            session.tls = Some(session.tls_established(tls.negotiated(), None));
         }
+        session
+    }
+
+    /// Counts a completed handshake (and the client, when its TLS is outdated).
+    fn tls_established(&self, negotiated: Negotiated, helo: Option<&str>) -> Negotiated {
+        self.intake.metrics.tls.established(
+            self.local,
+            self.peer.ip().to_canonical(),
+            helo,
+            &negotiated,
+            crate::clock::unix_secs(),
+        );
+        negotiated
+    }
+
+    /// Whether this session runs on TLS older than 1.2.
+    fn on_outdated_tls(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.version.is_outdated())
     }
 
     /// Runs the session to its end. Errors are logged, never propagated: one bad client
@@ -312,8 +340,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if self.stream.is_tls() {
             return self.refuse(SmtpError::BadSequence("TLS is already active"));
         }
-        let acceptor = match (&self.intake.tls, self.listener.tls) {
-            (Some(acceptor), crate::config::ListenTls::StartTls) => acceptor.clone(),
+        let acceptors = match (&self.intake.tls, self.listener.tls) {
+            (Some(acceptors), crate::config::ListenTls::StartTls) => acceptors.clone(),
             _ => return self.refuse(SmtpError::NotImplemented("STARTTLS")),
         };
         self.push(Reply::new(220, "2.0.0", "Ready to start TLS"));
@@ -325,10 +353,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return Err(End::ClientGone);
         };
         let timeout = self.config().server.command_timeout;
-        match tokio::time::timeout(timeout, acceptor.accept(io)).await {
-            Ok(Ok(tls)) => self.stream = Stream::Tls(Box::new(tls)),
+        let handshake = acceptors.accept(self.listener.tls_profile, io);
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(tls)) => {
+                let helo = self.helo.as_ref().map(|h| h.name.as_str());
+                self.tls = Some(self.tls_established(tls.negotiated(), helo));
+                self.stream = Stream::Tls(Box::new(tls));
+            }
             Ok(Err(e)) => {
-                tracing::info!(peer = %self.peer, error = %e, "TLS handshake failed");
+                let (intake, listener) = (&self.intake, &self.listener);
+                super::listener::handshake_failed(intake, listener, self.local, self.peer, &e);
                 return Err(End::ClientGone);
             }
             Err(_) => return Err(End::ClientGone),

@@ -41,6 +41,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         } else {
             Reply::new(250, "", first)
         };
+        if self.on_outdated_tls() {
+            self.intake
+                .metrics
+                .tls
+                .named(self.peer.ip().to_canonical(), &name);
+        }
         self.helo = Some(Helo { name, extended });
         reply
     }
