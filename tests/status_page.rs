@@ -211,3 +211,117 @@ async fn smtprelay_status_prints_the_summary_with_the_bearer_token() {
         "{text}"
     );
 }
+
+/// Runs `smtprelay COMMAND --url ADMIN` (with a configuration that has no admin endpoint of
+/// its own, so only --url says where to ask).
+async fn cli_against(command: &'static str, admin: String) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("smtprelay.toml");
+        std::fs::write(
+            &config,
+            "[server]\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n[admin]\nlisten = \"\"\n",
+        )
+        .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+            .args([command, "--config"])
+            .arg(&config)
+            .args(["--url", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `/health` says `status`.
+async fn health_becomes(admin: &str, status: &str) {
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let (_, body) = http_get(&format!("{admin}/health")).await;
+        if body.contains(&format!("\"status\":\"{status}\"")) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_health_exit_with_the_verdict() {
+    // (status's exit code, health's) for each verdict, as monitoring and probes read them.
+    let w = World::start(WorldOptions::default()).await;
+    w.relay
+        .send(
+            "scanner@contoso.com",
+            &["a@fabrikam.com"],
+            b"Subject: a\r\n\r\na\r\n",
+        )
+        .await;
+    w.relay.drained().await;
+    let admin = w.relay.admin().await;
+    health_becomes(&admin, "healthy").await;
+    let (status, health) = (
+        cli_against("status", admin.clone()).await,
+        cli_against("health", admin.clone()).await,
+    );
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    assert_eq!(health.status.code(), Some(0), "{health:?}");
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "healthy\n");
+
+    // Deliveries that defer: mail still flows (or will), the admin should look.
+    w.exchange.state().rcpt_replies.insert(
+        "b@fabrikam.com".into(),
+        "451 4.3.0 Temporary server error".into(),
+    );
+    w.relay
+        .send(
+            "scanner@contoso.com",
+            &["b@fabrikam.com"],
+            b"Subject: b\r\n\r\nb\r\n",
+        )
+        .await;
+    health_becomes(&admin, "degraded").await;
+    let (status, health) = (
+        cli_against("status", admin.clone()).await,
+        cli_against("health", admin.clone()).await,
+    );
+    assert_eq!(status.status.code(), Some(1), "{status:?}");
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(": DEGRADED"),
+        "{status:?}"
+    );
+    assert_eq!(health.status.code(), Some(0), "{health:?}");
+    assert!(
+        String::from_utf8_lossy(&health.stdout)
+            .starts_with("degraded: account contoso: deliveries defer"),
+        "{health:?}"
+    );
+
+    // No account: mail cannot flow.
+    let lone = common::TestRelay::start("").await;
+    let admin = lone.admin().await;
+    health_becomes(&admin, "unhealthy").await;
+    let (status, health) = (
+        cli_against("status", admin.clone()).await,
+        cli_against("health", admin.clone()).await,
+    );
+    assert_eq!(status.status.code(), Some(2), "{status:?}");
+    assert_eq!(health.status.code(), Some(1), "{health:?}");
+    assert!(
+        String::from_utf8_lossy(&health.stderr).starts_with("unhealthy: "),
+        "{health:?}"
+    );
+
+    // Nobody answering counts as the worst.
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
+    let (status, health) = (
+        cli_against("status", closed.clone()).await,
+        cli_against("health", closed).await,
+    );
+    assert_eq!(status.status.code(), Some(2), "{status:?}");
+    assert_eq!(health.status.code(), Some(1), "{health:?}");
+}

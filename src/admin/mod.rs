@@ -169,7 +169,7 @@ async fn health(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     (code, axum::Json(report))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Healthy,
@@ -188,7 +188,17 @@ impl Status {
             Status::Unhealthy => "unhealthy",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Status> {
+        [Status::Healthy, Status::Degraded, Status::Unhealthy]
+            .into_iter()
+            .find(|status| status.name() == name)
+    }
 }
+
+/// The header `/status.txt` carries the verdict in, so `smtprelay status` can exit with the
+/// verdict of the very report it prints.
+pub const STATUS_HEADER: &str = "smtprelay-status";
 
 /// How the relay is doing, as `/health` answers and the status page heads with. Only facts
 /// that hold until something changes count: the same state gives the same answer poll after
@@ -302,9 +312,16 @@ async fn status_json(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
 }
 
 async fn status_text(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+    let report = status_report(&admin).await;
     (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        status::text(&status_report(&admin).await),
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (
+                header::HeaderName::from_static(STATUS_HEADER),
+                report.status.name(),
+            ),
+        ],
+        status::text(&report),
     )
 }
 

@@ -1,8 +1,10 @@
 //! The `smtprelay` command line.
 
+mod admin_http;
 mod check_config;
 mod docs;
 mod hash_password;
+mod health;
 mod notify;
 mod output;
 mod queue;
@@ -61,8 +63,16 @@ enum Command {
         token_key_from_credential: bool,
     },
     /// Summarise the running relay: health, accounts and tokens, budgets, queue, alerts,
-    /// recent deliveries (what the status page at the admin endpoint shows).
+    /// recent deliveries (what the status page at the admin endpoint shows). Exits with the
+    /// verdict: 0 healthy, 1 degraded, 2 unhealthy or not answering.
     Status {
+        /// The admin endpoint's base URL (default: from [admin] listen).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Ask the running relay's /health: exit 0 while mail flows (healthy or degraded), 1
+    /// when it cannot or the relay does not answer (a container's HEALTHCHECK, a probe).
+    Health {
         /// The admin endpoint's base URL (default: from [admin] listen).
         #[arg(long)]
         url: Option<String>,
@@ -146,6 +156,7 @@ pub fn run() -> ExitCode {
             token_key_from_credential,
         } => check_config::run(path, &service_user, token_key_from_credential),
         Command::Status { url } => load(path).and_then(|c| status::run(&c, url)),
+        Command::Health { url } => load(path).and_then(|c| health::run(&c, url)),
         Command::Queue {
             command: QueueCommand::List { json },
         } => load(path).and_then(|c| queue::list(&c, json)),

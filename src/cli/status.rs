@@ -1,73 +1,49 @@
 //! `smtprelay status`: the status page's summary in a terminal, read from the running relay's
-//! admin endpoint (`/status.txt`), with the bearer token when one is configured.
+//! admin endpoint (`/status.txt`), with the bearer token when one is configured. It exits
+//! with the verdict, as monitoring plugins do (Nagios's scheme): 0 healthy, 1 degraded,
+//! 2 unhealthy or not answering.
 
 use std::process::ExitCode;
 
+use super::admin_http::{self, Failure};
 use super::output::{errln, outln};
+use crate::admin::Status;
 use crate::config::Config;
 
+pub const EXIT_DEGRADED: u8 = 1;
+pub const EXIT_UNHEALTHY: u8 = 2;
+
 pub fn run(config: &Config, url: Option<String>) -> Result<ExitCode, ExitCode> {
-    let base = match url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let Some(mut listen) = config.admin.listen else {
-                errln!(
-                    "error: [admin] listen is not set, so the relay has no admin endpoint to ask; set it, or pass --url"
-                );
-                return Err(ExitCode::FAILURE);
-            };
-            // A wildcard address is reachable on loopback.
-            if listen.ip().is_unspecified() {
-                listen.set_ip(match listen {
-                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
-            }
-            format!("http://{listen}")
-        }
+    let answer = match admin_http::get(config, url, "/status.txt") {
+        Ok(answer) => answer,
+        Err(Failure::Setup(code)) => return Err(code),
+        Err(Failure::Unreachable) => return Err(ExitCode::from(EXIT_UNHEALTHY)),
     };
-    let token = crate::admin::bearer_token(config).map_err(|e| {
-        errln!("error: cannot read [admin] bearer_token_file: {e}");
-        ExitCode::FAILURE
-    })?;
-    let url = format!("{base}/status.txt");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            errln!("error: {e}");
-            ExitCode::FAILURE
-        })?;
-    // The endpoint may be behind an HTTPS proxy given as --url.
-    let tls = crate::tls::client_config(None).map_err(|e| {
-        errln!("error: {e}");
-        ExitCode::FAILURE
-    })?;
-    let answer = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(std::time::Duration::from_secs(10))
-            .build()?;
-        let mut request = client.get(&url);
-        if let Some(token) = &token {
-            request = request.bearer_auth(token.expose());
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        Ok::<_, reqwest::Error>((status, response.text().await?))
-    });
-    match answer {
-        Ok((status, body)) if status.is_success() => {
-            outln!("{}", body.trim_end());
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok((status, body)) => {
-            errln!("error: {url} answered {status}: {}", body.trim());
-            Err(ExitCode::FAILURE)
-        }
-        Err(e) => {
-            errln!("error: cannot reach the relay at {url} (is it running?): {e}");
-            Err(ExitCode::FAILURE)
+    if !answer.status.is_success() {
+        errln!(
+            "error: {} answered {}: {}",
+            answer.url,
+            answer.status,
+            answer.body.trim()
+        );
+        return Err(ExitCode::from(EXIT_UNHEALTHY));
+    }
+    outln!("{}", answer.body.trim_end());
+    let verdict = answer
+        .headers
+        .get(crate::admin::STATUS_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(Status::from_name);
+    match verdict {
+        Some(Status::Healthy) => Ok(ExitCode::SUCCESS),
+        Some(Status::Degraded) => Err(ExitCode::from(EXIT_DEGRADED)),
+        Some(Status::Unhealthy) => Err(ExitCode::from(EXIT_UNHEALTHY)),
+        None => {
+            errln!(
+                "error: {} did not say the verdict (an older relay?)",
+                answer.url
+            );
+            Err(ExitCode::from(EXIT_UNHEALTHY))
         }
     }
 }
