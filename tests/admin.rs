@@ -158,6 +158,11 @@ async fn a_bearer_token_guards_the_endpoint_when_configured() {
         // /health answers 503 here: the relay has no account.
         assert_ne!(right.status(), 401, "/{path}");
     }
+    // /ready tells nothing but that the endpoint serves: probes need no token.
+    assert_eq!(
+        http_get(&format!("{admin}/ready")).await,
+        (200, "ready\n".into())
+    );
 }
 
 /// /health's JSON (any status code).

@@ -23,7 +23,8 @@ const CLIENT: &str = concat!(
 /// implicit TLS and a default (modern) STARTTLS one, each with AUTH, and no trusted network,
 /// so every message needs AUTH PLAIN over the TLS it came through.
 struct Relay {
-    child: Child,
+    /// Taken by `stop`; a test that fails before it kills the relay on drop.
+    child: Option<Child>,
     legacy: SocketAddr,
     legacy_implicit: SocketAddr,
     modern: SocketAddr,
@@ -70,7 +71,7 @@ impl Relay {
         let legacy_implicit = next(&logs);
         let modern = next(&logs);
         Relay {
-            child,
+            child: Some(child),
             legacy,
             legacy_implicit,
             modern,
@@ -92,12 +93,26 @@ impl Relay {
             .collect()
     }
 
-    fn stop(self) -> tempfile::TempDir {
-        let Relay { mut child, dir, .. } = self;
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        assert!(child.wait().unwrap().success());
-        dir
+    fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill(2) on our own child, not yet waited for.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
+    fn stop(mut self) -> tempfile::TempDir {
+        self.signal(libc::SIGTERM);
+        let status = self.child.take().unwrap().wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -372,8 +387,7 @@ async fn a_reload_swaps_the_legacy_listener_s_certificate_for_new_sessions() {
     // What a certbot deploy hook does: new files, then a reload.
     std::fs::copy(renewed.cert_path(), relay.dir.path().join("cert.pem")).unwrap();
     std::fs::copy(renewed.key_path(), relay.dir.path().join("key.pem")).unwrap();
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(relay.child.id() as i32, libc::SIGHUP) };
+    relay.signal(libc::SIGHUP);
     wait_for_log(&relay.logs, "configuration reloaded");
 
     for (ca, ok) in [(&old_ca, false), (&renewed_ca, true)] {

@@ -48,12 +48,14 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/status.json", get(status_json))
         .route("/status.txt", get(status_text))
         .route("/health", get(health))
-        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&admin),
             authorize,
         ))
+        // Says only that the endpoint serves: a readiness probe (Kubernetes' httpGet) can
+        // send no token.
+        .route("/ready", get(ready))
         .with_state(admin)
 }
 
