@@ -77,6 +77,7 @@ impl Process {
                     (Arc::clone(&saved) as _, Some(saved), None)
                 }
             };
+        make_token_key(config);
         let metrics = Arc::new(Metrics::default());
         restore_tls_clients(state_dir, &metrics);
         Ok(Process {
@@ -143,6 +144,25 @@ async fn save_tls_clients(metrics: &Metrics, path: &std::path::Path) {
     {
         tracing::warn!(file = %path.display(), error = %e,
             "cannot save the list of clients on outdated TLS");
+    }
+}
+
+/// A single relay whose configuration names no key file keeps its token store key in
+/// `state_dir/token.key`: made here at the first start (0600), unless the key comes from
+/// the environment or a systemd credential.
+fn make_token_key(config: &Config) {
+    let Some(path) = config.tokens.key_file.as_deref() else {
+        return;
+    };
+    if !config.tokens.key_made_by_relay || TokenKey::supplied_elsewhere().is_some() || path.exists()
+    {
+        return;
+    }
+    match TokenKey::write_new(path) {
+        Ok(_) => tracing::info!(target: "tokens", file = %path.display(),
+            "made the token store key (no [tokens] key_file is configured): keep a copy with your backups, the stored tokens cannot be read without it"),
+        // The relay runs on without tokens and says why where they are needed.
+        Err(e) => tracing::warn!(target: "tokens", error = %e, "cannot make the token store key"),
     }
 }
 

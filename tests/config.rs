@@ -25,12 +25,22 @@ fn write(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 #[test]
-fn the_example_config_is_valid_once_its_token_key_exists() {
-    // A fresh clone has no token key: check-config says so, and how to make it.
+fn the_example_config_is_valid_as_it_is_and_a_named_key_file_must_exist() {
+    // A fresh clone has no token key, and needs none: the relay makes one in state_dir.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("smtprelay.toml");
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/smtprelay.toml");
     std::fs::copy(&example, &config).unwrap();
+    let (code, stdout, stderr) = check_config(&config);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    assert!(!stderr.contains("error"), "{stderr}");
+
+    // A key file the configuration names is the admin's to make: check-config says how.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("# key_file = \"token.key\"", "key_file = \"token.key\"");
+    std::fs::write(&config, text).unwrap();
     let (code, _, stderr) = check_config(&config);
     assert_eq!(code, 78);
     let key = dir.path().join("token.key");
@@ -61,8 +71,16 @@ fn the_reference_config_uses_every_key_we_implement() {
     let error = smtprelay::config::Config::load(&path).unwrap_err();
     let problems: Vec<String> = error.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(problems.len(), 1, "{problems:?}");
+    let line = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$...\""))
+        .unwrap()
+        + 1;
     assert!(
-        problems[0].contains(":65:1: user[scanner-3rd-floor].password_hash: not a password hash"),
+        problems[0].contains(&format!(
+            ":{line}:1: user[scanner-3rd-floor].password_hash: not a password hash"
+        )),
         "{problems:?}"
     );
     // The example points its readers to it.
@@ -377,4 +395,131 @@ fn the_legacy_tls_profile_needs_a_tls_listener_and_check_config_says_what_it_wea
             "{stderr}"
         );
     }
+}
+
+/// Every key in a TOML document as `table.key`, lists of tables without positions.
+fn written_keys(
+    prefix: &str,
+    table: &dyn toml_edit::TableLike,
+    out: &mut std::collections::BTreeSet<String>,
+) {
+    for (key, item) in table.iter() {
+        let path = if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match item {
+            toml_edit::Item::Table(t) => {
+                out.insert(path.clone());
+                written_keys(&path, t, out)
+            }
+            toml_edit::Item::ArrayOfTables(a) => {
+                out.insert(path.clone());
+                a.iter().for_each(|t| written_keys(&path, t, out))
+            }
+            toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => written_keys(&path, t, out),
+            _ => {
+                out.insert(path);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_reference_documents_every_key_the_reader_accepts_and_no_other() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let accepted = smtprelay::config::Config::accepted_keys(&text);
+    let document: toml_edit::DocumentMut = text.parse().unwrap();
+    let mut written = std::collections::BTreeSet::new();
+    written_keys("", document.as_table(), &mut written);
+    // Keys the reader asks for only to say where they went (the [tokens] Redis keys moved
+    // to [cluster]) are not documented as keys.
+    let retired = ["tokens.redis_url"];
+    let undocumented: Vec<&String> = accepted
+        .iter()
+        .filter(|k| !written.contains(*k) && !retired.contains(&k.as_str()))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "accepted but not in config/reference.toml: {undocumented:?}"
+    );
+    let unknown: Vec<&String> = written.iter().filter(|k| !accepted.contains(*k)).collect();
+    assert!(
+        unknown.is_empty(),
+        "in config/reference.toml but not accepted: {unknown:?}"
+    );
+}
+
+#[test]
+fn check_config_warns_of_a_secret_every_user_can_read_as_the_relay_does() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, path) = write(
+        "[[listen]]\naddress = \"127.0.0.1:2525\"\nauth = \"none\"\n\
+         [[account]]\nname = \"contoso\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"x\"\n\
+         flow = \"client_credentials\"\nclient_secret_file = \"contoso.secret\"\nmailbox = \"relay@contoso.com\"\n\
+         [tokens]\nkey_file = \"token.key\"\n",
+    );
+    let secret = dir.path().join("contoso.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("token.key"), common::token_key_hex()).unwrap();
+    for (file, mode) in [(&secret, 0o644), (&dir.path().join("token.key"), 0o600)] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let (code, stdout, stderr) = check_config(&path);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(
+        stderr.contains("warning: account[contoso].client_secret_file: ")
+            && stderr.contains(
+                "contoso.secret is readable by every user (mode 0644); chmod 0640 or stricter"
+            ),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("readable by every user"), "{stderr}");
+    // As root on a machine without the service user, the check that needs it says so.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let output = Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+            .args([
+                "check-config",
+                "--service-user",
+                "no-such-user-here",
+                "--config",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("warning: there is no user no-such-user-here on this machine"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_name_given_twice_is_reported_where_it_is_repeated_and_host_bits_are_refused() {
+    let account = "[[account]]\nname = \"contoso\"\ntenant = \"t\"\nclient_id = \"x\"\nflow = \"device_code\"\nmailbox = \"a@b.c\"\n";
+    let (_dir, path) = write(&format!(
+        "[[listen]]\naddress = \"127.0.0.1:2525\"\nauth = \"none\"\n\
+         [access]\ntrusted_networks = [\"127.0.0.0/8\", \"192.168.1.10/24\"]\n{account}{account}"
+    ));
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 78, "{stderr}");
+    // The second table's name line: 5 lines of listen and access, 6 of the first account.
+    assert!(
+        stderr.contains(":13:1: account[contoso].name: account \"contoso\" is defined twice"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "access.trusted_networks: item 2: \"192.168.1.10/24\" has host bits set: write the network \"192.168.1.0/24\", or the host \"192.168.1.10/32\""
+        ),
+        "{stderr}"
+    );
 }

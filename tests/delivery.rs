@@ -803,10 +803,7 @@ async fn list_and_show_say_why_a_message_waits_and_bulk_commands_select() {
 
     // Bulk: by sender, then the same selection again finds nothing left to hold.
     let (ok, text) = queue_cli(&w.relay, &["hold", "--from", "printer@*"]);
-    assert!(
-        ok && text.contains("-- 2 message(s): 2 done, 0 not"),
-        "{text}"
-    );
+    assert!(ok && text.contains("2 message(s) done."), "{text}");
     let (ok, text) = queue_cli(&w.relay, &["hold", "--from", "printer@*"]);
     assert!(ok && text.contains("No message matches."), "{text}");
     let held = |listing: &str| -> Vec<String> {
@@ -860,9 +857,6 @@ async fn list_and_show_say_why_a_message_waits_and_bulk_commands_select() {
         "{text}"
     );
     let (ok, text) = queue_cli(&w.relay, &["delete", "--all"]);
-    assert!(
-        ok && text.contains("-- 4 message(s): 4 done, 0 not"),
-        "{text}"
-    );
+    assert!(ok && text.contains("4 message(s) done."), "{text}");
     assert!(w.relay.spool.is_empty());
 }

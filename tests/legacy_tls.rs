@@ -198,16 +198,7 @@ async fn old_devices_send_through_legacy_listeners_and_the_admin_sees_them() {
     assert_eq!(relay.accepted()[0]["tls"], "TLSv1.0");
 
     // Every message is in the queue.
-    let queued = std::fs::read_dir(relay.dir.path().join("state/spool/queue"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "msg")
-        })
-        .count();
+    let queued = common::queued_messages(&relay.dir.path().join("state"));
     assert_eq!(queued, cases.len() + 1);
 
     // /metrics counts sessions by listener and version.

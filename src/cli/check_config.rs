@@ -53,19 +53,75 @@ pub fn run(
         return Err(ExitCode::from(super::EXIT_CONFIG));
     }
     legacy_tls_warnings(path, &config, acceptors.as_ref());
+    world_readable_warnings(&config.input_files, key_elsewhere);
+    if reader.user.is_none() && is_root() {
+        errln!(
+            "warning: there is no user {service_user} on this machine, so whether it can read the files above was not checked (--service-user names another)"
+        );
+    }
     outln!(
         "{}: ok ({} listener(s), {} user(s), {} account(s), state in {}{})",
         path.display(),
         config.listen.len(),
         config.users.len(),
         config.accounts.len(),
-        config.server.state_dir.display(),
+        lexically_clean(&config.server.state_dir).display(),
         match &reader.user {
             Some(user) => format!("; files readable by {}", user.name),
             None => String::new(),
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Secrets others can read: the relay warns about them at every start, so say it here.
+fn world_readable_warnings(inputs: &[InputFile], key_elsewhere: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    for input in inputs {
+        let secret = match input.kind {
+            InputKind::Secret => true,
+            InputKind::TokenKey => !key_elsewhere,
+            InputKind::File => false,
+        };
+        let Ok(metadata) = std::fs::metadata(&input.path) else {
+            continue;
+        };
+        if secret && metadata.permissions().mode() & 0o004 != 0 {
+            errln!(
+                "warning: {}: {} is readable by every user (mode {:04o}); chmod 0640 or stricter",
+                input.key,
+                input.path.display(),
+                metadata.permissions().mode() & 0o7777
+            );
+        }
+    }
+}
+
+/// `config/../var` as `var`, `./x` as `x`: for people to read (symbolic links aside, the
+/// same place).
+fn lexically_clean(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut clean = std::path::PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(clean.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    if clean.as_os_str().is_empty() {
+        clean.push(".");
+    }
+    clean
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// What a legacy TLS listener gives away, said where the admin checks the file, and a
@@ -139,10 +195,8 @@ struct ServiceUser {
 
 impl Reader {
     fn service_user(name: &str) -> Reader {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
         Reader {
-            user: root.then(|| ServiceUser::lookup(name)).flatten(),
+            user: is_root().then(|| ServiceUser::lookup(name)).flatten(),
         }
     }
 

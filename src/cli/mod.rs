@@ -77,7 +77,7 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
-    /// Inspect the queue.
+    /// Inspect and steer the queue: list, show, hold, release, delete, retry, flush.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -128,7 +128,9 @@ enum QueueCommand {
     },
     /// Show one message: envelope, each recipient's state and last reply, attempts.
     Show {
+        /// The queue ID, as `queue list` and the logs give it.
         id: String,
+        /// The message's envelope and state as one JSON object.
         #[arg(long)]
         json: bool,
     },

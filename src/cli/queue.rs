@@ -471,11 +471,14 @@ fn send(config: &Config, requests: &[Control]) -> Result<ExitCode, ExitCode> {
         }
     }
     if requests.len() > 1 {
-        outln!(
-            "-- {} message(s): {} done, {failed} not",
-            requests.len(),
-            requests.len() - failed
-        );
+        let done = requests.len() - failed;
+        match failed {
+            0 => outln!("{done} message(s) done."),
+            _ => outln!(
+                "{done} of {} message(s) done, {failed} refused (above).",
+                requests.len()
+            ),
+        }
     }
     if failed > 0 {
         Err(ExitCode::FAILURE)

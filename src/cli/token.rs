@@ -43,6 +43,7 @@ pub enum TokenCommand {
     Restore { file: Option<PathBuf> },
     /// Write a new store key to [tokens] key_file (or --to).
     Keygen {
+        /// Where to write the key (never over an existing file); default: [tokens] key_file.
         #[arg(long)]
         to: Option<PathBuf>,
     },

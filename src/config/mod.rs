@@ -344,6 +344,9 @@ pub struct TokensConfig {
     pub store: TokenStoreKind,
     pub file: PathBuf,
     pub key_file: Option<PathBuf>,
+    /// No key_file was configured (and no [cluster]): the key is `state_dir/token.key`,
+    /// which the relay makes at its first start.
+    pub key_made_by_relay: bool,
     pub refresh_before: Duration,
     pub retry_attempts: u32,
     pub retry_delay: Duration,
@@ -402,6 +405,15 @@ impl Config {
         }
     }
 
+    /// The keys the reader asks for when it reads `text` (as `table.key`, without list
+    /// positions), whatever else is wrong with it: a table absent from `text` is not read,
+    /// so `text` should have every table (the reference does).
+    pub fn accepted_keys(text: &str) -> std::collections::BTreeSet<String> {
+        let source = Source::new(Path::new("keys.toml"), text.to_owned());
+        parse_document(&source);
+        source.asked()
+    }
+
     /// Whether a TLS listener asks for the legacy profile (and so OpenSSL is set up).
     pub fn wants_legacy_tls(&self) -> bool {
         self.listen
@@ -451,13 +463,19 @@ fn parse_document(source: &Source) -> Option<Config> {
         .filter_map(read_account)
         .collect();
     let queue = read_queue(root.table("queue"));
-    let tokens = read_tokens(root.table("tokens"));
+    let mut tokens = read_tokens(root.table("tokens"));
     let admin = read_admin(root.table("admin"));
     let log = read_log(root.table("log"));
     let alerts = read_alerts(root.table("alerts"));
     let cluster = root.table("cluster").and_then(read_cluster);
+    // A single relay without a key of its own gets one beside its state; the nodes of a
+    // cluster must share one, so they are told to name it.
+    if tokens.key_file.is_none() && root.table("cluster").is_none() {
+        tokens.key_file = Some(server.state_dir.join(KEY_IN_STATE_DIR));
+        tokens.key_made_by_relay = true;
+    }
 
-    check_combinations(&root, &listen, tls.is_some(), &users, &accounts, &tokens);
+    check_combinations(&root, &listen, tls.is_some(), &users, &tokens);
     if listen.is_empty() && !source.has_problems() {
         root.report("listen", "at least one [[listen]] table is needed");
     }
@@ -685,9 +703,9 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         tenant: s.get("tenant"),
         client_id: s.require("client_id")?,
         flow,
-        client_secret_file: s.input_file("client_secret_file"),
+        client_secret_file: s.input_file_of("client_secret_file", InputKind::Secret),
         client_certificate: s.input_file("client_certificate"),
-        client_private_key: s.input_file("client_private_key"),
+        client_private_key: s.input_file_of("client_private_key", InputKind::Secret),
         client_assertion_algorithm: s
             .parse("client_assertion_algorithm", AssertionAlgorithm::parse)
             .unwrap_or(AssertionAlgorithm::Ps256),
@@ -866,6 +884,9 @@ fn read_queue(section: Option<Section>) -> QueueConfig {
     queue
 }
 
+/// The token store key's file when the configuration names none (a single relay).
+pub const KEY_IN_STATE_DIR: &str = "token.key";
+
 fn read_tokens(section: Option<Section>) -> TokensConfig {
     let s = section.as_ref();
     let tokens = TokensConfig {
@@ -878,6 +899,7 @@ fn read_tokens(section: Option<Section>) -> TokensConfig {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("tokens.json.enc")),
         key_file: s.and_then(|s| s.input_file_of("key_file", InputKind::TokenKey)),
+        key_made_by_relay: false,
         refresh_before: s
             .and_then(|s| s.parse("refresh_before", parse_duration))
             .unwrap_or(Duration::from_secs(300)),
@@ -1052,7 +1074,6 @@ fn check_combinations(
     listen: &[ListenConfig],
     have_tls: bool,
     users: &[UserConfig],
-    accounts: &[AccountConfig],
     tokens: &TokensConfig,
 ) {
     let source = root.source();
@@ -1091,19 +1112,28 @@ fn check_combinations(
             );
         }
     }
-    let mut names = std::collections::HashSet::new();
-    for user in users {
-        if !names.insert(user.name.as_str()) {
-            root.report("user", format!("user {:?} is defined twice", user.name));
-        }
-    }
-    let mut names = std::collections::HashSet::new();
-    for account in accounts {
-        if !names.insert(account.name.as_str()) {
-            root.report(
-                "account",
-                format!("account {:?} is defined twice", account.name),
-            );
+    // A name given twice is reported where it is given the second time: that table is the
+    // one to rename or remove.
+    for kind in ["user", "account"] {
+        let tables = document
+            .as_ref()
+            .and_then(|d| d.get(kind))
+            .and_then(|item| item.as_array_of_tables());
+        let mut names = std::collections::HashSet::new();
+        for table in tables.into_iter().flat_map(|a| a.iter()) {
+            let Some((key, value)) = table.get_key_value("name") else {
+                continue;
+            };
+            let Some(name) = value.as_str() else {
+                continue;
+            };
+            if !names.insert(name) {
+                source.report(
+                    key.span().or_else(|| table.span()),
+                    &format!("{kind}[{name}].name"),
+                    format!("{kind} {name:?} is defined twice"),
+                );
+            }
         }
     }
     if tokens.file.is_absolute() || tokens.file.components().count() != 1 {

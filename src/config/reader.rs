@@ -56,6 +56,9 @@ pub enum InputKind {
     /// The token store key: `smtprelay token keygen` makes it, and the service may get it
     /// as a systemd credential or from the environment instead of reading the file.
     TokenKey,
+    /// A secret (a client secret, a private key): only its owner and group should read it,
+    /// and the relay warns at start when others can.
+    Secret,
 }
 
 /// The text of one configuration file and the problems found in it so far.
@@ -67,6 +70,10 @@ pub struct Source {
     /// Where each line starts, found once: positions are looked up per problem, and a file
     /// with many problems must not be read again for each.
     line_starts: OnceCell<Vec<usize>>,
+    /// Every key the reader asked for, as `table.key` without list positions or names
+    /// (`account.upstream.host`): what the configuration accepts, which the reference
+    /// documentation is checked against.
+    asked: RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl Source {
@@ -77,7 +84,13 @@ impl Source {
             problems: RefCell::new(Vec::new()),
             inputs: RefCell::new(Vec::new()),
             line_starts: OnceCell::new(),
+            asked: RefCell::new(std::collections::BTreeSet::new()),
         }
+    }
+
+    /// The keys asked for so far (see `asked`).
+    pub fn asked(&self) -> std::collections::BTreeSet<String> {
+        self.asked.borrow().clone()
     }
 
     pub fn text(&self) -> &str {
@@ -238,6 +251,10 @@ impl<'a> Section<'a> {
 
     fn lookup(&self, key: &str) -> Option<(&'a toml_edit::Key, &'a Item)> {
         self.used.borrow_mut().insert(key.to_owned());
+        self.source
+            .asked
+            .borrow_mut()
+            .insert(without_positions(&self.key_path(key)));
         self.table.get_key_value(key)
     }
 
@@ -503,4 +520,19 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -
         .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(1))
         .min_by_key(|(distance, candidate)| (*distance, *candidate))
         .map(|(_, candidate)| candidate)
+}
+
+/// `account[contoso].upstream.host` → `account.upstream.host`.
+fn without_positions(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut depth = 0;
+    for c in path.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }

@@ -90,7 +90,16 @@ impl fmt::Display for Rate {
 pub fn parse_network(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
+        // 192.168.1.10/24: a host meant as /32, or the network meant? Either way the admin
+        // should say which, since the two trust very different sets of clients.
+        if net.trunc() != net {
+            return Err(format!(
+                "{text:?} has host bits set: write the network {:?}, or the host {:?}",
+                net.trunc().to_string(),
+                IpNet::from(net.addr()).to_string()
+            ));
+        }
+        return Ok(net);
     }
     text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
         format!("expected a network such as \"192.168.1.0/24\" or \"::1/128\", got {text:?}")
@@ -167,8 +176,12 @@ mod tests {
     #[test]
     fn networks() {
         assert_eq!(
-            parse_network("127.0.0.1/8").unwrap().to_string(),
+            parse_network("127.0.0.0/8").unwrap().to_string(),
             "127.0.0.0/8"
+        );
+        assert_eq!(
+            parse_network("192.168.1.10/24").unwrap_err(),
+            "\"192.168.1.10/24\" has host bits set: write the network \"192.168.1.0/24\", or the host \"192.168.1.10/32\""
         );
         assert_eq!(parse_network("::1").unwrap().to_string(), "::1/128");
         assert!(parse_network("10.0.0.0/33").is_err());

@@ -31,6 +31,10 @@ pub enum KeyError {
         "no token key: set [tokens] key_file, ${KEY_ENV}, or the systemd credential {CREDENTIAL_NAME} (create one with `smtprelay token keygen`)"
     )]
     Missing,
+    #[error(
+        "{0}: the token key file does not exist; create it with `smtprelay token keygen --to {0}`"
+    )]
+    NotFound(PathBuf),
     #[error("{source_name}: cannot read the token key: {error}")]
     Unreadable {
         source_name: String,
@@ -117,7 +121,7 @@ impl TokenKey {
         let name = path.display().to_string();
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|error| {
             if error.kind() == std::io::ErrorKind::NotFound {
-                KeyError::Missing
+                KeyError::NotFound(path.to_owned())
             } else {
                 KeyError::Unreadable {
                     source_name: name.clone(),

@@ -601,6 +601,20 @@ pub async fn http_get(url: &str) -> (u16, String) {
     (status, response.text().await.unwrap())
 }
 
+/// How many messages wait in the spool of the relay whose `state_dir` this is.
+pub fn queued_messages(state_dir: &Path) -> usize {
+    std::fs::read_dir(state_dir.join("spool/queue"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "msg")
+        })
+        .count()
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
