@@ -96,15 +96,26 @@ async fn tokens_in_redis_are_sealed_and_only_written_over_the_revision_read() {
     let removed = a.load("contoso").await.unwrap().unwrap();
     assert_eq!((removed.revision, removed.tokens), (3, None));
     assert_eq!(a.load("fabrikam").await.unwrap(), None);
-    // Putting back what a store lost goes over nothing, above the revision the node knew.
-    let back = Write::Over {
-        revision: 0,
-        after: 9,
-    };
-    assert_eq!(written(&a, "fabrikam", Some(&tokens("F")), back).await, 10);
+    // Putting back what a store lost: at the revision the node held, and the newest wins
+    // whichever node comes first (an older one holds a refresh token Entra may have taken).
+    let older = Write::Restore { revision: 9 };
+    let newer = Write::Restore { revision: 10 };
+    assert_eq!(written(&a, "fabrikam", Some(&tokens("F9")), older).await, 9);
     assert_eq!(
-        b.save("fabrikam", Some(&tokens("G")), back).await.unwrap(),
-        Saved::Conflict
+        written(&b, "fabrikam", Some(&tokens("F10")), newer).await,
+        10
+    );
+    for late in [older, newer] {
+        assert_eq!(
+            a.save("fabrikam", Some(&tokens("late")), late)
+                .await
+                .unwrap(),
+            Saved::Conflict
+        );
+    }
+    assert_eq!(
+        a.load("fabrikam").await.unwrap().unwrap().tokens,
+        Some(tokens("F10"))
     );
 
     // A restore holds exactly the backup's accounts, each at a new revision.

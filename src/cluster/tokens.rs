@@ -26,15 +26,20 @@ use crate::oauth::store::{
 pub const FLIGHT_TTL: Duration = Duration::from_secs(15);
 const FLIGHT_RENEW_EVERY: Duration = Duration::from_secs(5);
 
-/// KEYS: tokens, tokens-version. ARGV: account, "over"|"replace", revision read, after,
-/// sealed tokens ("" to remove). Returns the new revision, or -1 when the entry is no longer
-/// at the revision read.
+/// KEYS: tokens, tokens-version. ARGV: account, "over"|"restore"|"replace", revision read,
+/// after (for "restore": the revision to write at), sealed tokens ("" to remove). Returns the
+/// new revision, or -1 when the entry is no longer at the revision read ("restore": when the
+/// store holds that revision or a newer one).
 const SAVE: &str = r#"
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local revision = 0
 if current then revision = tonumber(string.match(current, '^(%d+):')) end
 if ARGV[2] == 'over' and revision ~= tonumber(ARGV[3]) then return -1 end
 local next = math.max(revision, tonumber(ARGV[4])) + 1
+if ARGV[2] == 'restore' then
+  if current and revision >= tonumber(ARGV[4]) then return -1 end
+  next = tonumber(ARGV[4])
+end
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', next) .. ':' .. ARGV[5])
 redis.call('INCR', KEYS[2])
 return next
@@ -178,6 +183,7 @@ impl TokenStore for RedisStore {
             let sealed = tokens.map_or(String::new(), |t| self.sealer.seal(account, t));
             let (mode, read, after) = match write {
                 Write::Over { revision, after } => ("over", revision, after),
+                Write::Restore { revision } => ("restore", 0, revision),
                 Write::Replace => ("replace", 0, 0),
             };
             let mut invocation = self.scripts.save.prepare_invoke();

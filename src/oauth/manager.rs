@@ -850,23 +850,26 @@ impl TokenManager {
                     state.tokens.clone(),
                 )
             };
-            let over = match stored.get(account) {
+            let write = match stored.get(account) {
                 Some(entry) if entry.revision != revision => {
                     self.adopt(account, slot, entry);
                     continue;
                 }
-                Some(_) if unsaved => revision,
+                Some(_) if unsaved => Write::Over {
+                    revision,
+                    after: revision,
+                },
                 // Absent is not removed (that leaves the revision behind): the store lost
-                // what this process knows.
+                // what this process knows. Every node puts back what it holds, and the
+                // newest revision wins (tokens this node could not save are newer than the
+                // revision they came from).
                 None if has_tokens && (revision > 0 || unsaved) => {
                     tracing::warn!(target: "tokens", account, "the token store lost this account's tokens (Redis restarted empty?): putting back this node's");
-                    0
+                    Write::Restore {
+                        revision: revision + u64::from(unsaved),
+                    }
                 }
                 _ => continue,
-            };
-            let write = Write::Over {
-                revision: over,
-                after: revision,
             };
             // A refresh under way saves its own result.
             let Ok(_flight) = slot.refresh.try_lock() else {

@@ -82,6 +82,11 @@ pub enum Write {
     /// Only the entry at `revision` (0: no entry at all). The new revision is above `after`
     /// as well, so one put back into a store that lost it does not reuse an old number.
     Over { revision: u64, after: u64 },
+    /// Puts back what a store lost (Redis restarted empty), at the revision the writer held:
+    /// written unless the store holds that revision or a newer one. Several nodes put back
+    /// at once, and the newest must win whoever comes first: a node holding an older
+    /// revision holds a refresh token Entra may have taken already.
+    Restore { revision: u64 },
     /// Whatever is there: an admin's login or restore.
     Replace,
 }
@@ -231,12 +236,13 @@ pub fn apply(
     write: Write,
 ) -> Saved {
     let current = entries.get(account).map_or(0, |e| e.revision);
-    let after = match write {
+    let revision = match write {
         Write::Over { revision, .. } if revision != current => return Saved::Conflict,
-        Write::Over { after, .. } => after,
-        Write::Replace => 0,
+        Write::Over { after, .. } => current.max(after) + 1,
+        Write::Restore { revision } if current >= revision => return Saved::Conflict,
+        Write::Restore { revision } => revision,
+        Write::Replace => current + 1,
     };
-    let revision = current.max(after) + 1;
     entries.insert(
         account.to_owned(),
         Stored {
