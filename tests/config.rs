@@ -394,6 +394,13 @@ fn the_legacy_tls_profile_needs_a_tls_listener_and_check_config_says_what_it_wea
             !rsa,
             "{stderr}"
         );
+        // What the relay would warn about at start is said here too.
+        assert!(
+            stderr.contains(
+                "warning: no [[account]] is configured: mail is queued but has nowhere to go"
+            ),
+            "{stderr}"
+        );
     }
 }
 

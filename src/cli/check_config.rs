@@ -54,6 +54,13 @@ pub fn run(
     }
     legacy_tls_warnings(path, &config, acceptors.as_ref());
     world_readable_warnings(&config.input_files, key_elsewhere);
+    // What the relay warns about at every start, said before it starts.
+    if !config.queue.fsync {
+        errln!("warning: queue.fsync = false: accepted mail can be lost in a power failure");
+    }
+    if config.accounts.is_empty() {
+        errln!("warning: no [[account]] is configured: mail is queued but has nowhere to go");
+    }
     if reader.user.is_none() && is_root() {
         errln!(
             "warning: there is no user {service_user} on this machine, so whether it can read the files above was not checked (--service-user names another)"
