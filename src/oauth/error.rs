@@ -258,6 +258,11 @@ const AADSTS: &[Row<&[u64]>] = &[
         "the identity platform had a temporary problem; retrying",
     ),
     (
+        &[50196],
+        ErrorClass::Transient,
+        "Entra saw a request loop from this client (too many token requests in a short time) and refuses it for a while; backing off. If it recurs, look for other programs asking with this app registration",
+    ),
+    (
         &[50058],
         ErrorClass::Transient,
         "the identity platform found no session for the user; retrying",
@@ -364,6 +369,7 @@ mod tests {
             (700016, ErrorClass::Misconfigured),
             (90002, ErrorClass::Misconfigured),
             (90006, ErrorClass::Transient),
+            (50196, ErrorClass::Transient),
         ] {
             let error = TokenError::Rejected {
                 status: 400,

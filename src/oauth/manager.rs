@@ -52,6 +52,9 @@ const FLIGHT_POLL: Duration = Duration::from_millis(200);
 const STORE_RETRY: Duration = Duration::from_secs(5);
 /// Entra's refresh tokens expire after 90 days without use.
 pub const REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 86400);
+/// How often a token request may come before `[tokens] min_request_interval` (the one
+/// fresh request after the upstream refused a token).
+const FLOOR_WAIVER_EVERY: Duration = Duration::from_secs(60);
 /// Longest back-off between attempts after transient failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -159,6 +162,10 @@ pub struct AccountStatus {
     pub unsaved: bool,
     /// The node asking for this account's token now, when the store is shared.
     pub refresh_lock_holder: Option<String>,
+    /// `[tokens] min_request_interval`: the floor between two token requests.
+    pub min_request_interval_secs: u64,
+    /// Before this (Unix seconds), this process makes no token request for the account.
+    pub next_request_allowed_at: Option<u64>,
 }
 
 struct Slot {
@@ -179,6 +186,17 @@ struct SlotState {
     flight_holder: Option<String>,
     /// Tokio-clock mirror of `tokens.expires_at`.
     expires: Option<Instant>,
+    /// How long the current access token was issued for, when known: a token is refreshed
+    /// at most once per half of it, whatever `refresh_before` says.
+    lifetime: Option<Duration>,
+    /// The provider's lifetime was reported as shorter than `refresh_before` (once).
+    warned_short_lifetime: bool,
+    /// When this process last asked the endpoint for the account's token.
+    last_request: Option<Instant>,
+    /// The next request may come before the floor: the upstream refused a token.
+    floor_waived: bool,
+    /// When a request last came before the floor: one a minute at most may.
+    last_waiver: Option<Instant>,
     health: Health,
     /// While set and in the future, no token request is made.
     held_until: Option<Instant>,
@@ -201,12 +219,23 @@ impl SlotState {
         } else {
             Health::NoToken
         };
+        // Stores written before tokens carried their issue time give no lifetime; the
+        // configured margin alone applies until the next refresh.
+        let lifetime = match (&tokens.access_token, tokens.refreshed_at) {
+            (Some(_), Some(at)) => Some(Duration::from_secs(tokens.expires_at.saturating_sub(at))),
+            _ => None,
+        };
         SlotState {
             tokens,
             revision: 0,
             unsaved: false,
             flight_holder: None,
             expires,
+            lifetime,
+            warned_short_lifetime: false,
+            last_request: None,
+            floor_waived: false,
+            last_waiver: None,
             health,
             held_until: None,
             retry_at: None,
@@ -215,6 +244,30 @@ impl SlotState {
             consecutive_failures: 0,
             lifetime_total: Duration::ZERO,
         }
+    }
+
+    /// How much must be left of the current token for it not to need a refresh:
+    /// `refresh_before`, but never more than half the token's lifetime (a provider issuing
+    /// tokens shorter than `refresh_before` would otherwise have every use refresh).
+    fn margin(&self, refresh_before: Duration) -> Duration {
+        match self.lifetime {
+            Some(lifetime) => refresh_before.min(lifetime / 2),
+            None => refresh_before,
+        }
+    }
+
+    /// The current token if it needs no refresh yet.
+    fn fresh_token(&self, refresh_before: Duration) -> Option<AccessToken> {
+        self.token_with(self.margin(refresh_before))
+    }
+
+    /// Until when no token request may be made, if that is still ahead.
+    fn floor_until(&self, floor: Duration) -> Option<Instant> {
+        if self.floor_waived {
+            return None;
+        }
+        let until = self.last_request? + floor;
+        (until > Instant::now()).then_some(until)
     }
 
     /// The current token if it has more than `margin` left.
@@ -349,6 +402,13 @@ impl TokenManager {
                 state.revision = old_state.revision;
                 state.unsaved = old_state.unsaved;
                 state.expires = old_state.expires;
+                state.lifetime = old_state.lifetime;
+                state.warned_short_lifetime = old_state.warned_short_lifetime;
+                // The floor is between requests to the provider, whichever generation
+                // made them.
+                state.last_request = old_state.last_request;
+                state.floor_waived = old_state.floor_waived;
+                state.last_waiver = old_state.last_waiver;
                 state.health = old_state.health.clone();
                 state.held_until = None;
                 state.retry_at = None;
@@ -380,23 +440,25 @@ impl TokenManager {
     /// A valid token for `account`, refreshing first when less than `refresh_before` is left.
     pub async fn access_token(&self, account: &str) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
-        let margin = self.settings.refresh_before;
-        if let Some(token) = lock(&slot.state).token_with(margin) {
+        let refresh_before = self.settings.refresh_before;
+        if let Some(token) = lock(&slot.state).fresh_token(refresh_before) {
             return Ok(token);
         }
         self.reload_if_changed().await;
         let _flight = slot.refresh.lock().await;
         // Whoever held the lock before us may have refreshed already.
-        if let Some(token) = lock(&slot.state).token_with(margin) {
+        if let Some(token) = lock(&slot.state).fresh_token(refresh_before) {
             return Ok(token);
         }
-        // A retry is scheduled (the endpoint or the store failed just now), and the token at
-        // hand still works until then.
+        // A retry is scheduled (the endpoint or the store failed just now), or the floor
+        // between requests has not passed, and the token at hand still works until then.
         {
             let state = lock(&slot.state);
-            if state.retry_at.is_some_and(|at| at > Instant::now())
-                && let Some(token) = state.token_with(Duration::ZERO)
-            {
+            let waiting = state.retry_at.is_some_and(|at| at > Instant::now())
+                || state
+                    .floor_until(self.settings.min_request_interval)
+                    .is_some();
+            if waiting && let Some(token) = state.token_with(Duration::ZERO) {
                 return Ok(token);
             }
         }
@@ -421,6 +483,11 @@ impl TokenManager {
         let mut state = lock(&slot.state);
         if state.tokens.access_token.as_ref() == Some(token) {
             state.expires = Some(Instant::now());
+            // One fresh request at once, but one a minute at most: a mailbox that refuses
+            // every token must not become a request loop.
+            state.floor_waived = state
+                .last_waiver
+                .is_none_or(|at| at.elapsed() >= FLOOR_WAIVER_EVERY);
             drop(state);
             tracing::info!(target: "tokens", account, "access token refused upstream; it will be refreshed");
             self.emit(account, TokenEventKind::Invalidated);
@@ -482,8 +549,13 @@ impl TokenManager {
             }
             state.tokens.refresh_token.clone()
         };
+        let retries = match why {
+            Why::Due => self.settings.retry_attempts,
+            // The admin is waiting for the answer, and can ask again.
+            Why::Asked => 0,
+        };
         let result = self
-            .with_retries(account, || async {
+            .with_retries(account, slot, retries, || async {
                 match (slot.flow, &refresh_token) {
                     (Flow::ClientCredentials, _) => oauth.client_credentials(&self.client).await,
                     (_, Some(refresh_token)) => oauth.refresh(&self.client, refresh_token).await,
@@ -514,10 +586,9 @@ impl TokenManager {
         slot: &Slot,
         why: Why,
     ) -> Result<Option<FlightGuard>, AccessToken> {
-        let margin = self.settings.refresh_before;
         loop {
             if why == Why::Due
-                && let Some(token) = self.adopt_stored(account, slot, margin).await
+                && let Some(token) = self.adopt_stored(account, slot).await
             {
                 return Err(token);
             }
@@ -525,7 +596,7 @@ impl TokenManager {
                 Ok(Flight::Mine(guard)) => {
                     // Whoever held it before may have stored a token just now.
                     if why == Why::Due
-                        && let Some(token) = self.adopt_stored(account, slot, margin).await
+                        && let Some(token) = self.adopt_stored(account, slot).await
                     {
                         guard.release().await;
                         lock(&slot.state).flight_holder = None;
@@ -559,17 +630,11 @@ impl TokenManager {
     }
 
     /// Reads the account's entry, adopts it if another process wrote it, and returns the
-    /// account's token if that has more than `margin` left: then no request is due, nor a
-    /// retry.
-    async fn adopt_stored(
-        &self,
-        account: &str,
-        slot: &Slot,
-        margin: Duration,
-    ) -> Option<AccessToken> {
+    /// account's token if that needs no refresh yet: then no request is due, nor a retry.
+    async fn adopt_stored(&self, account: &str, slot: &Slot) -> Option<AccessToken> {
         self.read_back(account, slot).await.ok()?;
         let mut state = lock(&slot.state);
-        let token = state.token_with(margin)?;
+        let token = state.fresh_token(self.settings.refresh_before)?;
         state.retry_at = None;
         Some(token)
     }
@@ -598,6 +663,7 @@ impl TokenManager {
         let fresh = SlotState::new(tokens);
         state.tokens = fresh.tokens;
         state.expires = fresh.expires;
+        state.lifetime = fresh.lifetime;
         state.health = fresh.health;
         state.held_until = None;
         state.retry_at = None;
@@ -687,9 +753,17 @@ impl TokenManager {
             token: tokens.access_token.clone().expect("just set"),
             expires_at: tokens.expires_at,
         };
+        let short_lifetime = lifetime < self.settings.refresh_before;
         {
             let mut state = lock(&slot.state);
+            if short_lifetime && !state.warned_short_lifetime {
+                state.warned_short_lifetime = true;
+                tracing::warn!(target: "tokens", account, lifetime_secs = lifetime.as_secs(),
+                    refresh_before_secs = self.settings.refresh_before.as_secs(),
+                    "the provider issues tokens for less than refresh_before: each is refreshed when half of it is left");
+            }
             state.expires = Some(Instant::now() + lifetime);
+            state.lifetime = Some(lifetime);
             state.tokens = tokens;
             state.revision = revision;
             state.unsaved = unsaved;
@@ -780,11 +854,14 @@ impl TokenManager {
         self.emit(account, kind);
     }
 
-    /// Runs `request` with up to `retry_attempts` retries for transient errors, doubling
-    /// `retry_delay` with jitter, and honouring Retry-After.
+    /// Runs `request` with up to `retries` retries for transient errors, doubling
+    /// `retry_delay` with jitter, and honouring Retry-After; every request, the first
+    /// included, waits for the floor between requests.
     async fn with_retries<F, Fut>(
         &self,
         account: &str,
+        slot: &Slot,
+        retries: u32,
         request: F,
     ) -> Result<TokenResponse, TokenError>
     where
@@ -793,12 +870,13 @@ impl TokenManager {
     {
         let mut attempt = 0;
         loop {
+            self.await_floor(slot).await;
             let error = match request().await {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
             };
             let retryable = error.class() == ErrorClass::Transient || error.is_clock_skew();
-            if !retryable || attempt >= self.settings.retry_attempts {
+            if !retryable || attempt >= retries {
                 return Err(error);
             }
             let base = self
@@ -814,6 +892,26 @@ impl TokenManager {
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
+    }
+
+    /// Waits until the floor between requests has passed (or was waived), then counts a
+    /// request as made now. Ends when the caller's future is dropped (a stopping worker).
+    async fn await_floor(&self, slot: &Slot) {
+        let floor = self.settings.min_request_interval;
+        loop {
+            let until = lock(&slot.state).floor_until(floor);
+            match until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => break,
+            }
+        }
+        let mut state = lock(&slot.state);
+        let now = Instant::now();
+        state.last_request = Some(now);
+        if state.floor_waived {
+            state.last_waiver = Some(now);
+        }
+        state.floor_waived = false;
     }
 
     /// Brings this process and the store together: loads what another process (the CLI,
@@ -894,25 +992,27 @@ impl TokenManager {
     /// When the account next needs a token request, if it does on its own.
     fn next_refresh(&self, slot: &Slot) -> Option<Instant> {
         let state = lock(&slot.state);
-        if let Some(until) = state.held_until {
-            return Some(until);
-        }
-        if let Some(retry) = state.retry_at {
-            return Some(retry);
-        }
-        match (&state.tokens.access_token, state.expires) {
-            (Some(_), Some(expires)) => Some(
-                expires
-                    .checked_sub(self.settings.refresh_before)
+        let due = if let Some(until) = state.held_until {
+            until
+        } else if let Some(retry) = state.retry_at {
+            retry
+        } else {
+            match (&state.tokens.access_token, state.expires) {
+                (Some(_), Some(expires)) => expires
+                    .checked_sub(state.margin(self.settings.refresh_before))
                     .unwrap_or_else(Instant::now),
-            ),
-            // App-only accounts can get their first token without anyone's help; delegated
-            // accounts with a refresh token but no access token can too.
-            _ if slot.flow == Flow::ClientCredentials || state.tokens.refresh_token.is_some() => {
-                Some(Instant::now())
+                // App-only accounts can get their first token without anyone's help;
+                // delegated accounts with a refresh token but no access token can too.
+                _ if slot.flow == Flow::ClientCredentials
+                    || state.tokens.refresh_token.is_some() =>
+                {
+                    Instant::now()
+                }
+                _ => return None,
             }
-            _ => None,
-        }
+        };
+        let floor = state.floor_until(self.settings.min_request_interval);
+        Some(floor.map_or(due, |floor| floor.max(due)))
     }
 
     /// Keeps every account fresh until `shutdown`, each in its own task (a slow token endpoint
@@ -1018,6 +1118,10 @@ impl TokenManager {
                     revision: state.revision,
                     unsaved: state.unsaved,
                     refresh_lock_holder: state.flight_holder.clone(),
+                    min_request_interval_secs: self.settings.min_request_interval.as_secs(),
+                    next_request_allowed_at: state
+                        .floor_until(self.settings.min_request_interval)
+                        .map(|at| unix_of(at, now)),
                 }
             })
             .collect()
@@ -1231,6 +1335,113 @@ mod tests {
         assert_eq!(status.average_lifetime_secs, Some(3600));
     }
 
+    /// Issue 22: tokens that live less than `refresh_before` used to be refreshed by every
+    /// caller and every turn of the background task (thousands of requests a second).
+    #[tokio::test(start_paused = true)]
+    async fn two_minute_tokens_are_refreshed_once_per_half_lifetime_while_relaying() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(120);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
+        // Workers asking for the token every 10 ms for 20 s.
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            manager.access_token("contoso").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let times = endpoint.request_times();
+        assert!(times.len() <= 3, "{} requests in 20 s", times.len());
+        // And over ten minutes, one request per minute (half of each token's life).
+        tokio::time::sleep(Duration::from_secs(600 - 20)).await;
+        let times = endpoint.request_times();
+        assert!((10..=11).contains(&times.len()), "{times:?}");
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(gap >= Duration::from_secs(60), "{times:?}");
+        }
+        let status = &manager.statuses()[0];
+        assert_eq!(status.min_request_interval_secs, 15);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    /// Log lines written while the returned guard lives (this thread only: the tests run on
+    /// Tokio's current-thread runtime).
+    fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+        #[derive(Clone)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(Arc::clone(&logs));
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lifetime_shorter_than_refresh_before_warns_once_and_does_not_loop() {
+        let (logs, _guard) = capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(60);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
+        let until = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < until {
+            manager.access_token("contoso").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        // One request per half minute: 0, 30, …, 270 (300 if the last turn got there).
+        let times = endpoint.request_times();
+        assert!((10..=11).contains(&times.len()), "{times:?}");
+        let logs = String::from_utf8(lock(&logs).clone()).unwrap();
+        let warnings: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("less than refresh_before"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{logs}");
+        assert!(warnings[0].contains("lifetime_secs=60"), "{logs}");
+    }
+
+    /// A token the upstream refuses gets one fresh request at once; when the fresh one is
+    /// refused too, the next waits for the floor: five requests a minute at most.
+    #[tokio::test(start_paused = true)]
+    async fn refused_tokens_get_one_fresh_request_then_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(3600);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
+        let first = manager.access_token("contoso").await.unwrap();
+        manager.invalidate("contoso", &first.token);
+        let second = manager.access_token("contoso").await.unwrap();
+        assert_ne!(second.token, first.token);
+        assert_eq!(endpoint.request_times(), [Duration::ZERO, Duration::ZERO]);
+        assert!(manager.statuses()[0].next_request_allowed_at.is_some());
+        manager.invalidate("contoso", &second.token);
+        for _ in 0..50 {
+            let next = manager.access_token("contoso").await.unwrap();
+            manager.invalidate("contoso", &next.token);
+        }
+        let times = endpoint.request_times();
+        assert_eq!(times.len(), 52, "{times:?}");
+        for six in times.windows(6) {
+            assert!(six[5] - six[0] >= Duration::from_secs(60), "{times:?}");
+        }
+        // The floor between the others.
+        assert_eq!(times[2], Duration::from_secs(15), "{times:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn transient_errors_back_off_and_honour_retry_after() {
         let dir = tempfile::tempdir().unwrap();
@@ -1248,17 +1459,10 @@ mod tests {
         manager.access_token("contoso").await.unwrap();
         let times = endpoint.request_times();
         assert_eq!(times.len(), 4);
-        // 1 s then 2 s, each with ±50% jitter, then the server's 30 s.
+        // 1 s then 2 s (±50% jitter) are below the 15 s floor between requests, which
+        // decides; then the server's 30 s.
         let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(
-            gaps[0] >= Duration::from_millis(500) && gaps[0] < Duration::from_millis(1500),
-            "{gaps:?}"
-        );
-        assert!(
-            gaps[1] >= Duration::from_secs(1) && gaps[1] < Duration::from_secs(3),
-            "{gaps:?}"
-        );
-        assert_eq!(gaps[2], Duration::from_secs(30), "{gaps:?}");
+        assert_eq!(gaps, [15, 15, 30].map(Duration::from_secs), "{gaps:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -118,6 +118,9 @@ pub fn config_text(state_dir: &Path, listen: &str, extra: &str) -> String {
     let key_file = state_dir.parent().unwrap().join("token.key");
     let extra = with_table_line(extra, "admin", "listen = \"127.0.0.1:0\"");
     let extra = with_table_line(&extra, "tokens", &format!("key_file = {key_file:?}"));
+    // The floor between token requests at its least: tests whose upstream refuses tokens
+    // on purpose would otherwise wait its default 15 s for each.
+    let extra = with_table_line(&extra, "tokens", "min_request_interval = \"1s\"");
     format!(
         r#"
 [server]
