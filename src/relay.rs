@@ -47,8 +47,9 @@ pub struct Process {
 
 impl Process {
     /// Opens the state directory (made private), the spool (recovering what a crash left)
-    /// and the saved budgets.
-    pub fn open(config: &Config) -> Result<Process, String> {
+    /// and the saved budgets; with `[cluster]`, joins it (refused when another live node
+    /// uses this one's `node_name`).
+    pub async fn open(config: &Config) -> Result<Process, String> {
         let state_dir = &config.server.state_dir;
         crate::private_files::private_dir(state_dir)
             .map_err(|e| format!("{}: {e}", state_dir.display()))?;
@@ -64,8 +65,10 @@ impl Process {
         let (budget, saved_budget, cluster): (Arc<dyn crate::delivery::Budget>, _, _) =
             match &config.cluster {
                 Some(cluster) => {
-                    let cluster =
-                        Arc::new(crate::cluster::Cluster::start(cluster, Some(state_dir))?);
+                    let cluster = crate::cluster::Cluster::start(cluster, Some(state_dir))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let cluster = Arc::new(cluster);
                     let report = cluster.report();
                     tracing::info!(node = %report.node, redis = %report.redis,
                         "cluster: tokens, budgets and connection limits are shared through Redis");

@@ -80,7 +80,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
         tracing::error!("{message}");
         ExitCode::FAILURE
     };
-    let process = Process::open(&config).map_err(fail)?;
+    let process = Process::open(&config).await.map_err(fail)?;
     let mut sockets = Sockets::default();
     let mut path = config.path.clone();
     let log_format = config.log.format;

@@ -1115,7 +1115,7 @@ fn check_combinations(
     }
 }
 
-fn machine_hostname() -> String {
+pub fn machine_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its whole length and gethostname NUL-terminates within it
     // (or truncates, in which case we take the bytes up to the buffer's end).

@@ -151,7 +151,7 @@ impl TestRelay {
             Ok(config) => config,
             Err(e) => panic!("test config invalid:\n{e}"),
         };
-        let process = smtprelay::relay::Process::open(&config).unwrap();
+        let process = smtprelay::relay::Process::open(&config).await.unwrap();
         let prepared = smtprelay::relay::prepare(
             &process,
             Arc::new(config),
