@@ -428,3 +428,124 @@ async fn a_reload_keeps_token_counters_and_alert_memory() {
     signal(&relay, libc::SIGTERM);
     assert!(relay.wait().unwrap().success());
 }
+
+/// A token endpoint that answers every request with 503 (Entra down for one tenant).
+async fn unavailable_token_endpoint() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let _ = stream.read(&mut request).await;
+                let body = "<html><body>Service Unavailable</body></html>";
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{address}/token")
+}
+
+/// Issue 22: one account's token requests failing (503, retry_delay 10 s), a SIGHUP took
+/// 65 s, as the retiring generation waited for the token manager's back-off, and mail for
+/// the other account stalled meanwhile. The waits end when the generation stops; a request
+/// under way is left to finish without the reload waiting for it. A SIGTERM in a back-off
+/// ends the relay at once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_and_a_stop_do_not_wait_for_another_account_s_token_back_off() {
+    use common::tokens::{SECRET, account, tenant};
+    let (entra, exchange) = tenant().await;
+    let failing = unavailable_token_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let path = dir.path().join("smtprelay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n\
+             [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
+             [tokens]\nretry_delay = \"10s\"\n{}{}{}{}",
+            account(
+                &entra,
+                "contoso",
+                "app-secret",
+                "client_credentials",
+                "client_secret_file = \"secret\""
+            ),
+            exchange.upstream_table(dir.path()),
+            account(
+                &entra,
+                "fabrikam",
+                "app-secret",
+                "client_credentials",
+                &format!(
+                    "client_secret_file = \"secret\"\ntoken_endpoint = {failing:?}\nsenders = [\"*@fabrikam.com\"]"
+                )
+            ),
+            exchange.upstream_table(dir.path()),
+        ),
+    )
+    .unwrap();
+    let key_hex = common::token_key_hex();
+    let (mut relay, address, logs) =
+        start_binary_with_logs(&path, &[("SMTPRELAY_TOKEN_KEY", key_hex.as_str())]);
+    // fabrikam's first request failed, and its manager waits 10 s (±50%) to retry.
+    let retrying = wait_for_log(&logs, "token request failed; retrying");
+    assert_eq!(retrying["account"], "fabrikam", "{retrying}");
+    // Mail for fabrikam waits for its token meanwhile; contoso's flows.
+    let mut client = Client::connect(address).await;
+    client.expect("EHLO printer", 250).await;
+    let (code, text) = client
+        .send_message(
+            "printer@fabrikam.com",
+            &["a@example.com"],
+            b"Subject: held\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+
+    let started = std::time::Instant::now();
+    signal(&relay, libc::SIGHUP);
+    wait_for_log(&logs, "configuration reloaded");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "the reload took {took:?}");
+
+    // Through the new generation, contoso's mail goes at once.
+    let (code, text) = client
+        .send_message(
+            "scanner@contoso.com",
+            &["b@example.com"],
+            b"Subject: through\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while exchange.state().received.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "contoso's mail stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        exchange.state().received.len(),
+        1,
+        "fabrikam's has no token"
+    );
+    drop(client);
+
+    // fabrikam's new manager waits too (the floor after the last request, then back-off):
+    // a stop ends that wait.
+    let started = std::time::Instant::now();
+    signal(&relay, libc::SIGTERM);
+    let status = relay.wait().unwrap();
+    let took = started.elapsed();
+    assert!(status.success());
+    assert!(took < Duration::from_secs(1), "the stop took {took:?}");
+}

@@ -132,7 +132,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                 };
                 // The old generation stops accepting and sending; its sessions go on.
                 let previous = current.tokens.clone();
-                retired.push(current.retire().await);
+                retired.push(current.retire(&process).await);
                 current = next.start(&process, previous.as_deref()).await;
                 // Before the line that says so: whoever reads it sees the new level at work.
                 crate::logging::apply_level(&log);
@@ -153,7 +153,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     process.shutdown.cancel();
     // Close the duplicates too, so the ports refuse connections from now on.
     drop(sockets);
-    current.finish().await;
+    current.finish(&process).await;
     for server in retired {
         let _ = server.await;
     }

@@ -99,6 +99,10 @@ pub enum TokenError {
     Login(String),
     #[error("{0}")]
     Held(String),
+    /// The relay (or its generation) is stopping: a wait for a retry, the floor between
+    /// requests or another node's request ended early. No request failed.
+    #[error("stopping")]
+    Stopped,
 }
 
 impl TokenError {
@@ -117,6 +121,8 @@ impl TokenError {
             TokenError::Store(e) if e.is_transient() => ErrorClass::Transient,
             TokenError::Store(_) => ErrorClass::Misconfigured,
             TokenError::Held(_) => ErrorClass::Misconfigured,
+            // Nothing to hold the account for: the next generation or run asks again.
+            TokenError::Stopped => ErrorClass::Transient,
         }
     }
 

@@ -290,6 +290,17 @@ impl SlotState {
     }
 }
 
+/// What waiting for the right to ask for an account's token came to.
+enum Flown {
+    /// This process asks, with the guard to release afterwards (`None` when the store cannot
+    /// be asked, and this process asks on its own).
+    Mine(Option<FlightGuard>),
+    /// Another process stored a token meanwhile: no request.
+    Stored(AccessToken),
+    /// The manager is stopping.
+    Stopped,
+}
+
 /// Whether a new token that cannot be saved is still usable.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Persist {
@@ -316,6 +327,11 @@ pub struct TokenManager {
     settings: TokensConfig,
     events: broadcast::Sender<TokenEvent>,
     store_version: Mutex<Option<StoreVersion>>,
+    /// Cancelled when [`TokenManager::run`]'s shutdown is: every wait between requests (a
+    /// back-off, the floor, another node's request, the refresh lock) ends then, so a stop or
+    /// a reload never waits for one. A request under way is finished: a rotated refresh
+    /// token must reach the store.
+    stopping: CancellationToken,
 }
 
 impl TokenManager {
@@ -369,6 +385,7 @@ impl TokenManager {
             client,
             settings: config.tokens.clone(),
             events,
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -445,7 +462,7 @@ impl TokenManager {
             return Ok(token);
         }
         self.reload_if_changed().await;
-        let _flight = slot.refresh.lock().await;
+        let _flight = self.lock_refresh(slot).await?;
         // Whoever held the lock before us may have refreshed already.
         if let Some(token) = lock(&slot.state).fresh_token(refresh_before) {
             return Ok(token);
@@ -501,7 +518,7 @@ impl TokenManager {
         let slot = self.slot(account)?;
         self.store.load_all().await?;
         self.reload_if_changed().await;
-        let _flight = slot.refresh.lock().await;
+        let _flight = self.lock_refresh(slot).await?;
         self.refresh_locked(account, slot, Persist::Required, Why::Asked)
             .await
     }
@@ -514,7 +531,7 @@ impl TokenManager {
         login: bool,
     ) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
-        let _flight = slot.refresh.lock().await;
+        let _flight = self.lock_refresh(slot).await?;
         self.accept(account, slot, response, login, Persist::Required)
             .await
     }
@@ -537,8 +554,12 @@ impl TokenManager {
             }
         };
         let guard = match self.take_flight(account, slot, why).await {
-            Ok(guard) => guard,
-            Err(stored_meanwhile) => return Ok(stored_meanwhile),
+            Flown::Mine(guard) => guard,
+            Flown::Stored(stored_meanwhile) => return Ok(stored_meanwhile),
+            Flown::Stopped => {
+                lock(&slot.state).flight_holder = None;
+                return Err(TokenError::Stopped);
+            }
         };
         let refresh_token = {
             let mut state = lock(&slot.state);
@@ -565,6 +586,8 @@ impl TokenManager {
             .await;
         let result = match result {
             Ok(response) => self.accept(account, slot, response, false, persist).await,
+            // Not a failure of the endpoint's: nothing to record.
+            Err(TokenError::Stopped) => Err(TokenError::Stopped),
             Err(error) => {
                 self.fail(account, slot, &error);
                 Err(error)
@@ -577,20 +600,13 @@ impl TokenManager {
         result
     }
 
-    /// Waits until this process may ask for `account`'s token: `Ok` with the guard to release
-    /// afterwards (`None` when the store cannot be asked, and this process asks on its own),
-    /// or `Err` with a token another process stored meanwhile.
-    async fn take_flight(
-        &self,
-        account: &str,
-        slot: &Slot,
-        why: Why,
-    ) -> Result<Option<FlightGuard>, AccessToken> {
+    /// Waits until this process may ask for `account`'s token (see [`Flown`]).
+    async fn take_flight(&self, account: &str, slot: &Slot, why: Why) -> Flown {
         loop {
             if why == Why::Due
                 && let Some(token) = self.adopt_stored(account, slot).await
             {
-                return Err(token);
+                return Flown::Stored(token);
             }
             match self.store.flight(account).await {
                 Ok(Flight::Mine(guard)) => {
@@ -600,14 +616,20 @@ impl TokenManager {
                     {
                         guard.release().await;
                         lock(&slot.state).flight_holder = None;
-                        return Err(token);
+                        return Flown::Stored(token);
                     }
                     lock(&slot.state).flight_holder = guard.holder.clone();
-                    return Ok(Some(guard));
+                    return Flown::Mine(Some(guard));
                 }
                 Ok(Flight::Elsewhere { holder }) => {
                     lock(&slot.state).flight_holder = Some(holder);
-                    tokio::time::sleep(FLIGHT_POLL).await;
+                    if self
+                        .pause_until(Instant::now() + FLIGHT_POLL)
+                        .await
+                        .is_err()
+                    {
+                        return Flown::Stopped;
+                    }
                 }
                 Err(e) => {
                     let mut state = lock(&slot.state);
@@ -617,13 +639,13 @@ impl TokenManager {
                         // The token at hand still works: ask again soon rather than behind
                         // the other nodes' backs.
                         state.retry_at = Some(Instant::now() + STORE_RETRY);
-                        return Err(token);
+                        return Flown::Stored(token);
                     }
                     // Mail must not wait for the store: this process asks on its own, and
                     // saves what it gets when the store answers.
                     tracing::warn!(target: "tokens", account, error = %e,
                         "token store unreachable: asking for a token without the other nodes' agreement");
-                    return Ok(None);
+                    return Flown::Mine(None);
                 }
             }
         }
@@ -870,7 +892,7 @@ impl TokenManager {
     {
         let mut attempt = 0;
         loop {
-            self.await_floor(slot).await;
+            self.await_floor(slot).await?;
             let error = match request().await {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
@@ -889,19 +911,19 @@ impl TokenManager {
                 .unwrap_or_else(|| base.mul_f64(jitter))
                 .min(MAX_BACKOFF);
             tracing::info!(target: "tokens", account, error = %error, retry_in_ms = delay.as_millis() as u64, "token request failed; retrying");
-            tokio::time::sleep(delay).await;
+            self.pause_until(Instant::now() + delay).await?;
             attempt += 1;
         }
     }
 
     /// Waits until the floor between requests has passed (or was waived), then counts a
-    /// request as made now. Ends when the caller's future is dropped (a stopping worker).
-    async fn await_floor(&self, slot: &Slot) {
+    /// request as made now.
+    async fn await_floor(&self, slot: &Slot) -> Result<(), TokenError> {
         let floor = self.settings.min_request_interval;
         loop {
             let until = lock(&slot.state).floor_until(floor);
             match until {
-                Some(until) => tokio::time::sleep_until(until).await,
+                Some(until) => self.pause_until(until).await?,
                 None => break,
             }
         }
@@ -912,6 +934,27 @@ impl TokenManager {
             state.last_waiver = Some(now);
         }
         state.floor_waived = false;
+        Ok(())
+    }
+
+    /// Sleeps until `until`, or fails with [`TokenError::Stopped`] when the manager stops first.
+    async fn pause_until(&self, until: Instant) -> Result<(), TokenError> {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => Ok(()),
+            _ = self.stopping.cancelled() => Err(TokenError::Stopped),
+        }
+    }
+
+    /// The account's refresh lock (the single flight), or [`TokenError::Stopped`] when the
+    /// manager stops while another holds it.
+    async fn lock_refresh<'a>(
+        &self,
+        slot: &'a Slot,
+    ) -> Result<tokio::sync::MutexGuard<'a, ()>, TokenError> {
+        tokio::select! {
+            guard = slot.refresh.lock() => Ok(guard),
+            _ = self.stopping.cancelled() => Err(TokenError::Stopped),
+        }
     }
 
     /// Brings this process and the store together: loads what another process (the CLI,
@@ -1028,12 +1071,13 @@ impl TokenManager {
                 _ = shutdown.cancelled() => break,
             }
         }
+        self.stopping.cancel();
         while accounts.join_next().await.is_some() {}
     }
 
-    /// Refreshes one account whenever it is due. A refresh under way is not cut short by
-    /// `shutdown`: a rotated refresh token must reach the store (each request has its timeout
-    /// and the retries a bound).
+    /// Refreshes one account whenever it is due. A request under way is not cut short by
+    /// `shutdown`: a rotated refresh token must reach the store (each request has its
+    /// timeout); the waits between requests are.
     async fn keep_fresh(self: Arc<Self>, account: String, shutdown: CancellationToken) {
         let Some(slot) = self.slots.get(&account).cloned() else {
             return;
@@ -1047,7 +1091,9 @@ impl TokenManager {
             let now = Instant::now();
             let wake = match due {
                 Some(due) if due <= now => {
-                    let _flight = slot.refresh.lock().await;
+                    let Ok(_flight) = self.lock_refresh(&slot).await else {
+                        return;
+                    };
                     // Re-check under the lock: a caller may have just refreshed.
                     if self
                         .next_refresh(&slot)

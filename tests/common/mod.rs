@@ -99,6 +99,7 @@ pub struct TestRelay {
     pub config: Arc<Config>,
     admin_address: Option<SocketAddr>,
     generation: Option<smtprelay::relay::Generation>,
+    process: smtprelay::relay::Process,
 }
 
 /// Adds `line` to the `[table]` of `extra`, or the table with it when `extra` has none.
@@ -171,6 +172,7 @@ impl TestRelay {
             config: Arc::clone(&generation.config),
             admin_address: generation.admin_address,
             generation: Some(generation),
+            process,
         }
     }
 
@@ -214,7 +216,7 @@ impl TestRelay {
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(generation) = self.generation.take() {
-            tokio::time::timeout(TIMEOUT, generation.finish())
+            tokio::time::timeout(TIMEOUT, generation.finish(&self.process))
                 .await
                 .unwrap();
         }
