@@ -335,44 +335,66 @@ async fn systemd_watchdog_and_status_hear_from_the_relay_only_when_it_asked_this
     }
 }
 
-/// The token manager's counters and the alert memory live for the process: after a reload,
-/// `/metrics` goes on counting from where it was, the token in memory is used (no new token
-/// request), and a condition that is still true does not fire again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_keeps_token_counters_and_alert_memory() {
-    use common::tokens::{SECRET, account, tenant};
-    let (entra, exchange) = tenant().await;
-    let (hook, hooked) = common::webhook().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-    std::fs::write(dir.path().join("wrong-secret"), "not-the-secret").unwrap();
-    let path = dir.path().join("smtprelay.toml");
+/// A relay configuration in `dir` with the tables `tables`, the app-only account "contoso"
+/// (the confidential app's secret in `dir/secret`) and a second account `second` of the same
+/// app with `second_keys`, both through `exchange`.
+fn two_accounts(
+    entra: &common::entra::Entra,
+    exchange: &common::exchange::Exchange,
+    dir: &std::path::Path,
+    tables: &str,
+    second: &str,
+    second_keys: &str,
+) -> std::path::PathBuf {
+    use common::tokens::account;
+    let path = dir.join("smtprelay.toml");
     std::fs::write(
         &path,
         format!(
             "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n\
              [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
-             [alerts]\nwebhook = {hook:?}\n{}{}{}{}",
+             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{tables}{}{}{}{}",
             account(
-                &entra,
+                entra,
                 "contoso",
                 "app-secret",
                 "client_credentials",
                 "client_secret_file = \"secret\""
             ),
-            exchange.upstream_table(dir.path()),
+            exchange.upstream_table(dir),
             account(
-                &entra,
-                "broken",
+                entra,
+                second,
                 "app-secret",
                 "client_credentials",
-                "client_secret_file = \"wrong-secret\""
+                second_keys
             ),
-            exchange.upstream_table(dir.path()),
+            exchange.upstream_table(dir),
         ),
     )
     .unwrap();
+    path
+}
+
+/// The token manager's counters and the alert memory live for the process: after a reload,
+/// `/metrics` goes on counting from where it was, the token in memory is used (no new token
+/// request), and a condition that is still true does not fire again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_token_counters_and_alert_memory() {
+    use common::tokens::{SECRET, tenant};
+    let (entra, exchange) = tenant().await;
+    let (hook, hooked) = common::webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    std::fs::write(dir.path().join("wrong-secret"), "not-the-secret").unwrap();
+    let path = two_accounts(
+        &entra,
+        &exchange,
+        dir.path(),
+        &format!("[alerts]\nwebhook = {hook:?}\n"),
+        "broken",
+        "client_secret_file = \"wrong-secret\"",
+    );
     let key_hex = common::token_key_hex();
     let (mut relay, _, admin, logs) =
         common::start_binary_with_admin(&path, &[("SMTPRELAY_TOKEN_KEY", key_hex.as_str())]);
@@ -429,28 +451,6 @@ async fn a_reload_keeps_token_counters_and_alert_memory() {
     assert!(relay.wait().unwrap().success());
 }
 
-/// A token endpoint that answers every request with 503 (Entra down for one tenant).
-async fn unavailable_token_endpoint() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = vec![0u8; 8192];
-                let _ = stream.read(&mut request).await;
-                let body = "<html><body>Service Unavailable</body></html>";
-                let answer = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    format!("http://{address}/token")
-}
-
 /// Issue 22: one account's token requests failing (503, retry_delay 10 s), a SIGHUP took
 /// 65 s, as the retiring generation waited for the token manager's back-off, and mail for
 /// the other account stalled meanwhile. The waits end when the generation stops; a request
@@ -458,40 +458,25 @@ async fn unavailable_token_endpoint() -> String {
 /// ends the relay at once too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_and_a_stop_do_not_wait_for_another_account_s_token_back_off() {
-    use common::tokens::{SECRET, account, tenant};
+    use common::tokens::{SECRET, tenant};
     let (entra, exchange) = tenant().await;
-    let failing = unavailable_token_endpoint().await;
+    // Entra down for fabrikam's tenant.
+    let failing = format!(
+        "http://{}/token",
+        common::http_answering("503 Service Unavailable", "Service Unavailable").await
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-    let path = dir.path().join("smtprelay.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n\
-             [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
-             [tokens]\nretry_delay = \"10s\"\n{}{}{}{}",
-            account(
-                &entra,
-                "contoso",
-                "app-secret",
-                "client_credentials",
-                "client_secret_file = \"secret\""
-            ),
-            exchange.upstream_table(dir.path()),
-            account(
-                &entra,
-                "fabrikam",
-                "app-secret",
-                "client_credentials",
-                &format!(
-                    "client_secret_file = \"secret\"\ntoken_endpoint = {failing:?}\nsenders = [\"*@fabrikam.com\"]"
-                )
-            ),
-            exchange.upstream_table(dir.path()),
+    let path = two_accounts(
+        &entra,
+        &exchange,
+        dir.path(),
+        "[tokens]\nretry_delay = \"10s\"\n",
+        "fabrikam",
+        &format!(
+            "client_secret_file = \"secret\"\ntoken_endpoint = {failing:?}\nsenders = [\"*@fabrikam.com\"]"
         ),
-    )
-    .unwrap();
+    );
     let key_hex = common::token_key_hex();
     let (mut relay, address, logs) =
         start_binary_with_logs(&path, &[("SMTPRELAY_TOKEN_KEY", key_hex.as_str())]);

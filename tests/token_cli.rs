@@ -200,21 +200,11 @@ async fn token_test_warns_about_claims_of_a_generic_provider_and_logs_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_errors_name_the_endpoint_its_url_and_its_answer() {
     let setup = Setup::new("device_code", "").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut request = vec![0u8; 4096];
-            let _ = stream.read(&mut request).await;
-            let body = "<html><body>502 Bad Gateway: upstream idp unreachable</body></html>";
-            let answer = format!(
-                "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(answer.as_bytes()).await;
-        }
-    });
+    let proxy = common::http_answering(
+        "502 Bad Gateway",
+        "502 Bad Gateway: upstream idp unreachable",
+    )
+    .await;
     let url = format!("http://{proxy}/devicecode");
     let config = setup.dir.path().join("smtprelay.toml");
     let text = std::fs::read_to_string(&config).unwrap().replace(

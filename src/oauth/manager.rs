@@ -1381,6 +1381,15 @@ mod tests {
         assert_eq!(status.average_lifetime_secs, Some(3600));
     }
 
+    /// Asks for the token every `every` for `how_long`, as busy workers do.
+    async fn keep_asking(manager: &TokenManager, every: Duration, how_long: Duration) {
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            manager.access_token("contoso").await.unwrap();
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// Issue 22: tokens that live less than `refresh_before` used to be refreshed by every
     /// caller and every turn of the background task (thousands of requests a second).
     #[tokio::test(start_paused = true)]
@@ -1391,11 +1400,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
         // Workers asking for the token every 10 ms for 20 s.
-        let until = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < until {
-            manager.access_token("contoso").await.unwrap();
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        keep_asking(&manager, Duration::from_millis(10), Duration::from_secs(20)).await;
         let times = endpoint.request_times();
         assert!(times.len() <= 3, "{} requests in 20 s", times.len());
         // And over ten minutes, one request per minute (half of each token's life).
@@ -1442,11 +1447,12 @@ mod tests {
         let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
-        let until = Instant::now() + Duration::from_secs(300);
-        while Instant::now() < until {
-            manager.access_token("contoso").await.unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        keep_asking(
+            &manager,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )
+        .await;
         shutdown.cancel();
         task.await.unwrap();
         // One request per half minute: 0, 30, …, 270 (300 if the last turn got there).

@@ -516,6 +516,29 @@ pub fn start_binary_with_admin(
     (child, address, admin, rx)
 }
 
+/// An HTTP server on 127.0.0.1 that answers every request with `status` (e.g. "502 Bad
+/// Gateway") and `body` as an HTML page, as a proxy or a broken gateway does.
+pub async fn http_answering(status: &'static str, body: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let _ = stream.read(&mut request).await;
+                let page = format!("<html><body>{body}</body></html>");
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    address
+}
+
 /// CI machines may run another relay on the default admin address, 127.0.0.1:8025: the port
 /// is kept taken for every binary a test starts (by this process, or by whoever has it), so a
 /// test configuration that forgets `[admin] listen` fails here as it would there.
