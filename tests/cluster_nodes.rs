@@ -505,7 +505,9 @@ async fn three_nodes_make_one_token_request_per_token_lifetime() {
         &entra,
         &exchange,
         &redis,
-        "rate = \"10000/min\"\n[tokens]\nrefresh_before = \"5s\"\n",
+        // The floor between one node's requests at its least: the three share one request
+        // per 5 s, which the default (15 s) would make them take turns for.
+        "rate = \"10000/min\"\n[tokens]\nrefresh_before = \"5s\"\nmin_request_interval = \"1s\"\n",
         Login::Delegated,
     )
     .await;

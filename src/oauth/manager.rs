@@ -553,6 +553,10 @@ impl TokenManager {
                 return Err(error);
             }
         };
+        // Before the cluster's flight: a node that held it while waiting out its own floor
+        // would keep the others from asking, and a Redis that lost the lock meanwhile would
+        // let another node ask as well.
+        self.wait_for_floor(slot).await?;
         let guard = match self.take_flight(account, slot, why).await {
             Flown::Mine(guard) => guard,
             Flown::Stored(stored_meanwhile) => return Ok(stored_meanwhile),
@@ -877,8 +881,8 @@ impl TokenManager {
     }
 
     /// Runs `request` with up to `retries` retries for transient errors, doubling
-    /// `retry_delay` with jitter, and honouring Retry-After; every request, the first
-    /// included, waits for the floor between requests.
+    /// `retry_delay` with jitter, and honouring Retry-After; every request waits for the
+    /// floor between requests (the first finds it passed: see `refresh_locked`).
     async fn with_retries<F, Fut>(
         &self,
         account: &str,
@@ -892,7 +896,8 @@ impl TokenManager {
     {
         let mut attempt = 0;
         loop {
-            self.await_floor(slot).await?;
+            self.wait_for_floor(slot).await?;
+            self.note_request(slot);
             let error = match request().await {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
@@ -916,17 +921,20 @@ impl TokenManager {
         }
     }
 
-    /// Waits until the floor between requests has passed (or was waived), then counts a
-    /// request as made now.
-    async fn await_floor(&self, slot: &Slot) -> Result<(), TokenError> {
+    /// Waits until the floor between requests has passed (or was waived).
+    async fn wait_for_floor(&self, slot: &Slot) -> Result<(), TokenError> {
         let floor = self.settings.min_request_interval;
         loop {
             let until = lock(&slot.state).floor_until(floor);
             match until {
                 Some(until) => self.pause_until(until).await?,
-                None => break,
+                None => return Ok(()),
             }
         }
+    }
+
+    /// Counts a request as made now: the next waits for the floor.
+    fn note_request(&self, slot: &Slot) {
         let mut state = lock(&slot.state);
         let now = Instant::now();
         state.last_request = Some(now);
@@ -934,7 +942,6 @@ impl TokenManager {
             state.last_waiver = Some(now);
         }
         state.floor_waived = false;
-        Ok(())
     }
 
     /// Sleeps until `until`, or fails with [`TokenError::Stopped`] when the manager stops first.
