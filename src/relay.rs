@@ -44,12 +44,17 @@ pub struct Process {
     /// Told when a generation wants to be replaced by a fresh one (a token store key that
     /// was missing has appeared); `serve` reloads as for SIGHUP.
     pub reload: Arc<tokio::sync::Notify>,
+    /// Retired generations' token refreshers that were still finishing a token request:
+    /// a reload does not wait for them (a request may take a minute), the stop does (a
+    /// rotated refresh token must reach the store).
+    token_refreshers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Process {
     /// Opens the state directory (made private), the spool (recovering what a crash left)
-    /// and the saved budgets.
-    pub fn open(config: &Config) -> Result<Process, String> {
+    /// and the saved budgets; with `[cluster]`, joins it (refused when another live node
+    /// uses this one's `node_name`).
+    pub async fn open(config: &Config) -> Result<Process, String> {
         let state_dir = &config.server.state_dir;
         crate::private_files::private_dir(state_dir)
             .map_err(|e| format!("{}: {e}", state_dir.display()))?;
@@ -65,8 +70,10 @@ impl Process {
         let (budget, saved_budget, cluster): (Arc<dyn crate::delivery::Budget>, _, _) =
             match &config.cluster {
                 Some(cluster) => {
-                    let cluster =
-                        Arc::new(crate::cluster::Cluster::start(cluster, Some(state_dir))?);
+                    let cluster = crate::cluster::Cluster::start(cluster, Some(state_dir))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let cluster = Arc::new(cluster);
                     let report = cluster.report();
                     tracing::info!(node = %report.node, redis = %report.redis,
                         "cluster: tokens, budgets and connection limits are shared through Redis");
@@ -92,6 +99,7 @@ impl Process {
             alerts: Arc::default(),
             shutdown: CancellationToken::new(),
             reload: Arc::default(),
+            token_refreshers: Default::default(),
         })
     }
 
@@ -101,6 +109,19 @@ impl Process {
             metrics: Arc::clone(&self.metrics),
             budget: Arc::clone(&self.budget),
             status: Arc::clone(&self.delivery_status),
+        }
+    }
+
+    /// Waits for the token requests retired generations left under way (at shutdown).
+    pub async fn finish_token_requests(&self) {
+        let refreshers = std::mem::take(
+            &mut *self
+                .token_refreshers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for refresher in refreshers {
+            let _ = refresher.await;
         }
     }
 
@@ -240,17 +261,28 @@ pub struct Generation {
     admin: Option<JoinHandle<()>>,
     outbound: CancellationToken,
     outbound_tasks: Vec<JoinHandle<()>>,
+    /// The token manager's background task: ends at once when `outbound` is cancelled,
+    /// but for a token request under way.
+    refresher: Option<JoinHandle<()>>,
 }
 
 impl Generation {
     /// Stops accepting and sending (its sessions go on: they end with the process's
     /// shutdown, or by themselves); returns the server task, which ends with the last session.
-    /// Delivery is stopped when this returns.
-    pub async fn retire(mut self) -> JoinHandle<()> {
+    /// Delivery is stopped when this returns; a token request under way is left to finish
+    /// (`process` waits for it at the stop).
+    pub async fn retire(mut self, process: &Process) -> JoinHandle<()> {
         self.accepting.cancel();
         self.outbound.cancel();
         for task in self.outbound_tasks.drain(..) {
             let _ = task.await;
+        }
+        if let Some(refresher) = self.refresher.take() {
+            process
+                .token_refreshers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(refresher);
         }
         if let Some(admin) = self.admin.take() {
             let _ = admin.await;
@@ -259,9 +291,10 @@ impl Generation {
     }
 
     /// Waits for everything to end (after the process's shutdown was cancelled).
-    pub async fn finish(self) {
-        let server = self.retire().await;
+    pub async fn finish(self, process: &Process) {
+        let server = self.retire(process).await;
         let _ = server.await;
+        process.finish_token_requests().await;
     }
 }
 
@@ -391,10 +424,7 @@ impl Prepared {
                 outbound.clone(),
             )));
         }
-        let manager = tokens.map(|(manager, refresher)| {
-            outbound_tasks.push(refresher);
-            manager
-        });
+        let (manager, refresher) = tokens.unzip();
         let admin = self.admin_listener.map(|listener| {
             let admin = Arc::new(Admin {
                 bearer_token: self.admin_token,
@@ -441,6 +471,7 @@ impl Prepared {
             admin,
             outbound,
             outbound_tasks,
+            refresher,
         }
     }
 }

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use smtprelay::cluster::{Cluster, Mode};
+use smtprelay::cluster::{Cluster, Mode, StartError};
 use smtprelay::config::ClusterConfig;
 use smtprelay::delivery::budget::{Budget, Channel, Limits, Window};
 use tokio::time::Instant;
 
-fn node(redis: &RedisServer, name: &str, nodes: Option<u32>) -> Cluster {
-    Cluster::start(&config(&redis.url(), name, nodes), None).unwrap()
+async fn node(redis: &RedisServer, name: &str, nodes: Option<u32>) -> Cluster {
+    Cluster::start(&config(&redis.url(), name, nodes), None)
+        .await
+        .unwrap()
 }
 
 fn config(url: &str, name: &str, nodes: Option<u32>) -> ClusterConfig {
@@ -70,8 +72,8 @@ async fn settle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_count_one_budget_and_one_connection_limit() {
     let redis = RedisServer::start();
-    let a = node(&redis, "a", Some(2));
-    let b = node(&redis, "b", Some(2));
+    let a = node(&redis, "a", Some(2)).await;
+    let b = node(&redis, "b", Some(2)).await;
     until_mode(&a, Mode::Shared).await;
     until_mode(&b, Mode::Shared).await;
     assert_eq!(a.report().nodes.len(), 2, "{:?}", a.report());
@@ -160,8 +162,8 @@ async fn two_nodes_count_one_budget_and_one_connection_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_redis_is_paused_each_node_keeps_to_its_share_and_redis_hears_of_it_after() {
     let redis = RedisServer::start();
-    let a = node(&redis, "a", Some(2));
-    let b = node(&redis, "b", Some(2));
+    let a = node(&redis, "a", Some(2)).await;
+    let b = node(&redis, "b", Some(2)).await;
     until_mode(&a, Mode::Shared).await;
     until_mode(&b, Mode::Shared).await;
     let l = limits("10/1h", 1000);
@@ -211,8 +213,8 @@ async fn while_redis_is_paused_each_node_keeps_to_its_share_and_redis_hears_of_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_gets_the_nodes_sends_back() {
     let mut redis = RedisServer::start();
-    let a = node(&redis, "a", Some(2));
-    let b = node(&redis, "b", Some(2));
+    let a = node(&redis, "a", Some(2)).await;
+    let b = node(&redis, "b", Some(2)).await;
     until_mode(&a, Mode::Shared).await;
     until_mode(&b, Mode::Shared).await;
     let l = limits("5/1h", 1000);
@@ -251,7 +253,7 @@ async fn a_redis_restarted_empty_gets_the_nodes_sends_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_share_sending_waits_for_redis() {
     let redis = RedisServer::start();
-    let a = node(&redis, "a", None);
+    let a = node(&redis, "a", None).await;
     until_mode(&a, Mode::Shared).await;
     let l = limits("10/1h", 1000);
     drop(a.take("relay@contoso.com", l, 1).await.unwrap());
@@ -285,7 +287,9 @@ async fn rediss_with_a_ca_file_and_a_password_file() {
         password_file: Some(password.to_owned()),
         ..config(&url, "a", Some(1))
     };
-    let a = Cluster::start(&tls(&password_file, Some(&ca_file)), None).unwrap();
+    let a = Cluster::start(&tls(&password_file, Some(&ca_file)), None)
+        .await
+        .unwrap();
     until_mode(&a, Mode::Shared).await;
     let l = limits("1/1h", 10);
     let _sent = a.take("relay@contoso.com", l, 1).await.unwrap();
@@ -308,7 +312,7 @@ async fn rediss_with_a_ca_file_and_a_password_file() {
         (tls(&wrong, Some(&ca_file)), "authentication"),
         (tls(&password_file, None), "certificate"),
     ] {
-        let node = Cluster::start(&config, None).unwrap();
+        let node = Cluster::start(&config, None).await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         let report = node.report();
         assert!(!report.reachable, "{report:?}");
@@ -317,16 +321,23 @@ async fn rediss_with_a_ca_file_and_a_password_file() {
     }
     // A password file that cannot be read is a configuration error at start.
     let missing = tls(&dir.path().join("missing"), Some(&ca_file));
-    let error = Cluster::start(&missing, None).err().unwrap();
-    assert!(error.contains("[cluster] password_file"), "{error}");
+    let error = Cluster::start(&missing, None).await.err().unwrap();
+    assert!(
+        error.to_string().contains("[cluster] password_file"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_while_redis_is_away_remembers_what_it_sent() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let start = || Cluster::start(&config(&redis.url(), "a", Some(2)), Some(dir.path())).unwrap();
-    let a = start();
+    let start = || async {
+        Cluster::start(&config(&redis.url(), "a", Some(2)), Some(dir.path()))
+            .await
+            .unwrap()
+    };
+    let a = start().await;
     until_mode(&a, Mode::Shared).await;
     let l = limits("10/1h", 1000);
     drop(a.take("relay@contoso.com", l, 1).await.unwrap());
@@ -340,7 +351,7 @@ async fn a_node_restarted_while_redis_is_away_remembers_what_it_sent() {
     a.flush().await;
     drop(a);
     // Restarted while Redis is still away, it counts them all against its share.
-    let a = start();
+    let a = start().await;
     drop(take_after_handover(&a, l).await);
     let refused = a.take("relay@contoso.com", l, 1).await.err().unwrap();
     assert_eq!(refused.window, Window::Rate);
@@ -429,8 +440,10 @@ impl Link {
 async fn a_node_cut_off_alone_never_lets_the_budget_be_exceeded() {
     let redis = RedisServer::start();
     let link = Link::to(&redis).await;
-    let a = node(&redis, "a", Some(2));
-    let b = Cluster::start(&config(&link.url(), "b", Some(2)), None).unwrap();
+    let a = node(&redis, "a", Some(2)).await;
+    let b = Cluster::start(&config(&link.url(), "b", Some(2)), None)
+        .await
+        .unwrap();
     until_mode(&a, Mode::Shared).await;
     until_mode(&b, Mode::Shared).await;
     let l = limits("10/1h", 1000);
@@ -498,4 +511,102 @@ async fn take_or_refused(
             Err(e) => return Err(e.window),
         }
     }
+}
+
+/// Issue 22: nodes started under one `node_name` (the default, the host name, on one host)
+/// were one node to the cluster, and the ids of their sends and connections met: more sends
+/// and sessions than the limits went through. A second node under a live name is refused at
+/// start, naming the name and the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_under_a_live_name_is_refused() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Cluster::start(&config(&redis.url(), "relay1", Some(2)), Some(dir.path()))
+        .await
+        .unwrap();
+    until_mode(&a, Mode::Shared).await;
+    let other = tempfile::tempdir().unwrap();
+    let error = Cluster::start(&config(&redis.url(), "relay1", Some(2)), Some(other.path()))
+        .await
+        .err()
+        .expect("a second node under the same name");
+    let StartError::NameTaken(taken) = &error else {
+        panic!("{error}")
+    };
+    assert_eq!(taken.name, "relay1");
+    let said = error.to_string();
+    assert!(said.contains("\"relay1\""), "{said}");
+    assert!(
+        said.contains(&dir.path().display().to_string()),
+        "names the other node: {said}"
+    );
+    assert!(
+        said.contains(&format!("pid {}", std::process::id())),
+        "{said}"
+    );
+    // Another name is welcome, and the refused one left nothing behind.
+    let b = Cluster::start(&config(&redis.url(), "relay2", Some(2)), Some(other.path()))
+        .await
+        .unwrap();
+    until_mode(&b, Mode::Shared).await;
+    assert_eq!(b.report().nodes.len(), 2, "{:?}", b.report());
+    // The same installation restarted at once (its heartbeat still live) is itself.
+    drop(a);
+    Cluster::start(&config(&redis.url(), "relay1", Some(2)), Some(dir.path()))
+        .await
+        .expect("a restart keeps its name");
+}
+
+/// Two nodes that could not be told apart at start (Redis away then) still keep the limits
+/// once it answers, and say on `/health` that their name is shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_a_name_keep_the_limits_and_say_so() {
+    let redis = RedisServer::start();
+    redis.pause();
+    let (a, b) = tokio::join!(
+        node(&redis, "relay1", Some(2)),
+        node(&redis, "relay1", Some(2))
+    );
+    redis.resume();
+    until_mode(&a, Mode::Shared).await;
+    until_mode(&b, Mode::Shared).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.report().name_clash.is_none() || b.report().name_clash.is_none() {
+        assert!(Instant::now() < deadline, "{:?}", a.report());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let problem = a.report().problem().unwrap();
+    assert!(problem.contains("node_name \"relay1\""), "{problem}");
+
+    // Each sees the other's beats as its own, so it counts one node silent and keeps its
+    // share free: stricter, never more than the limits.
+    let l = limits("4/1h", 100);
+    let mut sends = Vec::new();
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        if let Ok(grant) = node.take("relay@contoso.com", l, 1).await {
+            sends.push(grant);
+        }
+    }
+    let sent = sends.len();
+    assert!((1..=4).contains(&sent), "{sent} sends under 4/1h");
+    drop(sends);
+    settle().await;
+    assert_eq!(
+        redis.integer("ZCARD test:rate:relay@contoso.com"),
+        sent as i64
+    );
+
+    let mut held = Vec::new();
+    for i in 0..10 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        if let Ok(grant) = node.connect("relay@contoso.com", Channel::Smtp, 3).await {
+            held.push(grant);
+        }
+    }
+    assert!((1..=3).contains(&held.len()), "{} sessions", held.len());
+    assert_eq!(
+        redis.integer("ZCARD test:conn:smtp:relay@contoso.com"),
+        held.len() as i64
+    );
 }

@@ -81,23 +81,19 @@ async fn cluster_with(
         ),
         Login::Delegated => account(entra, "contoso", "app-public", "device_code", ""),
     };
-    let mut configs = Vec::new();
-    for n in 1..=3 {
-        let node_dir = dir.path().join(format!("node{n}"));
-        std::fs::create_dir_all(&node_dir).unwrap();
-        let config = node_dir.join("smtprelay.toml");
-        let text = format!(
-            "[server]\nhostname = \"relay{n}.test\"\nstate_dir = \"state\"\n\
-             [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
-             {table}{}{upstream}\n\
-             [cluster]\nredis_url = \"{}\"\nnode_name = \"node{n}\"\nnodes = 3\n",
-            exchange.upstream_table(&node_dir),
-            redis.url(),
-        );
-        std::fs::write(&config, text).unwrap();
-        configs.push(config);
-    }
+    let configs: Vec<_> = (1..=3)
+        .map(|n| {
+            let node_dir = dir.path().join(format!("node{n}"));
+            node_config(
+                &node_dir,
+                &format!("node{n}"),
+                &table,
+                exchange,
+                redis,
+                upstream,
+            )
+        })
+        .collect();
     if login == Login::Delegated {
         device_login(entra, &configs[0], &env).await;
     }
@@ -130,6 +126,30 @@ async fn cluster_with(
 }
 
 /// `smtprelay token login` on one node, approved at the Entra double as the user would.
+/// One node's configuration file in `node_dir` (its state in `node_dir/state`).
+fn node_config(
+    node_dir: &std::path::Path,
+    name: &str,
+    table: &str,
+    exchange: &Exchange,
+    redis: &RedisServer,
+    upstream: &str,
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(node_dir).unwrap();
+    let config = node_dir.join("smtprelay.toml");
+    let text = format!(
+        "[server]\nhostname = \"{name}.test\"\nstate_dir = \"state\"\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
+         {table}{}{upstream}\n\
+         [cluster]\nredis_url = \"{}\"\nnode_name = \"{name}\"\nnodes = 3\n",
+        exchange.upstream_table(node_dir),
+        redis.url(),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 async fn device_login(
     entra: &common::entra::Entra,
     config: &std::path::Path,
@@ -245,6 +265,63 @@ fn arrivals(exchange: &Exchange) -> HashMap<String, usize> {
         *seen.entry(subject).or_default() += 1;
     }
     seen
+}
+
+/// Issue 22: three nodes on one host under the default name (the host name) were one node
+/// to the cluster and sent past the limits. A second `serve` under a live name stops at
+/// start, naming the name and the node that has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_under_a_live_name_refuses_to_start() {
+    let (entra, exchange) = tenant().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let key_hex = common::token_key_hex();
+    let env = [("SMTPRELAY_TOKEN_KEY", key_hex.as_str())];
+    let table = account(
+        &entra,
+        "contoso",
+        "app-secret",
+        "client_credentials",
+        &format!("client_secret_file = {:?}", dir.path().join("secret")),
+    );
+    let first_dir = dir.path().join("first");
+    let first = node_config(&first_dir, "relay", &table, &exchange, &redis, PACED);
+    let second = node_config(
+        &dir.path().join("second"),
+        "relay",
+        &table,
+        &exchange,
+        &redis,
+        PACED,
+    );
+    let (child, smtp, admin, logs) = start_binary_with_admin(&first, &env);
+    let _first = Node {
+        child,
+        smtp,
+        admin: admin.expect("the admin endpoint listens"),
+        _logs: logs,
+    };
+    let output = tokio::time::timeout(
+        common::TIMEOUT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+            .args(["serve", "--config"])
+            .arg(&second)
+            .envs(env)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second node did not stop")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(r#"node_name \"relay\""#), "{stderr}");
+    assert!(
+        stderr.contains(&first_dir.join("state").display().to_string()),
+        "names the other node: {stderr}"
+    );
+    assert!(!stderr.contains("\"listening\""), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,7 +505,9 @@ async fn three_nodes_make_one_token_request_per_token_lifetime() {
         &entra,
         &exchange,
         &redis,
-        "rate = \"10000/min\"\n[tokens]\nrefresh_before = \"5s\"\n",
+        // The floor between one node's requests at its least: the three share one request
+        // per 5 s, which the default (15 s) would make them take turns for.
+        "rate = \"10000/min\"\n[tokens]\nrefresh_before = \"5s\"\nmin_request_interval = \"1s\"\n",
         Login::Delegated,
     )
     .await;

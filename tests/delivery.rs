@@ -130,6 +130,26 @@ async fn a_refused_token_is_refreshed_and_the_message_goes_out() {
     );
 }
 
+/// Issue 22: with tokens that live less than `refresh_before` (5 min by default), every
+/// worker and the background task refreshed on every turn: thousands of token requests a
+/// second. A token now lasts half its lifetime.
+#[tokio::test]
+async fn two_minute_tokens_are_not_refreshed_in_a_loop_while_relaying() {
+    let w = World::start(WorldOptions {
+        token_lifetime: Some(120),
+        extra: "rate = \"100000/min\"\n",
+        ..Default::default()
+    })
+    .await;
+    send_numbered(&w.relay, 40).await;
+    w.relay.drained().await;
+    assert_eq!(w.exchange.state().received.len(), 40);
+    // Idle a moment too: the background task must not loop either.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let requests = w.entra.requests("client_credentials");
+    assert!(requests <= 3, "{requests} token requests");
+}
+
 #[tokio::test]
 async fn a_refused_recipient_bounces_and_the_others_are_delivered() {
     let w = world("", "").await;

@@ -335,44 +335,66 @@ async fn systemd_watchdog_and_status_hear_from_the_relay_only_when_it_asked_this
     }
 }
 
-/// The token manager's counters and the alert memory live for the process: after a reload,
-/// `/metrics` goes on counting from where it was, the token in memory is used (no new token
-/// request), and a condition that is still true does not fire again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_keeps_token_counters_and_alert_memory() {
-    use common::tokens::{SECRET, account, tenant};
-    let (entra, exchange) = tenant().await;
-    let (hook, hooked) = common::webhook().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-    std::fs::write(dir.path().join("wrong-secret"), "not-the-secret").unwrap();
-    let path = dir.path().join("smtprelay.toml");
+/// A relay configuration in `dir` with the tables `tables`, the app-only account "contoso"
+/// (the confidential app's secret in `dir/secret`) and a second account `second` of the same
+/// app with `second_keys`, both through `exchange`.
+fn two_accounts(
+    entra: &common::entra::Entra,
+    exchange: &common::exchange::Exchange,
+    dir: &std::path::Path,
+    tables: &str,
+    second: &str,
+    second_keys: &str,
+) -> std::path::PathBuf {
+    use common::tokens::account;
+    let path = dir.join("smtprelay.toml");
     std::fs::write(
         &path,
         format!(
             "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n\
              [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
-             [alerts]\nwebhook = {hook:?}\n{}{}{}{}",
+             [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{tables}{}{}{}{}",
             account(
-                &entra,
+                entra,
                 "contoso",
                 "app-secret",
                 "client_credentials",
                 "client_secret_file = \"secret\""
             ),
-            exchange.upstream_table(dir.path()),
+            exchange.upstream_table(dir),
             account(
-                &entra,
-                "broken",
+                entra,
+                second,
                 "app-secret",
                 "client_credentials",
-                "client_secret_file = \"wrong-secret\""
+                second_keys
             ),
-            exchange.upstream_table(dir.path()),
+            exchange.upstream_table(dir),
         ),
     )
     .unwrap();
+    path
+}
+
+/// The token manager's counters and the alert memory live for the process: after a reload,
+/// `/metrics` goes on counting from where it was, the token in memory is used (no new token
+/// request), and a condition that is still true does not fire again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_token_counters_and_alert_memory() {
+    use common::tokens::{SECRET, tenant};
+    let (entra, exchange) = tenant().await;
+    let (hook, hooked) = common::webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    std::fs::write(dir.path().join("wrong-secret"), "not-the-secret").unwrap();
+    let path = two_accounts(
+        &entra,
+        &exchange,
+        dir.path(),
+        &format!("[alerts]\nwebhook = {hook:?}\n"),
+        "broken",
+        "client_secret_file = \"wrong-secret\"",
+    );
     let key_hex = common::token_key_hex();
     let (mut relay, _, admin, logs) =
         common::start_binary_with_admin(&path, &[("SMTPRELAY_TOKEN_KEY", key_hex.as_str())]);
@@ -427,4 +449,88 @@ async fn a_reload_keeps_token_counters_and_alert_memory() {
     );
     signal(&relay, libc::SIGTERM);
     assert!(relay.wait().unwrap().success());
+}
+
+/// Issue 22: one account's token requests failing (503, retry_delay 10 s), a SIGHUP took
+/// 65 s, as the retiring generation waited for the token manager's back-off, and mail for
+/// the other account stalled meanwhile. The waits end when the generation stops; a request
+/// under way is left to finish without the reload waiting for it. A SIGTERM in a back-off
+/// ends the relay at once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_and_a_stop_do_not_wait_for_another_account_s_token_back_off() {
+    use common::tokens::{SECRET, tenant};
+    let (entra, exchange) = tenant().await;
+    // Entra down for fabrikam's tenant.
+    let failing = format!(
+        "http://{}/token",
+        common::http_answering("503 Service Unavailable", "Service Unavailable").await
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let path = two_accounts(
+        &entra,
+        &exchange,
+        dir.path(),
+        "[tokens]\nretry_delay = \"10s\"\n",
+        "fabrikam",
+        &format!(
+            "client_secret_file = \"secret\"\ntoken_endpoint = {failing:?}\nsenders = [\"*@fabrikam.com\"]"
+        ),
+    );
+    let key_hex = common::token_key_hex();
+    let (mut relay, address, logs) =
+        start_binary_with_logs(&path, &[("SMTPRELAY_TOKEN_KEY", key_hex.as_str())]);
+    // fabrikam's first request failed, and its manager waits 10 s (±50%) to retry.
+    let retrying = wait_for_log(&logs, "token request failed; retrying");
+    assert_eq!(retrying["account"], "fabrikam", "{retrying}");
+    // Mail for fabrikam waits for its token meanwhile; contoso's flows.
+    let mut client = Client::connect(address).await;
+    client.expect("EHLO printer", 250).await;
+    let (code, text) = client
+        .send_message(
+            "printer@fabrikam.com",
+            &["a@example.com"],
+            b"Subject: held\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+
+    let started = std::time::Instant::now();
+    signal(&relay, libc::SIGHUP);
+    wait_for_log(&logs, "configuration reloaded");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "the reload took {took:?}");
+
+    // Through the new generation, contoso's mail goes at once.
+    let (code, text) = client
+        .send_message(
+            "scanner@contoso.com",
+            &["b@example.com"],
+            b"Subject: through\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while exchange.state().received.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "contoso's mail stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        exchange.state().received.len(),
+        1,
+        "fabrikam's has no token"
+    );
+    drop(client);
+
+    // fabrikam's new manager waits too (the floor after the last request, then back-off):
+    // a stop ends that wait.
+    let started = std::time::Instant::now();
+    signal(&relay, libc::SIGTERM);
+    let status = relay.wait().unwrap();
+    let took = started.elapsed();
+    assert!(status.success());
+    assert!(took < Duration::from_secs(1), "the stop took {took:?}");
 }

@@ -102,6 +102,39 @@ async fn token_test_passes_with_a_good_setup() {
     assert_eq!(setup.exchange.state().auth_attempts, 1);
 }
 
+/// Issue 22: `token test` passed on the token cached in the store while the endpoint was
+/// gone. It asks the endpoint every time, and fails naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_test_asks_the_endpoint_and_fails_when_it_is_gone() {
+    let setup = Setup::new("client_credentials", "").await;
+    let (ok, stdout, stderr) = setup.run(&["token", "test"]).await;
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, stdout, stderr) = setup.run(&["token", "test"]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(
+        setup.entra.requests("client_credentials"),
+        2,
+        "a new token for each test, never the stored one"
+    );
+    // The endpoint moves to a port nothing listens on; the stored token is still valid.
+    let gone = format!("http://127.0.0.1:{}/token", common::free_port());
+    let config = setup.dir.path().join("smtprelay.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "flow = \"client_credentials\"\n",
+        &format!("flow = \"client_credentials\"\ntoken_endpoint = {gone:?}\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (ok, stdout, stderr) = setup.run(&["token", "test"]).await;
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(stdout.contains("FAIL token"), "{stdout}");
+    assert!(stdout.contains(&gone), "{stdout}");
+    assert_eq!(
+        setup.exchange.state().auth_attempts,
+        2,
+        "no login without a new token"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_test_explains_what_exchange_refuses() {
     let setup = Setup::new("client_credentials", "").await;
@@ -167,21 +200,11 @@ async fn token_test_warns_about_claims_of_a_generic_provider_and_logs_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_errors_name_the_endpoint_its_url_and_its_answer() {
     let setup = Setup::new("device_code", "").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut request = vec![0u8; 4096];
-            let _ = stream.read(&mut request).await;
-            let body = "<html><body>502 Bad Gateway: upstream idp unreachable</body></html>";
-            let answer = format!(
-                "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(answer.as_bytes()).await;
-        }
-    });
+    let proxy = common::http_answering(
+        "502 Bad Gateway",
+        "502 Bad Gateway: upstream idp unreachable",
+    )
+    .await;
     let url = format!("http://{proxy}/devicecode");
     let config = setup.dir.path().join("smtprelay.toml");
     let text = std::fs::read_to_string(&config).unwrap().replace(

@@ -78,6 +78,14 @@ pub fn run(
             None => String::new(),
         }
     );
+    if let Some(cluster) = &config.cluster {
+        // Not something the file can show: the other nodes' names are only known at start.
+        outln!(
+            "cluster: this node is {:?} ([cluster] node_name, default the host name): each node \
+             needs its own, and one whose name another live node uses is refused at start",
+            cluster.node_name
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

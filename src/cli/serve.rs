@@ -80,7 +80,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
         tracing::error!("{message}");
         ExitCode::FAILURE
     };
-    let process = Process::open(&config).map_err(fail)?;
+    let process = Process::open(&config).await.map_err(fail)?;
     process.keep_tls_clients();
     let mut sockets = Sockets::default();
     let mut path = config.path.clone();
@@ -133,7 +133,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                 };
                 // The old generation stops accepting and sending; its sessions go on.
                 let previous = current.tokens.clone();
-                retired.push(current.retire().await);
+                retired.push(current.retire(&process).await);
                 current = next.start(&process, previous.as_deref()).await;
                 // Before the line that says so: whoever reads it sees the new level at work.
                 crate::logging::apply_level(&log);
@@ -154,7 +154,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     process.shutdown.cancel();
     // Close the duplicates too, so the ports refuse connections from now on.
     drop(sockets);
-    current.finish().await;
+    current.finish(&process).await;
     for server in retired {
         let _ = server.await;
     }

@@ -409,6 +409,10 @@ fn print_status(statuses: &[AccountStatus]) {
         outln!("  logged in:      {}", ago(status.login_at));
         outln!("  last refresh:   {}", ago(status.last_refresh_at));
         outln!(
+            "  requests:       at most one every {} (and one at once after the upstream refuses a token, once a minute)",
+            duration(status.min_request_interval_secs)
+        );
+        outln!(
             "  auto-refresh:   {}",
             if status.auto_refresh {
                 "on"

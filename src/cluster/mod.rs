@@ -60,6 +60,44 @@ const UNSHARED_WAIT: Duration = Duration::from_secs(1);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// The ledger's file in `state_dir`.
 pub const LEDGER_FILE: &str = "cluster-ledger.json";
+/// This installation's identity in the cluster, in `state_dir`: made once, kept across
+/// restarts, so a node restarted within its heartbeat's TTL is not taken for another one
+/// using its name.
+pub const INSTANCE_FILE: &str = "cluster-instance";
+
+/// Another instance beats with this node's `node_name`: two nodes under one name would be
+/// one in the heartbeat list and in each node's count of the live ones.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "[cluster] node_name {name:?} is in use by another live node ({other}; its last heartbeat \
+     {age_ms} ms ago): every node needs its own node_name (the default is the host name, so \
+     nodes sharing a host must set one each)"
+)]
+pub struct NameTaken {
+    pub name: String,
+    /// The other node as its heartbeat describes it.
+    pub other: String,
+    pub age_ms: u64,
+}
+
+/// Why a node cannot join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration: the password or CA file, the URL, the instance file.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    NameTaken(#[from] NameTaken),
+}
+
+/// What one heartbeat found.
+enum Beat {
+    /// Redis did not answer: nothing known.
+    Unanswered,
+    /// At start: the name is another live node's; nothing was recorded.
+    Taken(NameTaken),
+    Recorded,
+}
 
 pub struct Cluster {
     inner: Arc<Inner>,
@@ -81,6 +119,12 @@ struct Inner {
     failures: AtomicU64,
     next_number: AtomicU64,
     started_at: u64,
+    /// This installation (see [`INSTANCE_FILE`]): tells another node under the same name
+    /// from this one restarted.
+    instance: String,
+    /// New for every run, in every id this node puts into Redis: ids never meet another
+    /// node's, whatever the names (two runs in one second under one name did).
+    run: String,
     /// Where the ledger is kept between runs (none for the admin's commands).
     ledger_file: Option<PathBuf>,
     /// The ledger's change count last written; held while writing, one write at a time.
@@ -109,6 +153,8 @@ struct State {
     ledger: Ledger,
     /// Live nodes as of the last heartbeat.
     nodes: Vec<Node>,
+    /// Another live node beats under this node's name, as the last heartbeat found.
+    name_clash: Option<NameTaken>,
     /// This node's leases: id → lease set key.
     leases: HashMap<String, String>,
 }
@@ -160,6 +206,8 @@ pub struct ClusterReport {
     /// Of `share_of` nodes, how many have not been heard from: their shares are kept free
     /// of what the others count in Redis (they may be sending on their own).
     pub silent_nodes: u32,
+    /// Another live node uses this node's name (found after the start, which refuses it).
+    pub name_clash: Option<String>,
     pub redis_calls: u64,
     pub redis_failures: u64,
 }
@@ -185,6 +233,9 @@ impl ClusterReport {
             .map(|ms| crate::clock::rfc3339(ms / 1000))
             .unwrap_or_default();
         let error = self.error.as_deref().unwrap_or("");
+        if let Some(clash) = &self.name_clash {
+            return Some(format!("cluster: {clash}"));
+        }
         match self.mode {
             Mode::Shared if self.silent_nodes > 0 => Some(format!(
                 "cluster: {} of {} nodes not heard from: the others keep {} of every budget free for them",
@@ -215,15 +266,34 @@ impl ClusterReport {
 }
 
 impl Cluster {
-    /// Connects lazily (an unreachable Redis does not stop the relay) and starts the
-    /// heartbeat. Errors are about the configuration: the password or CA file, the URL.
-    /// With `state_dir`, this node's ledger is kept there between runs: a node restarted
-    /// while Redis is away still counts what it sent before, and Redis hears of it later.
-    pub fn start(config: &ClusterConfig, state_dir: Option<&Path>) -> Result<Cluster, String> {
+    /// Connects lazily (an unreachable Redis does not stop the relay), refuses a `node_name`
+    /// another live node uses, and starts the heartbeat. With Redis unreachable the name
+    /// cannot be checked now; every later heartbeat looks (and `/health` says so if it turns
+    /// out taken). With `state_dir`, this node's ledger is kept there between runs: a node
+    /// restarted while Redis is away still counts what it sent before, and Redis hears of
+    /// it later.
+    pub async fn start(
+        config: &ClusterConfig,
+        state_dir: Option<&Path>,
+    ) -> Result<Cluster, StartError> {
         let ledger_file = state_dir.map(|dir| dir.join(LEDGER_FILE));
         let (epoch, ledger) = ledger_file.as_deref().map(read_ledger).unwrap_or_default();
-        let cluster = Cluster::build(config, ledger_file, epoch, ledger)?;
+        let instance = match state_dir {
+            Some(dir) => instance_of(&dir.join(INSTANCE_FILE)).map_err(StartError::Config)?,
+            None => new_epoch(),
+        };
+        let cluster = Cluster::build(config, ledger_file, epoch, ledger, instance)
+            .map_err(StartError::Config)?;
         let inner = &cluster.inner;
+        // Before the heartbeat runs: a beat recorded first would hide the other node.
+        match inner.beat(true).await {
+            Beat::Taken(taken) => return Err(taken.into()),
+            Beat::Unanswered => {
+                tracing::warn!(node = %config.node_name,
+                    "cluster: Redis does not answer, so whether another node uses this node_name is checked when it does");
+            }
+            Beat::Recorded => {}
+        }
         tokio::spawn(every(
             SAVE_EVERY,
             Arc::downgrade(inner),
@@ -245,7 +315,7 @@ impl Cluster {
     /// Redis without a node's heartbeat: for the admin's commands (`smtprelay token …`),
     /// which use the cluster's store but are not a node of it.
     pub fn connect(config: &ClusterConfig) -> Result<Cluster, String> {
-        Cluster::build(config, None, String::new(), Ledger::default())
+        Cluster::build(config, None, String::new(), Ledger::default(), new_epoch())
     }
 
     fn build(
@@ -253,6 +323,7 @@ impl Cluster {
         ledger_file: Option<PathBuf>,
         epoch: String,
         ledger: Ledger,
+        instance: String,
     ) -> Result<Cluster, String> {
         let client = client(config)?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
@@ -279,6 +350,7 @@ impl Cluster {
                 offset_ms: 0,
                 ledger,
                 nodes: Vec::new(),
+                name_clash: None,
                 leases: HashMap::new(),
             }),
             connections: Arc::default(),
@@ -287,6 +359,8 @@ impl Cluster {
             failures: AtomicU64::new(0),
             next_number: AtomicU64::new(0),
             started_at: crate::clock::unix_ms() / 1000,
+            instance,
+            run: new_epoch(),
             ledger_file,
             ledger_saved: tokio::sync::Mutex::new(0),
         });
@@ -301,6 +375,35 @@ impl Cluster {
     pub async fn flush(&self) {
         self.inner.save_ledger().await;
     }
+}
+
+/// This installation's identity: read from `path`, or made and written there the first
+/// time. A file that cannot be written is a start error: without it, a restart would look
+/// like another node under this one's name.
+fn instance_of(path: &Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let instance = new_epoch();
+    crate::private_files::atomic_write(path, format!("{instance}\n").as_bytes(), true)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(instance)
+}
+
+/// Another node as its heartbeat's details describe it, for the admin.
+fn describe_node(details: &str) -> String {
+    let details: serde_json::Value = serde_json::from_str(details).unwrap_or_default();
+    let text = |key: &str| details[key].as_str().unwrap_or("?").to_owned();
+    format!(
+        "host {}, pid {}, state_dir {}, started {}",
+        text("host"),
+        details["pid"].as_u64().unwrap_or(0),
+        text("state_dir"),
+        crate::clock::rfc3339(details["started_at"].as_u64().unwrap_or(0))
+    )
 }
 
 /// The ledger a previous run left; an unreadable file is moved aside, loudly.
@@ -534,7 +637,7 @@ impl Inner {
 
     fn fresh_id(&self) -> String {
         let n = self.next_number.fetch_add(1, Ordering::Relaxed);
-        format!("{}:{}:{n}", self.config.node_name, self.started_at)
+        format!("{}:{}:{n}", self.config.node_name, self.run)
     }
 
     /// A data set other than the one this node counted in: Redis lost its data (or another
@@ -578,6 +681,7 @@ impl Inner {
             share_of: self.config.nodes,
             nodes: state.nodes.clone(),
             silent_nodes,
+            name_clash: state.name_clash.as_ref().map(ToString::to_string),
             redis_calls: self.calls.load(Ordering::Relaxed),
             redis_failures: self.failures.load(Ordering::Relaxed),
         }
@@ -586,14 +690,24 @@ impl Inner {
     /// One heartbeat: says this node lives, learns the others and the epoch, and puts back
     /// into Redis what it owes.
     async fn beat_once(&self) {
+        self.beat(false).await;
+    }
+
+    /// A heartbeat; with `claim` (the first, at start) one that records nothing when the
+    /// name is another live node's.
+    async fn beat(&self, claim: bool) -> Beat {
         // What it sent while cut off goes into Redis before its beat says it is back: until
         // then the others keep its share free.
-        if !self.state().epoch.is_empty() {
+        if !claim && !self.state().epoch.is_empty() {
             self.pay_back().await;
         }
         let details = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "started_at": self.started_at,
+            "instance": self.instance,
+            "host": crate::config::machine_hostname(),
+            "pid": std::process::id(),
+            "state_dir": self.ledger_file.as_deref().and_then(Path::parent).map(|d| d.display().to_string()),
         })
         .to_string();
         let mut invocation = self.scripts.heartbeat.prepare_invoke();
@@ -604,14 +718,27 @@ impl Inner {
             .arg(&self.config.node_name)
             .arg(NODE_TTL_MS)
             .arg(details)
-            .arg(new_epoch());
+            .arg(new_epoch())
+            .arg(&self.instance)
+            .arg(if claim { "claim" } else { "beat" });
         let Ok(reply) = self.call::<Vec<String>>(&invocation).await else {
-            return;
+            return Beat::Unanswered;
         };
         let mut reply = reply.into_iter();
-        let epoch = reply.next().unwrap_or_default();
+        let status = reply.next().unwrap_or_default();
         let now: u64 = reply.next().and_then(|t| t.parse().ok()).unwrap_or(0);
         self.note_redis_time(now);
+        let clash = reply.next().unwrap_or_default();
+        let taken = |details: &str, age_ms: u64| NameTaken {
+            name: self.config.node_name.clone(),
+            other: describe_node(details),
+            age_ms,
+        };
+        if status == "taken" {
+            let age_ms = reply.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+            return Beat::Taken(taken(&clash, age_ms));
+        }
+        let epoch = reply.next().unwrap_or_default();
         let mut nodes = Vec::new();
         let rest: Vec<String> = reply.collect();
         for chunk in rest.chunks(3) {
@@ -625,9 +752,21 @@ impl Inner {
                 });
             }
         }
-        self.state().nodes = nodes;
+        let clash = (!clash.is_empty()).then(|| taken(&clash, 0));
+        {
+            let mut state = self.state();
+            if let Some(clash) = &clash
+                && state.name_clash.is_none()
+            {
+                // Redis was unreachable at this node's start, or the other started then.
+                tracing::error!(error = %clash, "cluster: another node uses this node's name");
+            }
+            state.nodes = nodes;
+            state.name_clash = clash;
+        }
         self.adopt_epoch(&epoch);
         self.pay_back().await;
+        Beat::Recorded
     }
 }
 

@@ -199,11 +199,28 @@ return #KEYS
 "#;
 
 /// KEYS: nodes (sorted set of last beats), epoch, node details (hash). ARGV: node name,
-/// ttl ms, what the node says of itself (JSON), an epoch to create if there is none.
-/// Records the beat and forgets nodes silent for `ttl`; returns the epoch, now, and each
-/// live node's name, last beat, details.
+/// ttl ms, what the node says of itself (JSON, with its `instance`), an epoch to create if
+/// there is none, this node's instance, "claim" (at start) or "beat".
+/// A name whose last beat is within `ttl` and whose details name another instance is
+/// *taken*: a claim then records nothing and returns {"taken", now, their details, ms since
+/// their beat}. Otherwise records the beat and forgets nodes silent for `ttl`; returns
+/// {"ok", now, their details if the name is taken (a clash found while running) or "",
+/// epoch, then each live node's name, last beat, details}.
 const HEARTBEAT: &str = r#"
 local ttl = tonumber(ARGV[2])
+local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local before = redis.call('HGET', KEYS[3], ARGV[1])
+local clash = ''
+if seen and before and tonumber(seen) > now - ttl then
+  local ok, other = pcall(cjson.decode, before)
+  if ok and type(other) == 'table' and type(other.instance) == 'string'
+      and other.instance ~= ARGV[5] then
+    clash = before
+  end
+end
+if clash ~= '' and ARGV[6] == 'claim' then
+  return {'taken', fmt(now), clash, fmt(now - tonumber(seen))}
+end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
@@ -214,7 +231,7 @@ if not epoch then
   redis.call('SET', KEYS[2], ARGV[4])
   epoch = ARGV[4]
 end
-local reply = {epoch, fmt(now)}
+local reply = {'ok', fmt(now), clash, epoch}
 local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 for i = 1, #live, 2 do
   table.insert(reply, live[i])

@@ -350,6 +350,11 @@ pub struct TokensConfig {
     pub refresh_before: Duration,
     pub retry_attempts: u32,
     pub retry_delay: Duration,
+    /// The least time between two token requests for one account, whatever asks (a refresh
+    /// that comes due, a retry, a caller without a token): the one exception is the single
+    /// fresh request after the upstream refuses a token. Keeps a relay from hammering its
+    /// identity provider (Entra answers loops with AADSTS50196 and throttling).
+    pub min_request_interval: Duration,
     pub backups: u32,
 }
 
@@ -887,6 +892,12 @@ fn read_queue(section: Option<Section>) -> QueueConfig {
 /// The token store key's file when the configuration names none (a single relay).
 pub const KEY_IN_STATE_DIR: &str = "token.key";
 
+/// Bounds of `[tokens] min_request_interval`: below a second the floor would not keep a
+/// loop from an identity provider's throttling; above five minutes a refused token could
+/// hold mail that long.
+const MIN_REQUEST_INTERVAL_LEAST: Duration = Duration::from_secs(1);
+const MIN_REQUEST_INTERVAL_MOST: Duration = Duration::from_secs(300);
+
 fn read_tokens(section: Option<Section>) -> TokensConfig {
     let s = section.as_ref();
     let tokens = TokensConfig {
@@ -907,6 +918,22 @@ fn read_tokens(section: Option<Section>) -> TokensConfig {
         retry_delay: s
             .and_then(|s| s.parse("retry_delay", parse_duration))
             .unwrap_or(Duration::from_secs(1)),
+        min_request_interval: s
+            .and_then(|s| {
+                s.parse("min_request_interval", |text| {
+                    let interval = parse_duration(text)?;
+                    if (MIN_REQUEST_INTERVAL_LEAST..=MIN_REQUEST_INTERVAL_MOST).contains(&interval)
+                    {
+                        Ok(interval)
+                    } else {
+                        Err(
+                            "must be between 1s and 5m: a few token requests a minute at most"
+                                .into(),
+                        )
+                    }
+                })
+            })
+            .unwrap_or(Duration::from_secs(15)),
         backups: s.and_then(|s| s.get("backups")).unwrap_or(5),
     };
     if let Some(s) = section {
@@ -1144,7 +1171,7 @@ fn check_combinations(
     }
 }
 
-fn machine_hostname() -> String {
+pub fn machine_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its whole length and gethostname NUL-terminates within it
     // (or truncates, in which case we take the bytes up to the buffer's end).

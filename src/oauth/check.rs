@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
+use super::error::TokenError;
 use super::manager::TokenManager;
 use crate::clock::unix_secs as unix_now;
 use crate::config::{Flow, Transport};
@@ -70,24 +71,33 @@ pub async fn token_test(
     helo_name: &str,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
-    let config = match manager.oauth_account(account) {
-        Ok(oauth) => oauth.config.clone(),
+    let (config, endpoint) = match manager.oauth_account(account) {
+        Ok(oauth) => (oauth.config.clone(), oauth.endpoints.token.clone()),
         Err(e) => {
             steps.push(Step::fail("account", e.to_string()));
             return steps;
         }
     };
-    let token = match manager.access_token(account).await {
+    // Always a new token from the endpoint: a cached one would pass while the endpoint is
+    // gone or the credential revoked, which is what the admin is testing for.
+    let token = match manager.refresh_now(account).await {
         Ok(token) => {
             let minutes = token.expires_at.saturating_sub(unix_now()) / 60;
             steps.push(Step::pass(
                 "token",
-                format!("obtained; valid for {minutes} more minutes"),
+                format!("new token from {endpoint}; valid for {minutes} more minutes"),
             ));
             token
         }
         Err(e) => {
-            steps.push(Step::fail("token", e.to_string()));
+            let detail = match &e {
+                // The other errors of a request name the endpoint already.
+                TokenError::Rejected { .. } => {
+                    format!("the token endpoint {endpoint} refused: {e}")
+                }
+                _ => e.to_string(),
+            };
+            steps.push(Step::fail("token", detail));
             return steps;
         }
     };

@@ -99,6 +99,10 @@ pub enum TokenError {
     Login(String),
     #[error("{0}")]
     Held(String),
+    /// The relay (or its generation) is stopping: a wait for a retry, the floor between
+    /// requests or another node's request ended early. No request failed.
+    #[error("stopping")]
+    Stopped,
 }
 
 impl TokenError {
@@ -117,6 +121,8 @@ impl TokenError {
             TokenError::Store(e) if e.is_transient() => ErrorClass::Transient,
             TokenError::Store(_) => ErrorClass::Misconfigured,
             TokenError::Held(_) => ErrorClass::Misconfigured,
+            // Nothing to hold the account for: the next generation or run asks again.
+            TokenError::Stopped => ErrorClass::Transient,
         }
     }
 
@@ -258,6 +264,11 @@ const AADSTS: &[Row<&[u64]>] = &[
         "the identity platform had a temporary problem; retrying",
     ),
     (
+        &[50196],
+        ErrorClass::Transient,
+        "Entra saw a request loop from this client (too many token requests in a short time) and refuses it for a while; backing off. If it recurs, look for other programs asking with this app registration",
+    ),
+    (
         &[50058],
         ErrorClass::Transient,
         "the identity platform found no session for the user; retrying",
@@ -364,6 +375,7 @@ mod tests {
             (700016, ErrorClass::Misconfigured),
             (90002, ErrorClass::Misconfigured),
             (90006, ErrorClass::Transient),
+            (50196, ErrorClass::Transient),
         ] {
             let error = TokenError::Rejected {
                 status: 400,

@@ -52,6 +52,9 @@ const FLIGHT_POLL: Duration = Duration::from_millis(200);
 const STORE_RETRY: Duration = Duration::from_secs(5);
 /// Entra's refresh tokens expire after 90 days without use.
 pub const REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 86400);
+/// How often a token request may come before `[tokens] min_request_interval` (the one
+/// fresh request after the upstream refused a token).
+const FLOOR_WAIVER_EVERY: Duration = Duration::from_secs(60);
 /// Longest back-off between attempts after transient failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -159,6 +162,10 @@ pub struct AccountStatus {
     pub unsaved: bool,
     /// The node asking for this account's token now, when the store is shared.
     pub refresh_lock_holder: Option<String>,
+    /// `[tokens] min_request_interval`: the floor between two token requests.
+    pub min_request_interval_secs: u64,
+    /// Before this (Unix seconds), this process makes no token request for the account.
+    pub next_request_allowed_at: Option<u64>,
 }
 
 struct Slot {
@@ -179,6 +186,17 @@ struct SlotState {
     flight_holder: Option<String>,
     /// Tokio-clock mirror of `tokens.expires_at`.
     expires: Option<Instant>,
+    /// How long the current access token was issued for, when known: a token is refreshed
+    /// at most once per half of it, whatever `refresh_before` says.
+    lifetime: Option<Duration>,
+    /// The provider's lifetime was reported as shorter than `refresh_before` (once).
+    warned_short_lifetime: bool,
+    /// When this process last asked the endpoint for the account's token.
+    last_request: Option<Instant>,
+    /// The next request may come before the floor: the upstream refused a token.
+    floor_waived: bool,
+    /// When a request last came before the floor: one a minute at most may.
+    last_waiver: Option<Instant>,
     health: Health,
     /// While set and in the future, no token request is made.
     held_until: Option<Instant>,
@@ -201,12 +219,23 @@ impl SlotState {
         } else {
             Health::NoToken
         };
+        // Stores written before tokens carried their issue time give no lifetime; the
+        // configured margin alone applies until the next refresh.
+        let lifetime = match (&tokens.access_token, tokens.refreshed_at) {
+            (Some(_), Some(at)) => Some(Duration::from_secs(tokens.expires_at.saturating_sub(at))),
+            _ => None,
+        };
         SlotState {
             tokens,
             revision: 0,
             unsaved: false,
             flight_holder: None,
             expires,
+            lifetime,
+            warned_short_lifetime: false,
+            last_request: None,
+            floor_waived: false,
+            last_waiver: None,
             health,
             held_until: None,
             retry_at: None,
@@ -215,6 +244,30 @@ impl SlotState {
             consecutive_failures: 0,
             lifetime_total: Duration::ZERO,
         }
+    }
+
+    /// How much must be left of the current token for it not to need a refresh:
+    /// `refresh_before`, but never more than half the token's lifetime (a provider issuing
+    /// tokens shorter than `refresh_before` would otherwise have every use refresh).
+    fn margin(&self, refresh_before: Duration) -> Duration {
+        match self.lifetime {
+            Some(lifetime) => refresh_before.min(lifetime / 2),
+            None => refresh_before,
+        }
+    }
+
+    /// The current token if it needs no refresh yet.
+    fn fresh_token(&self, refresh_before: Duration) -> Option<AccessToken> {
+        self.token_with(self.margin(refresh_before))
+    }
+
+    /// Until when no token request may be made, if that is still ahead.
+    fn floor_until(&self, floor: Duration) -> Option<Instant> {
+        if self.floor_waived {
+            return None;
+        }
+        let until = self.last_request? + floor;
+        (until > Instant::now()).then_some(until)
     }
 
     /// The current token if it has more than `margin` left.
@@ -235,6 +288,17 @@ impl SlotState {
         let reason = self.health.reason().unwrap_or("held").to_owned();
         Some(TokenError::Held(reason))
     }
+}
+
+/// What waiting for the right to ask for an account's token came to.
+enum Flown {
+    /// This process asks, with the guard to release afterwards (`None` when the store cannot
+    /// be asked, and this process asks on its own).
+    Mine(Option<FlightGuard>),
+    /// Another process stored a token meanwhile: no request.
+    Stored(AccessToken),
+    /// The manager is stopping.
+    Stopped,
 }
 
 /// Whether a new token that cannot be saved is still usable.
@@ -263,6 +327,11 @@ pub struct TokenManager {
     settings: TokensConfig,
     events: broadcast::Sender<TokenEvent>,
     store_version: Mutex<Option<StoreVersion>>,
+    /// Cancelled when [`TokenManager::run`]'s shutdown is: every wait between requests (a
+    /// back-off, the floor, another node's request, the refresh lock) ends then, so a stop or
+    /// a reload never waits for one. A request under way is finished: a rotated refresh
+    /// token must reach the store.
+    stopping: CancellationToken,
 }
 
 impl TokenManager {
@@ -316,6 +385,7 @@ impl TokenManager {
             client,
             settings: config.tokens.clone(),
             events,
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -349,6 +419,13 @@ impl TokenManager {
                 state.revision = old_state.revision;
                 state.unsaved = old_state.unsaved;
                 state.expires = old_state.expires;
+                state.lifetime = old_state.lifetime;
+                state.warned_short_lifetime = old_state.warned_short_lifetime;
+                // The floor is between requests to the provider, whichever generation
+                // made them.
+                state.last_request = old_state.last_request;
+                state.floor_waived = old_state.floor_waived;
+                state.last_waiver = old_state.last_waiver;
                 state.health = old_state.health.clone();
                 state.held_until = None;
                 state.retry_at = None;
@@ -380,23 +457,25 @@ impl TokenManager {
     /// A valid token for `account`, refreshing first when less than `refresh_before` is left.
     pub async fn access_token(&self, account: &str) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
-        let margin = self.settings.refresh_before;
-        if let Some(token) = lock(&slot.state).token_with(margin) {
+        let refresh_before = self.settings.refresh_before;
+        if let Some(token) = lock(&slot.state).fresh_token(refresh_before) {
             return Ok(token);
         }
         self.reload_if_changed().await;
-        let _flight = slot.refresh.lock().await;
+        let _flight = self.lock_refresh(slot).await?;
         // Whoever held the lock before us may have refreshed already.
-        if let Some(token) = lock(&slot.state).token_with(margin) {
+        if let Some(token) = lock(&slot.state).fresh_token(refresh_before) {
             return Ok(token);
         }
-        // A retry is scheduled (the endpoint or the store failed just now), and the token at
-        // hand still works until then.
+        // A retry is scheduled (the endpoint or the store failed just now), or the floor
+        // between requests has not passed, and the token at hand still works until then.
         {
             let state = lock(&slot.state);
-            if state.retry_at.is_some_and(|at| at > Instant::now())
-                && let Some(token) = state.token_with(Duration::ZERO)
-            {
+            let waiting = state.retry_at.is_some_and(|at| at > Instant::now())
+                || state
+                    .floor_until(self.settings.min_request_interval)
+                    .is_some();
+            if waiting && let Some(token) = state.token_with(Duration::ZERO) {
                 return Ok(token);
             }
         }
@@ -421,6 +500,11 @@ impl TokenManager {
         let mut state = lock(&slot.state);
         if state.tokens.access_token.as_ref() == Some(token) {
             state.expires = Some(Instant::now());
+            // One fresh request at once, but one a minute at most: a mailbox that refuses
+            // every token must not become a request loop.
+            state.floor_waived = state
+                .last_waiver
+                .is_none_or(|at| at.elapsed() >= FLOOR_WAIVER_EVERY);
             drop(state);
             tracing::info!(target: "tokens", account, "access token refused upstream; it will be refreshed");
             self.emit(account, TokenEventKind::Invalidated);
@@ -434,7 +518,7 @@ impl TokenManager {
         let slot = self.slot(account)?;
         self.store.load_all().await?;
         self.reload_if_changed().await;
-        let _flight = slot.refresh.lock().await;
+        let _flight = self.lock_refresh(slot).await?;
         self.refresh_locked(account, slot, Persist::Required, Why::Asked)
             .await
     }
@@ -447,7 +531,7 @@ impl TokenManager {
         login: bool,
     ) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
-        let _flight = slot.refresh.lock().await;
+        let _flight = self.lock_refresh(slot).await?;
         self.accept(account, slot, response, login, Persist::Required)
             .await
     }
@@ -469,9 +553,17 @@ impl TokenManager {
                 return Err(error);
             }
         };
+        // Before the cluster's flight: a node that held it while waiting out its own floor
+        // would keep the others from asking, and a Redis that lost the lock meanwhile would
+        // let another node ask as well.
+        self.wait_for_floor(slot).await?;
         let guard = match self.take_flight(account, slot, why).await {
-            Ok(guard) => guard,
-            Err(stored_meanwhile) => return Ok(stored_meanwhile),
+            Flown::Mine(guard) => guard,
+            Flown::Stored(stored_meanwhile) => return Ok(stored_meanwhile),
+            Flown::Stopped => {
+                lock(&slot.state).flight_holder = None;
+                return Err(TokenError::Stopped);
+            }
         };
         let refresh_token = {
             let mut state = lock(&slot.state);
@@ -482,8 +574,13 @@ impl TokenManager {
             }
             state.tokens.refresh_token.clone()
         };
+        let retries = match why {
+            Why::Due => self.settings.retry_attempts,
+            // The admin is waiting for the answer, and can ask again.
+            Why::Asked => 0,
+        };
         let result = self
-            .with_retries(account, || async {
+            .with_retries(account, slot, retries, || async {
                 match (slot.flow, &refresh_token) {
                     (Flow::ClientCredentials, _) => oauth.client_credentials(&self.client).await,
                     (_, Some(refresh_token)) => oauth.refresh(&self.client, refresh_token).await,
@@ -493,6 +590,8 @@ impl TokenManager {
             .await;
         let result = match result {
             Ok(response) => self.accept(account, slot, response, false, persist).await,
+            // Not a failure of the endpoint's: nothing to record.
+            Err(TokenError::Stopped) => Err(TokenError::Stopped),
             Err(error) => {
                 self.fail(account, slot, &error);
                 Err(error)
@@ -505,38 +604,36 @@ impl TokenManager {
         result
     }
 
-    /// Waits until this process may ask for `account`'s token: `Ok` with the guard to release
-    /// afterwards (`None` when the store cannot be asked, and this process asks on its own),
-    /// or `Err` with a token another process stored meanwhile.
-    async fn take_flight(
-        &self,
-        account: &str,
-        slot: &Slot,
-        why: Why,
-    ) -> Result<Option<FlightGuard>, AccessToken> {
-        let margin = self.settings.refresh_before;
+    /// Waits until this process may ask for `account`'s token (see [`Flown`]).
+    async fn take_flight(&self, account: &str, slot: &Slot, why: Why) -> Flown {
         loop {
             if why == Why::Due
-                && let Some(token) = self.adopt_stored(account, slot, margin).await
+                && let Some(token) = self.adopt_stored(account, slot).await
             {
-                return Err(token);
+                return Flown::Stored(token);
             }
             match self.store.flight(account).await {
                 Ok(Flight::Mine(guard)) => {
                     // Whoever held it before may have stored a token just now.
                     if why == Why::Due
-                        && let Some(token) = self.adopt_stored(account, slot, margin).await
+                        && let Some(token) = self.adopt_stored(account, slot).await
                     {
                         guard.release().await;
                         lock(&slot.state).flight_holder = None;
-                        return Err(token);
+                        return Flown::Stored(token);
                     }
                     lock(&slot.state).flight_holder = guard.holder.clone();
-                    return Ok(Some(guard));
+                    return Flown::Mine(Some(guard));
                 }
                 Ok(Flight::Elsewhere { holder }) => {
                     lock(&slot.state).flight_holder = Some(holder);
-                    tokio::time::sleep(FLIGHT_POLL).await;
+                    if self
+                        .pause_until(Instant::now() + FLIGHT_POLL)
+                        .await
+                        .is_err()
+                    {
+                        return Flown::Stopped;
+                    }
                 }
                 Err(e) => {
                     let mut state = lock(&slot.state);
@@ -546,30 +643,24 @@ impl TokenManager {
                         // The token at hand still works: ask again soon rather than behind
                         // the other nodes' backs.
                         state.retry_at = Some(Instant::now() + STORE_RETRY);
-                        return Err(token);
+                        return Flown::Stored(token);
                     }
                     // Mail must not wait for the store: this process asks on its own, and
                     // saves what it gets when the store answers.
                     tracing::warn!(target: "tokens", account, error = %e,
                         "token store unreachable: asking for a token without the other nodes' agreement");
-                    return Ok(None);
+                    return Flown::Mine(None);
                 }
             }
         }
     }
 
     /// Reads the account's entry, adopts it if another process wrote it, and returns the
-    /// account's token if that has more than `margin` left: then no request is due, nor a
-    /// retry.
-    async fn adopt_stored(
-        &self,
-        account: &str,
-        slot: &Slot,
-        margin: Duration,
-    ) -> Option<AccessToken> {
+    /// account's token if that needs no refresh yet: then no request is due, nor a retry.
+    async fn adopt_stored(&self, account: &str, slot: &Slot) -> Option<AccessToken> {
         self.read_back(account, slot).await.ok()?;
         let mut state = lock(&slot.state);
-        let token = state.token_with(margin)?;
+        let token = state.fresh_token(self.settings.refresh_before)?;
         state.retry_at = None;
         Some(token)
     }
@@ -598,6 +689,7 @@ impl TokenManager {
         let fresh = SlotState::new(tokens);
         state.tokens = fresh.tokens;
         state.expires = fresh.expires;
+        state.lifetime = fresh.lifetime;
         state.health = fresh.health;
         state.held_until = None;
         state.retry_at = None;
@@ -687,9 +779,17 @@ impl TokenManager {
             token: tokens.access_token.clone().expect("just set"),
             expires_at: tokens.expires_at,
         };
+        let short_lifetime = lifetime < self.settings.refresh_before;
         {
             let mut state = lock(&slot.state);
+            if short_lifetime && !state.warned_short_lifetime {
+                state.warned_short_lifetime = true;
+                tracing::warn!(target: "tokens", account, lifetime_secs = lifetime.as_secs(),
+                    refresh_before_secs = self.settings.refresh_before.as_secs(),
+                    "the provider issues tokens for less than refresh_before: each is refreshed when half of it is left");
+            }
             state.expires = Some(Instant::now() + lifetime);
+            state.lifetime = Some(lifetime);
             state.tokens = tokens;
             state.revision = revision;
             state.unsaved = unsaved;
@@ -780,11 +880,14 @@ impl TokenManager {
         self.emit(account, kind);
     }
 
-    /// Runs `request` with up to `retry_attempts` retries for transient errors, doubling
-    /// `retry_delay` with jitter, and honouring Retry-After.
+    /// Runs `request` with up to `retries` retries for transient errors, doubling
+    /// `retry_delay` with jitter, and honouring Retry-After; every request waits for the
+    /// floor between requests (the first finds it passed: see `refresh_locked`).
     async fn with_retries<F, Fut>(
         &self,
         account: &str,
+        slot: &Slot,
+        retries: u32,
         request: F,
     ) -> Result<TokenResponse, TokenError>
     where
@@ -793,12 +896,14 @@ impl TokenManager {
     {
         let mut attempt = 0;
         loop {
+            self.wait_for_floor(slot).await?;
+            self.note_request(slot);
             let error = match request().await {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
             };
             let retryable = error.class() == ErrorClass::Transient || error.is_clock_skew();
-            if !retryable || attempt >= self.settings.retry_attempts {
+            if !retryable || attempt >= retries {
                 return Err(error);
             }
             let base = self
@@ -811,8 +916,51 @@ impl TokenManager {
                 .unwrap_or_else(|| base.mul_f64(jitter))
                 .min(MAX_BACKOFF);
             tracing::info!(target: "tokens", account, error = %error, retry_in_ms = delay.as_millis() as u64, "token request failed; retrying");
-            tokio::time::sleep(delay).await;
+            self.pause_until(Instant::now() + delay).await?;
             attempt += 1;
+        }
+    }
+
+    /// Waits until the floor between requests has passed (or was waived).
+    async fn wait_for_floor(&self, slot: &Slot) -> Result<(), TokenError> {
+        let floor = self.settings.min_request_interval;
+        loop {
+            let until = lock(&slot.state).floor_until(floor);
+            match until {
+                Some(until) => self.pause_until(until).await?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Counts a request as made now: the next waits for the floor.
+    fn note_request(&self, slot: &Slot) {
+        let mut state = lock(&slot.state);
+        let now = Instant::now();
+        state.last_request = Some(now);
+        if state.floor_waived {
+            state.last_waiver = Some(now);
+        }
+        state.floor_waived = false;
+    }
+
+    /// Sleeps until `until`, or fails with [`TokenError::Stopped`] when the manager stops first.
+    async fn pause_until(&self, until: Instant) -> Result<(), TokenError> {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => Ok(()),
+            _ = self.stopping.cancelled() => Err(TokenError::Stopped),
+        }
+    }
+
+    /// The account's refresh lock (the single flight), or [`TokenError::Stopped`] when the
+    /// manager stops while another holds it.
+    async fn lock_refresh<'a>(
+        &self,
+        slot: &'a Slot,
+    ) -> Result<tokio::sync::MutexGuard<'a, ()>, TokenError> {
+        tokio::select! {
+            guard = slot.refresh.lock() => Ok(guard),
+            _ = self.stopping.cancelled() => Err(TokenError::Stopped),
         }
     }
 
@@ -897,25 +1045,27 @@ impl TokenManager {
     /// When the account next needs a token request, if it does on its own.
     fn next_refresh(&self, slot: &Slot) -> Option<Instant> {
         let state = lock(&slot.state);
-        if let Some(until) = state.held_until {
-            return Some(until);
-        }
-        if let Some(retry) = state.retry_at {
-            return Some(retry);
-        }
-        match (&state.tokens.access_token, state.expires) {
-            (Some(_), Some(expires)) => Some(
-                expires
-                    .checked_sub(self.settings.refresh_before)
+        let due = if let Some(until) = state.held_until {
+            until
+        } else if let Some(retry) = state.retry_at {
+            retry
+        } else {
+            match (&state.tokens.access_token, state.expires) {
+                (Some(_), Some(expires)) => expires
+                    .checked_sub(state.margin(self.settings.refresh_before))
                     .unwrap_or_else(Instant::now),
-            ),
-            // App-only accounts can get their first token without anyone's help; delegated
-            // accounts with a refresh token but no access token can too.
-            _ if slot.flow == Flow::ClientCredentials || state.tokens.refresh_token.is_some() => {
-                Some(Instant::now())
+                // App-only accounts can get their first token without anyone's help;
+                // delegated accounts with a refresh token but no access token can too.
+                _ if slot.flow == Flow::ClientCredentials
+                    || state.tokens.refresh_token.is_some() =>
+                {
+                    Instant::now()
+                }
+                _ => return None,
             }
-            _ => None,
-        }
+        };
+        let floor = state.floor_until(self.settings.min_request_interval);
+        Some(floor.map_or(due, |floor| floor.max(due)))
     }
 
     /// Keeps every account fresh until `shutdown`, each in its own task (a slow token endpoint
@@ -931,12 +1081,13 @@ impl TokenManager {
                 _ = shutdown.cancelled() => break,
             }
         }
+        self.stopping.cancel();
         while accounts.join_next().await.is_some() {}
     }
 
-    /// Refreshes one account whenever it is due. A refresh under way is not cut short by
-    /// `shutdown`: a rotated refresh token must reach the store (each request has its timeout
-    /// and the retries a bound).
+    /// Refreshes one account whenever it is due. A request under way is not cut short by
+    /// `shutdown`: a rotated refresh token must reach the store (each request has its
+    /// timeout); the waits between requests are.
     async fn keep_fresh(self: Arc<Self>, account: String, shutdown: CancellationToken) {
         let Some(slot) = self.slots.get(&account).cloned() else {
             return;
@@ -950,7 +1101,9 @@ impl TokenManager {
             let now = Instant::now();
             let wake = match due {
                 Some(due) if due <= now => {
-                    let _flight = slot.refresh.lock().await;
+                    let Ok(_flight) = self.lock_refresh(&slot).await else {
+                        return;
+                    };
                     // Re-check under the lock: a caller may have just refreshed.
                     if self
                         .next_refresh(&slot)
@@ -1021,6 +1174,10 @@ impl TokenManager {
                     revision: state.revision,
                     unsaved: state.unsaved,
                     refresh_lock_holder: state.flight_holder.clone(),
+                    min_request_interval_secs: self.settings.min_request_interval.as_secs(),
+                    next_request_allowed_at: state
+                        .floor_until(self.settings.min_request_interval)
+                        .map(|at| unix_of(at, now)),
                 }
             })
             .collect()
@@ -1234,6 +1391,119 @@ mod tests {
         assert_eq!(status.average_lifetime_secs, Some(3600));
     }
 
+    /// Asks for the token every `every` for `how_long`, as busy workers do.
+    async fn keep_asking(manager: &TokenManager, every: Duration, how_long: Duration) {
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            manager.access_token("contoso").await.unwrap();
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Issue 22: tokens that live less than `refresh_before` used to be refreshed by every
+    /// caller and every turn of the background task (thousands of requests a second).
+    #[tokio::test(start_paused = true)]
+    async fn two_minute_tokens_are_refreshed_once_per_half_lifetime_while_relaying() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(120);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
+        // Workers asking for the token every 10 ms for 20 s.
+        keep_asking(&manager, Duration::from_millis(10), Duration::from_secs(20)).await;
+        let times = endpoint.request_times();
+        assert!(times.len() <= 3, "{} requests in 20 s", times.len());
+        // And over ten minutes, one request per minute (half of each token's life).
+        tokio::time::sleep(Duration::from_secs(600 - 20)).await;
+        let times = endpoint.request_times();
+        assert!((10..=11).contains(&times.len()), "{times:?}");
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(gap >= Duration::from_secs(60), "{times:?}");
+        }
+        let status = &manager.statuses()[0];
+        assert_eq!(status.min_request_interval_secs, 15);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    /// Log lines written while the returned guard lives (this thread only: the tests run on
+    /// Tokio's current-thread runtime).
+    fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+        #[derive(Clone)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(Arc::clone(&logs));
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lifetime_shorter_than_refresh_before_warns_once_and_does_not_loop() {
+        let (logs, _guard) = capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(60);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
+        keep_asking(
+            &manager,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )
+        .await;
+        shutdown.cancel();
+        task.await.unwrap();
+        // One request per half minute: 0, 30, …, 270 (300 if the last turn got there).
+        let times = endpoint.request_times();
+        assert!((10..=11).contains(&times.len()), "{times:?}");
+        let logs = String::from_utf8(lock(&logs).clone()).unwrap();
+        let warnings: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("less than refresh_before"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{logs}");
+        assert!(warnings[0].contains("lifetime_secs=60"), "{logs}");
+    }
+
+    /// A token the upstream refuses gets one fresh request at once; when the fresh one is
+    /// refused too, the next waits for the floor: five requests a minute at most.
+    #[tokio::test(start_paused = true)]
+    async fn refused_tokens_get_one_fresh_request_then_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(3600);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
+        let first = manager.access_token("contoso").await.unwrap();
+        manager.invalidate("contoso", &first.token);
+        let second = manager.access_token("contoso").await.unwrap();
+        assert_ne!(second.token, first.token);
+        assert_eq!(endpoint.request_times(), [Duration::ZERO, Duration::ZERO]);
+        assert!(manager.statuses()[0].next_request_allowed_at.is_some());
+        manager.invalidate("contoso", &second.token);
+        for _ in 0..50 {
+            let next = manager.access_token("contoso").await.unwrap();
+            manager.invalidate("contoso", &next.token);
+        }
+        let times = endpoint.request_times();
+        assert_eq!(times.len(), 52, "{times:?}");
+        for six in times.windows(6) {
+            assert!(six[5] - six[0] >= Duration::from_secs(60), "{times:?}");
+        }
+        // The floor between the others.
+        assert_eq!(times[2], Duration::from_secs(15), "{times:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn transient_errors_back_off_and_honour_retry_after() {
         let dir = tempfile::tempdir().unwrap();
@@ -1251,17 +1521,10 @@ mod tests {
         manager.access_token("contoso").await.unwrap();
         let times = endpoint.request_times();
         assert_eq!(times.len(), 4);
-        // 1 s then 2 s, each with ±50% jitter, then the server's 30 s.
+        // 1 s then 2 s (±50% jitter) are below the 15 s floor between requests, which
+        // decides; then the server's 30 s.
         let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(
-            gaps[0] >= Duration::from_millis(500) && gaps[0] < Duration::from_millis(1500),
-            "{gaps:?}"
-        );
-        assert!(
-            gaps[1] >= Duration::from_secs(1) && gaps[1] < Duration::from_secs(3),
-            "{gaps:?}"
-        );
-        assert_eq!(gaps[2], Duration::from_secs(30), "{gaps:?}");
+        assert_eq!(gaps, [15, 15, 30].map(Duration::from_secs), "{gaps:?}");
     }
 
     #[tokio::test(start_paused = true)]

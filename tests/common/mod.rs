@@ -125,6 +125,7 @@ pub struct TestRelay {
     pub config: Arc<Config>,
     admin_address: Option<SocketAddr>,
     generation: Option<smtprelay::relay::Generation>,
+    process: smtprelay::relay::Process,
 }
 
 /// Adds `line` to the `[table]` of `extra`, or the table with it when `extra` has none.
@@ -144,6 +145,9 @@ pub fn config_text(state_dir: &Path, listen: &str, extra: &str) -> String {
     let key_file = state_dir.parent().unwrap().join("token.key");
     let extra = with_table_line(extra, "admin", "listen = \"127.0.0.1:0\"");
     let extra = with_table_line(&extra, "tokens", &format!("key_file = {key_file:?}"));
+    // The floor between token requests at its least: tests whose upstream refuses tokens
+    // on purpose would otherwise wait its default 15 s for each.
+    let extra = with_table_line(&extra, "tokens", "min_request_interval = \"1s\"");
     format!(
         r#"
 [server]
@@ -174,7 +178,7 @@ impl TestRelay {
             Ok(config) => config,
             Err(e) => panic!("test config invalid:\n{e}"),
         };
-        let process = smtprelay::relay::Process::open(&config).unwrap();
+        let process = smtprelay::relay::Process::open(&config).await.unwrap();
         let prepared = smtprelay::relay::prepare(
             &process,
             Arc::new(config),
@@ -194,6 +198,7 @@ impl TestRelay {
             config: Arc::clone(&generation.config),
             admin_address: generation.admin_address,
             generation: Some(generation),
+            process,
         }
     }
 
@@ -237,7 +242,7 @@ impl TestRelay {
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(generation) = self.generation.take() {
-            tokio::time::timeout(TIMEOUT, generation.finish())
+            tokio::time::timeout(TIMEOUT, generation.finish(&self.process))
                 .await
                 .unwrap();
         }
@@ -536,6 +541,29 @@ pub fn start_binary_with_admin(
         }
     });
     (child, address, admin, rx)
+}
+
+/// An HTTP server on 127.0.0.1 that answers every request with `status` (e.g. "502 Bad
+/// Gateway") and `body` as an HTML page, as a proxy or a broken gateway does.
+pub async fn http_answering(status: &'static str, body: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let _ = stream.read(&mut request).await;
+                let page = format!("<html><body>{body}</body></html>");
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    address
 }
 
 /// CI machines may run another relay on the default admin address, 127.0.0.1:8025: the port

@@ -66,7 +66,8 @@ impl TokenFixture {
         std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
         let text = format!(
             "[server]\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
-             [tokens]\nretry_attempts = 3\nretry_delay = \"20ms\"\nrefresh_before = \"5m\"\n{}",
+             [tokens]\nretry_attempts = 3\nretry_delay = \"20ms\"\nrefresh_before = \"5m\"\n\
+             min_request_interval = \"1s\"\n{}",
             accounts(&entra)
         );
         let path = dir.path().join("smtprelay.toml");
@@ -200,6 +201,8 @@ pub struct WorldOptions<'a> {
     pub upstream_timeout: &'a str,
     /// More trust roots for `ca_file` (PEM), e.g. the Graph double's CA.
     pub extra_ca: &'a str,
+    /// How long the Entra double's access tokens live, when not its default (an hour).
+    pub token_lifetime: Option<u64>,
 }
 
 impl Default for WorldOptions<'_> {
@@ -213,6 +216,7 @@ impl Default for WorldOptions<'_> {
             max_message_size: "1MiB",
             upstream_timeout: "10s",
             extra_ca: "",
+            token_lifetime: None,
         }
     }
 }
@@ -234,6 +238,9 @@ impl World {
     pub async fn start(options: WorldOptions<'_>) -> World {
         super::trace();
         let (entra, exchange) = tenant().await;
+        if let Some(lifetime) = options.token_lifetime {
+            entra.state().access_token_lifetime = lifetime;
+        }
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, options.secret).unwrap();

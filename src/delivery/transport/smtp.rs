@@ -127,7 +127,12 @@ impl SmtpTransport {
                     });
                 }
                 Err(ClientError::Rejected(reply)) if reply.is_status(535, "5.7.3") => {
-                    self.tokens.invalidate(account, &token.token);
+                    // A token just issued and refused too is kept: asking for yet another
+                    // would only loop (the token manager's floor would hold every mailbox of
+                    // the account back for it).
+                    if try_number == 0 {
+                        self.tokens.invalidate(account, &token.token);
+                    }
                     connection.quit().await;
                     // With a fresh token refused too, a per-sender mailbox is the problem, not
                     // the token: that message cannot go, the others can.
