@@ -406,7 +406,11 @@ fn print_status(statuses: &[AccountStatus]) {
             (true, _, _) => "present".to_owned(),
         };
         outln!("  refresh token:  {refresh}");
-        outln!("  logged in:      {}", ago(status.login_at));
+        let login = match status.flow {
+            Flow::ClientCredentials => "not needed (client credentials)".to_owned(),
+            _ => ago(status.login_at),
+        };
+        outln!("  logged in:      {login}");
         outln!("  last refresh:   {}", ago(status.last_refresh_at));
         outln!(
             "  requests:       at most one every {} (and one at once after the upstream refuses a token, once a minute)",

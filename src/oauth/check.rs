@@ -204,6 +204,7 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) ->
         text("unique_name"),
         text("preferred_username"),
         text("appid"),
+        text("azp"),
         text("oid"),
     ]
     .into_iter()
@@ -218,16 +219,29 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) ->
         })
         .unwrap_or_default();
     let scopes = text("scp");
-    let summary = format!(
-        "aud={audience} identity={who} tenant={} {} expires={}",
-        text("tid"),
-        if roles.is_empty() {
-            format!("scp={scopes}")
-        } else {
-            format!("roles={}", roles.join(","))
-        },
-        claims["exp"].as_u64().unwrap_or(0),
-    );
+    // What the token says, leaving out what it does not say (a provider other than
+    // Microsoft may name no tenant), with its expiry as a time people read.
+    let permissions = if roles.is_empty() {
+        ("scp", scopes.clone())
+    } else {
+        ("roles", roles.join(","))
+    };
+    let expires = claims["exp"]
+        .as_u64()
+        .map(crate::clock::rfc3339)
+        .unwrap_or_default();
+    let summary = [
+        ("aud", audience.clone()),
+        ("identity", who),
+        ("tenant", text("tid")),
+        permissions,
+        ("expires", expires),
+    ]
+    .into_iter()
+    .filter(|(_, value)| !value.is_empty())
+    .map(|(name, value)| format!("{name}={value}"))
+    .collect::<Vec<_>>()
+    .join(" ");
     let delegated = matches!(flow, Flow::DeviceCode | Flow::AuthorizationCode);
     if transport == Transport::Graph {
         let has = |permission: &str| {
@@ -306,6 +320,17 @@ fn judge_claims(claims: &serde_json::Value, flow: Flow, transport: Transport) ->
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_summary_leaves_out_what_the_token_does_not_say_and_dates_its_expiry() {
+        let keycloak = json!({"aud": "https://outlook.office365.com", "roles": ["SMTP.SendAsApp"],
+            "azp": "smtprelay", "exp": 1_796_400_000u64});
+        let (_, summary) = judge_claims(&keycloak, Flow::ClientCredentials, Transport::Smtp);
+        assert_eq!(
+            summary,
+            "aud=https://outlook.office365.com identity=smtprelay roles=SMTP.SendAsApp expires=2026-12-04T16:00:00Z"
+        );
+    }
 
     #[test]
     fn audiences_and_permissions_are_judged() {
