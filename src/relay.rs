@@ -322,12 +322,10 @@ pub async fn prepare(
         None => None,
     };
     if tls.as_ref().and_then(|t| t.legacy_key_is_rsa()) == Some(false) {
-        tracing::warn!(
-            "[tls] has no RSA key: old devices on the legacy TLS listener(s) mostly speak RSA only and will fail the handshake"
-        );
+        tracing::warn!("{}", crate::smtp::tls::NOT_RSA);
     }
     if !config.queue.fsync {
-        tracing::warn!("queue.fsync = false: accepted mail can be lost in a power failure");
+        tracing::warn!("{}", crate::config::WARN_FSYNC_OFF);
     }
     let intake = Arc::new(Intake {
         policy: Policy::new(&config),
@@ -514,7 +512,7 @@ async fn start_token_manager(
     previous: Option<&TokenManager>,
 ) -> Option<(Arc<TokenManager>, JoinHandle<()>)> {
     if config.accounts.is_empty() {
-        tracing::warn!("no [[account]] is configured: mail is queued but has nowhere to go");
+        tracing::warn!("{}", crate::config::WARN_NO_ACCOUNT);
         return None;
     }
     let key = match TokenKey::load(config.tokens.key_file.as_deref()) {

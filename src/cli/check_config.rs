@@ -56,10 +56,10 @@ pub fn run(
     world_readable_warnings(&config.input_files, key_elsewhere);
     // What the relay warns about at every start, said before it starts.
     if !config.queue.fsync {
-        errln!("warning: queue.fsync = false: accepted mail can be lost in a power failure");
+        errln!("warning: {}", crate::config::WARN_FSYNC_OFF);
     }
     if config.accounts.is_empty() {
-        errln!("warning: no [[account]] is configured: mail is queued but has nowhere to go");
+        errln!("warning: {}", crate::config::WARN_NO_ACCOUNT);
     }
     if reader.user.is_none() && is_root() {
         errln!(
@@ -146,9 +146,8 @@ fn legacy_tls_warnings(
     config: &Config,
     acceptors: Option<&crate::smtp::tls::Acceptors>,
 ) {
-    use crate::config::{ListenTls, TlsProfile};
     for (i, listen) in config.listen.iter().enumerate() {
-        if listen.tls != ListenTls::None && listen.tls_profile == TlsProfile::Legacy {
+        if listen.speaks_legacy_tls() {
             errln!(
                 "warning: {}: listen[{}] ({}): tls_profile = \"legacy\" {}",
                 path.display(),
@@ -159,10 +158,7 @@ fn legacy_tls_warnings(
         }
     }
     if acceptors.and_then(|a| a.legacy_key_is_rsa()) == Some(false) {
-        errln!(
-            "warning: {}: [tls]: the private key is not RSA; the old devices a legacy listener is for mostly speak RSA only and will fail the handshake",
-            path.display()
-        );
+        errln!("warning: {}: {}", path.display(), crate::smtp::tls::NOT_RSA);
     }
 }
 

@@ -205,6 +205,19 @@ pub struct ListenConfig {
     pub proxy_from: Vec<IpNet>,
 }
 
+impl ListenConfig {
+    /// TLS on the legacy profile (OpenSSL, TLS 1.0/1.1, RSA key exchange).
+    pub fn speaks_legacy_tls(&self) -> bool {
+        self.tls != ListenTls::None && self.tls_profile == TlsProfile::Legacy
+    }
+}
+
+/// What the relay warns about at every start, worded once for its log and `check-config`.
+pub const WARN_FSYNC_OFF: &str =
+    "queue.fsync = false: accepted mail can be lost in a power failure";
+pub const WARN_NO_ACCOUNT: &str =
+    "no [[account]] is configured: mail is queued but has nowhere to go";
+
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     pub certificate: PathBuf,
@@ -421,9 +434,7 @@ impl Config {
 
     /// Whether a TLS listener asks for the legacy profile (and so OpenSSL is set up).
     pub fn wants_legacy_tls(&self) -> bool {
-        self.listen
-            .iter()
-            .any(|l| l.tls != ListenTls::None && l.tls_profile == TlsProfile::Legacy)
+        self.listen.iter().any(ListenConfig::speaks_legacy_tls)
     }
 
     /// Every account whose tokens the relay keeps: the configured ones and their Graph

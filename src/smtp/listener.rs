@@ -107,7 +107,7 @@ impl Server {
         for (listener, listen) in listeners {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(%address, tls = listen.tls.as_str(), auth = listen.auth.as_str(), "listening");
-                if listen.tls != ListenTls::None && listen.tls_profile == TlsProfile::Legacy {
+                if listen.speaks_legacy_tls() {
                     tracing::warn!(%address, "tls_profile = \"legacy\" {}", crate::smtp::tls::LEGACY_WEAKENS);
                 }
             }

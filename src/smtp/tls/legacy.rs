@@ -20,6 +20,10 @@ pub const LEGACY_WEAKENS: &str = "accepts TLS 1.0 and 1.1 and RSA key exchange w
      a session recorded today can be decrypted later if the key leaks (no forward secrecy), \
      and CBC with SHA-1 is open to padding-oracle attacks; give it only to devices that need it";
 
+/// What a legacy listener on a certificate without an RSA key meets, for the log and
+/// `check-config`.
+pub const NOT_RSA: &str = "[tls]: the private key is not RSA; the old devices a legacy listener is for mostly speak RSA only and will fail the handshake";
+
 /// TLS 1.2 and older, best first (OpenSSL's names). ECDHE with AEAD, then ECDHE with CBC,
 /// then RSA key exchange; no 3DES, RC4 or export suites, which no device of the last
 /// fifteen years needs. Security level 0: OpenSSL 3 refuses TLS 1.0/1.1 (MD5-SHA1

@@ -17,7 +17,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use legacy::LEGACY_WEAKENS;
+pub use legacy::{LEGACY_WEAKENS, NOT_RSA};
 pub use stream::{ServerTls, Stream};
 
 use crate::config::{TlsConfig, TlsProfile};
