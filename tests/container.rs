@@ -119,8 +119,10 @@ async fn the_image_relays_a_message_and_stops_on_sigterm_with_the_queue_intact()
     let shipped =
         std::fs::read_to_string(bundle.join("rootfs/etc/smtprelay/smtprelay.toml")).unwrap();
     let mut document: toml_edit::DocumentMut = shipped.parse().unwrap();
-    let (port, admin_port) = (common::free_port(), common::free_port());
-    document["listen"][0]["address"] = toml_edit::value(format!("127.0.0.1:{port}"));
+    // The SMTP listener takes any free port (the log says which). The admin endpoint needs
+    // a known one: the HEALTHCHECK's `smtprelay health` finds it in the configuration.
+    let admin_port = common::free_port();
+    document["listen"][0]["address"] = toml_edit::value("127.0.0.1:0");
     document["admin"]["listen"] = toml_edit::value(format!("127.0.0.1:{admin_port}"));
     let config = format!(
         "{document}\n{}[account.upstream]\nhost = \"localhost\"\nport = {}\nca_file = \"/etc/smtprelay/upstream-ca.pem\"\n",
@@ -182,7 +184,11 @@ async fn the_image_relays_a_message_and_stops_on_sigterm_with_the_queue_intact()
             }
         }
     });
-    common::wait_for_log(&logs, "listening");
+    let port: u16 = common::wait_for_log(&logs, "listening")["address"]
+        .as_str()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .expect("the listening line names the address")
+        .port();
 
     common::installed::send(port, b"Subject: from the container\r\n\r\nscanned\r\n").await;
     delivered(&exchange, 1).await;
