@@ -9,17 +9,17 @@
 #     upgrade keeps key, tokens and queue, remove keeps configuration and state, purge
 #     removes them and the user.
 #
-#   sudo packaging/test-install.sh
+#   sudo packaging/test-install.sh [ROOT]
 #
-# Needs root (chroot) and Debian's mirror; installs debootstrap, rpm and systemd-container
-# when missing.
+# ROOT is a root packaging/prepare-root.sh made (.ci/run makes it while the tests compile);
+# without one, this script makes it. The root is used up: the script deletes it at the end.
+# Needs root (chroot) and, without ROOT, Debian's mirror; installs debootstrap, rpm and
+# systemd-container when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deb=$(ls target/debian/smtprelay_*.deb)
 rpm=$(ls target/rpm/smtprelay-*.rpm)
-suite=${SMTPRELAY_TEST_SUITE:-bookworm}
-mirror=${SMTPRELAY_TEST_MIRROR:-http://deb.debian.org/debian}
 
 missing=()
 command -v debootstrap >/dev/null || missing+=(debootstrap)
@@ -83,22 +83,20 @@ check "rpm: systemd forgets the removed unit" grep -q 'systemctl daemon-reload' 
 check "rpm: binary is stripped of debug info" bash -c \
     "rpm2cpio '$rpm' | (cd \"\$(mktemp -d)\" && cpio -idm --quiet ./usr/bin/smtprelay && ! readelf -S usr/bin/smtprelay | grep -q debug_info)"
 
-echo "== $deb in a fresh $suite root"
-root=$(mktemp -d /tmp/smtprelay-root.XXXXXX)
-chmod 0755 "$root" # it becomes /, which every user must be able to enter
+echo "== $deb in a fresh Debian root"
+if [ $# -gt 0 ]; then
+    root=$(realpath "$1")
+else
+    root=$(mktemp -d /tmp/smtprelay-root.XXXXXX)
+    packaging/prepare-root.sh "$root"
+fi
 cleanup() { umount "$root/proc" 2>/dev/null || true; rm -rf "$root"; }
 trap cleanup EXIT
-debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$root.log" 2>&1 ||
-    { tail -20 "$root.log"; exit 1; }
-rm -f "$root.log"
-# What every real machine has and debootstrap leaves out.
-printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
 mount -t proc proc "$root/proc"
 in_root() { chroot "$root" "$@"; }
 
-# As an admin installs it: apt resolves the dependencies (ca-certificates) from the mirror.
+# As an admin installs it: apt resolves the dependencies (ca-certificates, libssl3).
 cp "$deb" "$root/root/smtprelay.deb"
-in_root apt-get update -qq
 DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq /root/smtprelay.deb
 
 passwd_entry=$(in_root getent passwd smtprelay || true)

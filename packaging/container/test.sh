@@ -7,22 +7,13 @@
 #   - checks compose.yaml (docker-compose config, with and without the cluster profile) and
 #     packaging/kubernetes/ (kubernetes-validate, offline; the ConfigMap's TOML with
 #     check-config).
-# Installs runc, docker-compose (Debian) and kubernetes-validate (PyPI, in a venv) if missing.
+# Installs runc, docker-compose (Debian) and kubernetes-validate (PyPI, in a venv) if missing
+# (packaging/container/tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-missing=()
-command -v runc >/dev/null || missing+=(runc)
-command -v docker-compose >/dev/null || missing+=(docker-compose)
-python3 -c 'import venv' 2>/dev/null || missing+=(python3-venv)
-if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+packaging/container/tools.sh
 venv=target/container/venv
-[ -x "$venv/bin/kubernetes-validate" ] || {
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q kubernetes-validate==1.37.0
-}
 
 failures=0
 check() { # check DESCRIPTION COMMAND...
