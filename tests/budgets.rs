@@ -144,3 +144,113 @@ async fn a_spent_daily_budget_holds_mail_across_reload_stop_and_restart() {
     signal(&relay, libc::SIGTERM);
     exit_time(&mut relay, SHUTDOWN_TIMEOUT * 3);
 }
+
+/// The first `/status.json` whose queue has `attempts` or more attempts behind every one of
+/// `messages` messages; polled, as the relay retries every second.
+async fn after_attempts(
+    config: &std::path::Path,
+    messages: usize,
+    attempts: u64,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + common::TIMEOUT * 2;
+    loop {
+        let list = std::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+            .args(["queue", "list", "--json", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+        if rows.len() == messages
+            && rows
+                .iter()
+                .all(|r| r["attempts"].as_u64() >= Some(attempts))
+        {
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "not yet tried: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Five messages to an upstream that refuses every connection, each tried twice: Exchange
+/// never saw a transaction, so the mailbox's budgets count none of them, in the budgets
+/// file and in a cluster's Redis alike, and `/status.json` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_that_never_reach_exchange_cost_the_mailbox_nothing() {
+    let redis = common::redis::RedisServer::start();
+    let (entra, exchange) = tenant().await;
+    // A port nothing listens on: every connection is refused.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for cluster in [
+        String::new(),
+        format!(
+            "[cluster]\nredis_url = \"{}\"\nnode_name = \"only\"\nkey_prefix = \"given-back:\"\n",
+            redis.url()
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+        let config = dir.path().join("smtprelay.toml");
+        let upstream = exchange.upstream_table(dir.path()).replace(
+            &format!("port = {}", exchange.addr.port()),
+            &format!("port = {refused}"),
+        );
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n\
+                 [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
+                 [queue]\nretry = [\"1s\"]\n{cluster}{}{upstream}",
+                account(
+                    &entra,
+                    "contoso",
+                    "app-secret",
+                    "client_credentials",
+                    "client_secret_file = \"secret\""
+                ),
+            ),
+        )
+        .unwrap();
+        let key_hex = common::token_key_hex();
+        let env = [("SMTPRELAY_TOKEN_KEY", key_hex.as_str())];
+        let (mut relay, address, admin, _logs) = start_binary_with_admin(&config, &env);
+        let admin = admin.expect("the admin endpoint listens");
+        for n in 0..5 {
+            send(address, n).await;
+        }
+        let rows = after_attempts(&config, 5, 2).await;
+        assert!(
+            rows.iter()
+                .all(|r| r["last_error"].as_str().unwrap_or("").contains("refused")),
+            "{rows:?}"
+        );
+        let (_, status) = common::http_get(&format!("http://{admin}/status.json")).await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let budget = &status["budgets"][0];
+        assert_eq!(budget["mailbox"], "relay@contoso.com", "{status}");
+        assert_eq!(budget["sent"], 0, "{cluster}: {status}");
+        assert_eq!(budget["recipients_today"], 0, "{cluster}: {status}");
+        assert_eq!(budget["next_send_at"], serde_json::Value::Null, "{status}");
+        if cluster.is_empty() {
+            signal(&relay, libc::SIGTERM);
+            exit_time(&mut relay, SHUTDOWN_TIMEOUT * 3);
+            let saved: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(dir.path().join("state/budgets.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(saved["mailboxes"], serde_json::json!({}), "{saved}");
+        } else {
+            let key = "given-back:rate:relay@contoso.com";
+            assert_eq!(redis.integer(&format!("ZCARD {key}")), 0);
+            let daily = redis.bulk("HGET given-back:daily:relay@contoso.com total");
+            assert!(matches!(daily.as_deref(), None | Some("0")), "{daily:?}");
+            signal(&relay, libc::SIGTERM);
+            exit_time(&mut relay, SHUTDOWN_TIMEOUT * 3);
+        }
+    }
+}

@@ -210,6 +210,58 @@ async fn while_redis_is_paused_each_node_keeps_to_its_share_and_redis_hears_of_i
     assert!(a.report().problem().is_none());
 }
 
+/// Polls `count` until it says `want`.
+async fn until_redis_says(what: &str, count: impl Fn() -> i64, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = count();
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {now}, want {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_given_back_counts_for_nothing_in_redis_or_in_the_share() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", Some(2)).await;
+    until_mode(&a, Mode::Shared).await;
+    let l = limits("2/1h", 10);
+    let rate = || redis.integer("ZCARD test:rate:relay@contoso.com");
+    let recipients = || {
+        redis
+            .bulk("HGET test:daily:relay@contoso.com total")
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let taken = a.take("relay@contoso.com", l, 3).await.unwrap();
+    assert_eq!((rate(), recipients()), (1, 3));
+    taken.give_back();
+    until_redis_says("sends", rate, 0).await;
+    assert_eq!(recipients(), 0);
+    let usage = a.usage("relay@contoso.com", l).await;
+    assert_eq!((usage.sent, usage.recipients_today), (0, 0));
+
+    // Given back while Redis cannot hear it: it hears after, and meanwhile the send does
+    // not count against the node's share (one send an hour of the two).
+    let taken = a.take("relay@contoso.com", l, 3).await.unwrap();
+    redis.pause();
+    taken.give_back();
+    let in_share = take_after_handover(&a, l).await;
+    in_share.give_back();
+    drop(take_after_handover(&a, l).await);
+    let refused = a.take("relay@contoso.com", l, 1).await.err().unwrap();
+    assert_eq!(refused.window, Window::Rate);
+    redis.resume();
+    until_mode(&a, Mode::Shared).await;
+    // Redis has the one send that went, and none of the three given back.
+    until_redis_says("sends", rate, 1).await;
+    until_redis_says("recipients", recipients, 1).await;
+    let usage = a.usage("relay@contoso.com", l).await;
+    assert_eq!((usage.sent, usage.recipients_today), (1, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_gets_the_nodes_sends_back() {
     let mut redis = RedisServer::start();

@@ -222,11 +222,26 @@ impl Inner {
         self.take_from_share(mailbox, limits, recipients).await
     }
 
-    /// The grant of a counted send: its drop notes the finish here and then in Redis.
+    /// The grant of a counted send: its drop notes the finish here and then in Redis; giving
+    /// it back forgets the send here and takes it back in Redis.
     fn send_grant(self: &Arc<Self>, mailbox: &str, number: u64) -> Grant {
-        let inner = Arc::clone(self);
-        let mailbox = mailbox.to_owned();
-        Grant::new(move || {
+        let (inner, undo) = (Arc::clone(self), Arc::clone(self));
+        let (mailbox, mailbox_to_undo) = (mailbox.to_owned(), mailbox.to_owned());
+        let give_back = move || {
+            let Some(send) = undo.state().ledger.give_back(&mailbox_to_undo, number) else {
+                return;
+            };
+            if let InRedis::Taken { bucket } = &send.in_redis {
+                let bucket = bucket.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        undo.give_back_in_redis(&mailbox_to_undo, send, &bucket)
+                            .await;
+                    });
+                }
+            }
+        };
+        let finish = move || {
             let now = inner.cluster_now();
             let Some(send) = inner.state().ledger.finish(&mailbox, number, now) else {
                 return;
@@ -238,7 +253,30 @@ impl Inner {
                     runtime.spawn(async move { inner.finish_in_redis(&mailbox, &send).await });
                 }
             }
-        })
+        };
+        Grant::undoable(finish, give_back)
+    }
+
+    /// Takes back in Redis a send counted in `bucket` that never reached the upstream; owed
+    /// (told at the next heartbeat) while Redis cannot hear it.
+    async fn give_back_in_redis(&self, mailbox: &str, send: Send, bucket: &str) {
+        let epoch = self.state().epoch.clone();
+        let mut invocation = self.scripts.give_back.prepare_invoke();
+        self.budget_keys(&mut invocation, mailbox)
+            .arg(epoch)
+            .arg(&send.member)
+            .arg(send.recipients)
+            .arg(bucket);
+        // Under another epoch the send is gone with the data set that had it.
+        if self.call::<Option<i64>>(&invocation).await.is_err() {
+            let owed = Send {
+                in_redis: InRedis::Taken {
+                    bucket: bucket.to_owned(),
+                },
+                ..send
+            };
+            self.state().ledger.owe_give_back(mailbox, owed);
+        }
     }
 
     /// Tells Redis a send counted in flight has finished (now, or late after an outage).
@@ -269,14 +307,20 @@ impl Inner {
     /// Puts into Redis what this node sent while Redis could not count it, and the finishes
     /// it could not hear.
     pub(super) async fn pay_back(&self) {
-        let (epoch, owed, finishes) = {
-            let state = self.state();
+        let (epoch, owed, finishes, give_backs) = {
+            let mut state = self.state();
             (
                 state.epoch.clone(),
                 state.ledger.owed(),
                 state.ledger.finishes_owed(),
+                state.ledger.take_give_backs_owed(),
             )
         };
+        for (mailbox, send) in give_backs {
+            if let InRedis::Taken { bucket } = send.in_redis.clone() {
+                self.give_back_in_redis(&mailbox, send, &bucket).await;
+            }
+        }
         for (mailbox, sends) in owed {
             for batch in sends.chunks(500) {
                 let mut invocation = self.scripts.push.prepare_invoke();
@@ -291,9 +335,15 @@ impl Inner {
                 match self.call::<i64>(&invocation).await {
                     Ok(n) if n >= 0 => {
                         let mut finished_meanwhile = Vec::new();
+                        let mut given_back_meanwhile = Vec::new();
                         {
                             let mut state = self.state();
                             for send in batch {
+                                // Given back while the push ran: Redis takes it back now.
+                                if state.ledger.get(&mailbox, send.number).is_none() {
+                                    given_back_meanwhile.push(send.clone());
+                                    continue;
+                                }
                                 // Pushed in flight: its finish moves it, as for any take.
                                 let now = match send.in_flight {
                                     true => InRedis::Taken {
@@ -314,6 +364,10 @@ impl Inner {
                         }
                         for send in finished_meanwhile {
                             self.finish_in_redis(&mailbox, &send).await;
+                        }
+                        for send in given_back_meanwhile {
+                            let bucket = (send.at / MINUTE_MS).to_string();
+                            self.give_back_in_redis(&mailbox, send, &bucket).await;
                         }
                     }
                     // Another data set, or unreachable: the next heartbeat tries again.

@@ -49,6 +49,10 @@ pub struct Share {
 #[derive(Default, Serialize, Deserialize)]
 pub struct Ledger {
     mailboxes: HashMap<String, VecDeque<Send>>,
+    /// Sends given back (they never reached the upstream) that Redis still counts: the
+    /// give-back could not reach it.
+    #[serde(default)]
+    give_backs_owed: Vec<(String, Send)>,
     next: u64,
     /// Counts changes, so that an unchanged ledger is not written again.
     #[serde(skip)]
@@ -155,6 +159,28 @@ impl Ledger {
         Some(before)
     }
 
+    /// Forgets a send in flight that never reached the upstream; returns it as it stood.
+    pub fn give_back(&mut self, mailbox: &str, number: u64) -> Option<Send> {
+        let sends = self.mailboxes.get_mut(mailbox)?;
+        let index = sends.iter().position(|s| s.number == number)?;
+        self.changes += 1;
+        sends.remove(index)
+    }
+
+    /// Redis could not hear that `send` was given back: it is told later (`pay_back`).
+    pub fn owe_give_back(&mut self, mailbox: &str, send: Send) {
+        self.changes += 1;
+        self.give_backs_owed.push((mailbox.to_owned(), send));
+    }
+
+    /// The give-backs Redis has not heard, handed over to tell it.
+    pub fn take_give_backs_owed(&mut self) -> Vec<(String, Send)> {
+        if !self.give_backs_owed.is_empty() {
+            self.changes += 1;
+        }
+        std::mem::take(&mut self.give_backs_owed)
+    }
+
     /// Notes what Redis now has of a send, unless its standing changed meanwhile (Redis
     /// lost its data while the call ran: then it is owed in full).
     pub fn set_in_redis(&mut self, mailbox: &str, number: u64, was: &InRedis, now: InRedis) {
@@ -203,6 +229,8 @@ impl Ledger {
         for send in self.mailboxes.values_mut().flatten() {
             send.in_redis = InRedis::No;
         }
+        // What it lost needs no taking back.
+        self.give_backs_owed.clear();
     }
 
     /// The sends Redis does not have, per mailbox.

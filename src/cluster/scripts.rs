@@ -21,6 +21,17 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function fmt(x) return string.format('%.0f', x) end
 local DAY = 86400000
 local MINUTE = 60000
+-- Takes n recipients out of a daily bucket (KEYS[2]), and the emptied bucket out of the
+-- list (KEYS[3]); the day's total is the caller's.
+local function unbucket(bucket, n)
+  local have = tonumber(redis.call('HGET', KEYS[2], bucket) or '0')
+  if have == n then
+    redis.call('HDEL', KEYS[2], bucket)
+    redis.call('ZREM', KEYS[3], bucket)
+  else
+    redis.call('HINCRBY', KEYS[2], bucket, -n)
+  end
+end
 "#;
 
 /// KEYS: rate, daily, minutes, epoch.
@@ -98,17 +109,28 @@ redis.call('ZADD', KEYS[1], 'XX', now, ARGV[2])
 local n = tonumber(ARGV[3])
 local have = tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '0')
 if n > 0 and have >= n then
-  if have == n then
-    redis.call('HDEL', KEYS[2], ARGV[4])
-    redis.call('ZREM', KEYS[3], ARGV[4])
-  else
-    redis.call('HINCRBY', KEYS[2], ARGV[4], -n)
-  end
+  unbucket(ARGV[4], n)
   local bucket = math.floor(now / MINUTE)
   redis.call('HINCRBY', KEYS[2], fmt(bucket), n)
   redis.call('ZADD', KEYS[3], bucket, fmt(bucket))
 end
 return fmt(now)
+"#;
+
+/// KEYS: rate, daily, minutes, epoch. ARGV: epoch, member, recipients, the take's bucket.
+/// Takes back a send in flight that never reached the upstream, as if it had not been
+/// taken. Returns 1, 0 when Redis does not have it, or nothing under another epoch.
+const GIVE_BACK: &str = r#"
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return false end
+if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then return 0 end
+local n = tonumber(ARGV[3])
+local have = tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '0')
+local back = math.min(n, have)
+if back > 0 then
+  unbucket(ARGV[4], back)
+  redis.call('HINCRBY', KEYS[2], 'total', -back)
+end
+return 1
 "#;
 
 /// KEYS: rate, daily, minutes, epoch. ARGV: epoch, then (member, at ms, recipients, rate
@@ -244,6 +266,7 @@ return reply
 pub struct Scripts {
     pub take: Script,
     pub finish: Script,
+    pub give_back: Script,
     pub push: Script,
     pub usage: Script,
     pub lease: Script,
@@ -258,6 +281,7 @@ impl Default for Scripts {
         Scripts {
             take: budget(TAKE),
             finish: budget(FINISH),
+            give_back: budget(GIVE_BACK),
             push: budget(PUSH),
             usage: budget(USAGE),
             lease: budget(LEASE),

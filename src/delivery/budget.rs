@@ -101,17 +101,42 @@ pub struct Exhausted {
     pub until: Instant,
 }
 
+type Then = Option<Box<dyn FnOnce() + Send>>;
+
 /// A send or a connection counted against a mailbox's limits. Dropping a send's grant marks
 /// it finished, which is when the windows start counting it (the upstream had the message by
-/// then); dropping a connection's gives the connection back.
+/// then); [`Grant::give_back`] takes the count back for a send that never reached the
+/// upstream. Dropping a connection's grant gives the connection back.
 pub struct Grant {
-    finish: Option<Box<dyn FnOnce() + Send>>,
+    finish: Then,
+    give_back: Then,
 }
 
 impl Grant {
     pub fn new(finish: impl FnOnce() + Send + 'static) -> Grant {
         Grant {
             finish: Some(Box::new(finish)),
+            give_back: None,
+        }
+    }
+
+    /// A send's grant, which `give_back` undoes.
+    pub fn undoable(
+        finish: impl FnOnce() + Send + 'static,
+        give_back: impl FnOnce() + Send + 'static,
+    ) -> Grant {
+        Grant {
+            finish: Some(Box::new(finish)),
+            give_back: Some(Box::new(give_back)),
+        }
+    }
+
+    /// The send never reached the upstream: it counts for nothing (a grant that cannot be
+    /// undone, a connection's, ends as when dropped).
+    pub fn give_back(mut self) {
+        if let Some(give_back) = self.give_back.take() {
+            self.finish = None;
+            give_back();
         }
     }
 }
@@ -395,6 +420,15 @@ impl Inner {
         self.changed();
     }
 
+    /// Takes back a send that never reached the upstream.
+    fn give_back(&self, mailbox: &str, rate: u64, daily: u64) {
+        if let Some(w) = self.lock().get_mut(mailbox) {
+            w.rate.cancel(rate);
+            w.daily.cancel(daily);
+        }
+        self.changed();
+    }
+
     /// The file's contents now; idle mailboxes are dropped on the way.
     fn snapshot(&self) -> Saved {
         let now = Instant::now();
@@ -501,8 +535,12 @@ impl Budget for LocalBudget {
                 }
             };
             let change = self.inner.changed();
-            let inner = Arc::clone(&self.inner);
-            let grant = Grant::new(move || inner.finish(&key, rate, daily));
+            let (inner, undo) = (Arc::clone(&self.inner), Arc::clone(&self.inner));
+            let key_to_undo = key.clone();
+            let grant = Grant::undoable(
+                move || inner.finish(&key, rate, daily),
+                move || undo.give_back(&key_to_undo, rate, daily),
+            );
             // Written ahead: a crash during the send still finds it counted after a restart.
             self.inner.saved_through(change).await;
             Ok(grant)
@@ -568,5 +606,24 @@ mod tests {
         assert!(refused.until > Instant::now() + Duration::from_secs(3590));
         // A refusal by one window takes nothing from the other.
         assert_eq!(budget.used("m@x"), Some((2, 2)));
+    }
+
+    #[tokio::test]
+    async fn a_send_given_back_counts_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        let budget = LocalBudget::open(&path).unwrap();
+        let l = limits("1/1h", 5);
+        budget.take("m@x", l, 5).await.unwrap().give_back();
+        assert_eq!(budget.used("m@x"), Some((0, 0)));
+        let usage = budget.usage("m@x", l).await;
+        assert_eq!((usage.sent, usage.recipients_today), (0, 0));
+        assert_eq!(usage.next_send, None);
+        // Both windows have their whole room; a send that went counts as ever.
+        drop(budget.take("m@x", l, 5).await.unwrap());
+        assert!(budget.take("m@x", l, 1).await.is_err());
+        budget.flush().await;
+        drop(budget);
+        assert_eq!(LocalBudget::open(&path).unwrap().used("m@x"), Some((1, 5)));
     }
 }

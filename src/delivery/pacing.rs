@@ -102,7 +102,8 @@ impl SlidingWindow {
         Some(now + IN_FLIGHT_POLL)
     }
 
-    /// Gives back a reservation that was never used (another budget refused the send).
+    /// Gives back a reservation that was never used (another budget refused the send, or it
+    /// never reached the upstream).
     pub fn cancel(&mut self, number: u64) {
         self.in_flight.retain(|e| e.0 != number);
     }

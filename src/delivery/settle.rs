@@ -69,7 +69,7 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
                 save_progress(shared, id, &state).await;
                 return report;
             }
-            Stopped::Send(SendError::Failed(reason)) => {
+            Stopped::Send(SendError::Failed(reason) | SendError::NotSent(reason)) => {
                 tracing::info!(queue_id = %id, account = lane.name(), %reason, "delivery attempt failed");
                 reason
             }

@@ -232,7 +232,7 @@ async fn attempt(
         Some(Stopped::Send(
             SendError::Account(_) | SendError::Refused(_) | SendError::TokenRefused(_),
         )) => Upstream::Reached,
-        Some(Stopped::Send(SendError::Failed(_))) => Upstream::Unreachable,
+        Some(Stopped::Send(SendError::Failed(_) | SendError::NotSent(_))) => Upstream::Unreachable,
         Some(_) => Upstream::Untried,
     };
     ended(
@@ -297,11 +297,13 @@ async fn send(
         .await
         .map_err(Stopped::Budget)?;
     // Held until the attempt ends, so the budgets count when the upstream got the message.
-    let _grant = shared
+    let grant = shared
         .budget
         .take(&mailbox, lane.limits(), pending.len() as u64)
         .await
         .map_err(Stopped::Budget)?;
+    // Whether a transaction of this attempt reached the upstream.
+    let mut reached = false;
     while !pending.is_empty() {
         let notes = Recorder {
             id,
@@ -327,7 +329,18 @@ async fn send(
         {
             state.graph_draft = Some(draft);
         }
-        let outcome = sent.map_err(Stopped::Send)?;
+        let outcome = match sent {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // The budgets count what the upstream could count: an attempt that never
+                // reached it (no token, connection, TLS, login) costs the mailbox nothing.
+                if !reached && !error.reached_upstream() {
+                    grant.give_back();
+                }
+                return Err(Stopped::Send(error));
+            }
+        };
+        reached = true;
         let mut split = Vec::new();
         for (recipient, result) in outcome.results {
             let (status, reply) = match result {

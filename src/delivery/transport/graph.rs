@@ -235,7 +235,7 @@ impl GraphTransport {
     }
 
     async fn send_message(&mut self, message: &Outgoing<'_>) -> Result<Outcome, SendError> {
-        let http = self.http.clone().map_err(SendError::Failed)?;
+        let http = self.http.clone().map_err(SendError::NotSent)?;
         let (mut payload, message_id) = self.payload(message, false).await?;
         let done = |mut outcome: Outcome| {
             outcome.message_id.clone_from(&message_id);
@@ -312,7 +312,7 @@ impl GraphTransport {
         tokio::task::spawn_blocking(move || {
             let content = file.read_content(&path).map_err(|e| {
                 tracing::error!(queue_id = %file.envelope.id, error = %e, "cannot send the spooled message");
-                SendError::Failed(format!("cannot read the spooled message: {e}"))
+                SendError::NotSent(format!("cannot read the spooled message: {e}"))
             })?;
             let head = &content[..content.len().min(super::headers::HEAD)];
             let message_id = super::headers::message_id(head);
@@ -325,10 +325,10 @@ impl GraphTransport {
             // Drafts take their recipients from the envelope, so the Bcc edit is not needed.
             super::graph_draft::draft(&content, &recipients, rewrite_from.as_deref())
                 .map(|draft| (Payload::Draft(draft), message_id))
-                .map_err(SendError::Failed)
+                .map_err(SendError::NotSent)
         })
         .await
-        .map_err(|e| SendError::Failed(e.to_string()))?
+        .map_err(|e| SendError::NotSent(e.to_string()))?
     }
 }
 
@@ -469,10 +469,7 @@ impl Request<'_> {
                     format!("bytes {start}-{end}/{total}"),
                 )
                 .body(bytes[start..=end].to_vec());
-            let response = request
-                .send()
-                .await
-                .map_err(|e| SendError::Failed(describe_http_error(&e)))?;
+            let response = request.send().await.map_err(|e| unanswered(&e))?;
             let status = response.status().as_u16();
             if !matches!(status, 200 | 201) {
                 return Ok(Err(answer_of(response).await));
@@ -500,7 +497,7 @@ impl Request<'_> {
             .bearer_auth(self.token)
             .send()
             .await
-            .map_err(|e| SendError::Failed(describe_http_error(&e)))?;
+            .map_err(|e| unanswered(&e))?;
         let status = response.status().as_u16();
         if !expected.contains(&status) {
             return Ok(Err(answer_of(response).await));
@@ -581,6 +578,16 @@ fn everyone(message: &Outgoing<'_>, result: RecipientResult) -> Outcome {
             .map(|r| (r.clone(), result.clone()))
             .collect(),
         ..Outcome::default()
+    }
+}
+
+/// A request Graph did not answer. One that could not connect never reached Graph; any
+/// other (a timeout, a connection lost) may have, and counts as sent.
+fn unanswered(error: &reqwest::Error) -> SendError {
+    let description = describe_http_error(error);
+    match error.is_connect() {
+        true => SendError::NotSent(description),
+        false => SendError::Failed(description),
     }
 }
 

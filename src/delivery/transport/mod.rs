@@ -89,11 +89,31 @@ pub enum SendError {
     Account(AccountEffect),
     /// This message can never go (a `{sender}` mailbox the app may not send as): fail it.
     Refused(UpstreamReply),
-    /// Connection, TLS or upstream trouble, or a spool file that cannot be sent: retry on
-    /// schedule.
+    /// Nothing of this attempt reached the upstream (connection, TLS or login trouble, a
+    /// request never answered, a spool file that cannot be sent): retry on schedule, and the
+    /// mailbox's budgets count nothing for it.
+    NotSent(String),
+    /// The transaction reached the upstream and failed on the way (a connection lost in
+    /// the middle, an error status): retry on schedule.
     Failed(String),
     /// Delivery is stopping.
     Interrupted,
+}
+
+impl SendError {
+    /// Whether the upstream may have counted this attempt against the mailbox's limits.
+    pub fn reached_upstream(&self) -> bool {
+        match self {
+            SendError::Failed(_) => true,
+            // Refused at login, or no login at all: no transaction was started.
+            SendError::NoToken(_)
+            | SendError::TokenRefused(_)
+            | SendError::Account(_)
+            | SendError::Refused(_)
+            | SendError::NotSent(_)
+            | SendError::Interrupted => false,
+        }
+    }
 }
 
 pub trait Transport: Send {

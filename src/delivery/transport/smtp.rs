@@ -103,7 +103,7 @@ impl SmtpTransport {
 
     /// Connects and logs in as `mailbox`.
     async fn connect(&self, mailbox: &str) -> Result<Connected, SendError> {
-        let tls = self.tls.clone().map_err(SendError::Failed)?;
+        let tls = self.tls.clone().map_err(SendError::NotSent)?;
         let account = &self.account.name;
         for try_number in 0..2 {
             let token = self
@@ -117,7 +117,7 @@ impl SmtpTransport {
                 &self.hostname,
             )
             .await
-            .map_err(|e| SendError::Failed(explain_client_error(&e)))?;
+            .map_err(|e| SendError::NotSent(explain_client_error(&e)))?;
             match connection.auth_xoauth2(mailbox, &token.token).await {
                 Ok(()) => {
                     return Ok(Connected {
@@ -151,7 +151,7 @@ impl SmtpTransport {
                         _ => AccountEffect::Hold(reply),
                     }));
                 }
-                Err(e) => return Err(SendError::Failed(explain_client_error(&e))),
+                Err(e) => return Err(SendError::NotSent(explain_client_error(&e))),
             }
         }
         unreachable!("the loop returns on its second pass")
