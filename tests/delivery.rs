@@ -357,10 +357,12 @@ async fn mail_waits_while_the_upstream_is_down_and_goes_out_when_it_is_back() {
         "{state:?}"
     );
     // What an admin sees meanwhile.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+    // Asynchronously: the relay runs on this test's runtime and answers the command.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_smtprelay"))
         .args(["queue", "show", &file.envelope.id.to_string(), "--config"])
         .arg(w.relay.dir.path().join("smtprelay.toml"))
         .output()
+        .await
         .unwrap();
     let shown = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{shown}");

@@ -94,16 +94,18 @@ async fn readme_s_first_command_runs_cleanly_on_a_fresh_copy() {
             }
         }
     };
-    let listening = next_until("smtp::listener: listening address=", &mut seen);
-    let address = listening
-        .split("address=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let address_in = |line: String| -> std::net::SocketAddr {
+        line.split("address=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let admin = address_in(next_until("admin HTTP listening address=", &mut seen));
+    let address = address_in(next_until("smtp::listener: listening address=", &mut seen));
     let mut client = common::Client::connect(address).await;
     client.expect("EHLO newcomer.lan", 250).await;
     let (code, text) = client
@@ -116,6 +118,8 @@ async fn readme_s_first_command_runs_cleanly_on_a_fresh_copy() {
     assert_eq!(code, 250, "{text}");
     client.expect("QUIT", 221).await;
     next_until("message accepted", &mut seen);
+    next_until("held until the account has a token", &mut seen);
+    views_agree_the_message_waits_for_a_login(copy.path(), &args[2], admin).await;
 
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
@@ -127,7 +131,69 @@ async fn readme_s_first_command_runs_cleanly_on_a_fresh_copy() {
     use std::os::unix::fs::PermissionsExt;
     let key = std::fs::metadata(copy.path().join("var/token.key")).unwrap();
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert!(
+        !log.contains("token request failed"),
+        "no request was made:\n{log}"
+    );
+    assert!(log.contains("waiting for a login"), "{log}");
     // The message waits in the queue for a token, as README says.
     let queued = common::queued_messages(&copy.path().join("var"));
     assert_eq!(queued, 1);
+}
+
+/// `queue list`, `status`, `/health` and `/metrics` tell one story about a message whose
+/// account was never logged in: it waits for a token, the account needs a login, and no
+/// token request failed.
+async fn views_agree_the_message_waits_for_a_login(
+    dir: &std::path::Path,
+    config: &str,
+    admin: std::net::SocketAddr,
+) {
+    let smtprelay = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_smtprelay"))
+            .args(args)
+            .args(["--config", config])
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let list = smtprelay(&["queue", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(rows[0]["standing"], "waiting_for_token", "{rows}");
+    let waiting = rows[0]["waiting"].as_str().unwrap();
+    assert!(
+        waiting.starts_with("waiting for a token: no token yet: log in once with `smtprelay token login --account contoso`"),
+        "{waiting}"
+    );
+    let text = String::from_utf8(smtprelay(&["queue", "list"]).stdout).unwrap();
+    assert!(text.contains("no token"), "{text}");
+    assert!(!text.contains("due"), "{text}");
+
+    // The page's census is the scheduler's, published every second.
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    let status = loop {
+        let (_, status) = common::http_get(&format!("http://{admin}/status.json")).await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        if status["queue"]["waiting_for_token"] == 1 {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["queue"]["due"], 0, "{status}");
+    // Nothing went out, so the mailbox's budgets count nothing.
+    assert_eq!(status["budgets"][0]["sent"], 0, "{status}");
+    assert_eq!(status["budgets"][0]["recipients_today"], 0, "{status}");
+    let (_, health) = common::http_get(&format!("http://{admin}/health")).await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let accounts = health["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 1, "{health}");
+    assert_eq!(accounts[0]["account"], "contoso");
+    assert_eq!(accounts[0]["state"], "needs_login");
+    assert_eq!(accounts[0]["refresh_failures_total"], 0, "{health}");
+    let (_, metrics) = common::http_get(&format!("http://{admin}/metrics")).await;
+    assert!(
+        metrics.contains("smtprelay_token_refresh_failures_total{account=\"contoso\"} 0"),
+        "{metrics}"
+    );
 }

@@ -1,6 +1,8 @@
-//! `smtprelay queue …`: reads the spool directly, so it works with or without the daemon.
+//! `smtprelay queue …`: reads the spool directly, so it works with or without the daemon; a
+//! running daemon also says what each message waits for (its scheduler's view).
 
 use super::output::{errln, outln};
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::config::values::{AddressGlob, parse_duration};
+use crate::delivery::schedule::Standing;
 use crate::delivery::scheduler::Control;
 use crate::queue::{DeliveryState, QueueId, SpoolPaths};
 
@@ -30,27 +33,80 @@ struct Row {
     next_attempt_at: Option<u64>,
     /// Why it waits, in words.
     waiting: String,
+    /// What the running relay's scheduler says it waits for; absent when no relay runs.
+    #[serde(flatten)]
+    standing: Option<Standing>,
     subject: Option<String>,
 }
 
-/// Why a queued message is not gone yet.
-fn why_waiting(state: &DeliveryState, now_ms: u64) -> String {
+/// Why a queued message is not gone yet: what the running relay's scheduler says it waits
+/// for (`standing`), or, with no relay running, what its state file last recorded.
+fn why_waiting(state: &DeliveryState, standing: Option<&Standing>, now_ms: u64) -> String {
     let last = state.last_error.as_deref();
-    if state.held {
-        return "held by an admin (smtprelay queue release)".to_owned();
-    }
-    if state.next_attempt_ms > now_ms {
+    let deferred = || {
         let at = crate::clock::rfc3339(state.next_attempt_ms / 1000);
-        return match last {
+        match last {
             Some(error) => format!("deferred until {at}: {error}"),
             None => format!("deferred until {at}"),
-        };
-    }
-    match (state.attempts, last) {
-        (_, Some(error)) => format!("due; waiting because: {error}"),
-        (0, None) => "due: waiting for its first attempt".to_owned(),
+        }
+    };
+    let due = || match (state.attempts, last) {
+        (0, _) => "due: waiting for its first attempt".to_owned(),
+        (_, Some(error)) => format!("due: waiting for a connection (last attempt: {error})"),
         (_, None) => "due: waiting for a connection".to_owned(),
+    };
+    match standing {
+        Some(Standing::Held) => "held by an admin (smtprelay queue release)".to_owned(),
+        Some(Standing::InFlight) => "being delivered now".to_owned(),
+        Some(Standing::Deferred) => deferred(),
+        Some(Standing::Due) => due(),
+        Some(Standing::WaitingForToken) => format!(
+            "waiting for a token: {}",
+            last.unwrap_or("the account has no usable token")
+        ),
+        Some(Standing::WaitingForBudget(why)) => format!("waiting for its mailbox's budget: {why}"),
+        Some(Standing::Paused(why)) => format!("its mailbox is paused: {why}"),
+        None if state.held => "held by an admin (smtprelay queue release)".to_owned(),
+        None if state.next_attempt_ms > now_ms => deferred(),
+        None => match last {
+            Some(error) => format!("due; last recorded: {error}"),
+            None => due(),
+        },
     }
+}
+
+/// A short name for the STATE column.
+fn state_label(state: &DeliveryState, standing: Option<&Standing>) -> &'static str {
+    match standing {
+        Some(Standing::Due) => "due",
+        Some(Standing::Deferred) => "deferred",
+        Some(Standing::WaitingForToken) => "no token",
+        Some(Standing::WaitingForBudget(_)) => "budget",
+        Some(Standing::Paused(_)) => "paused",
+        Some(Standing::InFlight) => "sending",
+        Some(Standing::Held) => "held",
+        None => state.label(),
+    }
+}
+
+/// How long `queue list` and `queue show` wait for the running relay's view.
+const STANDINGS_WAIT: Duration = Duration::from_secs(3);
+
+/// What the running relay says each message waits for; `None` when no relay runs here (or
+/// one too old to say), and the list then shows what the state files last recorded.
+fn live_standings(config: &Config) -> Option<HashMap<QueueId, Standing>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    // A relay too busy to answer soon must not hold the list up.
+    let asked = crate::admin::control::request(&config.server.state_dir, &Control::Standings);
+    let answer = runtime
+        .block_on(async { tokio::time::timeout(STANDINGS_WAIT, asked).await })
+        .ok()?
+        .ok()?;
+    let standings: Vec<(QueueId, Standing)> = serde_json::from_str(&answer).ok()?;
+    Some(standings.into_iter().collect())
 }
 
 /// The Subject header, read from the content's start.
@@ -69,6 +125,7 @@ fn row(
     path: &std::path::Path,
     file: &crate::queue::MessageFile,
     state: &DeliveryState,
+    standing: Option<&Standing>,
     now_ms: u64,
 ) -> Row {
     let envelope = &file.envelope;
@@ -83,14 +140,15 @@ fn row(
         sender: envelope.sender.clone(),
         recipients: envelope.recipients.clone(),
         size: file.content_len,
-        state: state.label(),
+        state: state_label(state, standing),
         attempts: state.attempts,
         pending: state.pending().map(|r| r.address.clone()).collect(),
         last_error: state.last_error.clone(),
         account,
         next_attempt_at: (!state.held && state.next_attempt_ms > now_ms)
             .then_some(state.next_attempt_ms / 1000),
-        waiting: why_waiting(state, now_ms),
+        waiting: why_waiting(state, standing, now_ms),
+        standing: standing.cloned(),
         subject: subject(file, path),
     }
 }
@@ -101,6 +159,7 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
         errln!("error: cannot read {}: {e}", paths.queue().display());
         ExitCode::FAILURE
     })?;
+    let standings = live_standings(config);
     let now_ms = crate::clock::unix_ms();
     let rows: Vec<Row> = scan
         .messages
@@ -110,7 +169,8 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
             let state = paths
                 .read_state(&file.envelope)
                 .unwrap_or_else(|_| DeliveryState::new(&file.envelope));
-            row(config, path, file, &state, now_ms)
+            let standing = standings.as_ref().and_then(|s| s.get(&file.envelope.id));
+            row(config, path, file, &state, standing, now_ms)
         })
         .collect();
     for (path, problem) in &scan.damaged {
@@ -170,6 +230,9 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
     }
     let total: u64 = rows.iter().map(|r| r.size).sum();
     outln!("-- {} message(s), {total} bytes", rows.len());
+    if standings.is_none() {
+        outln!("-- smtprelay is not running here: each message's state as last recorded");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -209,8 +272,9 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
     })?;
     let state = DeliveryState::read(&path.with_extension("state"), &file.envelope)
         .unwrap_or_else(|_| DeliveryState::new(&file.envelope));
+    let standing = live_standings(config).and_then(|mut s| s.remove(&id));
     let now_ms = crate::clock::unix_ms();
-    let mut summary = row(config, &path, &file, &state, now_ms);
+    let mut summary = row(config, &path, &file, &state, standing.as_ref(), now_ms);
     if place == "failed" {
         summary.waiting = "failed: kept in failed/ (smtprelay queue retry --failed)".to_owned();
         summary.next_attempt_at = None;
@@ -226,6 +290,7 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
             "subject": summary.subject,
             "next_attempt_at": summary.next_attempt_at,
             "waiting": summary.waiting,
+            "standing": summary.standing,
         });
         outln!(
             "{}",
@@ -262,7 +327,7 @@ pub fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode, ExitCode>
     }
     outln!(
         "state:       {}, {} attempt(s)",
-        state.label(),
+        summary.state,
         state.attempts
     );
     outln!("waiting:     {}", summary.waiting);

@@ -130,6 +130,37 @@ pub struct Census {
     pub held: usize,
 }
 
+impl Census {
+    fn count(&mut self, standing: &Standing) {
+        let count = match standing {
+            Standing::Due => &mut self.due,
+            Standing::Deferred => &mut self.deferred,
+            Standing::WaitingForToken => &mut self.waiting_for_token,
+            Standing::WaitingForBudget(_) => &mut self.waiting_for_budget,
+            Standing::Paused(_) => &mut self.paused,
+            Standing::InFlight => &mut self.in_flight,
+            Standing::Held => &mut self.held,
+        };
+        *count += 1;
+    }
+}
+
+/// What one scheduled message waits for: the census counts these, and `queue list` shows
+/// each message's, so the two cannot disagree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "standing", content = "why", rename_all = "snake_case")]
+pub enum Standing {
+    Due,
+    Deferred,
+    WaitingForToken,
+    /// Why: the spent budget's window, in words.
+    WaitingForBudget(String),
+    /// Why the mailbox is paused, in words.
+    Paused(String),
+    InFlight,
+    Held,
+}
+
 /// A blocked mailbox, as `/health` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockedMailbox {
@@ -500,33 +531,44 @@ impl Schedule {
         }
     }
 
-    /// The mailboxes that may not send now.
     /// Counts every scheduled message by what it waits for.
     pub fn census(&self) -> Census {
-        let mut census = Census {
-            held: self.held.len(),
-            ..Census::default()
-        };
-        for entry in self.entries.values() {
-            let lane = &self.lanes[entry.lane];
-            match entry.place {
-                Place::Waiting(_) => census.deferred += 1,
-                Place::InFlight(_) => census.in_flight += 1,
-                Place::Ready if lane.token_wait.is_some() => census.waiting_for_token += 1,
-                Place::Ready => match lane
-                    .mailboxes
-                    .get(&entry.mailbox)
-                    .and_then(|m| m.blocked.as_ref())
-                {
-                    Some((_, Block::Budget(_))) => census.waiting_for_budget += 1,
-                    Some(_) => census.paused += 1,
-                    None => census.due += 1,
-                },
-            }
+        let mut census = Census::default();
+        for (_, standing) in self.standings() {
+            census.count(&standing);
         }
         census
     }
 
+    /// What each scheduled or held message waits for.
+    pub fn standings(&self) -> impl Iterator<Item = (QueueId, Standing)> + '_ {
+        let held = self.held.iter().map(|id| (*id, Standing::Held));
+        let scheduled = self
+            .entries
+            .iter()
+            .map(|(id, entry)| (*id, self.standing(entry)));
+        held.chain(scheduled)
+    }
+
+    fn standing(&self, entry: &Entry) -> Standing {
+        let lane = &self.lanes[entry.lane];
+        match entry.place {
+            Place::Waiting(_) => Standing::Deferred,
+            Place::InFlight(_) => Standing::InFlight,
+            Place::Ready if lane.token_wait.is_some() => Standing::WaitingForToken,
+            Place::Ready => match lane
+                .mailboxes
+                .get(&entry.mailbox)
+                .and_then(|m| m.blocked.as_ref())
+            {
+                Some((_, block @ Block::Budget(_))) => Standing::WaitingForBudget(block.reason()),
+                Some((_, block)) => Standing::Paused(block.reason()),
+                None => Standing::Due,
+            },
+        }
+    }
+
+    /// The mailboxes that may not send now.
     pub fn blocked(&self) -> Vec<BlockedMailbox> {
         let mut blocked: Vec<BlockedMailbox> = self
             .lanes

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::Budget;
 use super::lane::{Lane, route};
-use super::schedule::{Applied, Deferred, Report, Schedule, Upstream};
+use super::schedule::{Applied, Deferred, Report, Schedule, Standing, Upstream};
 use super::settle::{save_progress, settle};
 use super::status::{DeliveryStatus, FallbackInUse, HeldMailbox};
 use super::worker::{self, FromWorker, Shared};
@@ -63,6 +63,8 @@ pub enum Control {
     Hold(QueueId),
     Release(QueueId),
     Delete(QueueId),
+    /// What each queued message waits for (`queue list`), as JSON: `[[id, Standing]…]`.
+    Standings,
 }
 
 /// The scheduler's record tasks; an ended attempt's yields the message's report.
@@ -342,6 +344,10 @@ impl Delivery {
         };
         match command {
             Control::Flush => Ok(format!("{} message(s) due now", schedule.flush())),
+            Control::Standings => {
+                let standings: Vec<(QueueId, Standing)> = schedule.standings().collect();
+                Ok(serde_json::to_string(&standings).expect("standings serialise"))
+            }
             Control::Retry(id) => {
                 known(id)?;
                 if schedule.due_now(id) {

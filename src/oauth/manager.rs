@@ -868,14 +868,21 @@ impl TokenManager {
                 )
             }
         };
-        tracing::warn!(target: "tokens", account, state = health.name(), error = %error, "token request failed");
+        // An account that was never logged in made no request: that is a state to report
+        // once, not a failure to count (an alert on the failure counter would fire for it).
+        let requested = !matches!(error, TokenError::NotLoggedIn(_));
         {
             let mut state = lock(&slot.state);
+            if requested {
+                tracing::warn!(target: "tokens", account, state = health.name(), error = %error, "token request failed");
+                state.failures += 1;
+                state.consecutive_failures += 1;
+            } else if state.health != health {
+                tracing::info!(target: "tokens", account, %error, "waiting for a login");
+            }
             state.health = health;
             state.held_until = held.map(|d| Instant::now() + d);
             state.retry_at = retry.map(|d| Instant::now() + d);
-            state.failures += 1;
-            state.consecutive_failures += 1;
         }
         self.emit(account, kind);
     }
