@@ -511,8 +511,17 @@ async fn mail_older_than_max_age_fails_and_is_reported() {
         MESSAGE,
     )
     .await;
-    // Up again only for the report: the message itself has expired by then.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Up again only for the report, once the message itself has expired: the queue then
+    // holds the report alone (from the null sender).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let queued = w.relay.spool.messages();
+        if !queued.is_empty() && queued.iter().all(|m| m.envelope.sender.is_empty()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     w.exchange.state().down = None;
     w.relay.drained().await;
     let received = w.exchange.state().received.clone();
@@ -665,6 +674,38 @@ async fn queue_control_while_the_relay_runs() {
     assert!(ok && text.contains("1 failed message(s) back"), "{text}");
     w.relay.drained().await;
     assert_eq!(subject(&w.exchange.state().received[2].data), "kept");
+}
+
+/// Mail deferred while the upstream is away goes out when it answers again, though its
+/// retry is ten minutes off and no new mail arrives: the relay probes the upstream meanwhile
+/// (a connection and EHLO, no login).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_mail_goes_out_when_the_upstream_answers_again_without_new_mail() {
+    let w = world("", "[queue]\nretry = [\"10m\"]\n").await;
+    w.exchange.state().down = Some("421 4.3.2 Service not available".into());
+    for n in 0..3 {
+        let subject = format!("Subject: {n}\r\n\r\nx\r\n");
+        send(
+            &w.relay,
+            "scanner@contoso.com",
+            &["a@fabrikam.com"],
+            subject.as_bytes(),
+        )
+        .await;
+    }
+    every_message_attempted(&w.relay).await;
+    // The next connection is a probe: no message is due for ten minutes.
+    let connections = w.exchange.state().connections;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while w.exchange.state().connections == connections {
+        assert!(tokio::time::Instant::now() < deadline, "no probe");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(w.exchange.state().auth_attempts, 0);
+
+    w.exchange.state().down = None;
+    w.relay.drained().await;
+    assert_eq!(w.exchange.state().received.len(), 3);
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ pub mod disposition;
 pub mod dsn;
 pub mod lane;
 pub mod pacing;
+pub mod probe;
 pub mod reply;
 pub mod schedule;
 pub mod scheduler;

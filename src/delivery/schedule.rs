@@ -5,11 +5,14 @@
 //! mailbox's queue), or *in flight* (a worker has it). A mailbox may be *blocked* until a time
 //! (its budget is spent, or Exchange asked it to pause), and an account may wait for a token;
 //! their ready messages then stay where they are, and nothing is handed out for them, so a
-//! large backlog costs nothing while it waits. Every wait is a time in one ordered timer
+//! large backlog costs nothing while it waits. While an account's upstream cannot be
+//! reached, the scheduler probes it on a short back-off (`probe.rs`): the first answer makes
+//! the account's deferred mail due, whatever its retry time. Every wait is a time in one ordered timer
 //! queue, so finding what is due never scans the waiting messages.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -89,6 +92,7 @@ enum Timer {
     Message(QueueId),
     Mailbox(usize, Arc<str>),
     Token(usize),
+    Probe(usize),
 }
 
 #[derive(Default)]
@@ -104,8 +108,9 @@ struct LaneQueue {
     max_in_flight: usize,
     in_flight: usize,
     token_wait: Option<Instant>,
-    /// The last attempt that tried the upstream could not reach it.
-    upstream_down: bool,
+    /// The last attempt that tried the upstream could not reach it: the wait before the
+    /// next probe, doubled after each that fails.
+    upstream_down: Option<Duration>,
     mailboxes: HashMap<Arc<str>, MailboxQueue>,
     /// Mailboxes with ready messages, served in turn.
     runnable: VecDeque<Arc<str>>,
@@ -179,6 +184,8 @@ pub struct Schedule {
     lanes: Vec<LaneQueue>,
     /// Messages an admin holds: not scheduled, only counted.
     held: HashSet<QueueId>,
+    /// Lanes whose upstream is to be probed now (`take_probes`).
+    probes_due: Vec<usize>,
 }
 
 /// What `hold` and `delete` did.
@@ -202,12 +209,13 @@ impl Schedule {
                     max_in_flight: max.max(1),
                     in_flight: 0,
                     token_wait: None,
-                    upstream_down: false,
+                    upstream_down: None,
                     mailboxes: HashMap::new(),
                     runnable: VecDeque::new(),
                 })
                 .collect(),
             held: HashSet::new(),
+            probes_due: Vec::new(),
         }
     }
 
@@ -337,6 +345,11 @@ impl Schedule {
                         lane.token_wait = None;
                     }
                 }
+                Timer::Probe(lane) => {
+                    if self.lanes[lane].upstream_down.is_some() {
+                        self.probes_due.push(lane);
+                    }
+                }
             }
         }
     }
@@ -395,9 +408,9 @@ impl Schedule {
     /// A worker gave `id` back. Returns the admin command to carry out now, if one met it in
     /// flight (the message is then out of the schedule).
     ///
-    /// The first attempt that reaches an account's upstream after one that could not makes
-    /// the account's deferred mail due at once: recovery does not wait for each message's
-    /// retry time (it still goes at the pace of the budgets and connections).
+    /// An attempt that could not reach the account's upstream starts the probes; the first
+    /// attempt or probe that reaches it makes the account's deferred mail due at once: recovery does not wait for each message's retry time (it still goes
+    /// at the pace of the budgets and connections).
     pub fn returned(
         &mut self,
         id: QueueId,
@@ -411,11 +424,12 @@ impl Schedule {
         let (lane, name) = (entry.lane, Arc::clone(&entry.mailbox));
         self.lanes[lane].in_flight -= 1;
         match upstream {
-            Upstream::Unreachable => self.lanes[lane].upstream_down = true,
-            Upstream::Reached if self.lanes[lane].upstream_down => {
-                self.lanes[lane].upstream_down = false;
-                self.flush_where(|e| e.lane == lane);
+            Upstream::Unreachable if self.lanes[lane].upstream_down.is_none() => {
+                self.lanes[lane].upstream_down = Some(super::probe::FIRST);
+                self.timers
+                    .insert((Instant::now() + super::probe::FIRST, Timer::Probe(lane)));
             }
+            Upstream::Reached => self.upstream_back(lane),
             _ => {}
         }
         if deferred.is_some() || report == Report::Done {
@@ -462,6 +476,32 @@ impl Schedule {
         }
     }
 
+    /// The lanes whose upstream is to be probed now; each is answered with `probed`.
+    pub fn take_probes(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.probes_due)
+    }
+
+    /// What a probe of `lane`'s upstream found: back, its mail is due; still away, the next
+    /// probe waits twice as long (up to `probe::LONGEST`).
+    pub fn probed(&mut self, lane: usize, answered: bool, now: Instant) {
+        if answered {
+            return self.upstream_back(lane);
+        }
+        let Some(wait) = self.lanes[lane].upstream_down else {
+            return;
+        };
+        let next = (wait * 2).min(super::probe::LONGEST);
+        self.lanes[lane].upstream_down = Some(next);
+        self.timers.insert((now + next, Timer::Probe(lane)));
+    }
+
+    /// `lane`'s upstream answered: its mail, deferred or held back, is due now.
+    fn upstream_back(&mut self, lane: usize) {
+        if self.lanes[lane].upstream_down.take().is_some() {
+            self.flush_where(|e| e.lane == lane);
+        }
+    }
+
     /// Is the account of `lane` waiting for a token?
     pub fn waits_for_token(&self, lane: usize) -> bool {
         self.lanes.get(lane).is_some_and(|l| l.token_wait.is_some())
@@ -478,8 +518,11 @@ impl Schedule {
         }
     }
 
-    /// Every waiting message is due now; returns how many were waiting.
+    /// Every waiting message is due now, and every upstream that could not be reached is
+    /// probed now; returns how many messages were waiting.
     pub fn flush(&mut self) -> usize {
+        let down = (0..self.lanes.len()).filter(|l| self.lanes[*l].upstream_down.is_some());
+        self.probes_due.extend(down);
         self.flush_where(|_| true)
     }
 
@@ -769,28 +812,49 @@ mod tests {
     }
 
     #[test]
-    fn reaching_the_upstream_again_makes_the_accounts_deferred_mail_due() {
+    fn an_unreachable_upstream_is_probed_and_its_answer_makes_the_accounts_mail_due() {
         let now = Instant::now();
         let hour = now + Duration::from_secs(3600);
         let mut s = Schedule::new([1, 1]);
-        let [a, b, c, other] = ids(4).try_into().unwrap();
-        for id in [a, b, c] {
+        let [a, b, other] = ids(3).try_into().unwrap();
+        for id in [a, b] {
             s.add(id, 0, "m", now, now);
         }
         s.add(other, 1, "n", hour, now);
-        // Exchange is down: a and b fail and wait an hour.
+        // Exchange is down: a and b fail and wait an hour, and the upstream is probed
+        // instead, at growing intervals.
         for id in [a, b] {
             assert_eq!(s.next_dispatch(), Some((0, id)));
             s.returned(id, Report::RetryAt(hour), Upstream::Unreachable);
         }
-        // It is back: c goes through, and a and b are due at once; the other account's
-        // message keeps its time.
-        assert_eq!(s.next_dispatch(), Some((0, c)));
-        s.returned(c, Report::Done, Upstream::Reached);
+        let first = s.next_wake().unwrap();
+        assert!(first <= Instant::now() + crate::delivery::probe::FIRST);
+        s.advance(first);
+        assert_eq!(s.take_probes(), vec![0]);
+        s.probed(0, false, first);
+        assert_eq!(
+            s.next_wake(),
+            Some(first + crate::delivery::probe::FIRST * 2)
+        );
+        assert_eq!(drain(&mut s), vec![]);
+        // It answers: a and b are due at once; the other account's message keeps its time.
+        s.probed(0, true, first);
         assert_eq!(drain(&mut s), vec![(0, a)]);
         s.returned(a, Report::Done, Upstream::Reached);
         assert_eq!(drain(&mut s), vec![(0, b)]);
-        assert!(!s.due_now(b) && s.contains(other));
-        assert_eq!(s.next_wake(), Some(hour));
+        s.returned(b, Report::Done, Upstream::Reached);
+        assert!(s.contains(other) && s.take_probes().is_empty());
+        // A probe timer left from the outage finds nothing to probe.
+        s.advance(first + Duration::from_secs(600));
+        assert!(s.take_probes().is_empty());
+        // An attempt that reaches the upstream ends the outage as a probe does.
+        s.add(a, 0, "m", now, now);
+        s.add(b, 0, "m", hour, now);
+        assert_eq!(drain(&mut s), vec![(0, a)]);
+        s.returned(a, Report::RetryAt(hour), Upstream::Unreachable);
+        s.due_now(a);
+        assert_eq!(drain(&mut s), vec![(0, a)]);
+        s.returned(a, Report::Done, Upstream::Reached);
+        assert_eq!(drain(&mut s), vec![(0, b)]);
     }
 }

@@ -146,9 +146,14 @@ impl Delivery {
             }
         }
         let mut status_at = Instant::now();
+        // Probes of upstreams that could not be reached; dropped (cancelled) at the stop.
+        let mut probes: JoinSet<(usize, bool)> = JoinSet::new();
         while !shutdown.is_cancelled() {
             let now = Instant::now();
             schedule.advance(now);
+            for lane in schedule.take_probes() {
+                probes.spawn(self.probe(lane));
+            }
             while let Some((lane, id)) = schedule.next_dispatch() {
                 let _ = self.queues[lane].send(id);
             }
@@ -179,6 +184,9 @@ impl Delivery {
                     if let Ok(Some((id, report, upstream))) = settled {
                         self.returned(&mut schedule, id, report, upstream).await;
                     }
+                }
+                Some(Ok((lane, answered))) = probes.join_next() => {
+                    schedule.probed(lane, answered, Instant::now());
                 }
                 Ok(event) = token_events.recv() => {
                     if matches!(event.kind, TokenEventKind::Refreshed { .. } | TokenEventKind::Loaded)
@@ -248,6 +256,28 @@ impl Delivery {
                     Some((attempted.id, report, attempted.upstream))
                 });
             }
+        }
+    }
+
+    /// Asks `lane`'s upstream whether it answers (see `probe.rs`).
+    fn probe(&self, lane: usize) -> impl std::future::Future<Output = (usize, bool)> + use<> {
+        let lane = Arc::clone(&self.lanes[lane]);
+        let helo = self.shared.config.server.hostname.clone();
+        async move {
+            let answered = match super::probe::upstream_answers(&lane, &helo).await {
+                Ok(()) => {
+                    tracing::info!(
+                        account = lane.name(),
+                        "the upstream answers again: its mail is due"
+                    );
+                    true
+                }
+                Err(error) => {
+                    tracing::debug!(account = lane.name(), %error, "the upstream still does not answer");
+                    false
+                }
+            };
+            (lane.index, answered)
         }
     }
 

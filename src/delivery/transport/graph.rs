@@ -569,6 +569,17 @@ fn http_client(account: &AccountConfig) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot set up HTTP: {e}"))
 }
 
+/// Whether Graph's endpoint answers at all (any HTTP status: no token is sent), for the
+/// scheduler's probe of an account whose upstream could not be reached.
+pub async fn endpoint_answers(account: &AccountConfig) -> Result<(), String> {
+    let http = http_client(account)?;
+    http.get(account.graph_endpoint.as_str())
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| describe_http_error(&e))
+}
+
 /// The same result for every recipient of the request.
 fn everyone(message: &Outgoing<'_>, result: RecipientResult) -> Outcome {
     Outcome {
