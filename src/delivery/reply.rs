@@ -11,6 +11,16 @@ pub struct UpstreamReply {
     /// Enhanced status such as `5.7.3`, when the first line carries one.
     pub enhanced: Option<String>,
     pub lines: Vec<String>,
+    /// Graph's answer this SMTP-shaped reply stands for; `None` for Exchange's SMTP replies.
+    pub graph: Option<GraphAnswer>,
+}
+
+/// What Graph answered: the HTTP status and the error code of its body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphAnswer {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub code: String,
 }
 
 impl UpstreamReply {
@@ -20,6 +30,7 @@ impl UpstreamReply {
             code,
             enhanced: None,
             lines: vec![text.to_owned()],
+            graph: None,
         };
         reply.parse_enhanced();
         reply
@@ -55,9 +66,14 @@ impl UpstreamReply {
         }
     }
 
-    /// A diagnosis an admin can act on, or `None` for replies that need no explanation.
+    /// A diagnosis an admin can act on, or `None` for replies that need no explanation:
+    /// from Graph's table for Graph's answers, from Exchange's for its SMTP replies. Replies
+    /// are recorded without it, so it is said once, where a reply is shown.
     pub fn diagnosis(&self) -> Option<&'static str> {
-        super::classify::advice(self)
+        match &self.graph {
+            Some(answer) => super::transport::graph::advice(answer),
+            None => super::classify::advice(self),
+        }
     }
 }
 
@@ -69,6 +85,8 @@ struct Stored {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     enhanced: Option<String>,
     text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    graph: Option<GraphAnswer>,
 }
 
 impl Serialize for UpstreamReply {
@@ -77,6 +95,7 @@ impl Serialize for UpstreamReply {
             code: self.code,
             enhanced: self.enhanced.clone(),
             text: self.text(),
+            graph: self.graph.clone(),
         }
         .serialize(serializer)
     }
@@ -95,6 +114,7 @@ impl<'de> Deserialize<'de> for UpstreamReply {
                 code: stored.code,
                 enhanced: stored.enhanced,
                 lines: vec![stored.text],
+                graph: stored.graph,
             },
             Either::Line(line) => {
                 let code = line

@@ -184,7 +184,13 @@ struct ErrorDetail {
     message: String,
 }
 
-/// An answer as the queue records it: `451 4.7.500 Graph 429 TooManyRequests: … (advice)`.
+/// The advice of Graph's table for an answer (see `UpstreamReply::diagnosis`).
+pub fn advice(answer: &crate::delivery::reply::GraphAnswer) -> Option<&'static str> {
+    row(answer.status, &answer.code).advice
+}
+
+/// An answer as the queue records it: `451 4.7.500 Graph 429 TooManyRequests: …`, typed as
+/// Graph's (its advice is added where it is shown).
 fn recorded(row: &Row, status: u16, error: &ErrorDetail) -> UpstreamReply {
     let mut text = format!("{} Graph {status}", row.enhanced);
     if !error.code.is_empty() {
@@ -194,10 +200,12 @@ fn recorded(row: &Row, status: u16, error: &ErrorDetail) -> UpstreamReply {
     if !message.is_empty() {
         text.push_str(&format!(": {message}"));
     }
-    if let Some(advice) = row.advice {
-        text.push_str(&format!(" ({advice})"));
-    }
-    UpstreamReply::new(row.code, &text)
+    let mut reply = UpstreamReply::new(row.code, &text);
+    reply.graph = Some(crate::delivery::reply::GraphAnswer {
+        status,
+        code: error.code.clone(),
+    });
+    reply
 }
 
 /// `Retry-After` in seconds (Graph does not send dates), within reason.
@@ -275,7 +283,7 @@ impl GraphTransport {
                     self.tokens.invalidate(account, &token.token);
                     refreshed = true;
                 }
-                Action::RefreshToken => return Err(SendError::TokenRefused(reply.to_string())),
+                Action::RefreshToken => return Err(SendError::TokenRefused(reply.described())),
                 Action::Throttled => {
                     let mut outcome = everyone(message, RecipientResult::Deferred(reply.clone()));
                     outcome.effect = Some(AccountEffect::Throttled(reply, answer.retry_after));
@@ -287,7 +295,7 @@ impl GraphTransport {
                 Action::FailMessage => {
                     return Ok(done(everyone(message, RecipientResult::Failed(reply))));
                 }
-                Action::Retry => return Err(SendError::Failed(reply.to_string())),
+                Action::Retry => return Err(SendError::Failed(reply.described())),
             }
         }
     }
@@ -542,7 +550,7 @@ pub async fn probe(account: &AccountConfig, mailbox: &str, token: &str) -> Resul
         )),
         _ => Err(format!(
             "as {mailbox}: {}",
-            recorded(row, answer.status, &answer.error)
+            recorded(row, answer.status, &answer.error).described()
         )),
     }
 }
@@ -685,7 +693,7 @@ mod tests {
     }
 
     #[test]
-    fn answers_are_recorded_with_codes_and_advice() {
+    fn answers_are_recorded_with_codes_and_shown_with_their_advice_once() {
         let reply = recorded(
             row(403, "ErrorAccessDenied"),
             403,
@@ -695,16 +703,33 @@ mod tests {
             (reply.code, reply.enhanced.as_deref()),
             (550, Some("5.7.1"))
         );
+        assert_eq!(reply.text(), "5.7.1 Graph 403 ErrorAccessDenied: m");
         assert!(
             reply
-                .text()
-                .contains("Graph 403 ErrorAccessDenied: m (the app may not send")
+                .described()
+                .ends_with("ErrorAccessDenied: m (the app may not send as this mailbox: grant the Mail.Send permission (application, with admin consent; or delegated for a signed-in user) and check that no application access policy excludes the mailbox)")
         );
-        let throttled = recorded(row(429, ""), 429, &ErrorDetail::default());
-        assert_eq!(
-            throttled.to_string().split(" (").next().unwrap(),
-            "451 4.7.500 Graph 429"
-        );
+        // Every row: the recorded reply carries no advice, and is shown with its own advice
+        // once (never Exchange's for the same SMTP code), also when read back from a state.
+        for r in ROWS.iter().chain([&OTHER]) {
+            let status = r.statuses.first().copied().unwrap_or(500);
+            let code = r.codes.first().copied().unwrap_or("");
+            if !std::ptr::eq(row(status, code), r) {
+                continue;
+            }
+            let reply = recorded(r, status, &detail(code));
+            let stored: UpstreamReply =
+                serde_json::from_value(serde_json::to_value(&reply).unwrap()).unwrap();
+            assert_eq!(stored, reply);
+            let shown = stored.described();
+            match r.advice {
+                Some(advice) => {
+                    assert_eq!(shown, format!("{reply} ({advice})"));
+                    assert_eq!(shown.matches(advice).count(), 1, "{shown}");
+                }
+                None => assert_eq!(shown, reply.to_string()),
+            }
+        }
     }
 
     #[test]
