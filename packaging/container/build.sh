@@ -15,10 +15,11 @@ version=$(sed -n '/^\[package\]/,/^\[/s/^version = "\(.*\)"$/\1/p' Cargo.toml)
 license=$(sed -n '/^\[package\]/,/^\[/s/^license = "\(.*\)"$/\1/p' Cargo.toml)
 description=$(sed -n '/^\[package\]/,/^\[/s/^description = "\(.*\)"$/\1/p' Cargo.toml)
 
-# Reproducible: every time in the image is the last commit's (or SOURCE_DATE_EPOCH).
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
-
 cargo build --release --locked
+# Reproducible: every time in the image is the last commit's (or SOURCE_DATE_EPOCH). Set
+# after the build: ring's and openssl-sys's build scripts watch the variable, and a value
+# the packages' build did not have would build the release binary over again.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 out=target/container
 rootfs=$out/rootfs
 rm -rf "$rootfs"
