@@ -146,8 +146,11 @@ pub struct Schedule {
     names: HashSet<Arc<str>>,
     timers: BTreeSet<(Instant, Timer)>,
     lanes: Vec<LaneQueue>,
-    /// Messages an admin holds: not scheduled, only counted.
-    held: HashSet<QueueId>,
+    /// Messages an admin holds, with their lane: not scheduled, only counted.
+    held: HashMap<QueueId, usize>,
+    /// Each lane's messages, scheduled and held: its account's backlog, which intake holds
+    /// against `max_backlog`. Kept as messages come and go, so reading it costs nothing.
+    backlog: Vec<usize>,
 }
 
 /// What `hold` and `delete` did.
@@ -161,33 +164,57 @@ pub enum Applied {
 impl Schedule {
     /// One lane per account, each with at most `max_in_flight` messages at its workers.
     pub fn new(max_in_flight: impl IntoIterator<Item = usize>) -> Schedule {
+        let lanes: Vec<LaneQueue> = max_in_flight
+            .into_iter()
+            .map(|max| LaneQueue {
+                max_in_flight: max.max(1),
+                in_flight: 0,
+                token_wait: None,
+                upstream_down: false,
+                mailboxes: HashMap::new(),
+                runnable: VecDeque::new(),
+            })
+            .collect();
         Schedule {
             entries: HashMap::new(),
             names: HashSet::new(),
             timers: BTreeSet::new(),
-            lanes: max_in_flight
-                .into_iter()
-                .map(|max| LaneQueue {
-                    max_in_flight: max.max(1),
-                    in_flight: 0,
-                    token_wait: None,
-                    upstream_down: false,
-                    mailboxes: HashMap::new(),
-                    runnable: VecDeque::new(),
-                })
-                .collect(),
-            held: HashSet::new(),
+            backlog: vec![0; lanes.len()],
+            lanes,
+            held: HashMap::new(),
         }
     }
 
-    /// `id` is held by an admin (it is not, or no longer, scheduled).
-    pub fn note_held(&mut self, id: QueueId) {
-        self.held.insert(id);
+    /// `id`, whose account is `lane`'s, is held by an admin (it is not, or no longer,
+    /// scheduled).
+    pub fn note_held(&mut self, id: QueueId, lane: usize) {
+        if self.held.insert(id, lane).is_none() {
+            self.backlog[lane] += 1;
+        }
     }
 
     /// `id` is no longer held (released or deleted); false if it was not.
     pub fn forget_held(&mut self, id: QueueId) -> bool {
-        self.held.remove(&id)
+        match self.held.remove(&id) {
+            Some(lane) => {
+                self.backlog[lane] -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Each lane's queued messages (scheduled, in flight and held), by lane.
+    pub fn backlog(&self) -> &[usize] {
+        &self.backlog
+    }
+
+    /// Takes `id` out of the schedule's entries (not out of the timers or ready queues, where
+    /// a missing entry is skipped).
+    fn remove(&mut self, id: QueueId) -> Option<Entry> {
+        let entry = self.entries.remove(&id)?;
+        self.backlog[entry.lane] -= 1;
+        Some(entry)
     }
 
     pub fn len(&self) -> usize {
@@ -236,6 +263,7 @@ impl Schedule {
                 place: Place::Ready,
             },
         );
+        self.backlog[lane] += 1;
         if due <= now {
             self.make_ready(id, false);
         } else {
@@ -388,7 +416,10 @@ impl Schedule {
             _ => {}
         }
         if deferred.is_some() || report == Report::Done {
-            self.entries.remove(&id);
+            self.remove(id);
+            if deferred == Some(Deferred::Hold) {
+                self.note_held(id, lane);
+            }
             return deferred;
         }
         match report {
@@ -478,12 +509,12 @@ impl Schedule {
             }
             Place::Waiting(at) => {
                 self.timers.remove(&(at, Timer::Message(id)));
-                self.entries.remove(&id);
+                self.remove(id);
                 Some(Applied::Now)
             }
             // Left in its mailbox's queue, where it is skipped.
             Place::Ready => {
-                self.entries.remove(&id);
+                self.remove(id);
                 Some(Applied::Now)
             }
         }
@@ -574,7 +605,7 @@ mod tests {
         s.add(token, 1, "b", now, now);
         s.add(deferred, 2, "c", later, now);
         s.add(flying, 2, "d", now, now);
-        s.note_held(held);
+        s.note_held(held, 1);
         let dispatched = drain(&mut s);
         assert_eq!(dispatched.len(), 3);
         s.returned(
@@ -596,8 +627,10 @@ mod tests {
                 held: 1,
             }
         );
+        assert_eq!(s.backlog(), [3, 2, 2]);
         assert!(s.forget_held(held));
         assert_eq!(s.census().held, 0);
+        assert_eq!(s.backlog(), [3, 1, 2]);
     }
 
     #[test]

@@ -134,8 +134,8 @@ impl Delivery {
             _ = shutdown.cancelled() => {}
             startup = queued_messages(Arc::clone(&spool), self.lanes.clone()) => {
                 let now = Instant::now();
-                for id in startup.held {
-                    schedule.note_held(id);
+                for (id, lane) in startup.held {
+                    schedule.note_held(id, lane);
                 }
                 for waiting in startup.scheduled {
                     let due = crate::clock::instant_at_unix_ms(waiting.next_attempt_ms);
@@ -145,6 +145,8 @@ impl Delivery {
         }
         let mut status_at = Instant::now();
         while !shutdown.is_cancelled() {
+            // Before anything else: intake holds new mail against these counts.
+            self.status.set_backlog(&self.lanes, schedule.backlog());
             let now = Instant::now();
             schedule.advance(now);
             while let Some((lane, id)) = schedule.next_dispatch() {
@@ -258,9 +260,6 @@ impl Delivery {
         upstream: Upstream,
     ) {
         if let Some(deferred) = schedule.returned(id, report, upstream) {
-            if deferred == Deferred::Hold {
-                schedule.note_held(id);
-            }
             self.carry_out(id, deferred).await;
         }
     }
@@ -372,7 +371,7 @@ impl Delivery {
                     )),
                     Some(Applied::Now) | None => {
                         set_held(spool, &file, true).await?;
-                        schedule.note_held(id);
+                        schedule.note_held(id, destination(&self.lanes, &file).0);
                         Ok(format!("{id} held"))
                     }
                 }
@@ -428,7 +427,8 @@ struct Queued {
 #[derive(Default)]
 struct Startup {
     scheduled: Vec<Queued>,
-    held: Vec<QueueId>,
+    /// With their lane.
+    held: Vec<(QueueId, usize)>,
 }
 
 /// Every queued message, read off the runtime's threads one at a time (a large queue is
@@ -443,7 +443,7 @@ async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Startup {
             };
             let next_attempt_ms = match spool.paths().read_state(&file.envelope) {
                 Ok(state) if state.held => {
-                    held.push(id);
+                    held.push((id, destination(&lanes, &file).0));
                     continue;
                 }
                 Ok(state) => state.next_attempt_ms,

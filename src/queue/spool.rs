@@ -138,8 +138,9 @@ pub struct Spool {
     index: Mutex<BTreeMap<QueueId, MessageFile>>,
     /// Where new queue IDs are announced (the delivery scheduler), once someone listens.
     arrivals: Mutex<Option<mpsc::UnboundedSender<QueueId>>>,
-    // Held for the life of the spool: the flock is released when the file closes.
-    _lock: File,
+    // Held for the life of the spool: the flock is released when the file closes. Its
+    // descriptor also tells the spool's free space.
+    lock: File,
 }
 
 impl Spool {
@@ -214,7 +215,7 @@ impl Spool {
             fsync,
             index: Mutex::new(index),
             arrivals: Mutex::new(None),
-            _lock: lock,
+            lock,
         });
         Ok((spool, recovery))
     }
@@ -276,6 +277,22 @@ impl Spool {
 
     pub fn is_empty(&self) -> bool {
         self.index().is_empty()
+    }
+
+    /// Bytes free for the relay on the spool's file system (what an unprivileged writer may
+    /// still use). One `fstatvfs` on the lock file, which lives there: cheap enough to ask
+    /// at every RCPT.
+    pub fn free_space(&self) -> io::Result<u64> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fstatvfs fills the struct it is given, from a descriptor we keep open.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatvfs(self.lock.as_raw_fd(), &mut stat) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // fsblkcnt_t and c_ulong are 32 bits on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        let (blocks, block_size) = (stat.f_bavail as u64, stat.f_frsize as u64);
+        Ok(blocks.saturating_mul(block_size))
     }
 
     /// The IDs of messages committed from now on. One listener (the delivery scheduler): a
