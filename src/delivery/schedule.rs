@@ -8,7 +8,7 @@
 //! large backlog costs nothing while it waits. Every wait is a time in one ordered timer
 //! queue, so finding what is due never scans the waiting messages.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -78,10 +78,71 @@ enum Place {
     InFlight(Option<Deferred>),
 }
 
+/// One scheduled message: 32 bytes beside its ID, whatever its envelope (which stays on
+/// disk). The mailbox is an index into [`Names`], not a name of its own.
 struct Entry {
-    lane: usize,
-    mailbox: Arc<str>,
     place: Place,
+    mailbox: u32,
+    lane: u16,
+}
+
+/// The mailbox names the scheduled messages go out as, each kept once: a message holds its
+/// mailbox's index. A name no message refers to any more is dropped and its index reused
+/// (senders of `{sender}` accounts come and go), so the table stays the size of the queue's
+/// distinct mailboxes. The lanes' own per-mailbox state holds names, not indexes.
+#[derive(Default)]
+struct Names {
+    by_name: HashMap<Arc<str>, u32>,
+    /// By index; `None` for a free one.
+    names: Vec<Option<Arc<str>>>,
+    /// Messages referring to each.
+    refs: Vec<u32>,
+    free: Vec<u32>,
+}
+
+impl Names {
+    /// The index of `name`, counted as one more reference.
+    fn take(&mut self, name: &str) -> u32 {
+        let index = match self.by_name.get(name) {
+            Some(index) => *index,
+            None => {
+                let name: Arc<str> = name.into();
+                let index = match self.free.pop() {
+                    Some(index) => {
+                        self.names[index as usize] = Some(Arc::clone(&name));
+                        index
+                    }
+                    None => {
+                        self.names.push(Some(Arc::clone(&name)));
+                        self.refs.push(0);
+                        u32::try_from(self.names.len() - 1).expect("fewer than 2^32 mailboxes")
+                    }
+                };
+                self.by_name.insert(name, index);
+                index
+            }
+        };
+        self.refs[index as usize] += 1;
+        index
+    }
+
+    /// One reference fewer to `index`; the last one frees it.
+    fn give_back(&mut self, index: u32) {
+        let refs = &mut self.refs[index as usize];
+        *refs -= 1;
+        if *refs == 0
+            && let Some(name) = self.names[index as usize].take()
+        {
+            self.by_name.remove(&name);
+            self.free.push(index);
+        }
+    }
+
+    fn name(&self, index: u32) -> &Arc<str> {
+        self.names[index as usize]
+            .as_ref()
+            .expect("a message's mailbox is kept while it refers to it")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -142,12 +203,11 @@ pub struct BlockedMailbox {
 
 pub struct Schedule {
     entries: HashMap<QueueId, Entry>,
-    /// One copy of each mailbox name, shared by its messages.
-    names: HashSet<Arc<str>>,
+    names: Names,
     timers: BTreeSet<(Instant, Timer)>,
     lanes: Vec<LaneQueue>,
     /// Messages an admin holds, with their lane: not scheduled, only counted.
-    held: HashMap<QueueId, usize>,
+    held: HashMap<QueueId, u16>,
     /// Each lane's messages, scheduled and held: its account's backlog, which intake holds
     /// against `max_backlog`. Kept as messages come and go, so reading it costs nothing.
     backlog: Vec<usize>,
@@ -177,7 +237,7 @@ impl Schedule {
             .collect();
         Schedule {
             entries: HashMap::new(),
-            names: HashSet::new(),
+            names: Names::default(),
             timers: BTreeSet::new(),
             backlog: vec![0; lanes.len()],
             lanes,
@@ -188,7 +248,8 @@ impl Schedule {
     /// `id`, whose account is `lane`'s, is held by an admin (it is not, or no longer,
     /// scheduled).
     pub fn note_held(&mut self, id: QueueId, lane: usize) {
-        if self.held.insert(id, lane).is_none() {
+        let lane16 = u16::try_from(lane).expect("fewer than 2^16 accounts");
+        if self.held.insert(id, lane16).is_none() {
             self.backlog[lane] += 1;
         }
     }
@@ -197,7 +258,7 @@ impl Schedule {
     pub fn forget_held(&mut self, id: QueueId) -> bool {
         match self.held.remove(&id) {
             Some(lane) => {
-                self.backlog[lane] -= 1;
+                self.backlog[usize::from(lane)] -= 1;
                 true
             }
             None => false,
@@ -213,7 +274,8 @@ impl Schedule {
     /// a missing entry is skipped).
     fn remove(&mut self, id: QueueId) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
-        self.backlog[entry.lane] -= 1;
+        self.backlog[usize::from(entry.lane)] -= 1;
+        self.names.give_back(entry.mailbox);
         Some(entry)
     }
 
@@ -242,23 +304,11 @@ impl Schedule {
         if self.entries.contains_key(&id) {
             return;
         }
-        let mailbox = match self.names.get(mailbox) {
-            Some(name) => Arc::clone(name),
-            None => {
-                // Names nothing refers to any more (senders of `{sender}` accounts come and
-                // go) are dropped now and then, so the set stays the size of the queue.
-                if self.names.len() > 2 * self.entries.len() + 64 {
-                    self.names.retain(|name| Arc::strong_count(name) > 1);
-                }
-                let name: Arc<str> = mailbox.into();
-                self.names.insert(Arc::clone(&name));
-                name
-            }
-        };
+        let mailbox = self.names.take(mailbox);
         self.entries.insert(
             id,
             Entry {
-                lane,
+                lane: u16::try_from(lane).expect("fewer than 2^16 accounts"),
                 mailbox,
                 place: Place::Ready,
             },
@@ -288,11 +338,9 @@ impl Schedule {
             self.timers.remove(&(at, Timer::Message(id)));
         }
         entry.place = Place::Ready;
-        let lane = &mut self.lanes[entry.lane];
-        let mailbox = lane
-            .mailboxes
-            .entry(Arc::clone(&entry.mailbox))
-            .or_default();
+        let lane = &mut self.lanes[usize::from(entry.lane)];
+        let name = self.names.name(entry.mailbox);
+        let mailbox = lane.mailboxes.entry(Arc::clone(name)).or_default();
         if front {
             mailbox.ready.push_front(id);
         } else {
@@ -300,7 +348,7 @@ impl Schedule {
         }
         if mailbox.blocked.is_none() && !mailbox.runnable {
             mailbox.runnable = true;
-            lane.runnable.push_back(Arc::clone(&entry.mailbox));
+            lane.runnable.push_back(Arc::clone(name));
         }
     }
 
@@ -405,13 +453,14 @@ impl Schedule {
         let Place::InFlight(deferred) = entry.place else {
             return None;
         };
-        let (lane, name) = (entry.lane, Arc::clone(&entry.mailbox));
+        let lane = usize::from(entry.lane);
+        let name = Arc::clone(self.names.name(entry.mailbox));
         self.lanes[lane].in_flight -= 1;
         match upstream {
             Upstream::Unreachable => self.lanes[lane].upstream_down = true,
             Upstream::Reached if self.lanes[lane].upstream_down => {
                 self.lanes[lane].upstream_down = false;
-                self.flush_where(|e| e.lane == lane);
+                self.flush_where(|e| usize::from(e.lane) == lane);
             }
             _ => {}
         }
@@ -539,14 +588,14 @@ impl Schedule {
             ..Census::default()
         };
         for entry in self.entries.values() {
-            let lane = &self.lanes[entry.lane];
+            let lane = &self.lanes[usize::from(entry.lane)];
             match entry.place {
                 Place::Waiting(_) => census.deferred += 1,
                 Place::InFlight(_) => census.in_flight += 1,
                 Place::Ready if lane.token_wait.is_some() => census.waiting_for_token += 1,
                 Place::Ready => match lane
                     .mailboxes
-                    .get(&entry.mailbox)
+                    .get(self.names.name(entry.mailbox))
                     .and_then(|m| m.blocked.as_ref())
                 {
                     Some((_, Block::Budget(_))) => census.waiting_for_budget += 1,

@@ -139,8 +139,11 @@ impl Delivery {
                 }
                 for waiting in startup.scheduled {
                     let due = crate::clock::instant_at_unix_ms(waiting.next_attempt_ms);
-                    schedule.add(waiting.id, waiting.lane, &waiting.mailbox, due, now);
+                    let mailbox = &startup.mailboxes[waiting.mailbox as usize];
+                    schedule.add(waiting.id, usize::from(waiting.lane), mailbox, due, now);
                 }
+                drop(startup.mailboxes);
+                give_back_freed_memory();
             }
         }
         let mut status_at = Instant::now();
@@ -164,11 +167,9 @@ impl Delivery {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(wake) => {}
-                Some(id) = arrivals.recv() => {
+                Some(file) = arrivals.recv() => {
                     // New mail: nobody has tried it, so it is due now.
-                    if let Some(file) = spool.get(id) {
-                        self.add(&mut schedule, &file, now, now);
-                    }
+                    self.add(&mut schedule, &file, now, now);
                 }
                 Some((command, reply)) = self.requests.recv() => {
                     let result = self.command(command, &mut schedule).await;
@@ -310,7 +311,7 @@ impl Delivery {
 
     /// An admin's hold or delete, postponed while the message was in flight.
     async fn carry_out(&self, id: QueueId, deferred: Deferred) {
-        let Some(file) = self.shared.spool.get(id) else {
+        let Some(file) = self.shared.spool.get(id).await else {
             return;
         };
         let result = match deferred {
@@ -334,15 +335,14 @@ impl Delivery {
 
     async fn command(&self, command: Control, schedule: &mut Schedule) -> Result<String, String> {
         let spool = &self.shared.spool;
-        let known = |id: QueueId| {
-            spool
-                .get(id)
-                .ok_or_else(|| format!("no message {id} in the queue"))
-        };
+        let missing = |id: QueueId| format!("no message {id} in the queue");
+        let queued = |id: QueueId| spool.contains(id).then_some(()).ok_or_else(|| missing(id));
+        // Hold and release need the envelope (for a state file not written yet).
+        let known = async |id: QueueId| spool.get(id).await.ok_or_else(|| missing(id));
         match command {
             Control::Flush => Ok(format!("{} message(s) due now", schedule.flush())),
             Control::Retry(id) => {
-                known(id)?;
+                queued(id)?;
                 if schedule.due_now(id) {
                     Ok(format!("{id} due now"))
                 } else if schedule.is_in_flight(id) {
@@ -357,14 +357,14 @@ impl Delivery {
                 let ids = spool.restore_failed().await.map_err(|e| e.to_string())?;
                 let now = Instant::now();
                 for id in &ids {
-                    if let Some(file) = spool.get(*id) {
+                    if let Some(file) = spool.get(*id).await {
                         self.add(schedule, &file, now, now);
                     }
                 }
                 Ok(format!("{} failed message(s) back in the queue", ids.len()))
             }
             Control::Hold(id) => {
-                let file = known(id)?;
+                let file = known(id).await?;
                 match schedule.take_out(id, Deferred::Hold) {
                     Some(Applied::Later) => Ok(format!(
                         "{id} is being delivered now; held when this attempt ends"
@@ -377,7 +377,7 @@ impl Delivery {
                 }
             }
             Control::Release(id) => {
-                let file = known(id)?;
+                let file = known(id).await?;
                 if schedule.cancel_deferred(id) {
                     return Ok(format!("{id} released"));
                 }
@@ -390,7 +390,7 @@ impl Delivery {
                 Ok(format!("{id} released"))
             }
             Control::Delete(id) => {
-                known(id)?;
+                queued(id)?;
                 match schedule.take_out(id, Deferred::Delete) {
                     Some(Applied::Later) => Ok(format!(
                         "{id} is being delivered now; deleted when this attempt ends"
@@ -415,18 +415,31 @@ fn destination(lanes: &[Arc<Lane>], file: &MessageFile) -> (usize, String) {
     )
 }
 
-/// A queued message as the schedule needs it at start-up.
+/// Returns the memory the start-up load freed (its lists, the envelopes it read) to the
+/// system: glibc keeps freed memory for reuse, and after reading a large queue that is as
+/// much again as the schedule itself, held for good.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A queued message as the schedule needs it at start-up: 32 bytes, its mailbox an index
+/// into [`Startup::mailboxes`] (a million queued messages are a few mailboxes).
 struct Queued {
     id: QueueId,
-    lane: usize,
-    mailbox: String,
     next_attempt_ms: u64,
+    mailbox: u32,
+    lane: u16,
 }
 
 /// The queue at start-up: what to schedule, and what an admin holds.
 #[derive(Default)]
 struct Startup {
     scheduled: Vec<Queued>,
+    mailboxes: Vec<String>,
     /// With their lane.
     held: Vec<(QueueId, usize)>,
 }
@@ -437,9 +450,17 @@ async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Startup {
     tokio::task::spawn_blocking(move || {
         let mut queued = Vec::with_capacity(spool.len());
         let mut held = Vec::new();
+        let mut mailboxes = Vec::new();
+        let mut mailbox_index = std::collections::HashMap::new();
         for id in spool.ids() {
-            let Some(file) = spool.get(id) else {
-                continue;
+            let file = match spool.paths().load(id) {
+                Ok(Some(file)) => file,
+                // Finished or deleted since.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot read a queued message");
+                    continue;
+                }
             };
             let next_attempt_ms = match spool.paths().read_state(&file.envelope) {
                 Ok(state) if state.held => {
@@ -454,15 +475,22 @@ async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Startup {
                 }
             };
             let (lane, mailbox) = destination(&lanes, &file);
+            let mailbox = *mailbox_index
+                .entry(mailbox)
+                .or_insert_with_key(|name: &String| {
+                    mailboxes.push(name.clone());
+                    u32::try_from(mailboxes.len() - 1).expect("fewer than 2^32 mailboxes")
+                });
             queued.push(Queued {
                 id,
-                lane,
-                mailbox,
                 next_attempt_ms,
+                mailbox,
+                lane: u16::try_from(lane).expect("fewer than 2^16 accounts"),
             });
         }
         Startup {
             scheduled: queued,
+            mailboxes,
             held,
         }
     })
