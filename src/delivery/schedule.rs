@@ -11,6 +11,8 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::budget::Window;
@@ -71,19 +73,40 @@ pub enum Deferred {
     Delete,
 }
 
+/// One byte: when a waiting message is due is kept beside it, in [`Entry::due`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
-    Waiting(Instant),
+    Waiting,
     Ready,
     InFlight(Option<Deferred>),
 }
 
-/// One scheduled message: 32 bytes beside its ID, whatever its envelope (which stays on
+/// One scheduled message: 16 bytes beside its ID, whatever its envelope (which stays on
 /// disk). The mailbox is an index into [`Names`], not a name of its own.
 struct Entry {
-    place: Place,
+    /// While it waits: when it is due, as [`Due`] keeps it.
+    due: Due,
     mailbox: u32,
     lane: u16,
+    place: Place,
+}
+
+/// A time as milliseconds after the schedule began: 8 bytes where an `Instant` takes 16.
+/// Waits are kept to the millisecond (rounded up), and the timer queue holds the same
+/// rounded `Instant`, so an entry finds its timer again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Due(u64);
+
+impl Due {
+    fn at(epoch: Instant, when: Instant) -> Due {
+        let after = when.saturating_duration_since(epoch);
+        let ms = after.as_millis() + u128::from(!after.subsec_nanos().is_multiple_of(1_000_000));
+        Due(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    fn instant(self, epoch: Instant) -> Instant {
+        epoch + Duration::from_millis(self.0)
+    }
 }
 
 /// The mailbox names the scheduled messages go out as, each kept once: a message holds its
@@ -202,6 +225,8 @@ pub struct BlockedMailbox {
 }
 
 pub struct Schedule {
+    /// What [`Due`] times count from.
+    epoch: Instant,
     entries: HashMap<QueueId, Entry>,
     names: Names,
     timers: BTreeSet<(Instant, Timer)>,
@@ -236,6 +261,7 @@ impl Schedule {
             })
             .collect();
         Schedule {
+            epoch: Instant::now(),
             entries: HashMap::new(),
             names: Names::default(),
             timers: BTreeSet::new(),
@@ -311,6 +337,7 @@ impl Schedule {
                 lane: u16::try_from(lane).expect("fewer than 2^16 accounts"),
                 mailbox,
                 place: Place::Ready,
+                due: Due::default(),
             },
         );
         self.backlog[lane] += 1;
@@ -323,8 +350,10 @@ impl Schedule {
 
     fn wait(&mut self, id: QueueId, due: Instant) {
         if let Some(entry) = self.entries.get_mut(&id) {
-            entry.place = Place::Waiting(due);
-            self.timers.insert((due, Timer::Message(id)));
+            entry.place = Place::Waiting;
+            entry.due = Due::at(self.epoch, due);
+            self.timers
+                .insert((entry.due.instant(self.epoch), Timer::Message(id)));
         }
     }
 
@@ -334,7 +363,8 @@ impl Schedule {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        if let Place::Waiting(at) = entry.place {
+        if entry.place == Place::Waiting {
+            let at = entry.due.instant(self.epoch);
             self.timers.remove(&(at, Timer::Message(id)));
         }
         entry.place = Place::Ready;
@@ -519,7 +549,7 @@ impl Schedule {
     /// Makes a waiting message due now. False if it is not waiting (ready or in flight).
     pub fn due_now(&mut self, id: QueueId) -> bool {
         match self.entries.get(&id).map(|e| e.place) {
-            Some(Place::Waiting(_)) => {
+            Some(Place::Waiting) => {
                 self.make_ready(id, false);
                 true
             }
@@ -537,7 +567,7 @@ impl Schedule {
         let mut waiting: Vec<QueueId> = self
             .entries
             .iter()
-            .filter(|(_, e)| matches!(e.place, Place::Waiting(_)) && which(e))
+            .filter(|(_, e)| e.place == Place::Waiting && which(e))
             .map(|(id, _)| *id)
             .collect();
         waiting.sort_unstable();
@@ -556,7 +586,8 @@ impl Schedule {
                 entry.place = Place::InFlight(Some(command));
                 Some(Applied::Later)
             }
-            Place::Waiting(at) => {
+            Place::Waiting => {
+                let at = entry.due.instant(self.epoch);
                 self.timers.remove(&(at, Timer::Message(id)));
                 self.remove(id);
                 Some(Applied::Now)
@@ -590,7 +621,7 @@ impl Schedule {
         for entry in self.entries.values() {
             let lane = &self.lanes[usize::from(entry.lane)];
             match entry.place {
-                Place::Waiting(_) => census.deferred += 1,
+                Place::Waiting => census.deferred += 1,
                 Place::InFlight(_) => census.in_flight += 1,
                 Place::Ready if lane.token_wait.is_some() => census.waiting_for_token += 1,
                 Place::Ready => match lane
@@ -639,8 +670,36 @@ mod tests {
         (0..n).map(|_| QueueId::generate()).collect()
     }
 
+    /// The next wake is `when`, to the millisecond a message's wait is kept to.
+    fn wakes_at(schedule: &Schedule, when: Instant) -> bool {
+        schedule
+            .next_wake()
+            .is_some_and(|wake| wake >= when && wake < when + Duration::from_millis(1))
+    }
+
     fn drain(schedule: &mut Schedule) -> Vec<(usize, QueueId)> {
         std::iter::from_fn(|| schedule.next_dispatch()).collect()
+    }
+
+    #[test]
+    fn an_entry_is_16_bytes_beside_its_id() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+        assert_eq!(std::mem::size_of::<(QueueId, Entry)>(), 32);
+    }
+
+    #[test]
+    fn a_wait_ends_at_its_time_rounded_up_to_the_millisecond() {
+        let now = Instant::now();
+        let mut s = Schedule::new([1]);
+        let [a] = ids(1).try_into().unwrap();
+        let due = now + Duration::from_micros(10_500);
+        s.add(a, 0, "m", due, now);
+        s.advance(due);
+        assert_eq!(s.next_dispatch(), None);
+        let woken = s.next_wake().unwrap();
+        assert!(woken >= due && woken < due + Duration::from_millis(1));
+        assert!(s.take_out(a, Deferred::Delete).is_some());
+        assert_eq!(s.next_wake(), None, "the timer went with the message");
     }
 
     #[test]
@@ -737,8 +796,8 @@ mod tests {
             Report::RetryAt(now + Duration::from_secs(5)),
             Upstream::Untried,
         );
-        assert_eq!(s.next_wake(), Some(now + Duration::from_secs(5)));
-        s.advance(now + Duration::from_secs(5));
+        assert!(wakes_at(&s, now + Duration::from_secs(5)));
+        s.advance(now + Duration::from_secs(5) + Duration::from_millis(1));
         assert_eq!(drain(&mut s), vec![(0, b)]);
         assert!(s.due_now(a));
         assert_eq!(drain(&mut s), vec![(0, a)]);
@@ -831,6 +890,6 @@ mod tests {
         s.returned(a, Report::Done, Upstream::Reached);
         assert_eq!(drain(&mut s), vec![(0, b)]);
         assert!(!s.due_now(b) && s.contains(other));
-        assert_eq!(s.next_wake(), Some(hour));
+        assert!(wakes_at(&s, hour));
     }
 }
