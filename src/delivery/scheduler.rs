@@ -25,7 +25,8 @@ use super::status::{DeliveryStatus, FallbackInUse, HeldMailbox};
 use super::worker::{self, FromWorker, Shared};
 use crate::config::Config;
 use crate::oauth::manager::{TokenEventKind, TokenManager};
-use crate::queue::{MessageFile, QueueId, Spool};
+use crate::queue::message_file::SpoolFileError;
+use crate::queue::{Envelope, MessageFile, QueueId, Spool};
 
 /// The longest the scheduler sleeps without looking around.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -266,7 +267,7 @@ impl Delivery {
     }
 
     fn add(&self, schedule: &mut Schedule, file: &MessageFile, due: Instant, now: Instant) {
-        let (lane, mailbox) = destination(&self.lanes, file);
+        let (lane, mailbox) = destination(&self.lanes, &file.envelope);
         schedule.add(file.envelope.id, lane, &mailbox, due, now);
     }
 
@@ -371,7 +372,7 @@ impl Delivery {
                     )),
                     Some(Applied::Now) | None => {
                         set_held(spool, &file, true).await?;
-                        schedule.note_held(id, destination(&self.lanes, &file).0);
+                        schedule.note_held(id, destination(&self.lanes, &file.envelope).0);
                         Ok(format!("{id} held"))
                     }
                 }
@@ -407,12 +408,9 @@ impl Delivery {
 }
 
 /// The account (lane) and upstream mailbox a message goes through.
-fn destination(lanes: &[Arc<Lane>], file: &MessageFile) -> (usize, String) {
-    let lane = &lanes[route(lanes, &file.envelope)];
-    (
-        lane.index,
-        lane.auth_mailbox(&file.envelope).to_ascii_lowercase(),
-    )
+fn destination(lanes: &[Arc<Lane>], envelope: &Envelope) -> (usize, String) {
+    let lane = &lanes[route(lanes, envelope)];
+    (lane.index, lane.auth_mailbox(envelope).to_ascii_lowercase())
 }
 
 /// Returns the memory the start-up load freed (its lists, the envelopes it read) to the
@@ -452,29 +450,40 @@ async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Startup {
         let mut held = Vec::new();
         let mut mailboxes = Vec::new();
         let mut mailbox_index = std::collections::HashMap::new();
+        let paths = spool.paths();
+        // A message without a state file is new: due now, not held.
+        let with_state = paths.with_state().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot list the delivery states; reading each");
+            spool.ids().into_iter().collect()
+        });
         for id in spool.ids() {
-            let file = match spool.paths().load(id) {
-                Ok(Some(file)) => file,
+            // The spool checked the file when it opened; only the envelope is read again.
+            let envelope = match MessageFile::read_envelope(&paths.message(id)) {
+                Ok(envelope) => envelope,
                 // Finished or deleted since.
-                Ok(None) => continue,
+                Err(SpoolFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     tracing::error!(queue_id = %id, error = %e, "cannot read a queued message");
                     continue;
                 }
             };
-            let next_attempt_ms = match spool.paths().read_state(&file.envelope) {
-                Ok(state) if state.held => {
-                    held.push((id, destination(&lanes, &file).0));
+            let next_attempt_ms = match with_state
+                .contains(&id)
+                .then(|| paths.read_state(&envelope))
+            {
+                None => 0,
+                Some(Ok(state)) if state.held => {
+                    held.push((id, destination(&lanes, &envelope).0));
                     continue;
                 }
-                Ok(state) => state.next_attempt_ms,
-                Err(e) => {
+                Some(Ok(state)) => state.next_attempt_ms,
+                Some(Err(e)) => {
                     tracing::error!(queue_id = %id, error = %e,
                         "unreadable delivery state; retrying later");
                     crate::clock::unix_ms() + MAX_SLEEP.as_millis() as u64
                 }
             };
-            let (lane, mailbox) = destination(&lanes, &file);
+            let (lane, mailbox) = destination(&lanes, &envelope);
             let mailbox = *mailbox_index
                 .entry(mailbox)
                 .or_insert_with_key(|name: &String| {
