@@ -85,7 +85,7 @@ listening() {   # waits until the relay's port answers; prints the seconds it to
     python3 -c "import time; print(f'{time.time() - $start:.2f}')"
 }
 
-echo "== backlog drain, $(nproc) cores, ${SIZE}-byte messages, $CONNECTIONS upstream connections"
+[ -z "$SIZES" ] || echo "== backlog drain, $(nproc) cores, ${SIZE}-byte messages, $CONNECTIONS upstream connections"
 for n in $SIZES; do
     state="$work/state-$n"
     config "$state" no > "$work/hold-$n.toml"
