@@ -335,6 +335,7 @@ pub async fn prepare(
         shutdown: process.shutdown.clone(),
         accepting: process.shutdown.child_token(),
         metrics: Arc::clone(&process.metrics),
+        delivery: Arc::clone(&process.delivery_status),
     });
     // Work on duplicates: if anything below fails, `sockets` still serves the next reload.
     let mut reuse: crate::smtp::listener::Handoff = sockets

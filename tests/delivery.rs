@@ -747,7 +747,7 @@ async fn a_hold_placed_in_flight_is_kept() {
     // The attempt fails; the retry interval (1 s) passes; nothing is sent.
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     assert!(w.exchange.state().received.is_empty());
-    let file = w.relay.spool.get(id.parse().unwrap()).unwrap();
+    let file = w.relay.spool.get(id.parse().unwrap()).await.unwrap();
     let state = w.relay.spool.paths().read_state(&file.envelope).unwrap();
     assert!(state.held, "{state:?}");
     assert_eq!(state.attempts, 1, "{state:?}");

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::unix_secs as unix_now;
 use crate::config::Config;
 use crate::oauth::manager::{Health, TokenManager};
+use crate::queue::admission::Admission;
 use crate::queue::{Envelope, QueueId, Spool};
 
 /// How often conditions are looked at when nothing else prompts it.
@@ -211,6 +212,10 @@ pub fn conditions(
 ) -> BTreeMap<String, String> {
     let mut now = BTreeMap::new();
     let alerts = &config.alerts;
+    // Limits that refuse new mail: one alert when reached, one when it clears.
+    for limit in Admission::new(config, spool, delivery).reached() {
+        now.insert(limit.alert_key(), limit.describe());
+    }
     let Some(tokens) = tokens else {
         if !config.accounts.is_empty() {
             now.insert(

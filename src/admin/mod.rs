@@ -257,6 +257,10 @@ pub async fn assess(admin: &Admin) -> HealthReport {
     // Mail flows, but not the way the admin set up: worth knowing, and fixing.
     let graph_fallbacks = admin.delivery.fallbacks();
     degraded.extend(graph_fallbacks.iter().map(|f| f.describe()));
+    // Mail is refused, though what is queued flows: a look is needed before devices give up.
+    let admission =
+        crate::queue::admission::Admission::new(&admin.config, &admin.spool, &admin.delivery);
+    degraded.extend(admission.reached().iter().map(|limit| limit.describe()));
     let cluster = admin.cluster.as_ref().map(|c| c.report());
     degraded.extend(cluster.as_ref().and_then(|c| c.problem()));
     if let Some(age) = queue.oldest_age_seconds
@@ -366,6 +370,39 @@ fn cluster_metrics(out: &mut String, report: &crate::cluster::ClusterReport) {
     );
 }
 
+/// Each account's backlog and its cap (admission control refuses its mail at the cap; the
+/// refusals count in `smtprelay_refusals_total{reason="account_backlog"}`).
+fn backlog_metrics(out: &mut String, admin: &Admin) {
+    use crate::metrics::escape;
+    use std::fmt::Write;
+    let name = "smtprelay_account_backlog";
+    let _ = writeln!(
+        out,
+        "# HELP {name} messages queued for the account\n# TYPE {name} gauge"
+    );
+    for backlog in admin.delivery.backlogs() {
+        let _ = writeln!(
+            out,
+            "{name}{{account=\"{}\"}} {}",
+            escape(&backlog.account),
+            backlog.queued
+        );
+    }
+    let name = "smtprelay_account_max_backlog";
+    let _ = writeln!(
+        out,
+        "# HELP {name} the account's max_backlog\n# TYPE {name} gauge"
+    );
+    for account in &admin.config.accounts {
+        let _ = writeln!(
+            out,
+            "{name}{{account=\"{}\"}} {}",
+            escape(&account.name),
+            account.max_backlog
+        );
+    }
+}
+
 /// A per-account metric read from the token manager's status: name, type, help, value.
 type Family = (
     &'static str,
@@ -391,6 +428,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
         "age of the oldest queued message",
         queue.oldest_age_seconds.unwrap_or(0) as f64,
     );
+    backlog_metrics(&mut out, &admin);
     if let Some(cluster) = &admin.cluster {
         cluster_metrics(&mut out, &cluster.report());
     }

@@ -37,7 +37,7 @@ th{background:#f0f0f0}.num{text-align:right}
 .badge{display:inline-block;padding:.1em .6em;border-radius:.3em;color:#fff;font-weight:bold}
 .healthy{background:#2e7d32}.degraded{background:#ef6c00}.unhealthy{background:#c62828}
 .delivered{color:#2e7d32}.deferred{color:#ef6c00}.bounced{color:#c62828}
-.muted{color:#777}ul{margin:.3em 0}
+.muted{color:#777}ul{margin:.3em 0}.full{color:#c62828;font-weight:bold}
 ";
 
 /// Counts token expiry down each second from the `data-expires` (Unix seconds) of `.countdown`.
@@ -90,7 +90,8 @@ pub fn render(report: &StatusReport) -> String {
 fn accounts(out: &mut String, report: &StatusReport) {
     out.push_str(
         "<h2>Accounts</h2><table id=\"accounts\"><tr><th>Account</th><th>Sends as</th>\
-         <th>Transport</th><th>Flow</th><th>Token</th><th>Expires in</th><th>Next refresh</th></tr>",
+         <th>Transport</th><th>Flow</th><th>Token</th><th>Expires in</th><th>Next refresh</th>\
+         <th>Backlog</th></tr>",
     );
     for a in &report.accounts {
         let expires = match a.token_expires_at {
@@ -111,11 +112,14 @@ fn accounts(out: &mut String, report: &StatusReport) {
         let _ = write!(
             out,
             "<tr data-account=\"{name}\"><td>{name}</td><td>{mailbox}</td><td>{}</td><td>{}</td>\
-             <td class=\"token\">{}{reason}</td><td>{expires}</td><td>{}</td></tr>",
+             <td class=\"token\">{}{reason}</td><td>{expires}</td><td>{}</td>\
+             <td class=\"backlog{full}\">{}</td></tr>",
             a.transport,
             a.flow,
             a.token,
             a.next_refresh_at.map_or(String::new(), rfc3339),
+            escape(&a.backlog.words()),
+            full = if a.backlog.full { " full" } else { "" },
             name = escape(&a.name),
             mailbox = escape(&a.mailbox),
         );

@@ -55,6 +55,48 @@ pub struct AccountView {
     pub next_refresh_at: Option<u64>,
     /// With `[cluster]`: the node asking Entra for this account's token now, if one is.
     pub refresh_lock_holder: Option<String>,
+    pub backlog: BacklogView,
+}
+
+/// An account's queued messages against its `max_backlog`, and in days of its mailbox's
+/// `daily_recipients` (each message counted as one recipient).
+#[derive(Serialize)]
+pub struct BacklogView {
+    /// Absent until delivery has counted the queue (or while it cannot run).
+    pub queued: Option<usize>,
+    pub max: u64,
+    pub days: Option<f64>,
+    /// Past it, its new mail is refused.
+    pub full: bool,
+}
+
+impl BacklogView {
+    fn of(account: &crate::config::AccountConfig, queued: Option<usize>) -> BacklogView {
+        let daily = f64::from(account.upstream.daily_recipients.max(1));
+        BacklogView {
+            queued,
+            max: account.max_backlog,
+            // Two decimals are all anyone reads.
+            days: queued.map(|q| (q as f64 / daily * 100.0).round() / 100.0),
+            full: queued.is_some_and(|q| q as u64 >= account.max_backlog),
+        }
+    }
+
+    /// "120 of 30000 (0.01 days of budget)", or "not counted yet".
+    pub fn words(&self) -> String {
+        match (self.queued, self.days) {
+            (Some(queued), Some(days)) => format!(
+                "{queued} of {} queued ({days} days of budget){}",
+                self.max,
+                if self.full {
+                    ", FULL: new mail refused"
+                } else {
+                    ""
+                }
+            ),
+            _ => format!("not counted yet (cap {})", self.max),
+        }
+    }
 }
 
 impl AccountView {
@@ -117,6 +159,7 @@ pub async fn report(admin: &Admin, health: HealthReport) -> StatusReport {
                 token_expires_at: status.and_then(|s| s.access_token_expires_at),
                 next_refresh_at: status.and_then(|s| s.next_refresh_at),
                 refresh_lock_holder: status.and_then(|s| s.refresh_lock_holder.clone()),
+                backlog: BacklogView::of(account, admin.delivery.backlog_of(&account.name)),
             }
         })
         .collect();
@@ -250,6 +293,7 @@ pub fn text(report: &StatusReport) -> String {
                 .map(|words| format!(" ({words})"))
                 .collect::<String>()
         );
+        let _ = writeln!(out, "  {:<20} backlog {}", "", a.backlog.words());
     }
     if !report.budgets.is_empty() {
         let _ = writeln!(out, "\nBudgets");

@@ -311,6 +311,10 @@ pub struct AccountConfig {
     /// Microsoft Graph's base URL, for `transport = "graph"`.
     pub graph_endpoint: String,
     pub upstream: UpstreamConfig,
+    /// Queued messages this account may have at most: past it, new mail for it is refused
+    /// with 452 4.3.1 while other accounts' mail flows. Default: three days of the
+    /// mailbox's `daily_recipients`.
+    pub max_backlog: u64,
     /// `fallback_transport = "graph"` on an SMTP account: the account as Graph sees it (same
     /// app and mailbox, its own Graph token under the name `<name>/graph`), used while
     /// Exchange answers `535 5.7.139` (SMTP AUTH disabled).
@@ -350,6 +354,11 @@ pub struct QueueConfig {
     pub max_age: Duration,
     pub on_failure: OnFailure,
     pub fsync: bool,
+    /// Messages the queue holds at most: past it, new mail is refused with 452 4.3.1.
+    pub max_messages: usize,
+    /// Bytes the spool's file system must keep free: below it, new mail is refused with
+    /// 452 4.3.1 (Postfix's `queue_minfree`), so the disk never fills under a message.
+    pub min_free_space: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -742,8 +751,15 @@ fn read_account(s: Section) -> Option<AccountConfig> {
         graph_endpoint: endpoint("graph_endpoint")
             .unwrap_or_else(|| "https://graph.microsoft.com/v1.0".into()),
         upstream: read_upstream(s.table("upstream"), transport),
+        max_backlog: 0,
         fallback: None,
     };
+    account.max_backlog = s
+        .get("max_backlog")
+        .unwrap_or(u64::from(account.upstream.daily_recipients) * BACKLOG_DAYS);
+    if account.max_backlog == 0 {
+        s.report("max_backlog", "must be at least 1");
+    }
     let fallback = s.parse("fallback_transport", Transport::parse);
     match fallback.filter(|_| s.intact(&["transport"])) {
         Some(Transport::Graph) if transport == Transport::Smtp => {
@@ -890,15 +906,26 @@ fn read_queue(section: Option<Section>) -> QueueConfig {
             .and_then(|s| s.parse("on_failure", OnFailure::parse))
             .unwrap_or(OnFailure::Bounce),
         fsync: s.and_then(|s| s.get("fsync")).unwrap_or(true),
+        max_messages: s.and_then(|s| s.get("max_messages")).unwrap_or(100_000),
+        min_free_space: s
+            .and_then(|s| s.parse("min_free_space", parse_size))
+            .unwrap_or(256 << 20),
     };
     if let Some(s) = section {
         if queue.retry.is_empty() {
             s.report("retry", "needs at least one interval");
         }
+        if queue.max_messages == 0 {
+            s.report("max_messages", "must be at least 1");
+        }
         s.finish();
     }
     queue
 }
+
+/// An account's default `max_backlog`, in days of its mailbox's `daily_recipients`: a
+/// weekend's mail for a mailbox that cannot send, and no more.
+pub const BACKLOG_DAYS: u64 = 3;
 
 /// The token store key's file when the configuration names none (a single relay).
 pub const KEY_IN_STATE_DIR: &str = "token.key";

@@ -75,6 +75,8 @@ mod tests {
             max_age: Duration::from_secs(3600),
             on_failure: OnFailure::Bounce,
             fsync: true,
+            max_messages: 100,
+            min_free_space: 0,
         }
     }
 

@@ -101,14 +101,21 @@ pub fn account_for<'a>(
     accounts: impl IntoIterator<Item = &'a crate::config::AccountConfig>,
     envelope: &Envelope,
 ) -> usize {
-    let address = if envelope.sender.is_empty() {
-        envelope
-            .recipients
-            .first()
-            .map(String::as_str)
-            .unwrap_or("")
+    let first_recipient = envelope.recipients.first().map(String::as_str);
+    account_for_sender(accounts, &envelope.sender, first_recipient)
+}
+
+/// [`account_for`] before the envelope is complete: intake asks at RCPT, with the sender
+/// and the first recipient (which decides for the null sender) it has so far.
+pub fn account_for_sender<'a>(
+    accounts: impl IntoIterator<Item = &'a crate::config::AccountConfig>,
+    sender: &str,
+    first_recipient: Option<&str>,
+) -> usize {
+    let address = if sender.is_empty() {
+        first_recipient.unwrap_or("")
     } else {
-        envelope.sender.as_str()
+        sender
     };
     accounts
         .into_iter()

@@ -10,7 +10,7 @@
 //! the account's deferred mail due, whatever its retry time. Every wait is a time in one ordered timer
 //! queue, so finding what is due never scans the waiting messages.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,17 +74,99 @@ pub enum Deferred {
     Delete,
 }
 
+/// One byte: when a waiting message is due is kept beside it, in [`Entry::due`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
-    Waiting(Instant),
+    Waiting,
     Ready,
     InFlight(Option<Deferred>),
 }
 
+/// One scheduled message: 16 bytes beside its ID, whatever its envelope (which stays on
+/// disk). The mailbox is an index into [`Names`], not a name of its own.
 struct Entry {
-    lane: usize,
-    mailbox: Arc<str>,
+    /// While it waits: when it is due, as [`Due`] keeps it.
+    due: Due,
+    mailbox: u32,
+    lane: u16,
     place: Place,
+}
+
+/// A time as milliseconds after the schedule began: 8 bytes where an `Instant` takes 16.
+/// Waits are kept to the millisecond (rounded up), and the timer queue holds the same
+/// rounded `Instant`, so an entry finds its timer again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Due(u64);
+
+impl Due {
+    fn at(epoch: Instant, when: Instant) -> Due {
+        let after = when.saturating_duration_since(epoch);
+        let ms = after.as_millis() + u128::from(!after.subsec_nanos().is_multiple_of(1_000_000));
+        Due(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    fn instant(self, epoch: Instant) -> Instant {
+        epoch + Duration::from_millis(self.0)
+    }
+}
+
+/// The mailbox names the scheduled messages go out as, each kept once: a message holds its
+/// mailbox's index. A name no message refers to any more is dropped and its index reused
+/// (senders of `{sender}` accounts come and go), so the table stays the size of the queue's
+/// distinct mailboxes. The lanes' own per-mailbox state holds names, not indexes.
+#[derive(Default)]
+struct Names {
+    by_name: HashMap<Arc<str>, u32>,
+    /// By index; `None` for a free one.
+    names: Vec<Option<Arc<str>>>,
+    /// Messages referring to each.
+    refs: Vec<u32>,
+    free: Vec<u32>,
+}
+
+impl Names {
+    /// The index of `name`, counted as one more reference.
+    fn take(&mut self, name: &str) -> u32 {
+        let index = match self.by_name.get(name) {
+            Some(index) => *index,
+            None => {
+                let name: Arc<str> = name.into();
+                let index = match self.free.pop() {
+                    Some(index) => {
+                        self.names[index as usize] = Some(Arc::clone(&name));
+                        index
+                    }
+                    None => {
+                        self.names.push(Some(Arc::clone(&name)));
+                        self.refs.push(0);
+                        u32::try_from(self.names.len() - 1).expect("fewer than 2^32 mailboxes")
+                    }
+                };
+                self.by_name.insert(name, index);
+                index
+            }
+        };
+        self.refs[index as usize] += 1;
+        index
+    }
+
+    /// One reference fewer to `index`; the last one frees it.
+    fn give_back(&mut self, index: u32) {
+        let refs = &mut self.refs[index as usize];
+        *refs -= 1;
+        if *refs == 0
+            && let Some(name) = self.names[index as usize].take()
+        {
+            self.by_name.remove(&name);
+            self.free.push(index);
+        }
+    }
+
+    fn name(&self, index: u32) -> &Arc<str> {
+        self.names[index as usize]
+            .as_ref()
+            .expect("a message's mailbox is kept while it refers to it")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -177,13 +259,17 @@ pub struct BlockedMailbox {
 }
 
 pub struct Schedule {
+    /// What [`Due`] times count from.
+    epoch: Instant,
     entries: HashMap<QueueId, Entry>,
-    /// One copy of each mailbox name, shared by its messages.
-    names: HashSet<Arc<str>>,
+    names: Names,
     timers: BTreeSet<(Instant, Timer)>,
     lanes: Vec<LaneQueue>,
-    /// Messages an admin holds: not scheduled, only counted.
-    held: HashSet<QueueId>,
+    /// Messages an admin holds, with their lane: not scheduled, only counted.
+    held: HashMap<QueueId, u16>,
+    /// Each lane's messages, scheduled and held: its account's backlog, which intake holds
+    /// against `max_backlog`. Kept as messages come and go, so reading it costs nothing.
+    backlog: Vec<usize>,
     /// Lanes whose upstream is to be probed now (`take_probes`).
     probes_due: Vec<usize>,
 }
@@ -199,34 +285,61 @@ pub enum Applied {
 impl Schedule {
     /// One lane per account, each with at most `max_in_flight` messages at its workers.
     pub fn new(max_in_flight: impl IntoIterator<Item = usize>) -> Schedule {
+        let lanes: Vec<LaneQueue> = max_in_flight
+            .into_iter()
+            .map(|max| LaneQueue {
+                max_in_flight: max.max(1),
+                in_flight: 0,
+                token_wait: None,
+                upstream_down: None,
+                mailboxes: HashMap::new(),
+                runnable: VecDeque::new(),
+            })
+            .collect();
         Schedule {
+            epoch: Instant::now(),
             entries: HashMap::new(),
-            names: HashSet::new(),
+            names: Names::default(),
             timers: BTreeSet::new(),
-            lanes: max_in_flight
-                .into_iter()
-                .map(|max| LaneQueue {
-                    max_in_flight: max.max(1),
-                    in_flight: 0,
-                    token_wait: None,
-                    upstream_down: None,
-                    mailboxes: HashMap::new(),
-                    runnable: VecDeque::new(),
-                })
-                .collect(),
-            held: HashSet::new(),
+            backlog: vec![0; lanes.len()],
+            lanes,
+            held: HashMap::new(),
             probes_due: Vec::new(),
         }
     }
 
-    /// `id` is held by an admin (it is not, or no longer, scheduled).
-    pub fn note_held(&mut self, id: QueueId) {
-        self.held.insert(id);
+    /// `id`, whose account is `lane`'s, is held by an admin (it is not, or no longer,
+    /// scheduled).
+    pub fn note_held(&mut self, id: QueueId, lane: usize) {
+        let lane16 = u16::try_from(lane).expect("fewer than 2^16 accounts");
+        if self.held.insert(id, lane16).is_none() {
+            self.backlog[lane] += 1;
+        }
     }
 
     /// `id` is no longer held (released or deleted); false if it was not.
     pub fn forget_held(&mut self, id: QueueId) -> bool {
-        self.held.remove(&id)
+        match self.held.remove(&id) {
+            Some(lane) => {
+                self.backlog[usize::from(lane)] -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Each lane's queued messages (scheduled, in flight and held), by lane.
+    pub fn backlog(&self) -> &[usize] {
+        &self.backlog
+    }
+
+    /// Takes `id` out of the schedule's entries (not out of the timers or ready queues, where
+    /// a missing entry is skipped).
+    fn remove(&mut self, id: QueueId) -> Option<Entry> {
+        let entry = self.entries.remove(&id)?;
+        self.backlog[usize::from(entry.lane)] -= 1;
+        self.names.give_back(entry.mailbox);
+        Some(entry)
     }
 
     pub fn len(&self) -> usize {
@@ -254,27 +367,17 @@ impl Schedule {
         if self.entries.contains_key(&id) {
             return;
         }
-        let mailbox = match self.names.get(mailbox) {
-            Some(name) => Arc::clone(name),
-            None => {
-                // Names nothing refers to any more (senders of `{sender}` accounts come and
-                // go) are dropped now and then, so the set stays the size of the queue.
-                if self.names.len() > 2 * self.entries.len() + 64 {
-                    self.names.retain(|name| Arc::strong_count(name) > 1);
-                }
-                let name: Arc<str> = mailbox.into();
-                self.names.insert(Arc::clone(&name));
-                name
-            }
-        };
+        let mailbox = self.names.take(mailbox);
         self.entries.insert(
             id,
             Entry {
-                lane,
+                lane: u16::try_from(lane).expect("fewer than 2^16 accounts"),
                 mailbox,
                 place: Place::Ready,
+                due: Due::default(),
             },
         );
+        self.backlog[lane] += 1;
         if due <= now {
             self.make_ready(id, false);
         } else {
@@ -284,8 +387,10 @@ impl Schedule {
 
     fn wait(&mut self, id: QueueId, due: Instant) {
         if let Some(entry) = self.entries.get_mut(&id) {
-            entry.place = Place::Waiting(due);
-            self.timers.insert((due, Timer::Message(id)));
+            entry.place = Place::Waiting;
+            entry.due = Due::at(self.epoch, due);
+            self.timers
+                .insert((entry.due.instant(self.epoch), Timer::Message(id)));
         }
     }
 
@@ -295,15 +400,14 @@ impl Schedule {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        if let Place::Waiting(at) = entry.place {
+        if entry.place == Place::Waiting {
+            let at = entry.due.instant(self.epoch);
             self.timers.remove(&(at, Timer::Message(id)));
         }
         entry.place = Place::Ready;
-        let lane = &mut self.lanes[entry.lane];
-        let mailbox = lane
-            .mailboxes
-            .entry(Arc::clone(&entry.mailbox))
-            .or_default();
+        let lane = &mut self.lanes[usize::from(entry.lane)];
+        let name = self.names.name(entry.mailbox);
+        let mailbox = lane.mailboxes.entry(Arc::clone(name)).or_default();
         if front {
             mailbox.ready.push_front(id);
         } else {
@@ -311,7 +415,7 @@ impl Schedule {
         }
         if mailbox.blocked.is_none() && !mailbox.runnable {
             mailbox.runnable = true;
-            lane.runnable.push_back(Arc::clone(&entry.mailbox));
+            lane.runnable.push_back(Arc::clone(name));
         }
     }
 
@@ -421,7 +525,8 @@ impl Schedule {
         let Place::InFlight(deferred) = entry.place else {
             return None;
         };
-        let (lane, name) = (entry.lane, Arc::clone(&entry.mailbox));
+        let lane = usize::from(entry.lane);
+        let name = Arc::clone(self.names.name(entry.mailbox));
         self.lanes[lane].in_flight -= 1;
         match upstream {
             Upstream::Unreachable if self.lanes[lane].upstream_down.is_none() => {
@@ -433,7 +538,10 @@ impl Schedule {
             _ => {}
         }
         if deferred.is_some() || report == Report::Done {
-            self.entries.remove(&id);
+            self.remove(id);
+            if deferred == Some(Deferred::Hold) {
+                self.note_held(id, lane);
+            }
             return deferred;
         }
         match report {
@@ -498,7 +606,7 @@ impl Schedule {
     /// `lane`'s upstream answered: its mail, deferred or held back, is due now.
     fn upstream_back(&mut self, lane: usize) {
         if self.lanes[lane].upstream_down.take().is_some() {
-            self.flush_where(|e| e.lane == lane);
+            self.flush_where(|e| usize::from(e.lane) == lane);
         }
     }
 
@@ -510,7 +618,7 @@ impl Schedule {
     /// Makes a waiting message due now. False if it is not waiting (ready or in flight).
     pub fn due_now(&mut self, id: QueueId) -> bool {
         match self.entries.get(&id).map(|e| e.place) {
-            Some(Place::Waiting(_)) => {
+            Some(Place::Waiting) => {
                 self.make_ready(id, false);
                 true
             }
@@ -531,7 +639,7 @@ impl Schedule {
         let mut waiting: Vec<QueueId> = self
             .entries
             .iter()
-            .filter(|(_, e)| matches!(e.place, Place::Waiting(_)) && which(e))
+            .filter(|(_, e)| e.place == Place::Waiting && which(e))
             .map(|(id, _)| *id)
             .collect();
         waiting.sort_unstable();
@@ -550,14 +658,15 @@ impl Schedule {
                 entry.place = Place::InFlight(Some(command));
                 Some(Applied::Later)
             }
-            Place::Waiting(at) => {
+            Place::Waiting => {
+                let at = entry.due.instant(self.epoch);
                 self.timers.remove(&(at, Timer::Message(id)));
-                self.entries.remove(&id);
+                self.remove(id);
                 Some(Applied::Now)
             }
             // Left in its mailbox's queue, where it is skipped.
             Place::Ready => {
-                self.entries.remove(&id);
+                self.remove(id);
                 Some(Applied::Now)
             }
         }
@@ -585,7 +694,7 @@ impl Schedule {
 
     /// What each scheduled or held message waits for.
     pub fn standings(&self) -> impl Iterator<Item = (QueueId, Standing)> + '_ {
-        let held = self.held.iter().map(|id| (*id, Standing::Held));
+        let held = self.held.keys().map(|id| (*id, Standing::Held));
         let scheduled = self
             .entries
             .iter()
@@ -594,14 +703,14 @@ impl Schedule {
     }
 
     fn standing(&self, entry: &Entry) -> Standing {
-        let lane = &self.lanes[entry.lane];
+        let lane = &self.lanes[usize::from(entry.lane)];
         match entry.place {
-            Place::Waiting(_) => Standing::Deferred,
+            Place::Waiting => Standing::Deferred,
             Place::InFlight(_) => Standing::InFlight,
             Place::Ready if lane.token_wait.is_some() => Standing::WaitingForToken,
             Place::Ready => match lane
                 .mailboxes
-                .get(&entry.mailbox)
+                .get(self.names.name(entry.mailbox))
                 .and_then(|m| m.blocked.as_ref())
             {
                 Some((_, block @ Block::Budget(_))) => Standing::WaitingForBudget(block.reason()),
@@ -644,8 +753,36 @@ mod tests {
         (0..n).map(|_| QueueId::generate()).collect()
     }
 
+    /// The next wake is `when`, to the millisecond a message's wait is kept to.
+    fn wakes_at(schedule: &Schedule, when: Instant) -> bool {
+        schedule
+            .next_wake()
+            .is_some_and(|wake| wake >= when && wake < when + Duration::from_millis(1))
+    }
+
     fn drain(schedule: &mut Schedule) -> Vec<(usize, QueueId)> {
         std::iter::from_fn(|| schedule.next_dispatch()).collect()
+    }
+
+    #[test]
+    fn an_entry_is_16_bytes_beside_its_id() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+        assert_eq!(std::mem::size_of::<(QueueId, Entry)>(), 32);
+    }
+
+    #[test]
+    fn a_wait_ends_at_its_time_rounded_up_to_the_millisecond() {
+        let now = Instant::now();
+        let mut s = Schedule::new([1]);
+        let [a] = ids(1).try_into().unwrap();
+        let due = now + Duration::from_micros(10_500);
+        s.add(a, 0, "m", due, now);
+        s.advance(due);
+        assert_eq!(s.next_dispatch(), None);
+        let woken = s.next_wake().unwrap();
+        assert!(woken >= due && woken < due + Duration::from_millis(1));
+        assert!(s.take_out(a, Deferred::Delete).is_some());
+        assert_eq!(s.next_wake(), None, "the timer went with the message");
     }
 
     #[test]
@@ -659,7 +796,7 @@ mod tests {
         s.add(token, 1, "b", now, now);
         s.add(deferred, 2, "c", later, now);
         s.add(flying, 2, "d", now, now);
-        s.note_held(held);
+        s.note_held(held, 1);
         let dispatched = drain(&mut s);
         assert_eq!(dispatched.len(), 3);
         s.returned(
@@ -681,8 +818,10 @@ mod tests {
                 held: 1,
             }
         );
+        assert_eq!(s.backlog(), [3, 2, 2]);
         assert!(s.forget_held(held));
         assert_eq!(s.census().held, 0);
+        assert_eq!(s.backlog(), [3, 1, 2]);
     }
 
     #[test]
@@ -740,8 +879,8 @@ mod tests {
             Report::RetryAt(now + Duration::from_secs(5)),
             Upstream::Untried,
         );
-        assert_eq!(s.next_wake(), Some(now + Duration::from_secs(5)));
-        s.advance(now + Duration::from_secs(5));
+        assert!(wakes_at(&s, now + Duration::from_secs(5)));
+        s.advance(now + Duration::from_secs(5) + Duration::from_millis(1));
         assert_eq!(drain(&mut s), vec![(0, b)]);
         assert!(s.due_now(a));
         assert_eq!(drain(&mut s), vec![(0, a)]);

@@ -25,7 +25,8 @@ use super::status::{DeliveryStatus, FallbackInUse, HeldMailbox};
 use super::worker::{self, FromWorker, Shared};
 use crate::config::Config;
 use crate::oauth::manager::{TokenEventKind, TokenManager};
-use crate::queue::{MessageFile, QueueId, Spool};
+use crate::queue::message_file::SpoolFileError;
+use crate::queue::{Envelope, MessageFile, QueueId, Spool};
 
 /// The longest the scheduler sleeps without looking around.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -136,19 +137,24 @@ impl Delivery {
             _ = shutdown.cancelled() => {}
             startup = queued_messages(Arc::clone(&spool), self.lanes.clone()) => {
                 let now = Instant::now();
-                for id in startup.held {
-                    schedule.note_held(id);
+                for (id, lane) in startup.held {
+                    schedule.note_held(id, lane);
                 }
                 for waiting in startup.scheduled {
                     let due = crate::clock::instant_at_unix_ms(waiting.next_attempt_ms);
-                    schedule.add(waiting.id, waiting.lane, &waiting.mailbox, due, now);
+                    let mailbox = &startup.mailboxes[waiting.mailbox as usize];
+                    schedule.add(waiting.id, usize::from(waiting.lane), mailbox, due, now);
                 }
+                drop(startup.mailboxes);
+                give_back_freed_memory();
             }
         }
         let mut status_at = Instant::now();
         // Probes of upstreams that could not be reached; dropped (cancelled) at the stop.
         let mut probes: JoinSet<(usize, bool)> = JoinSet::new();
         while !shutdown.is_cancelled() {
+            // Before anything else: intake holds new mail against these counts.
+            self.status.set_backlog(&self.lanes, schedule.backlog());
             let now = Instant::now();
             schedule.advance(now);
             for lane in schedule.take_probes() {
@@ -169,11 +175,9 @@ impl Delivery {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(wake) => {}
-                Some(id) = arrivals.recv() => {
+                Some(file) = arrivals.recv() => {
                     // New mail: nobody has tried it, so it is due now.
-                    if let Some(file) = spool.get(id) {
-                        self.add(&mut schedule, &file, now, now);
-                    }
+                    self.add(&mut schedule, &file, now, now);
                 }
                 Some((command, reply)) = self.requests.recv() => {
                     let result = self.command(command, &mut schedule).await;
@@ -290,15 +294,12 @@ impl Delivery {
         upstream: Upstream,
     ) {
         if let Some(deferred) = schedule.returned(id, report, upstream) {
-            if deferred == Deferred::Hold {
-                schedule.note_held(id);
-            }
             self.carry_out(id, deferred).await;
         }
     }
 
     fn add(&self, schedule: &mut Schedule, file: &MessageFile, due: Instant, now: Instant) {
-        let (lane, mailbox) = destination(&self.lanes, file);
+        let (lane, mailbox) = destination(&self.lanes, &file.envelope);
         schedule.add(file.envelope.id, lane, &mailbox, due, now);
     }
 
@@ -343,7 +344,7 @@ impl Delivery {
 
     /// An admin's hold or delete, postponed while the message was in flight.
     async fn carry_out(&self, id: QueueId, deferred: Deferred) {
-        let Some(file) = self.shared.spool.get(id) else {
+        let Some(file) = self.shared.spool.get(id).await else {
             return;
         };
         let result = match deferred {
@@ -367,11 +368,10 @@ impl Delivery {
 
     async fn command(&self, command: Control, schedule: &mut Schedule) -> Result<String, String> {
         let spool = &self.shared.spool;
-        let known = |id: QueueId| {
-            spool
-                .get(id)
-                .ok_or_else(|| format!("no message {id} in the queue"))
-        };
+        let missing = |id: QueueId| format!("no message {id} in the queue");
+        let queued = |id: QueueId| spool.contains(id).then_some(()).ok_or_else(|| missing(id));
+        // Hold and release need the envelope (for a state file not written yet).
+        let known = async |id: QueueId| spool.get(id).await.ok_or_else(|| missing(id));
         match command {
             Control::Flush => Ok(format!("{} message(s) due now", schedule.flush())),
             Control::Standings => {
@@ -379,7 +379,7 @@ impl Delivery {
                 Ok(serde_json::to_string(&standings).expect("standings serialise"))
             }
             Control::Retry(id) => {
-                known(id)?;
+                queued(id)?;
                 if schedule.due_now(id) {
                     Ok(format!("{id} due now"))
                 } else if schedule.is_in_flight(id) {
@@ -394,27 +394,27 @@ impl Delivery {
                 let ids = spool.restore_failed().await.map_err(|e| e.to_string())?;
                 let now = Instant::now();
                 for id in &ids {
-                    if let Some(file) = spool.get(*id) {
+                    if let Some(file) = spool.get(*id).await {
                         self.add(schedule, &file, now, now);
                     }
                 }
                 Ok(format!("{} failed message(s) back in the queue", ids.len()))
             }
             Control::Hold(id) => {
-                let file = known(id)?;
+                let file = known(id).await?;
                 match schedule.take_out(id, Deferred::Hold) {
                     Some(Applied::Later) => Ok(format!(
                         "{id} is being delivered now; held when this attempt ends"
                     )),
                     Some(Applied::Now) | None => {
                         set_held(spool, &file, true).await?;
-                        schedule.note_held(id);
+                        schedule.note_held(id, destination(&self.lanes, &file.envelope).0);
                         Ok(format!("{id} held"))
                     }
                 }
             }
             Control::Release(id) => {
-                let file = known(id)?;
+                let file = known(id).await?;
                 if schedule.cancel_deferred(id) {
                     return Ok(format!("{id} released"));
                 }
@@ -427,7 +427,7 @@ impl Delivery {
                 Ok(format!("{id} released"))
             }
             Control::Delete(id) => {
-                known(id)?;
+                queued(id)?;
                 match schedule.take_out(id, Deferred::Delete) {
                     Some(Applied::Later) => Ok(format!(
                         "{id} is being delivered now; deleted when this attempt ends"
@@ -444,27 +444,38 @@ impl Delivery {
 }
 
 /// The account (lane) and upstream mailbox a message goes through.
-fn destination(lanes: &[Arc<Lane>], file: &MessageFile) -> (usize, String) {
-    let lane = &lanes[route(lanes, &file.envelope)];
-    (
-        lane.index,
-        lane.auth_mailbox(&file.envelope).to_ascii_lowercase(),
-    )
+fn destination(lanes: &[Arc<Lane>], envelope: &Envelope) -> (usize, String) {
+    let lane = &lanes[route(lanes, envelope)];
+    (lane.index, lane.auth_mailbox(envelope).to_ascii_lowercase())
 }
 
-/// A queued message as the schedule needs it at start-up.
+/// Returns the memory the start-up load freed (its lists, the envelopes it read) to the
+/// system: glibc keeps freed memory for reuse, and after reading a large queue that is as
+/// much again as the schedule itself, held for good.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A queued message as the schedule needs it at start-up: 32 bytes, its mailbox an index
+/// into [`Startup::mailboxes`] (a million queued messages are a few mailboxes).
 struct Queued {
     id: QueueId,
-    lane: usize,
-    mailbox: String,
     next_attempt_ms: u64,
+    mailbox: u32,
+    lane: u16,
 }
 
 /// The queue at start-up: what to schedule, and what an admin holds.
 #[derive(Default)]
 struct Startup {
     scheduled: Vec<Queued>,
-    held: Vec<QueueId>,
+    mailboxes: Vec<String>,
+    /// With their lane.
+    held: Vec<(QueueId, usize)>,
 }
 
 /// Every queued message, read off the runtime's threads one at a time (a large queue is
@@ -473,32 +484,58 @@ async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Startup {
     tokio::task::spawn_blocking(move || {
         let mut queued = Vec::with_capacity(spool.len());
         let mut held = Vec::new();
+        let mut mailboxes = Vec::new();
+        let mut mailbox_index = std::collections::HashMap::new();
+        let paths = spool.paths();
+        // A message without a state file is new: due now, not held.
+        let with_state = paths.with_state().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot list the delivery states; reading each");
+            spool.ids().into_iter().collect()
+        });
         for id in spool.ids() {
-            let Some(file) = spool.get(id) else {
-                continue;
-            };
-            let next_attempt_ms = match spool.paths().read_state(&file.envelope) {
-                Ok(state) if state.held => {
-                    held.push(id);
+            // The spool checked the file when it opened; only the envelope is read again.
+            let envelope = match MessageFile::read_envelope(&paths.message(id)) {
+                Ok(envelope) => envelope,
+                // Finished or deleted since.
+                Err(SpoolFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot read a queued message");
                     continue;
                 }
-                Ok(state) => state.next_attempt_ms,
-                Err(e) => {
+            };
+            let next_attempt_ms = match with_state
+                .contains(&id)
+                .then(|| paths.read_state(&envelope))
+            {
+                None => 0,
+                Some(Ok(state)) if state.held => {
+                    held.push((id, destination(&lanes, &envelope).0));
+                    continue;
+                }
+                Some(Ok(state)) => state.next_attempt_ms,
+                Some(Err(e)) => {
                     tracing::error!(queue_id = %id, error = %e,
                         "unreadable delivery state; retrying later");
                     crate::clock::unix_ms() + MAX_SLEEP.as_millis() as u64
                 }
             };
-            let (lane, mailbox) = destination(&lanes, &file);
+            let (lane, mailbox) = destination(&lanes, &envelope);
+            let mailbox = *mailbox_index
+                .entry(mailbox)
+                .or_insert_with_key(|name: &String| {
+                    mailboxes.push(name.clone());
+                    u32::try_from(mailboxes.len() - 1).expect("fewer than 2^32 mailboxes")
+                });
             queued.push(Queued {
                 id,
-                lane,
-                mailbox,
                 next_attempt_ms,
+                mailbox,
+                lane: u16::try_from(lane).expect("fewer than 2^16 accounts"),
             });
         }
         Startup {
             scheduled: queued,
+            mailboxes,
             held,
         }
     })

@@ -91,9 +91,20 @@ impl FallbackInUse {
     }
 }
 
+/// How many messages an account has in the queue (scheduled, in flight or held).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountBacklog {
+    pub account: String,
+    pub queued: usize,
+}
+
 #[derive(Default)]
 pub struct DeliveryStatus {
     held: Mutex<Vec<HeldMailbox>>,
+    /// Each account's backlog, kept up to date by the scheduler as messages come and go;
+    /// empty until a scheduler has read the queue. By name, so a reload's new scheduler
+    /// starts from what the old one counted.
+    backlog: Mutex<Vec<AccountBacklog>>,
     /// The queue by what its messages wait for (as of the last second).
     queue: Mutex<Census>,
     fallbacks: Mutex<Vec<FallbackInUse>>,
@@ -126,6 +137,50 @@ impl DeliveryStatus {
     /// Waits until what alerts look at changes.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// The backlog of `account`, if a scheduler has counted it.
+    pub fn backlog_of(&self, account: &str) -> Option<usize> {
+        let backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        backlog
+            .iter()
+            .find(|b| b.account == account)
+            .map(|b| b.queued)
+    }
+
+    /// Every account's backlog, as last counted.
+    pub fn backlogs(&self) -> Vec<AccountBacklog> {
+        self.backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The scheduler's counts, `queued[i]` for `lanes[i]`: written in place (it is called
+    /// for every event the scheduler handles, and the accounts seldom change).
+    pub(super) fn set_backlog(
+        &self,
+        lanes: &[std::sync::Arc<super::lane::Lane>],
+        queued: &[usize],
+    ) {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let same_accounts = backlog.len() == lanes.len()
+            && backlog
+                .iter()
+                .zip(lanes)
+                .all(|(b, l)| b.account == l.name());
+        if !same_accounts {
+            *backlog = lanes
+                .iter()
+                .map(|lane| AccountBacklog {
+                    account: lane.name().to_owned(),
+                    queued: 0,
+                })
+                .collect();
+        }
+        for (entry, count) in backlog.iter_mut().zip(queued) {
+            entry.queued = *count;
+        }
     }
 
     pub fn queue(&self) -> Census {

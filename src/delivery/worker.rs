@@ -207,7 +207,7 @@ async fn attempt(
         upstream: reached,
         end,
     };
-    let Some(file) = shared.spool.get(id) else {
+    let Some(file) = shared.spool.get(id).await else {
         return ended(Upstream::Untried, End::Gone);
     };
     let mut state = match shared.spool.load_state(&file.envelope).await {

@@ -126,37 +126,51 @@ pub struct MessageFile {
     pub crc: u32,
 }
 
+/// Reads the header: the envelope, and where the content starts. Small reads: an
+/// envelope is a few hundred bytes, and start-up reads a million of them.
+fn read_header(file: &mut File) -> Result<(Envelope, u64), SpoolFileError> {
+    let mut reader = BufReader::with_capacity(1024, file);
+    let mut magic = [0u8; MAGIC.len()];
+    reader
+        .read_exact(&mut magic)
+        .map_err(|_| SpoolFileError::BadMagic)?;
+    if magic != MAGIC {
+        return Err(SpoolFileError::BadMagic);
+    }
+    let mut json = Vec::new();
+    (&mut reader)
+        .take(MAX_ENVELOPE_LEN as u64)
+        .read_until(b'\n', &mut json)?;
+    if json.last() != Some(&b'\n') {
+        return Err(SpoolFileError::Truncated);
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(&json).map_err(|e| SpoolFileError::BadEnvelope(e.to_string()))?;
+    Ok((envelope, (MAGIC.len() + json.len()) as u64))
+}
+
 impl MessageFile {
+    /// Only the envelope of a file [`MessageFile::open`] has checked before (the scheduler's
+    /// start-up, after the spool's): the end is not looked at again.
+    pub fn read_envelope(path: &Path) -> Result<Envelope, SpoolFileError> {
+        Ok(read_header(&mut File::open(path)?)?.0)
+    }
+
     /// Reads the envelope and checks that the file is complete.
     pub fn open(path: &Path) -> Result<MessageFile, SpoolFileError> {
         let mut file = File::open(path)?;
         let file_len = file.metadata()?.len();
-        let mut reader = BufReader::new(&mut file);
-        let mut magic = [0u8; MAGIC.len()];
-        reader
-            .read_exact(&mut magic)
-            .map_err(|_| SpoolFileError::BadMagic)?;
-        if magic != MAGIC {
-            return Err(SpoolFileError::BadMagic);
-        }
-        let mut json = Vec::new();
-        (&mut reader)
-            .take(MAX_ENVELOPE_LEN as u64)
-            .read_until(b'\n', &mut json)?;
-        if json.last() != Some(&b'\n') {
-            return Err(SpoolFileError::Truncated);
-        }
-        let envelope: Envelope = serde_json::from_slice(&json)
-            .map_err(|e| SpoolFileError::BadEnvelope(e.to_string()))?;
-        let content_offset = (MAGIC.len() + json.len()) as u64;
-        drop(reader);
+        let (envelope, content_offset) = read_header(&mut file)?;
 
         if file_len < content_offset + TRAILER_LEN as u64 {
             return Err(SpoolFileError::Truncated);
         }
-        file.seek(SeekFrom::Start(file_len - TRAILER_LEN as u64))?;
         let mut trailer = [0u8; TRAILER_LEN];
-        file.read_exact(&mut trailer)?;
+        std::os::unix::fs::FileExt::read_exact_at(
+            &file,
+            &mut trailer,
+            file_len - TRAILER_LEN as u64,
+        )?;
         let (content_len, crc) = decode_trailer(&trailer).ok_or(SpoolFileError::Truncated)?;
         if content_offset + content_len + TRAILER_LEN as u64 != file_len {
             return Err(SpoolFileError::Truncated);

@@ -1,5 +1,6 @@
 //! The durable queue: the spool on disk and each message's delivery state.
 
+pub mod admission;
 pub mod id;
 pub mod message_file;
 pub mod spool;

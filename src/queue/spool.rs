@@ -14,8 +14,13 @@
 //! A message is acknowledged only after its file has been written, `fdatasync`'d, renamed into
 //! `queue/`, and `queue/` itself fsync'd. Directory syncs are group-committed: one fsync covers
 //! every rename that happened before it started (see [`DirSync`]).
+//!
+//! In memory the spool keeps only the queue IDs (16 bytes and a B-tree's share each), so a
+//! backlog of any length costs little: an envelope is read from its file when someone needs
+//! it (a worker at each attempt, an admin command), and handed to the scheduler with the ID
+//! when a message arrives.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -92,37 +97,83 @@ impl SpoolPaths {
         DeliveryState::read(&self.state(envelope.id), envelope)
     }
 
+    /// A queued message's file, checked (`None` once it has left the queue).
+    pub fn load(&self, id: QueueId) -> Result<Option<MessageFile>, SpoolFileError> {
+        match MessageFile::open(&self.message(id)) {
+            Ok(file) if file.envelope.id == id => Ok(Some(file)),
+            Ok(_) => Err(SpoolFileError::BadEnvelope(
+                "the file name does not match its queue ID".into(),
+            )),
+            Err(SpoolFileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The messages that have a delivery state file (one directory listing: at start-up most
+    /// have none, and a million failed opens cost seconds).
+    pub fn with_state(&self) -> io::Result<std::collections::HashSet<QueueId>> {
+        let mut ids = std::collections::HashSet::new();
+        for entry in fs::read_dir(self.queue())? {
+            let name = entry?.file_name();
+            let name = Path::new(&name);
+            if name.extension().is_some_and(|e| e == "state")
+                && let Some(id) = name.file_stem().and_then(|s| s.to_str())
+                && let Ok(id) = id.parse()
+            {
+                ids.insert(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Reads every message file in `queue/`, in ID order, with the problems found.
     pub fn scan(&self) -> io::Result<ScanResult> {
         let mut result = ScanResult::default();
+        self.check_each(|path, checked| match checked {
+            Ok(file) => result.messages.push((path, file)),
+            Err(problem) => result.damaged.push((path, problem)),
+        })?;
+        Ok(result)
+    }
+
+    /// Opens and checks every message file in `queue/`, in ID order, handing each to `each`
+    /// as it goes (nothing of the queue is held meanwhile but its file names). A file gone
+    /// between listing and opening (delivered or deleted meanwhile) is skipped.
+    fn check_each(
+        &self,
+        mut each: impl FnMut(PathBuf, Result<MessageFile, SpoolFileError>),
+    ) -> io::Result<()> {
         let dir = match fs::read_dir(self.queue()) {
             Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(result),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let mut paths: Vec<PathBuf> = dir
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "msg"))
+        let mut names: Vec<std::ffi::OsString> = dir
+            .filter_map(|entry| entry.ok().map(|e| e.file_name()))
+            .filter(|name| Path::new(name).extension().is_some_and(|e| e == "msg"))
             .collect();
-        paths.sort();
-        for path in paths {
+        names.sort_unstable();
+        let queue = self.queue();
+        for name in names {
+            let path = queue.join(&name);
             match MessageFile::open(&path) {
-                Ok(file) if path_matches(&path, &file) => result.messages.push((path, file)),
-                Ok(_) => result.damaged.push((
+                Ok(file) if name_matches(&name, &file) => each(path, Ok(file)),
+                Ok(_) => each(
                     path,
-                    SpoolFileError::BadEnvelope("the file name does not match its queue ID".into()),
-                )),
-                // Gone between listing and opening: delivered or deleted meanwhile.
+                    Err(SpoolFileError::BadEnvelope(
+                        "the file name does not match its queue ID".into(),
+                    )),
+                ),
                 Err(SpoolFileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => result.damaged.push((path, e)),
+                Err(e) => each(path, Err(e)),
             }
         }
-        Ok(result)
+        Ok(())
     }
 }
 
-fn path_matches(path: &Path, file: &MessageFile) -> bool {
-    path.file_name().and_then(|n| n.to_str()) == Some(&format!("{}.msg", file.envelope.id))
+fn name_matches(name: &std::ffi::OsStr, file: &MessageFile) -> bool {
+    name.to_str() == Some(&format!("{}.msg", file.envelope.id))
 }
 
 #[derive(Debug, Default)]
@@ -135,11 +186,13 @@ pub struct Spool {
     paths: SpoolPaths,
     fsync: bool,
     dir_sync: DirSync,
-    index: Mutex<BTreeMap<QueueId, MessageFile>>,
-    /// Where new queue IDs are announced (the delivery scheduler), once someone listens.
-    arrivals: Mutex<Option<mpsc::UnboundedSender<QueueId>>>,
-    // Held for the life of the spool: the flock is released when the file closes.
-    _lock: File,
+    /// The queued messages' IDs (their envelopes stay on disk).
+    index: Mutex<BTreeSet<QueueId>>,
+    /// Where new messages are announced (the delivery scheduler), once someone listens.
+    arrivals: Mutex<Option<mpsc::UnboundedSender<MessageFile>>>,
+    // Held for the life of the spool: the flock is released when the file closes. Its
+    // descriptor also tells the spool's free space.
+    lock: File,
 }
 
 impl Spool {
@@ -179,15 +232,27 @@ impl Spool {
             recovery.removed_incomplete += 1;
         }
         let queue = paths.queue();
-        let scan = paths.scan().map_err(io_error(&queue))?;
-        for (path, problem) in scan.damaged {
-            let name = path.file_name().unwrap_or_default();
-            let target = paths.corrupt().join(name);
-            tracing::error!(file = %path.display(), %problem,
-                moved_to = %target.display(), "damaged spool file moved aside");
-            fs::rename(&path, &target).map_err(io_error(&path))?;
-            recovery.moved_to_corrupt += 1;
-        }
+        // One file at a time: only the IDs are kept, so a large queue costs little memory.
+        let mut index = Vec::new();
+        let mut moved = Ok(());
+        paths
+            .check_each(|path, checked| match checked {
+                Ok(file) => index.push(file.envelope.id),
+                Err(problem) if moved.is_ok() => {
+                    let name = path.file_name().unwrap_or_default();
+                    let target = paths.corrupt().join(name);
+                    tracing::error!(file = %path.display(), %problem,
+                        moved_to = %target.display(), "damaged spool file moved aside");
+                    moved = fs::rename(&path, &target).map_err(io_error(&path));
+                    recovery.moved_to_corrupt += 1;
+                }
+                Err(_) => {}
+            })
+            .map_err(io_error(&queue))?;
+        moved?;
+        // Built at once from sorted IDs, the tree's nodes are full: half the memory of
+        // inserting one by one.
+        let index: BTreeSet<QueueId> = index.into_iter().collect();
         if recovery.moved_to_corrupt > 0 {
             sync_dir(&queue).map_err(io_error(&queue))?;
             sync_dir(&paths.corrupt()).map_err(io_error(&queue))?;
@@ -201,11 +266,6 @@ impl Spool {
                 fs::remove_file(&path).map_err(io_error(&path))?;
             }
         }
-        let index: BTreeMap<QueueId, MessageFile> = scan
-            .messages
-            .into_iter()
-            .map(|(_, file)| (file.envelope.id, file))
-            .collect();
         recovery.queued = index.len();
 
         let spool = Arc::new(Spool {
@@ -214,7 +274,7 @@ impl Spool {
             fsync,
             index: Mutex::new(index),
             arrivals: Mutex::new(None),
-            _lock: lock,
+            lock,
         });
         Ok((spool, recovery))
     }
@@ -254,40 +314,79 @@ impl Spool {
         .await
     }
 
-    /// The messages in the queue, oldest first.
+    /// The messages in the queue, oldest first, each read from its file (for tools and tests:
+    /// the daemon reads one at a time).
     pub fn messages(&self) -> Vec<MessageFile> {
-        self.index().values().cloned().collect()
+        self.ids()
+            .into_iter()
+            .filter_map(|id| self.paths.load(id).ok().flatten())
+            .collect()
     }
 
-    /// The IDs of the queued messages, oldest first (without copying their envelopes).
+    /// The IDs of the queued messages, oldest first.
     pub fn ids(&self) -> Vec<QueueId> {
-        self.index().keys().copied().collect()
+        self.index().iter().copied().collect()
+    }
+
+    pub fn contains(&self, id: QueueId) -> bool {
+        self.index().contains(&id)
     }
 
     pub fn len(&self) -> usize {
         self.index().len()
     }
 
-    /// When the longest-waiting message was received (ms since the epoch), without copying
-    /// the index: /health, /metrics and alerts ask often, and the queue can be long.
+    /// When the longest-waiting message was received (ms since the epoch): the time in the
+    /// smallest queue ID, made as its DATA began. /health, /metrics and alerts ask often,
+    /// and the queue can be long.
     pub fn oldest_received_at(&self) -> Option<u64> {
-        self.index().values().map(|m| m.envelope.received_at).min()
+        self.index().first().map(QueueId::timestamp_ms)
     }
 
     pub fn is_empty(&self) -> bool {
         self.index().is_empty()
     }
 
-    /// The IDs of messages committed from now on. One listener (the delivery scheduler): a
-    /// second call replaces the first.
-    pub fn arrivals(&self) -> mpsc::UnboundedReceiver<QueueId> {
+    /// Bytes free for the relay on the spool's file system (what an unprivileged writer may
+    /// still use). One `fstatvfs` on the lock file, which lives there: cheap enough to ask
+    /// at every RCPT.
+    pub fn free_space(&self) -> io::Result<u64> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fstatvfs fills the struct it is given, from a descriptor we keep open.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatvfs(self.lock.as_raw_fd(), &mut stat) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // fsblkcnt_t and c_ulong are 32 bits on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        let (blocks, block_size) = (stat.f_bavail as u64, stat.f_frsize as u64);
+        Ok(blocks.saturating_mul(block_size))
+    }
+
+    /// The messages committed from now on. One listener (the delivery scheduler): a second
+    /// call replaces the first.
+    pub fn arrivals(&self) -> mpsc::UnboundedReceiver<MessageFile> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.arrivals.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         rx
     }
 
-    pub fn get(&self, id: QueueId) -> Option<MessageFile> {
-        self.index().get(&id).cloned()
+    /// A queued message, read from its file through the blocking pool; `None` if it is not
+    /// (or no longer) queued.
+    pub async fn get(&self, id: QueueId) -> Option<MessageFile> {
+        if !self.contains(id) {
+            return None;
+        }
+        let paths = self.paths.clone();
+        let loaded = tokio::task::spawn_blocking(move || paths.load(id)).await;
+        match loaded {
+            Ok(Ok(file)) => file,
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot read a queued message");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// A message's delivery state (a fresh one before its first attempt), read through the
@@ -369,11 +468,8 @@ impl Spool {
             Ok(restored)
         })
         .await?;
-        let ids = restored.iter().map(|f| f.envelope.id).collect();
-        let mut index = self.index();
-        for file in restored {
-            index.insert(file.envelope.id, file);
-        }
+        let ids: Vec<QueueId> = restored.iter().map(|f| f.envelope.id).collect();
+        self.index().extend(ids.iter().copied());
         Ok(ids)
     }
 
@@ -400,7 +496,7 @@ impl Spool {
         Ok(())
     }
 
-    fn index(&self) -> std::sync::MutexGuard<'_, BTreeMap<QueueId, MessageFile>> {
+    fn index(&self) -> std::sync::MutexGuard<'_, BTreeSet<QueueId>> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -496,14 +592,14 @@ impl MessageWriter {
             crc: self.crc.clone().finalize(),
             envelope: self.envelope.clone(),
         };
-        spool.index().insert(id, file);
+        spool.index().insert(id);
         if let Some(arrivals) = spool
             .arrivals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            let _ = arrivals.send(id);
+            let _ = arrivals.send(file);
         }
         Ok(id)
     }
@@ -641,16 +737,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path(), false).unwrap();
         assert_eq!(spool.oldest_received_at(), None);
-        // Not in ID order: a message can be committed after a later one started.
-        for received_at in [2_000, 1_000, 3_000] {
-            let mut writer = spool.create(Envelope {
-                received_at,
-                ..envelope()
-            });
-            writer.write(b"x\r\n").await.unwrap();
-            writer.commit().await.unwrap();
-        }
-        assert_eq!(spool.oldest_received_at(), Some(1_000));
+        // Not in commit order: a message can be committed after a later one started.
+        let first = spool.create(envelope());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut second = spool.create(envelope());
+        second.write(b"x\r\n").await.unwrap();
+        second.commit().await.unwrap();
+        let started = first.id();
+        first.commit().await.unwrap();
+        assert_eq!(spool.oldest_received_at(), Some(started.timestamp_ms()));
+        // Reopened, the spool knows it from the file names alone.
+        drop(spool);
+        let (spool, _) = Spool::open(dir.path(), false).unwrap();
+        assert_eq!(spool.oldest_received_at(), Some(started.timestamp_ms()));
+        assert_eq!(spool.messages()[0].envelope.id, started);
     }
 
     #[tokio::test]

@@ -67,6 +67,15 @@ pub enum SmtpError {
     StorageFailed,
     #[error("Insufficient system storage, message not accepted; try again later")]
     InsufficientStorage,
+    /// Admission control: `[queue] max_messages` are queued.
+    #[error("Queue full: try again later")]
+    QueueFull,
+    /// Admission control: the spool's file system is below `[queue] min_free_space`.
+    #[error("Insufficient system storage: the queue's disk is nearly full, try again later")]
+    LowFreeSpace,
+    /// Admission control: the account the message would go through has `max_backlog` queued.
+    #[error("Queue full for account {0}: its backlog is at its cap, try again later")]
+    AccountBacklogFull(String),
     #[error("Service shutting down, try again later")]
     ShuttingDown,
     #[error("Too many errors, closing connection")]
@@ -119,6 +128,9 @@ impl SmtpError {
             SmtpError::BareNewline => "bare_newline",
             SmtpError::StorageFailed => "storage_failed",
             SmtpError::InsufficientStorage => "insufficient_storage",
+            SmtpError::QueueFull => "queue_full",
+            SmtpError::LowFreeSpace => "low_free_space",
+            SmtpError::AccountBacklogFull(_) => "account_backlog",
             SmtpError::ShuttingDown => "shutting_down",
             SmtpError::TooManyErrors => "too_many_errors",
             SmtpError::Timeout => "timeout",
@@ -137,6 +149,16 @@ impl SmtpError {
                 SmtpError::InsufficientStorage
             }
             _ => SmtpError::StorageFailed,
+        }
+    }
+
+    /// The refusal for a message when an admission limit is reached.
+    pub fn from_limit(limit: &crate::queue::admission::Limit) -> SmtpError {
+        use crate::queue::admission::Limit;
+        match limit {
+            Limit::QueueFull { .. } => SmtpError::QueueFull,
+            Limit::LowFreeSpace { .. } => SmtpError::LowFreeSpace,
+            Limit::AccountBacklog { account, .. } => SmtpError::AccountBacklogFull(account.clone()),
         }
     }
 

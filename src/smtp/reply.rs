@@ -101,6 +101,8 @@ impl From<&SmtpError> for Reply {
             BareNewline => (550, "5.6.0"),
             StorageFailed => (451, "4.3.0"),
             InsufficientStorage => (452, "4.3.1"),
+            // Admission control: "mail system full", which clients retry.
+            QueueFull | LowFreeSpace | AccountBacklogFull(_) => (452, "4.3.1"),
             ShuttingDown => (421, "4.3.0"),
             TooManyErrors => (421, "4.7.0"),
             Timeout => (421, "4.4.2"),
@@ -143,5 +145,19 @@ mod tests {
             beyond_overshoot: false,
         });
         assert_eq!(reply.status.as_bytes()[0], b'4');
+    }
+
+    #[test]
+    fn every_admission_refusal_is_452_4_3_1() {
+        for error in [
+            SmtpError::QueueFull,
+            SmtpError::LowFreeSpace,
+            SmtpError::AccountBacklogFull("contoso".into()),
+        ] {
+            let reply = Reply::from(&error);
+            assert_eq!((reply.code, reply.status), (452, "4.3.1"), "{error:?}");
+        }
+        let text = Reply::from(&SmtpError::AccountBacklogFull("contoso".into())).first_line();
+        assert!(text.contains("account contoso"), "{text}");
     }
 }

@@ -718,3 +718,36 @@ impl CapturedLogs {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// A tmpfs of `size` (`"8m"`) mounted at `at` (created) for as long as it is kept, or `None`
+/// where this process may not mount one (it takes root, as CI runs; CI must be able to). The
+/// caller's test then says it did not run.
+pub fn mount_tmpfs(at: &Path, size: &str) -> Option<Mounted> {
+    std::fs::create_dir_all(at).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs"
+        );
+        eprintln!("\n*** NOT RUN: mounting a tmpfs needs root ***\n");
+        return None;
+    }
+    Some(Mounted(at.to_owned()))
+}
+
+/// Unmounts a test's tmpfs however the test ends.
+pub struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

@@ -26,6 +26,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
             Some(t) => t,
         };
+        // Limits reached since RCPT: the transaction ends here, as after any refused DATA.
+        if let Err(error) = self
+            .intake
+            .admit(&transaction.sender, &transaction.recipients[0])
+        {
+            return self.refuse(error);
+        }
         self.push(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         let result = self.receive(transaction).await?;
         match result {

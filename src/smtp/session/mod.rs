@@ -24,7 +24,9 @@ use super::policy::Policy;
 use super::reply::Reply;
 use super::tls::{Acceptors, Negotiated, Stream};
 use crate::config::{Config, ListenConfig};
+use crate::delivery::lane::account_for_sender;
 use crate::queue::Spool;
+use crate::queue::admission::Admission;
 
 /// Longest command line accepted. RFC 5321 asks for at least 512; AUTH responses and
 /// extension parameters need more.
@@ -44,6 +46,22 @@ pub struct Intake {
     /// hands them to a new intake (its sessions then finish with these settings).
     pub accepting: CancellationToken,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What delivery counts: each account's backlog, which admission control reads.
+    pub delivery: Arc<crate::delivery::DeliveryStatus>,
+}
+
+impl Intake {
+    /// Whether a message from `sender` whose first recipient is `first_recipient` may be
+    /// taken now: the queue's limits, then those of the account it would go through.
+    fn admit(&self, sender: &str, first_recipient: &str) -> Result<(), SmtpError> {
+        let admission = Admission::new(&self.config, &self.spool, &self.delivery);
+        let accounts = &self.config.accounts;
+        let account = account_for_sender(accounts, sender, Some(first_recipient));
+        admission
+            .check_queue()
+            .and_then(|()| admission.check_account(account))
+            .map_err(|limit| SmtpError::from_limit(&limit))
+    }
 }
 
 /// Why a session ended early; each maps to a last reply (or none when the client is gone).

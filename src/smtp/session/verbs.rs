@@ -134,6 +134,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if !transaction.params.smtputf8 && !recipient.is_ascii() {
             return Err(SmtpError::NonAsciiAddress);
         }
-        policy.check_recipient(recipient)
+        policy.check_recipient(recipient)?;
+        let first = transaction
+            .recipients
+            .first()
+            .map_or(recipient, String::as_str);
+        self.intake.admit(&transaction.sender, first)
     }
 }
