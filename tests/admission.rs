@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::tokens::{SECRET, account, tenant};
+use common::tokens::{SECRET, secret_account, tenant};
 use common::{Client, start_binary_with_admin};
 
 /// An account whose identity provider and upstream are absent: its mail stays queued.
@@ -264,13 +264,7 @@ async fn an_accounts_backlog_cap_refuses_its_mail_while_the_others_flows() {
     let dir = tempfile::tempdir().unwrap();
     let tables = format!(
         "{}{}{}",
-        account(
-            &entra,
-            "contoso",
-            "app-secret",
-            "client_credentials",
-            "client_secret_file = \"secret\""
-        ),
+        secret_account(&entra),
         exchange.upstream_table(dir.path()),
         stuck_account("*@stuck.example", &format!("max_backlog = {CAP}")),
     );

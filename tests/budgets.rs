@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::tokens::{SECRET, account, tenant};
+use common::tokens::{SECRET, secret_account, tenant};
 use common::{Client, start_binary_with_admin, wait_for_log};
 
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,7 +76,7 @@ async fn a_spent_daily_budget_holds_mail_across_reload_stop_and_restart() {
              [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{}{}daily_recipients = 2\n",
             SHUTDOWN_TIMEOUT.as_secs(),
-            account(&entra, "contoso", "app-secret", "client_credentials", "client_secret_file = \"secret\""),
+            secret_account(&entra),
             exchange.upstream_table(dir.path()),
         ),
     )
@@ -206,13 +206,7 @@ async fn attempts_that_never_reach_exchange_cost_the_mailbox_nothing() {
                  [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
                  [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n\
                  [queue]\nretry = [\"1s\"]\n{cluster}{}{upstream}",
-                account(
-                    &entra,
-                    "contoso",
-                    "app-secret",
-                    "client_credentials",
-                    "client_secret_file = \"secret\""
-                ),
+                secret_account(&entra),
             ),
         )
         .unwrap();
