@@ -1,7 +1,7 @@
 //! The relay as `serve` runs it, built from a configuration: what lives for the whole
-//! process ([`Process`]: spool, metrics, budgets, delivery status, alert memory) and a
-//! [`Generation`] of everything the configuration decides (intake listeners, admin endpoint,
-//! token manager, delivery, control socket, alerts). `serve` builds the first generation at
+//! process ([`Process`]: spool, metrics, budgets, delivery status, alert memory, the token
+//! manager, which each generation reconfigures) and a [`Generation`] of everything else the
+//! configuration decides (intake listeners, admin endpoint, delivery, control socket, alerts). `serve` builds the first generation at
 //! start and a new one on each reload; tests build theirs with the same code.
 
 use std::net::SocketAddr;
@@ -44,10 +44,13 @@ pub struct Process {
     /// Told when a generation wants to be replaced by a fresh one (a token store key that
     /// was missing has appeared); `serve` reloads as for SIGHUP.
     pub reload: Arc<tokio::sync::Notify>,
-    /// Retired generations' token refreshers that were still finishing a token request:
-    /// a reload does not wait for them (a request may take a minute), the stop does (a
-    /// rotated refresh token must reach the store).
-    token_refreshers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// The token manager, from the first generation that has accounts and a usable store
+    /// key until the stop: each later generation's configuration is applied to it in place,
+    /// so a reload never waits for a token request, nor restarts one.
+    tokens: tokio::sync::Mutex<Option<Arc<TokenManager>>>,
+    /// The token manager's background task: at the stop it ends once a request under way has
+    /// finished (a rotated refresh token must reach the store).
+    token_refresher: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Process {
@@ -99,7 +102,8 @@ impl Process {
             alerts: Arc::default(),
             shutdown: CancellationToken::new(),
             reload: Arc::default(),
-            token_refreshers: Default::default(),
+            tokens: Default::default(),
+            token_refresher: Default::default(),
         })
     }
 
@@ -112,15 +116,15 @@ impl Process {
         }
     }
 
-    /// Waits for the token requests retired generations left under way (at shutdown).
+    /// Waits for the token manager to stop (after the shutdown was cancelled): for a token
+    /// request under way, not for a back-off.
     pub async fn finish_token_requests(&self) {
-        let refreshers = std::mem::take(
-            &mut *self
-                .token_refreshers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for refresher in refreshers {
+        let refresher = self
+            .token_refresher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(refresher) = refresher {
             let _ = refresher.await;
         }
     }
@@ -261,28 +265,18 @@ pub struct Generation {
     admin: Option<JoinHandle<()>>,
     outbound: CancellationToken,
     outbound_tasks: Vec<JoinHandle<()>>,
-    /// The token manager's background task: ends at once when `outbound` is cancelled,
-    /// but for a token request under way.
-    refresher: Option<JoinHandle<()>>,
 }
 
 impl Generation {
     /// Stops accepting and sending (its sessions go on: they end with the process's
     /// shutdown, or by themselves); returns the server task, which ends with the last session.
-    /// Delivery is stopped when this returns; a token request under way is left to finish
-    /// (`process` waits for it at the stop).
-    pub async fn retire(mut self, process: &Process) -> JoinHandle<()> {
+    /// Delivery is stopped when this returns: its waits for tokens end with it, and the token
+    /// manager, which is the process's, goes on.
+    pub async fn retire(mut self) -> JoinHandle<()> {
         self.accepting.cancel();
         self.outbound.cancel();
         for task in self.outbound_tasks.drain(..) {
             let _ = task.await;
-        }
-        if let Some(refresher) = self.refresher.take() {
-            process
-                .token_refreshers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(refresher);
         }
         if let Some(admin) = self.admin.take() {
             let _ = admin.await;
@@ -292,7 +286,7 @@ impl Generation {
 
     /// Waits for everything to end (after the process's shutdown was cancelled).
     pub async fn finish(self, process: &Process) {
-        let server = self.retire(process).await;
+        let server = self.retire().await;
         let _ = server.await;
         process.finish_token_requests().await;
     }
@@ -398,9 +392,8 @@ pub async fn prepare(
 }
 
 impl Prepared {
-    /// Starts it; `previous` is the generation's it replaces, whose counters and tokens the
-    /// new token manager takes over.
-    pub async fn start(self, process: &Process, previous: Option<&TokenManager>) -> Generation {
+    /// Starts it, with the process's token manager set to its configuration.
+    pub async fn start(self, process: &Process) -> Generation {
         let config = self.config;
         let smtp_addresses = self.server.local_addrs();
         let admin_address = self
@@ -414,16 +407,14 @@ impl Prepared {
         }
         let outbound = process.shutdown.child_token();
         let mut outbound_tasks = Vec::new();
-        let tokens =
-            start_token_manager(&config, process.cluster.as_deref(), &outbound, previous).await;
-        if tokens.is_none() && !config.accounts.is_empty() {
+        let manager = token_manager(&config, process).await;
+        if manager.is_none() && !config.accounts.is_empty() {
             outbound_tasks.push(tokio::spawn(await_token_key(
                 Arc::clone(&config),
                 Arc::clone(&process.reload),
                 outbound.clone(),
             )));
         }
-        let (manager, refresher) = tokens.unzip();
         let admin = self.admin_listener.map(|listener| {
             let admin = Arc::new(Admin {
                 bearer_token: self.admin_token,
@@ -470,7 +461,6 @@ impl Prepared {
             admin,
             outbound,
             outbound_tasks,
-            refresher,
         }
     }
 }
@@ -504,18 +494,44 @@ async fn await_token_key(
     }
 }
 
-/// Keeps every account's token fresh in the background. Without a usable store key the relay
-/// still accepts mail, which waits in the queue until the key is fixed.
-async fn start_token_manager(
-    config: &Config,
-    cluster: Option<&crate::cluster::Cluster>,
-    shutdown: &CancellationToken,
-    previous: Option<&TokenManager>,
-) -> Option<(Arc<TokenManager>, JoinHandle<()>)> {
+/// The process's token manager set to `config`: made at the first generation with accounts and
+/// a usable store key (its background task keeps every account's token fresh until the stop),
+/// reconfigured in place by the later ones. Without a usable store key the relay still
+/// accepts mail, which waits in the queue until the key is fixed.
+async fn token_manager(config: &Config, process: &Process) -> Option<Arc<TokenManager>> {
+    let mut current = process.tokens.lock().await;
+    if let Some(manager) = current.as_ref() {
+        if !manager.same_store(config) {
+            tracing::warn!(target: "tokens",
+                "[tokens] store, file, key_file and backups changes take effect at the next restart");
+        }
+        manager.reconfigure(config);
+    }
     if config.accounts.is_empty() {
         tracing::warn!("{}", crate::config::WARN_NO_ACCOUNT);
         return None;
     }
+    if current.is_none() {
+        let manager = Arc::new(new_token_manager(config, process.cluster.as_deref()).await?);
+        let refresher = tokio::spawn(Arc::clone(&manager).run(process.shutdown.clone()));
+        *process
+            .token_refresher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(refresher);
+        *current = Some(manager);
+    }
+    let manager = current.clone()?;
+    for status in manager.statuses() {
+        tracing::info!(target: "tokens", account = %status.account, state = status.health.name(),
+            reason = status.health.reason().unwrap_or(""), "account");
+    }
+    Some(manager)
+}
+
+async fn new_token_manager(
+    config: &Config,
+    cluster: Option<&crate::cluster::Cluster>,
+) -> Option<TokenManager> {
     let key = match TokenKey::load(config.tokens.key_file.as_deref()) {
         Ok(key) => key,
         Err(e) => {
@@ -538,14 +554,5 @@ async fn start_token_manager(
             config.tokens.backups,
         )),
     };
-    let manager = Arc::new(TokenManager::new(config, store, client).await);
-    if let Some(previous) = previous {
-        manager.take_over(previous);
-    }
-    for status in manager.statuses() {
-        tracing::info!(target: "tokens", account = %status.account, state = status.health.name(),
-            reason = status.health.reason().unwrap_or(""), "account");
-    }
-    let refresher = tokio::spawn(Arc::clone(&manager).run(shutdown.clone()));
-    Some((manager, refresher))
+    Some(TokenManager::new(config, store, client).await)
 }

@@ -534,3 +534,100 @@ async fn a_reload_and_a_stop_do_not_wait_for_another_account_s_token_back_off() 
     assert!(status.success());
     assert!(took < Duration::from_secs(1), "the stop took {took:?}");
 }
+
+/// Issue 22, point 2: the token manager is the process's, and a reload reconfigures it. A
+/// SIGHUP while the token endpoint takes 3 s to answer neither waits for the request nor
+/// makes another: the new generation's mail goes with that request's token as soon as it
+/// comes (with a one-hour floor between requests, a second request could not have been made
+/// in time). An account the reload adds gets its token and its mail goes; the first account
+/// still made one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_a_token_request_neither_waits_for_it_nor_asks_again() {
+    use common::tokens::{SECRET, secret_account, tenant};
+    let (entra, exchange) = tenant().await;
+    entra.state().delay = Some(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let path = dir.path().join("smtprelay.toml");
+    let head = "[server]\nhostname = \"relay.test\"\nstate_dir = \"state\"\n\
+                [[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
+                [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n[tokens]\nmin_request_interval = \"5m\"\n";
+    let contoso = format!(
+        "{}senders = [\"*@contoso.com\"]\n{}",
+        secret_account(&entra),
+        exchange.upstream_table(dir.path())
+    );
+    std::fs::write(&path, format!("{head}{contoso}")).unwrap();
+    let key_hex = common::token_key_hex();
+    let (mut relay, address, logs) =
+        start_binary_with_logs(&path, &[("SMTPRELAY_TOKEN_KEY", key_hex.as_str())]);
+    // The app-only account asks for its first token at start; Entra holds the answer 3 s.
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while entra.requests("client_credentials") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no token request");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let started = std::time::Instant::now();
+    signal(&relay, libc::SIGHUP);
+    wait_for_log(&logs, "configuration reloaded");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "the reload took {took:?}");
+
+    let mut client = Client::connect(address).await;
+    client.expect("EHLO printer", 250).await;
+    let (code, text) = client
+        .send_message(
+            "scanner@contoso.com",
+            &["a@example.com"],
+            b"Subject: after the reload\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while exchange.state().received.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the mail waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(entra.requests("client_credentials"), 1);
+
+    // A reload that adds an account: its first token is asked for, and its mail goes.
+    entra.state().delay = None;
+    let fabrikam = common::tokens::account(
+        &entra,
+        "fabrikam",
+        "app-secret",
+        "client_credentials",
+        "client_secret_file = \"secret\"\nsenders = [\"*@fabrikam.com\"]",
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "{head}{contoso}{fabrikam}{}",
+            exchange.upstream_table(dir.path())
+        ),
+    )
+    .unwrap();
+    signal(&relay, libc::SIGHUP);
+    wait_for_log(&logs, "configuration reloaded");
+    let (code, text) = client
+        .send_message(
+            "printer@fabrikam.com",
+            &["b@example.com"],
+            b"Subject: new account\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while exchange.state().received.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new account's mail waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(entra.requests("client_credentials"), 2);
+    drop(client);
+    signal(&relay, libc::SIGTERM);
+    assert!(relay.wait().unwrap().success());
+}

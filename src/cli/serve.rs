@@ -92,7 +92,7 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
     // "listening" line is always a graceful stop.
     let mut signals =
         Signals::install().map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
-    let mut current = prepared.start(&process, None).await;
+    let mut current = prepared.start(&process).await;
     let addresses = Arc::new(std::sync::Mutex::new(String::new()));
     ready(&addresses, &sockets, &process);
     let reporter = tokio::spawn(report_status(
@@ -132,9 +132,8 @@ async fn serve(config: Config) -> Result<ExitCode, ExitCode> {
                     }
                 };
                 // The old generation stops accepting and sending; its sessions go on.
-                let previous = current.tokens.clone();
-                retired.push(current.retire(&process).await);
-                current = next.start(&process, previous.as_deref()).await;
+                retired.push(current.retire().await);
+                current = next.start(&process).await;
                 // Before the line that says so: whoever reads it sees the new level at work.
                 crate::logging::apply_level(&log);
                 tracing::info!("configuration reloaded");

@@ -4,6 +4,8 @@
 //!   refreshes first. Callers that arrive during a refresh wait for that same refresh (one
 //!   token request, however many callers).
 //! - [`TokenManager::invalidate`] forgets a token the server refused (535 5.7.3, HTTP 401).
+//! - [`TokenManager::reconfigure`] applies a reload's accounts and timings in place: nothing
+//!   waits for it, and unchanged accounts keep their tokens and any request under way.
 //! - [`TokenManager::run`] refreshes every account before expiry even when no mail flows, so a
 //!   refresh token never idles out, and picks up tokens written by `smtprelay token login`
 //!   or by other nodes.
@@ -20,7 +22,7 @@
 //! the store keeps Unix times.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -169,11 +171,86 @@ pub struct AccountStatus {
 }
 
 struct Slot {
-    account: Result<OAuthAccount, String>,
+    /// Replaced in place when a reload changes the account but not whom it asks for tokens.
+    account: RwLock<Result<Arc<OAuthAccount>, String>>,
     flow: Flow,
     state: Mutex<SlotState>,
     /// Held while a token request runs: the single flight.
     refresh: tokio::sync::Mutex<()>,
+    /// Cancelled when a reload removes the account or changes whom it asks (endpoint, client,
+    /// flow, scope): its waits end, and a token it was still asking for is not kept.
+    retired: CancellationToken,
+}
+
+impl Slot {
+    fn new(config: &AccountConfig, state: SlotState) -> Slot {
+        let account = OAuthAccount::new(config)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        let mut slot = Slot {
+            account: RwLock::new(account),
+            flow: config.flow,
+            state: Mutex::new(state),
+            refresh: tokio::sync::Mutex::new(()),
+            retired: CancellationToken::new(),
+        };
+        slot.hold_if_misconfigured(None);
+        slot
+    }
+
+    fn oauth(&self) -> Result<Arc<OAuthAccount>, String> {
+        self.account
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether `account` asks the same endpoint for the same client, flow and scope: then
+    /// the tokens at hand are its tokens.
+    fn same_identity(&self, account: &Result<Arc<OAuthAccount>, String>) -> bool {
+        match (&self.oauth(), account) {
+            (Ok(old), Ok(new)) => {
+                old.endpoints.token == new.endpoints.token
+                    && old.config.client_id == new.config.client_id
+                    && old.config.flow == new.config.flow
+                    && old.scope == new.scope
+            }
+            _ => false,
+        }
+    }
+
+    /// An account whose credential cannot be used (or whose store cannot be read: `store_error`)
+    /// makes no request until a slow recheck or a reload.
+    fn hold_if_misconfigured(&mut self, store_error: Option<&str>) {
+        let reason = match (store_error, self.oauth()) {
+            (Some(reason), _) => reason.to_owned(),
+            (None, Err(reason)) => reason,
+            (None, Ok(_)) => return,
+        };
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        state.health = Health::Misconfigured(reason);
+        state.held_until = Some(Instant::now() + MISCONFIGURED_RECHECK);
+    }
+}
+
+/// What a reload may change about token requests without a restart.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    refresh_before: Duration,
+    retry_attempts: u32,
+    retry_delay: Duration,
+    min_request_interval: Duration,
+}
+
+impl Timing {
+    fn of(settings: &TokensConfig) -> Timing {
+        Timing {
+            refresh_before: settings.refresh_before,
+            retry_attempts: settings.retry_attempts,
+            retry_delay: settings.retry_delay,
+            min_request_interval: settings.min_request_interval,
+        }
+    }
 }
 
 struct SlotState {
@@ -321,17 +398,23 @@ enum Why {
 }
 
 pub struct TokenManager {
-    slots: BTreeMap<String, Arc<Slot>>,
+    /// The configured accounts. A reload changes this map in place ([`TokenManager::reconfigure`]):
+    /// the manager lives as long as the process, as the spool does.
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    timing: Mutex<Timing>,
     store: Arc<dyn TokenStore>,
+    /// What the store was made from: changing it takes a restart.
+    store_settings: TokensConfig,
     client: TokenClient,
-    settings: TokensConfig,
     events: broadcast::Sender<TokenEvent>,
     store_version: Mutex<Option<StoreVersion>>,
     /// Cancelled when [`TokenManager::run`]'s shutdown is: every wait between requests (a
-    /// back-off, the floor, another node's request, the refresh lock) ends then, so a stop or
-    /// a reload never waits for one. A request under way is finished: a rotated refresh
-    /// token must reach the store.
+    /// back-off, the floor, another node's request, the refresh lock) ends then, so a stop
+    /// never waits for one. A request under way is finished: a rotated refresh token must
+    /// reach the store.
     stopping: CancellationToken,
+    /// Told of each reload, so [`TokenManager::run`] keeps the new accounts fresh too.
+    reconfigured: tokio::sync::watch::Sender<()>,
 }
 
 impl TokenManager {
@@ -360,91 +443,111 @@ impl TokenManager {
                 let mut state =
                     SlotState::new(entry.and_then(|e| e.tokens.clone()).unwrap_or_default());
                 state.revision = entry.map_or(0, |e| e.revision);
-                let oauth = OAuthAccount::new(account).map_err(|e| e.to_string());
-                if let Some(reason) = store_error
-                    .clone()
-                    .or_else(|| oauth.as_ref().err().cloned())
-                {
-                    state.health = Health::Misconfigured(reason);
-                    state.held_until = Some(Instant::now() + MISCONFIGURED_RECHECK);
-                }
-                let slot = Slot {
-                    account: oauth,
-                    flow: account.flow,
-                    state: Mutex::new(state),
-                    refresh: tokio::sync::Mutex::new(()),
-                };
+                let mut slot = Slot::new(account, state);
+                slot.hold_if_misconfigured(store_error.as_deref());
                 (account.name.clone(), Arc::new(slot))
             })
             .collect();
         let (events, _) = broadcast::channel(256);
         TokenManager {
-            slots,
+            slots: RwLock::new(slots),
+            timing: Mutex::new(Timing::of(&config.tokens)),
             store_version: Mutex::new(version),
             store,
+            store_settings: config.tokens.clone(),
             client,
-            settings: config.tokens.clone(),
             events,
             stopping: CancellationToken::new(),
+            reconfigured: tokio::sync::watch::Sender::new(()),
         }
     }
 
-    /// Takes over what `previous` (the manager of the generation a reload replaces) knew, so
-    /// a reload neither resets the counters in `/metrics` nor makes alerts fire again: for
-    /// every account of both, its counters; for an account that still asks the same endpoint
-    /// for the same client, flow and scope, also its tokens in memory and its health. Holds are
-    /// not taken over: a reload is the admin's way of saying "try again".
-    pub fn take_over(&self, previous: &TokenManager) {
-        for (name, slot) in &self.slots {
-            let Some(old) = previous.slots.get(name) else {
-                continue;
-            };
-            let same_identity = match (&slot.account, &old.account) {
-                (Ok(new), Ok(old)) => {
-                    new.endpoints.token == old.endpoints.token
-                        && new.config.client_id == old.config.client_id
-                        && new.config.flow == old.config.flow
-                        && new.scope == old.scope
-                }
-                _ => false,
-            };
-            let old_state = lock(&old.state);
-            let mut state = lock(&slot.state);
-            state.refreshes = old_state.refreshes;
-            state.failures = old_state.failures;
-            state.consecutive_failures = old_state.consecutive_failures;
-            state.lifetime_total = old_state.lifetime_total;
-            if same_identity && !matches!(state.health, Health::Misconfigured(_)) {
-                state.tokens = old_state.tokens.clone();
-                state.revision = old_state.revision;
-                state.unsaved = old_state.unsaved;
-                state.expires = old_state.expires;
-                state.lifetime = old_state.lifetime;
-                state.warned_short_lifetime = old_state.warned_short_lifetime;
-                // The floor is between requests to the provider, whichever generation
-                // made them.
-                state.last_request = old_state.last_request;
-                state.floor_waived = old_state.floor_waived;
-                state.last_waiver = old_state.last_waiver;
-                state.health = old_state.health.clone();
-                state.held_until = None;
-                state.retry_at = None;
+    /// Whether `config`'s `[tokens]` names the store this manager was made with (the file,
+    /// its key and backups): a different one takes a restart.
+    pub fn same_store(&self, config: &Config) -> bool {
+        let (now, next) = (&self.store_settings, &config.tokens);
+        now.store == next.store
+            && now.file == next.file
+            && now.key_file == next.key_file
+            && now.backups == next.backups
+    }
+
+    /// Applies a reload's accounts and timings in place, without waiting for anything:
+    /// - an account that still asks the same endpoint for the same client, flow and scope
+    ///   keeps its tokens, counters, floor and any request under way; holds and back-offs are
+    ///   lifted (a reload is the admin's way of saying "try again");
+    /// - a new account, or one that now asks elsewhere, starts afresh (keeping only its
+    ///   counters, so `/metrics` and alerts do not start over) and takes what the store holds;
+    /// - a removed or changed account's waits end, and what it was still asking for is dropped.
+    ///
+    /// Requests for the other accounts, and the mail that waits for them, go on meanwhile.
+    pub fn reconfigure(&self, config: &Config) {
+        *lock(&self.timing) = Timing::of(&config.tokens);
+        let mut fresh = false;
+        {
+            let mut slots = write(&self.slots);
+            let mut previous = std::mem::take(&mut *slots);
+            for account in config.token_accounts() {
+                let oauth = OAuthAccount::new(account)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string());
+                let slot = match previous.remove(&account.name) {
+                    Some(slot) if slot.same_identity(&oauth) => {
+                        *slot.account.write().unwrap_or_else(|e| e.into_inner()) = oauth;
+                        let mut state = lock(&slot.state);
+                        state.held_until = None;
+                        state.retry_at = None;
+                        drop(state);
+                        slot
+                    }
+                    old => {
+                        let mut state = SlotState::new(StoredTokens::default());
+                        if let Some(old) = old {
+                            old.retired.cancel();
+                            let old = lock(&old.state);
+                            state.refreshes = old.refreshes;
+                            state.failures = old.failures;
+                            state.consecutive_failures = old.consecutive_failures;
+                            state.lifetime_total = old.lifetime_total;
+                        }
+                        fresh = true;
+                        Arc::new(Slot::new(account, state))
+                    }
+                };
+                slots.insert(account.name.clone(), slot);
+            }
+            for removed in previous.values() {
+                removed.retired.cancel();
             }
         }
+        if fresh {
+            // New slots hold revision 0: the next look at the store adopts what it has.
+            *lock(&self.store_version) = None;
+        }
+        self.reconfigured.send_replace(());
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<TokenEvent> {
         self.events.subscribe()
     }
 
-    pub fn accounts(&self) -> impl Iterator<Item = &str> {
-        self.slots.keys().map(String::as_str)
+    fn slot(&self, account: &str) -> Result<Arc<Slot>, TokenError> {
+        read(&self.slots)
+            .get(account)
+            .cloned()
+            .ok_or_else(|| TokenError::UnknownAccount(account.to_owned()))
     }
 
-    fn slot(&self, account: &str) -> Result<&Arc<Slot>, TokenError> {
-        self.slots
-            .get(account)
-            .ok_or_else(|| TokenError::UnknownAccount(account.to_owned()))
+    /// The accounts as configured now.
+    fn slots(&self) -> Vec<(String, Arc<Slot>)> {
+        read(&self.slots)
+            .iter()
+            .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
+            .collect()
+    }
+
+    fn timing(&self) -> Timing {
+        *lock(&self.timing)
     }
 
     fn emit(&self, account: &str, kind: TokenEventKind) {
@@ -456,13 +559,27 @@ impl TokenManager {
 
     /// A valid token for `account`, refreshing first when less than `refresh_before` is left.
     pub async fn access_token(&self, account: &str) -> Result<AccessToken, TokenError> {
+        self.access_token_until(account, &CancellationToken::new())
+            .await
+    }
+
+    /// [`TokenManager::access_token`] for a caller that may stop first (a delivery whose
+    /// generation a reload retires): its waits for a back-off, the floor or another caller's
+    /// request end with [`TokenError::Stopped`] when `caller` is cancelled. A request under
+    /// way is not cut short.
+    pub async fn access_token_until(
+        &self,
+        account: &str,
+        caller: &CancellationToken,
+    ) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
-        let refresh_before = self.settings.refresh_before;
+        let slot = &*slot;
+        let refresh_before = self.timing().refresh_before;
         if let Some(token) = lock(&slot.state).fresh_token(refresh_before) {
             return Ok(token);
         }
         self.reload_if_changed().await;
-        let _flight = self.lock_refresh(slot).await?;
+        let _flight = self.lock_refresh(slot, caller).await?;
         // Whoever held the lock before us may have refreshed already.
         if let Some(token) = lock(&slot.state).fresh_token(refresh_before) {
             return Ok(token);
@@ -473,7 +590,7 @@ impl TokenManager {
             let state = lock(&slot.state);
             let waiting = state.retry_at.is_some_and(|at| at > Instant::now())
                 || state
-                    .floor_until(self.settings.min_request_interval)
+                    .floor_until(self.timing().min_request_interval)
                     .is_some();
             if waiting && let Some(token) = state.token_with(Duration::ZERO) {
                 return Ok(token);
@@ -483,7 +600,7 @@ impl TokenManager {
         let result = match held {
             Some(error) => Err(error),
             None => {
-                self.refresh_locked(account, slot, Persist::BestEffort, Why::Due)
+                self.refresh_locked(account, slot, Persist::BestEffort, Why::Due, caller)
                     .await
             }
         };
@@ -518,8 +635,9 @@ impl TokenManager {
         let slot = self.slot(account)?;
         self.store.load_all().await?;
         self.reload_if_changed().await;
-        let _flight = self.lock_refresh(slot).await?;
-        self.refresh_locked(account, slot, Persist::Required, Why::Asked)
+        let stop = &self.stopping;
+        let _flight = self.lock_refresh(&slot, stop).await?;
+        self.refresh_locked(account, &slot, Persist::Required, Why::Asked, stop)
             .await
     }
 
@@ -531,8 +649,8 @@ impl TokenManager {
         login: bool,
     ) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
-        let _flight = self.lock_refresh(slot).await?;
-        self.accept(account, slot, response, login, Persist::Required)
+        let _flight = self.lock_refresh(&slot, &self.stopping).await?;
+        self.accept(account, &slot, response, login, Persist::Required)
             .await
     }
 
@@ -544,11 +662,12 @@ impl TokenManager {
         slot: &Slot,
         persist: Persist,
         why: Why,
+        caller: &CancellationToken,
     ) -> Result<AccessToken, TokenError> {
-        let oauth = match &slot.account {
+        let oauth = match slot.oauth() {
             Ok(oauth) => oauth,
             Err(reason) => {
-                let error = TokenError::Credential(reason.clone());
+                let error = TokenError::Credential(reason);
                 self.fail(account, slot, &error);
                 return Err(error);
             }
@@ -556,8 +675,8 @@ impl TokenManager {
         // Before the cluster's flight: a node that held it while waiting out its own floor
         // would keep the others from asking, and a Redis that lost the lock meanwhile would
         // let another node ask as well.
-        self.wait_for_floor(slot).await?;
-        let guard = match self.take_flight(account, slot, why).await {
+        self.wait_for_floor(slot, caller).await?;
+        let guard = match self.take_flight(account, slot, why, caller).await {
             Flown::Mine(guard) => guard,
             Flown::Stored(stored_meanwhile) => return Ok(stored_meanwhile),
             Flown::Stopped => {
@@ -575,12 +694,12 @@ impl TokenManager {
             state.tokens.refresh_token.clone()
         };
         let retries = match why {
-            Why::Due => self.settings.retry_attempts,
+            Why::Due => self.timing().retry_attempts,
             // The admin is waiting for the answer, and can ask again.
             Why::Asked => 0,
         };
         let result = self
-            .with_retries(account, slot, retries, || async {
+            .with_retries(account, slot, retries, caller, || async {
                 match (slot.flow, &refresh_token) {
                     (Flow::ClientCredentials, _) => oauth.client_credentials(&self.client).await,
                     (_, Some(refresh_token)) => oauth.refresh(&self.client, refresh_token).await,
@@ -589,6 +708,8 @@ impl TokenManager {
             })
             .await;
         let result = match result {
+            // A reload removed the account or changed whom it asks: this token is not its.
+            Ok(_) if slot.retired.is_cancelled() => Err(TokenError::Stopped),
             Ok(response) => self.accept(account, slot, response, false, persist).await,
             // Not a failure of the endpoint's: nothing to record.
             Err(TokenError::Stopped) => Err(TokenError::Stopped),
@@ -605,7 +726,13 @@ impl TokenManager {
     }
 
     /// Waits until this process may ask for `account`'s token (see [`Flown`]).
-    async fn take_flight(&self, account: &str, slot: &Slot, why: Why) -> Flown {
+    async fn take_flight(
+        &self,
+        account: &str,
+        slot: &Slot,
+        why: Why,
+        caller: &CancellationToken,
+    ) -> Flown {
         loop {
             if why == Why::Due
                 && let Some(token) = self.adopt_stored(account, slot).await
@@ -628,7 +755,7 @@ impl TokenManager {
                 Ok(Flight::Elsewhere { holder }) => {
                     lock(&slot.state).flight_holder = Some(holder);
                     if self
-                        .pause_until(Instant::now() + FLIGHT_POLL)
+                        .pause_until(Instant::now() + FLIGHT_POLL, slot, caller)
                         .await
                         .is_err()
                     {
@@ -660,7 +787,7 @@ impl TokenManager {
     async fn adopt_stored(&self, account: &str, slot: &Slot) -> Option<AccessToken> {
         self.read_back(account, slot).await.ok()?;
         let mut state = lock(&slot.state);
-        let token = state.fresh_token(self.settings.refresh_before)?;
+        let token = state.fresh_token(self.timing().refresh_before)?;
         state.retry_at = None;
         Some(token)
     }
@@ -779,13 +906,13 @@ impl TokenManager {
             token: tokens.access_token.clone().expect("just set"),
             expires_at: tokens.expires_at,
         };
-        let short_lifetime = lifetime < self.settings.refresh_before;
+        let short_lifetime = lifetime < self.timing().refresh_before;
         {
             let mut state = lock(&slot.state);
             if short_lifetime && !state.warned_short_lifetime {
                 state.warned_short_lifetime = true;
                 tracing::warn!(target: "tokens", account, lifetime_secs = lifetime.as_secs(),
-                    refresh_before_secs = self.settings.refresh_before.as_secs(),
+                    refresh_before_secs = self.timing().refresh_before.as_secs(),
                     "the provider issues tokens for less than refresh_before: each is refreshed when half of it is left");
             }
             state.expires = Some(Instant::now() + lifetime);
@@ -854,7 +981,7 @@ impl TokenManager {
             ErrorClass::Transient => {
                 let failures = lock(&slot.state).consecutive_failures + 1;
                 let backoff = self
-                    .settings
+                    .timing()
                     .retry_delay
                     .saturating_mul(1 << failures.min(16))
                     .min(MAX_BACKOFF);
@@ -895,6 +1022,7 @@ impl TokenManager {
         account: &str,
         slot: &Slot,
         retries: u32,
+        caller: &CancellationToken,
         request: F,
     ) -> Result<TokenResponse, TokenError>
     where
@@ -903,7 +1031,7 @@ impl TokenManager {
     {
         let mut attempt = 0;
         loop {
-            self.wait_for_floor(slot).await?;
+            self.wait_for_floor(slot, caller).await?;
             self.note_request(slot);
             let error = match request().await {
                 Ok(response) => return Ok(response),
@@ -914,7 +1042,7 @@ impl TokenManager {
                 return Err(error);
             }
             let base = self
-                .settings
+                .timing()
                 .retry_delay
                 .saturating_mul(1 << attempt.min(16));
             let jitter = 0.5 + rand::random::<f64>();
@@ -923,18 +1051,23 @@ impl TokenManager {
                 .unwrap_or_else(|| base.mul_f64(jitter))
                 .min(MAX_BACKOFF);
             tracing::info!(target: "tokens", account, error = %error, retry_in_ms = delay.as_millis() as u64, "token request failed; retrying");
-            self.pause_until(Instant::now() + delay).await?;
+            self.pause_until(Instant::now() + delay, slot, caller)
+                .await?;
             attempt += 1;
         }
     }
 
     /// Waits until the floor between requests has passed (or was waived).
-    async fn wait_for_floor(&self, slot: &Slot) -> Result<(), TokenError> {
-        let floor = self.settings.min_request_interval;
+    async fn wait_for_floor(
+        &self,
+        slot: &Slot,
+        caller: &CancellationToken,
+    ) -> Result<(), TokenError> {
+        let floor = self.timing().min_request_interval;
         loop {
             let until = lock(&slot.state).floor_until(floor);
             match until {
-                Some(until) => self.pause_until(until).await?,
+                Some(until) => self.pause_until(until, slot, caller).await?,
                 None => return Ok(()),
             }
         }
@@ -951,11 +1084,26 @@ impl TokenManager {
         state.floor_waived = false;
     }
 
-    /// Sleeps until `until`, or fails with [`TokenError::Stopped`] when the manager stops first.
-    async fn pause_until(&self, until: Instant) -> Result<(), TokenError> {
+    /// Sleeps until `until`, or fails with [`TokenError::Stopped`] when waiting ends first.
+    async fn pause_until(
+        &self,
+        until: Instant,
+        slot: &Slot,
+        caller: &CancellationToken,
+    ) -> Result<(), TokenError> {
         tokio::select! {
             _ = tokio::time::sleep_until(until) => Ok(()),
-            _ = self.stopping.cancelled() => Err(TokenError::Stopped),
+            _ = self.wait_ends(slot, caller) => Err(TokenError::Stopped),
+        }
+    }
+
+    /// Completes when a wait for `slot` must end: the manager stops, a reload retires the
+    /// account, or the caller stops.
+    async fn wait_ends(&self, slot: &Slot, caller: &CancellationToken) {
+        tokio::select! {
+            _ = self.stopping.cancelled() => {}
+            _ = slot.retired.cancelled() => {}
+            _ = caller.cancelled() => {}
         }
     }
 
@@ -964,10 +1112,11 @@ impl TokenManager {
     async fn lock_refresh<'a>(
         &self,
         slot: &'a Slot,
+        caller: &CancellationToken,
     ) -> Result<tokio::sync::MutexGuard<'a, ()>, TokenError> {
         tokio::select! {
             guard = slot.refresh.lock() => Ok(guard),
-            _ = self.stopping.cancelled() => Err(TokenError::Stopped),
+            _ = self.wait_ends(slot, caller) => Err(TokenError::Stopped),
         }
     }
 
@@ -978,7 +1127,8 @@ impl TokenManager {
         let Ok(version) = self.store.version().await else {
             return;
         };
-        let behind = self.slots.values().any(|slot| lock(&slot.state).unsaved);
+        let slots = self.slots();
+        let behind = slots.iter().any(|(_, slot)| lock(&slot.state).unsaved);
         if *lock(&self.store_version) == version && !behind {
             return;
         }
@@ -993,7 +1143,7 @@ impl TokenManager {
             }
         };
         *lock(&self.store_version) = version;
-        for (account, slot) in &self.slots {
+        for (account, slot) in &slots {
             let (revision, unsaved, has_tokens, tokens) = {
                 let state = lock(&slot.state);
                 let has_tokens =
@@ -1059,7 +1209,7 @@ impl TokenManager {
         } else {
             match (&state.tokens.access_token, state.expires) {
                 (Some(_), Some(expires)) => expires
-                    .checked_sub(state.margin(self.settings.refresh_before))
+                    .checked_sub(state.margin(self.timing().refresh_before))
                     .unwrap_or_else(Instant::now),
                 // App-only accounts can get their first token without anyone's help;
                 // delegated accounts with a refresh token but no access token can too.
@@ -1071,20 +1221,31 @@ impl TokenManager {
                 _ => return None,
             }
         };
-        let floor = state.floor_until(self.settings.min_request_interval);
+        let floor = state.floor_until(self.timing().min_request_interval);
         Some(floor.map_or(due, |floor| floor.max(due)))
     }
 
     /// Keeps every account fresh until `shutdown`, each in its own task (a slow token endpoint
     /// holds up only its own account), and picks up what the CLI writes to the store.
+    /// Accounts a reload adds get their own task then; a removed or changed account's task
+    /// ends with its slot.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut accounts = tokio::task::JoinSet::new();
-        for account in self.slots.keys() {
-            accounts.spawn(Arc::clone(&self).keep_fresh(account.clone(), shutdown.clone()));
-        }
+        let mut kept: Vec<Arc<Slot>> = Vec::new();
+        let mut reconfigured = self.reconfigured.subscribe();
         loop {
+            kept.retain(|slot| !slot.retired.is_cancelled());
+            for (account, slot) in self.slots() {
+                if !kept.iter().any(|kept| Arc::ptr_eq(kept, &slot)) {
+                    kept.push(Arc::clone(&slot));
+                    accounts.spawn(Arc::clone(&self).keep_fresh(account, slot, shutdown.clone()));
+                }
+            }
+            while accounts.try_join_next().is_some() {}
             tokio::select! {
                 _ = tokio::time::sleep(STORE_POLL) => self.reload_if_changed().await,
+                // New accounts take what the store holds for them at once.
+                Ok(()) = reconfigured.changed() => self.reload_if_changed().await,
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -1095,10 +1256,12 @@ impl TokenManager {
     /// Refreshes one account whenever it is due. A request under way is not cut short by
     /// `shutdown`: a rotated refresh token must reach the store (each request has its
     /// timeout); the waits between requests are.
-    async fn keep_fresh(self: Arc<Self>, account: String, shutdown: CancellationToken) {
-        let Some(slot) = self.slots.get(&account).cloned() else {
-            return;
-        };
+    async fn keep_fresh(
+        self: Arc<Self>,
+        account: String,
+        slot: Arc<Slot>,
+        shutdown: CancellationToken,
+    ) {
         // Any event for the account (a login stored by the CLI, an invalidation) may move its
         // next refresh: look again then.
         let mut events = self.subscribe();
@@ -1108,7 +1271,7 @@ impl TokenManager {
             let now = Instant::now();
             let wake = match due {
                 Some(due) if due <= now => {
-                    let Ok(_flight) = self.lock_refresh(&slot).await else {
+                    let Ok(_flight) = self.lock_refresh(&slot, &shutdown).await else {
                         return;
                     };
                     // Re-check under the lock: a caller may have just refreshed.
@@ -1117,7 +1280,13 @@ impl TokenManager {
                         .is_some_and(|d| d <= Instant::now())
                     {
                         let _ = self
-                            .refresh_locked(&account, &slot, Persist::BestEffort, Why::Due)
+                            .refresh_locked(
+                                &account,
+                                &slot,
+                                Persist::BestEffort,
+                                Why::Due,
+                                &shutdown,
+                            )
                             .await;
                     }
                     continue;
@@ -1133,20 +1302,22 @@ impl TokenManager {
                     }
                 }
                 _ = shutdown.cancelled() => return,
+                _ = slot.retired.cancelled() => return,
             }
         }
     }
 
     pub fn statuses(&self) -> Vec<AccountStatus> {
         let now = crate::clock::unix_secs();
-        self.slots
-            .iter()
+        let timing = self.timing();
+        self.slots()
+            .into_iter()
             .map(|(account, slot)| {
-                let next = self.next_refresh(slot).map(|at| unix_of(at, now));
+                let next = self.next_refresh(&slot).map(|at| unix_of(at, now));
                 let state = lock(&slot.state);
                 let tokens = &state.tokens;
                 AccountStatus {
-                    account: account.clone(),
+                    account,
                     flow: slot.flow,
                     health: state.health.clone(),
                     access_token_expires_at: tokens
@@ -1181,27 +1352,17 @@ impl TokenManager {
                     revision: state.revision,
                     unsaved: state.unsaved,
                     refresh_lock_holder: state.flight_holder.clone(),
-                    min_request_interval_secs: self.settings.min_request_interval.as_secs(),
+                    min_request_interval_secs: timing.min_request_interval.as_secs(),
                     next_request_allowed_at: state
-                        .floor_until(self.settings.min_request_interval)
+                        .floor_until(timing.min_request_interval)
                         .map(|at| unix_of(at, now)),
                 }
             })
             .collect()
     }
 
-    pub fn account_config(&self, account: &str) -> Option<&AccountConfig> {
-        self.slots
-            .get(account)
-            .and_then(|s| s.account.as_ref().ok())
-            .map(|a| &a.config)
-    }
-
-    pub fn oauth_account(&self, account: &str) -> Result<&OAuthAccount, TokenError> {
-        match &self.slot(account)?.account {
-            Ok(oauth) => Ok(oauth),
-            Err(reason) => Err(TokenError::Credential(reason.clone())),
-        }
+    pub fn oauth_account(&self, account: &str) -> Result<Arc<OAuthAccount>, TokenError> {
+        self.slot(account)?.oauth().map_err(TokenError::Credential)
     }
 
     pub fn client(&self) -> &TokenClient {
@@ -1211,6 +1372,14 @@ impl TokenManager {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The Tokio instant at which a Unix time in seconds falls.
@@ -1396,6 +1565,86 @@ mod tests {
         let status = &manager.statuses()[0];
         assert_eq!(status.refreshes_total, 4);
         assert_eq!(status.average_lifetime_secs, Some(3600));
+    }
+
+    /// What a reload might read: the test account "contoso" (of `client_id`) with `tables`
+    /// and `more` accounts after it.
+    fn reloaded(dir: &Path, client_id: &str, tables: &str, more: &str) -> Config {
+        let text = format!(
+            "[server]\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n\
+             [tokens]\nretry_attempts = 3\nretry_delay = \"1s\"\nrefresh_before = \"5m\"\n{tables}\
+             [[account]]\nname = \"contoso\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = {client_id:?}\n\
+             flow = \"client_credentials\"\nclient_secret_file = \"secret\"\nmailbox = \"relay@contoso.com\"\n{more}"
+        );
+        Config::parse(&dir.join("smtprelay.toml"), text).unwrap()
+    }
+
+    /// Issue 22, point 2: a reload reconfigures the process's manager in place. An account
+    /// that asks as before keeps its token and counters (no request); one the reload adds is
+    /// asked for; one whose client changed starts afresh, and a caller waiting out its
+    /// back-off is let go at once instead of waiting for the retries.
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_reconfigures_accounts_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = scripted(3600);
+        let manager = manager(dir.path(), "client_credentials", Arc::clone(&endpoint)).await;
+        let first = manager.access_token("contoso").await.unwrap();
+
+        let fabrikam = "[[account]]\nname = \"fabrikam\"\ntenant = \"fabrikam.onmicrosoft.com\"\n\
+                        client_id = \"app\"\nflow = \"client_credentials\"\n\
+                        client_secret_file = \"secret\"\nmailbox = \"relay@fabrikam.com\"\n";
+        manager.reconfigure(&reloaded(
+            dir.path(),
+            "app",
+            "min_request_interval = \"30s\"\n",
+            fabrikam,
+        ));
+        let again = manager.access_token("contoso").await.unwrap();
+        assert_eq!(again.token, first.token);
+        assert_eq!(endpoint.request_times().len(), 1);
+        manager.access_token("fabrikam").await.unwrap();
+        assert_eq!(endpoint.request_times().len(), 2);
+        let statuses = manager.statuses();
+        assert_eq!(statuses.len(), 2);
+        assert_eq!(statuses[0].refreshes_total, 1);
+        assert_eq!(statuses[0].min_request_interval_secs, 30);
+
+        // contoso's token is refused; Entra answers 503 to the new requests: a caller waits
+        // out the back-off between retries.
+        manager.invalidate("contoso", &again.token);
+        for _ in 0..4 {
+            lock(&endpoint.script).push_back(json(503, serde_json::json!({}), None));
+        }
+        let waiting = tokio::spawn({
+            let manager = Arc::clone(&manager);
+            async move { manager.access_token("contoso").await }
+        });
+        while endpoint.request_times().len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        let asked = Instant::now();
+        manager.reconfigure(&reloaded(dir.path(), "other-app", "", ""));
+        let result = waiting.await.unwrap();
+        assert!(
+            matches!(result, Err(TokenError::Stopped)),
+            "{:?}",
+            result.map(|t| t.expires_at)
+        );
+        assert_eq!(
+            asked.elapsed(),
+            Duration::ZERO,
+            "the back-off was waited out"
+        );
+        assert_eq!(endpoint.request_times().len(), 3);
+        let statuses = manager.statuses();
+        assert_eq!(statuses.len(), 1, "fabrikam was removed");
+        assert_eq!(statuses[0].health, Health::NoToken);
+        assert_eq!(statuses[0].refresh_failures_total, 0);
+        assert_eq!(statuses[0].refreshes_total, 1, "counters are kept");
+        // The account starts afresh from what the store holds, as at a start (an admin who
+        // changes the client runs `token login` for it first): no request for that.
+        manager.access_token("contoso").await.unwrap();
+        assert_eq!(endpoint.request_times().len(), 3);
     }
 
     /// Asks for the token every `every` for `how_long`, as busy workers do.

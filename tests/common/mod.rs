@@ -186,7 +186,7 @@ impl TestRelay {
         )
         .await
         .unwrap();
-        let generation = prepared.start(&process, None).await;
+        let generation = prepared.start(&process).await;
         TestRelay {
             dir,
             addrs: generation.smtp_addresses.clone(),

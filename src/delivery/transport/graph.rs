@@ -255,9 +255,9 @@ impl GraphTransport {
         loop {
             let token = self
                 .tokens
-                .access_token(account)
+                .access_token_until(account, &self.stop)
                 .await
-                .map_err(|e| SendError::NoToken(e.to_string()))?;
+                .map_err(SendError::no_token)?;
             let request = Request {
                 http: &http,
                 base: mailbox_url(&self.account, message.mailbox),

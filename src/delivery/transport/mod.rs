@@ -101,6 +101,15 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// No token to send with: a wait the delivery's stop ended is the stop, not a token
+    /// problem.
+    pub fn no_token(error: crate::oauth::error::TokenError) -> SendError {
+        match error {
+            crate::oauth::error::TokenError::Stopped => SendError::Interrupted,
+            error => SendError::NoToken(error.to_string()),
+        }
+    }
+
     /// Whether the upstream may have counted this attempt against the mailbox's limits.
     pub fn reached_upstream(&self) -> bool {
         match self {

@@ -14,7 +14,6 @@ use crate::delivery::budget::BoxFuture;
 use crate::delivery::classify::{Verdict, classify};
 use crate::delivery::client::{ClientError, UpstreamConnection, explain_client_error};
 use crate::delivery::transaction::{self, TransactionError};
-use crate::oauth::error::TokenError;
 use crate::oauth::manager::TokenManager;
 
 pub struct SmtpTransport {
@@ -108,9 +107,9 @@ impl SmtpTransport {
         for try_number in 0..2 {
             let token = self
                 .tokens
-                .access_token(account)
+                .access_token_until(account, &self.stop)
                 .await
-                .map_err(|e: TokenError| SendError::NoToken(e.to_string()))?;
+                .map_err(SendError::no_token)?;
             let mut connection = UpstreamConnection::connect(
                 &self.account.upstream,
                 Arc::clone(&tls),
