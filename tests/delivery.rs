@@ -708,6 +708,50 @@ async fn deferred_mail_goes_out_when_the_upstream_answers_again_without_new_mail
     assert_eq!(w.exchange.state().received.len(), 3);
 }
 
+/// Issue 22, point 6: `queue release` while the upstream cannot be reached used to try the
+/// message at once, which counted an attempt and pushed the next one a retry interval out.
+/// Now the message waits for the upstream (probed at once, no attempt) and goes when it
+/// answers, with no new mail and long before its retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_released_while_the_upstream_is_away_costs_no_attempt() {
+    let w = world("", "[queue]\nretry = [\"10m\"]\n").await;
+    w.exchange.state().down = Some("421 4.3.2 Service not available".into());
+    let id = send(
+        &w.relay,
+        "scanner@contoso.com",
+        &["a@fabrikam.com"],
+        b"Subject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    every_message_attempted(&w.relay).await;
+    let (ok, text) = queue_cli(&w.relay, &["hold", &id]);
+    assert!(ok && text.contains("held"), "{text}");
+
+    let connections = w.exchange.state().connections;
+    let (ok, text) = queue_cli(&w.relay, &["release", &id]);
+    assert!(ok && text.contains("when the upstream answers"), "{text}");
+    let (_, text) = queue_cli(&w.relay, &["show", &id, "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&text).expect(&text);
+    assert_eq!(shown["standing"]["standing"], "deferred", "{shown}");
+    assert_eq!(shown["state"]["attempts"], 1, "{shown}");
+    let waiting = shown["waiting"].as_str().unwrap();
+    assert!(!waiting.contains("1970"), "{waiting}");
+    // The release probes at once: a connection without a login.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while w.exchange.state().connections == connections {
+        assert!(tokio::time::Instant::now() < deadline, "no probe");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(w.exchange.state().auth_attempts, 0);
+    let file = w.relay.spool.get(id.parse().unwrap()).await.unwrap();
+    let state = w.relay.spool.paths().read_state(&file.envelope).unwrap();
+    assert_eq!(state.attempts, 1, "{state:?}");
+
+    w.exchange.state().down = None;
+    w.relay.drained().await;
+    assert_eq!(w.exchange.state().received.len(), 1);
+}
+
 #[tokio::test]
 async fn queue_commands_say_so_when_the_relay_is_not_running() {
     let relay = TestRelay::start("").await; // no account, so no delivery and no control socket

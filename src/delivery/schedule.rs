@@ -603,6 +603,20 @@ impl Schedule {
         self.timers.insert((now + next, Timer::Probe(lane)));
     }
 
+    /// Whether `lane`'s upstream could not be reached and is being probed.
+    pub fn upstream_down(&self, lane: usize) -> bool {
+        self.lanes
+            .get(lane)
+            .is_some_and(|l| l.upstream_down.is_some())
+    }
+
+    /// Probes `lane`'s upstream now if it is down (an admin released mail for it).
+    pub fn probe_now(&mut self, lane: usize) {
+        if self.upstream_down(lane) && !self.probes_due.contains(&lane) {
+            self.probes_due.push(lane);
+        }
+    }
+
     /// `lane`'s upstream answered: its mail, deferred or held back, is due now.
     fn upstream_back(&mut self, lane: usize) {
         if self.lanes[lane].upstream_down.take().is_some() {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Budget;
+use super::disposition;
 use super::lane::{Lane, route};
 use super::schedule::{Applied, Deferred, Report, Schedule, Standing, Upstream};
 use super::settle::{save_progress, settle};
@@ -348,7 +349,9 @@ impl Delivery {
             return;
         };
         let result = match deferred {
-            Deferred::Hold => set_held(&self.shared.spool, &file, true).await.map(drop),
+            Deferred::Hold => set_held(&self.shared.spool, &file, Hold::On)
+                .await
+                .map(drop),
             Deferred::Delete => self.delete(id).await,
         };
         if let Err(e) = result {
@@ -407,7 +410,7 @@ impl Delivery {
                         "{id} is being delivered now; held when this attempt ends"
                     )),
                     Some(Applied::Now) | None => {
-                        set_held(spool, &file, true).await?;
+                        set_held(spool, &file, Hold::On).await?;
                         schedule.note_held(id, destination(&self.lanes, &file.envelope).0);
                         Ok(format!("{id} held"))
                     }
@@ -418,13 +421,31 @@ impl Delivery {
                 if schedule.cancel_deferred(id) {
                     return Ok(format!("{id} released"));
                 }
-                if schedule.contains(id) || !set_held(spool, &file, false).await? {
+                // Tried against an upstream known to be away, the release would cost an
+                // attempt and push the next one out: the message waits for the upstream
+                // instead, which is probed now, and goes the moment it answers (or at the
+                // first retry interval, as any deferred message).
+                let lane = destination(&self.lanes, &file.envelope).0;
+                let wait = schedule
+                    .upstream_down(lane)
+                    .then(|| disposition::retry_delay(&self.shared.config.queue, 1));
+                let next_attempt_ms =
+                    wait.map_or(0, |wait| crate::clock::unix_ms() + wait.as_millis() as u64);
+                if schedule.contains(id)
+                    || !set_held(spool, &file, Hold::Off { next_attempt_ms }).await?
+                {
                     return Err(format!("{id} is not held"));
                 }
                 schedule.forget_held(id);
                 let now = Instant::now();
-                self.add(schedule, &file, now, now);
-                Ok(format!("{id} released"))
+                self.add(schedule, &file, now + wait.unwrap_or_default(), now);
+                if wait.is_none() {
+                    return Ok(format!("{id} released"));
+                }
+                schedule.probe_now(lane);
+                Ok(format!(
+                    "{id} released; its upstream cannot be reached now, so it goes when the upstream answers"
+                ))
             }
             Control::Delete(id) => {
                 queued(id)?;
@@ -543,20 +564,27 @@ async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Startup {
     .unwrap_or_default()
 }
 
-/// Records a hold (or its release, which makes the message due now). Returns whether the
-/// message was held before; nothing is written when that does not change.
-async fn set_held(spool: &Spool, file: &MessageFile, held: bool) -> Result<bool, String> {
+/// A hold placed, or released with the next attempt's time (Unix ms; 0: now).
+enum Hold {
+    On,
+    Off { next_attempt_ms: u64 },
+}
+
+/// Records a hold or its release. Returns whether the message was held before; nothing is
+/// written when that does not change.
+async fn set_held(spool: &Spool, file: &MessageFile, hold: Hold) -> Result<bool, String> {
     let mut state = spool
         .load_state(&file.envelope)
         .await
         .map_err(|e| e.to_string())?;
     let was_held = state.held;
+    let held = matches!(hold, Hold::On);
     if was_held == held {
         return Ok(was_held);
     }
     state.held = held;
-    if !held {
-        state.next_attempt_ms = 0;
+    if let Hold::Off { next_attempt_ms } = hold {
+        state.next_attempt_ms = next_attempt_ms;
     }
     spool
         .save_state(file.envelope.id, &state)
