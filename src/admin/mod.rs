@@ -259,7 +259,7 @@ pub async fn assess(admin: &Admin) -> HealthReport {
     degraded.extend(graph_fallbacks.iter().map(|f| f.describe()));
     // Mail is refused, though what is queued flows: a look is needed before devices give up.
     let admission =
-        crate::queue::admission::Admission::new(&admin.config, &admin.spool, &admin.delivery);
+        crate::queue::admission::Admission::new(&admin.config, &admin.spool, &*admin.delivery);
     degraded.extend(admission.reached().iter().map(|limit| limit.describe()));
     let cluster = admin.cluster.as_ref().map(|c| c.report());
     degraded.extend(cluster.as_ref().and_then(|c| c.problem()));

@@ -2,6 +2,7 @@
 //! running daemon also says what each message waits for (its scheduler's view).
 
 use super::output::{errln, outln};
+use crate::delivery::meaning::Explain;
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -16,9 +16,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::reply::UpstreamReply;
+use super::meaning::Explain;
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::oauth::Secret;
+use crate::queue::UpstreamReply;
 
 /// How long QUIT waits for its reply, whatever `command_timeout` says.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::reply::UpstreamReply;
 use crate::config::QueueConfig;
+use crate::queue::UpstreamReply;
 use crate::queue::{DeliveryState, RecipientStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

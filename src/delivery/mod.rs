@@ -3,14 +3,13 @@
 //! mean.
 
 pub mod budget;
-pub mod classify;
 pub mod client;
 pub mod disposition;
 pub mod dsn;
 pub mod lane;
+pub mod meaning;
 pub mod pacing;
 pub mod probe;
-pub mod reply;
 pub mod schedule;
 pub mod scheduler;
 pub mod settle;
@@ -21,6 +20,5 @@ pub mod worker;
 
 pub use budget::{Budget, LocalBudget};
 pub use client::{ClientError, UpstreamConnection};
-pub use reply::UpstreamReply;
 pub use scheduler::{Delivery, Outbound};
 pub use status::DeliveryStatus;

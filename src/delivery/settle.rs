@@ -4,6 +4,7 @@
 //! `failed/`). Only the scheduler runs these, and only for a message it counts as in flight,
 //! so nothing else writes the same state meanwhile.
 
+use super::meaning::Explain;
 use std::time::Duration;
 
 use tokio::time::Instant;

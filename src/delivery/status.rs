@@ -113,6 +113,12 @@ pub struct DeliveryStatus {
     changed: tokio::sync::Notify,
 }
 
+impl crate::queue::admission::Backlogs for DeliveryStatus {
+    fn backlog_of(&self, account: &str) -> Option<usize> {
+        DeliveryStatus::backlog_of(self, account)
+    }
+}
+
 impl DeliveryStatus {
     pub fn held(&self) -> Vec<HeldMailbox> {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -6,10 +6,10 @@ use std::io::SeekFrom;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::classify::{Verdict, classify};
 use super::client::{ClientError, UpstreamConnection};
-use super::reply::UpstreamReply;
+use super::meaning::{Verdict, classify};
 use super::transport::{AccountEffect, Outcome, Outgoing, RecipientResult};
+use crate::queue::UpstreamReply;
 
 const CHUNK: usize = 64 * 1024;
 

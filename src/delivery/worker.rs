@@ -5,6 +5,7 @@
 //! state. It never waits for room in a budget or for a pause to end (the scheduler does); its
 //! transport's waits for a token or a connection end when delivery stops.
 
+use super::meaning::Explain;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};

@@ -15,7 +15,13 @@
 
 use super::Spool;
 use crate::config::Config;
-use crate::delivery::DeliveryStatus;
+
+/// Each account's queued messages, as counted by their owner (the delivery scheduler, which
+/// sees messages come and go).
+pub trait Backlogs {
+    /// `None` while nobody has counted the account yet.
+    fn backlog_of(&self, account: &str) -> Option<usize>;
+}
 
 /// A limit that is reached: why new mail is refused now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +79,11 @@ fn mib(bytes: u64) -> String {
 pub struct Admission<'a> {
     config: &'a Config,
     spool: &'a Spool,
-    delivery: &'a DeliveryStatus,
+    delivery: &'a dyn Backlogs,
 }
 
 impl<'a> Admission<'a> {
-    pub fn new(config: &'a Config, spool: &'a Spool, delivery: &'a DeliveryStatus) -> Self {
+    pub fn new(config: &'a Config, spool: &'a Spool, delivery: &'a dyn Backlogs) -> Self {
         Admission {
             config,
             spool,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::message_file::Envelope;
-use crate::delivery::UpstreamReply;
+use super::reply::UpstreamReply;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

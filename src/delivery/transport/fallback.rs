@@ -4,6 +4,7 @@
 //! is tried again every [`RETRY_SMTP`] to go back once it is allowed again. The switch is the
 //! lane's, shared by its workers, and shown in `/health`.
 
+use crate::delivery::meaning::Explain;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -3,8 +3,7 @@
 //! envelope, so recipients that no To/Cc/Bcc header names go in an added `Bcc:` header
 //! ([`super::headers`]); every other byte goes as it was spooled.
 //!
-//! What Graph answers is read with one table ([`ROWS`]): for each status and error code, what
-//! the queue does and what an admin can do about it, as `exchange-online.md` lays down.
+//! What Graph answers means is `delivery::meaning::graph`'s table.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,156 +17,12 @@ use tokio_util::sync::CancellationToken;
 use super::{AccountEffect, Notes, Outcome, Outgoing, RecipientResult, SendError, Transport};
 use crate::config::AccountConfig;
 use crate::delivery::budget::BoxFuture;
-use crate::delivery::reply::UpstreamReply;
+use crate::delivery::meaning::Explain;
+use crate::delivery::meaning::graph::{self as meaning, Action};
 use crate::oauth::manager::TokenManager;
 
 /// Graph refuses a sendMail body (the base64 text) over 4 MB with 413.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
-
-/// What the queue does with an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    /// Accepted for every recipient.
-    Delivered,
-    /// The token was refused: try a fresh one once, then hold like 535 5.7.3.
-    RefreshToken,
-    /// Pause the mailbox for `Retry-After`.
-    Throttled,
-    /// The account cannot send until an admin acts: hold its mail.
-    HoldAccount,
-    /// This message can never go: fail its recipients (DSN).
-    FailMessage,
-    /// Try again on the retry schedule (the message may have been sent: Graph sometimes
-    /// answers 5xx after accepting).
-    Retry,
-}
-
-/// One row: empty `statuses` or `codes` match any. The SMTP-shaped `code` and `enhanced` are
-/// what the delivery state, DSNs and logs record for the answer.
-struct Row {
-    statuses: &'static [u16],
-    codes: &'static [&'static str],
-    action: Action,
-    code: u16,
-    enhanced: &'static str,
-    advice: Option<&'static str>,
-}
-
-const ROWS: &[Row] = &[
-    Row {
-        statuses: &[202],
-        codes: &[],
-        action: Action::Delivered,
-        code: 250,
-        enhanced: "2.0.0",
-        advice: None,
-    },
-    Row {
-        statuses: &[401],
-        codes: &[],
-        action: Action::RefreshToken,
-        code: 535,
-        enhanced: "5.7.3",
-        advice: Some(
-            "Graph refused the token: it expired, or it is not for https://graph.microsoft.com (an Outlook/SMTP token is refused; check `scope`)",
-        ),
-    },
-    Row {
-        statuses: &[429, 503, 504],
-        codes: &[],
-        action: Action::Throttled,
-        code: 451,
-        enhanced: "4.7.500",
-        advice: Some(
-            "Graph is throttling this app or mailbox (4 concurrent requests, 10,000 per 10 minutes); the relay waits as long as Graph asks",
-        ),
-    },
-    Row {
-        statuses: &[],
-        codes: &["ErrorSendAsDenied"],
-        action: Action::FailMessage,
-        code: 550,
-        enhanced: "5.7.60",
-        advice: Some(
-            "the mailbox is not allowed to send as this From address: grant Send As (Add-RecipientPermission) or send from the mailbox's own address",
-        ),
-    },
-    Row {
-        statuses: &[],
-        codes: &["ErrorQuotaExceeded"],
-        action: Action::HoldAccount,
-        code: 554,
-        enhanced: "5.2.2",
-        advice: Some(
-            "the sending mailbox is full (Sent Items counts against its quota); free space or raise the quota",
-        ),
-    },
-    Row {
-        statuses: &[403, 404],
-        codes: &["MailboxNotEnabledForRESTAPI", "ErrorInvalidUser"],
-        action: Action::HoldAccount,
-        code: 550,
-        enhanced: "5.7.1",
-        advice: Some(
-            "the mailbox cannot send through Graph: it is unlicensed, on-premises, or does not exist (check `mailbox`)",
-        ),
-    },
-    Row {
-        statuses: &[403],
-        codes: &[],
-        action: Action::HoldAccount,
-        code: 550,
-        enhanced: "5.7.1",
-        advice: Some(
-            "the app may not send as this mailbox: grant the Mail.Send permission (application, with admin consent; or delegated for a signed-in user) and check that no application access policy excludes the mailbox",
-        ),
-    },
-    Row {
-        statuses: &[400],
-        codes: &["ErrorInvalidRecipients"],
-        action: Action::FailMessage,
-        code: 550,
-        enhanced: "5.1.3",
-        advice: None,
-    },
-    Row {
-        statuses: &[400],
-        codes: &[],
-        action: Action::FailMessage,
-        code: 554,
-        enhanced: "5.6.0",
-        advice: Some("Graph refused the message as malformed"),
-    },
-    Row {
-        statuses: &[413],
-        codes: &[],
-        action: Action::FailMessage,
-        code: 552,
-        enhanced: "5.3.4",
-        advice: Some(
-            "Graph refused the request as too large (Exchange's message size limit, 35 MB by default, up to 150 MB)",
-        ),
-    },
-];
-
-/// Any answer no row names: retried, as a server error would be.
-const OTHER: Row = Row {
-    statuses: &[],
-    codes: &[],
-    action: Action::Retry,
-    code: 451,
-    enhanced: "4.3.0",
-    advice: None,
-};
-
-fn row(status: u16, code: &str) -> &'static Row {
-    ROWS.iter()
-        .find(|row| {
-            (row.statuses.is_empty() || row.statuses.contains(&status))
-                && (row.codes.is_empty() || row.codes.contains(&code))
-        })
-        .unwrap_or(&OTHER)
-}
 
 /// Graph's error body: `{"error": {"code", "message"}}`.
 #[derive(Debug, Default, Deserialize)]
@@ -182,30 +37,6 @@ struct ErrorDetail {
     code: String,
     #[serde(default)]
     message: String,
-}
-
-/// The advice of Graph's table for an answer (see `UpstreamReply::diagnosis`).
-pub fn advice(answer: &crate::delivery::reply::GraphAnswer) -> Option<&'static str> {
-    row(answer.status, &answer.code).advice
-}
-
-/// An answer as the queue records it: `451 4.7.500 Graph 429 TooManyRequests: …`, typed as
-/// Graph's (its advice is added where it is shown).
-fn recorded(row: &Row, status: u16, error: &ErrorDetail) -> UpstreamReply {
-    let mut text = format!("{} Graph {status}", row.enhanced);
-    if !error.code.is_empty() {
-        text.push_str(&format!(" {}", error.code));
-    }
-    let message = crate::logging::Untrusted(error.message.trim()).to_string();
-    if !message.is_empty() {
-        text.push_str(&format!(": {message}"));
-    }
-    let mut reply = UpstreamReply::new(row.code, &text);
-    reply.graph = Some(crate::delivery::reply::GraphAnswer {
-        status,
-        code: error.code.clone(),
-    });
-    reply
 }
 
 /// `Retry-After` in seconds (Graph does not send dates), within reason.
@@ -267,9 +98,9 @@ impl GraphTransport {
                 answer = request.send(&payload, message.notes) => answer?,
                 _ = self.stop.cancelled() => return Err(SendError::Interrupted),
             };
-            let row = row(answer.status, &answer.error.code);
-            let reply = recorded(row, answer.status, &answer.error);
-            match row.action {
+            let (action, reply) =
+                meaning::read(answer.status, &answer.error.code, &answer.error.message);
+            match action {
                 Action::Delivered => {
                     return Ok(done(everyone(message, RecipientResult::Delivered(reply))));
                 }
@@ -543,15 +374,12 @@ pub async fn probe(account: &AccountConfig, mailbox: &str, token: &str) -> Resul
         .await
         .map_err(|e| format!("{url}: {}", describe_http_error(&e)))?;
     let answer = answer_of(response).await;
-    let row = row(answer.status, &answer.error.code);
-    match (answer.status, row.action) {
+    let (action, reply) = meaning::read(answer.status, &answer.error.code, &answer.error.message);
+    match (answer.status, action) {
         (400, Action::FailMessage) => Ok(format!(
             "Graph accepted the token for {mailbox} (an empty message was refused, as it must be: nothing was sent)"
         )),
-        _ => Err(format!(
-            "as {mailbox}: {}",
-            recorded(row, answer.status, &answer.error).described()
-        )),
+        _ => Err(format!("as {mailbox}: {}", reply.described())),
     }
 }
 
@@ -657,80 +485,6 @@ impl Transport for GraphTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn detail(code: &str) -> ErrorDetail {
-        ErrorDetail {
-            code: code.into(),
-            message: "m".into(),
-        }
-    }
-
-    #[test]
-    fn the_graph_table() {
-        for (status, code, action) in [
-            (202, "", Action::Delivered),
-            (401, "InvalidAuthenticationToken", Action::RefreshToken),
-            (429, "ApplicationThrottled", Action::Throttled),
-            (503, "", Action::Throttled),
-            (504, "", Action::Throttled),
-            (403, "ErrorAccessDenied", Action::HoldAccount),
-            (403, "MailboxNotEnabledForRESTAPI", Action::HoldAccount),
-            (404, "ErrorInvalidUser", Action::HoldAccount),
-            (403, "ErrorSendAsDenied", Action::FailMessage),
-            (400, "ErrorInvalidRecipients", Action::FailMessage),
-            (
-                400,
-                "ErrorMimeContentInvalidBase64String",
-                Action::FailMessage,
-            ),
-            (413, "ErrorRequestEntityTooLarge", Action::FailMessage),
-            (507, "ErrorQuotaExceeded", Action::HoldAccount),
-            (500, "ErrorInternalServerError", Action::Retry),
-            (404, "ResourceNotFound", Action::Retry),
-        ] {
-            assert_eq!(row(status, code).action, action, "{status} {code}");
-        }
-    }
-
-    #[test]
-    fn answers_are_recorded_with_codes_and_shown_with_their_advice_once() {
-        let reply = recorded(
-            row(403, "ErrorAccessDenied"),
-            403,
-            &detail("ErrorAccessDenied"),
-        );
-        assert_eq!(
-            (reply.code, reply.enhanced.as_deref()),
-            (550, Some("5.7.1"))
-        );
-        assert_eq!(reply.text(), "5.7.1 Graph 403 ErrorAccessDenied: m");
-        assert!(
-            reply
-                .described()
-                .ends_with("ErrorAccessDenied: m (the app may not send as this mailbox: grant the Mail.Send permission (application, with admin consent; or delegated for a signed-in user) and check that no application access policy excludes the mailbox)")
-        );
-        // Every row: the recorded reply carries no advice, and is shown with its own advice
-        // once (never Exchange's for the same SMTP code), also when read back from a state.
-        for r in ROWS.iter().chain([&OTHER]) {
-            let status = r.statuses.first().copied().unwrap_or(500);
-            let code = r.codes.first().copied().unwrap_or("");
-            if !std::ptr::eq(row(status, code), r) {
-                continue;
-            }
-            let reply = recorded(r, status, &detail(code));
-            let stored: UpstreamReply =
-                serde_json::from_value(serde_json::to_value(&reply).unwrap()).unwrap();
-            assert_eq!(stored, reply);
-            let shown = stored.described();
-            match r.advice {
-                Some(advice) => {
-                    assert_eq!(shown, format!("{reply} ({advice})"));
-                    assert_eq!(shown.matches(advice).count(), 1, "{shown}");
-                }
-                None => assert_eq!(shown, reply.to_string()),
-            }
-        }
-    }
 
     #[test]
     fn retry_after_is_read_in_seconds() {

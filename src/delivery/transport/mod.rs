@@ -12,8 +12,8 @@ pub mod smtp;
 use std::path::Path;
 
 use super::budget::BoxFuture;
-use super::reply::UpstreamReply;
 use crate::queue::MessageFile;
+use crate::queue::UpstreamReply;
 
 pub use fallback::FallbackTransport;
 pub use graph::GraphTransport;

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::{AccountEffect, Outcome, Outgoing, SendError, Transport};
 use crate::config::{AccountConfig, Mailbox};
 use crate::delivery::budget::BoxFuture;
-use crate::delivery::classify::{Verdict, classify};
 use crate::delivery::client::{ClientError, UpstreamConnection, explain_client_error};
+use crate::delivery::meaning::{Explain, Verdict, classify};
 use crate::delivery::transaction::{self, TransactionError};
 use crate::oauth::manager::TokenManager;
 

@@ -54,7 +54,7 @@ impl Intake {
     /// Whether a message from `sender` whose first recipient is `first_recipient` may be
     /// taken now: the queue's limits, then those of the account it would go through.
     fn admit(&self, sender: &str, first_recipient: &str) -> Result<(), SmtpError> {
-        let admission = Admission::new(&self.config, &self.spool, &self.delivery);
+        let admission = Admission::new(&self.config, &self.spool, &*self.delivery);
         let accounts = &self.config.accounts;
         let account = account_for_sender(accounts, sender, Some(first_recipient));
         admission

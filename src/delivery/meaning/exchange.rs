@@ -1,9 +1,9 @@
-//! What an upstream reply means: one table (the one in `exchange-online.md`) that says, for
-//! each reply Exchange Online is known to give, what the queue does with it and what an admin
-//! can do about it. The first row that matches wins; replies no row names follow their code's
-//! class.
+//! What Exchange Online's SMTP replies mean: one table (the one in `exchange-online.md`) that
+//! says, for each reply Exchange is known to give, what the queue does with it and what an
+//! admin can do about it. The first row that matches wins; replies no row names follow their
+//! code's class.
 
-use super::reply::UpstreamReply;
+use crate::queue::reply::UpstreamReply;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -202,7 +202,7 @@ pub fn advice(reply: &UpstreamReply) -> Option<&'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn reply(code: u16, text: &str) -> UpstreamReply {
@@ -305,14 +305,24 @@ mod tests {
         );
     }
 
+    /// A reply each row of the table matches first, with the row's advice.
+    pub(in crate::delivery::meaning) fn each_row() -> Vec<(UpstreamReply, Option<&'static str>)> {
+        TABLE
+            .iter()
+            .map(|row| {
+                let code = row.codes.first().copied().unwrap_or(550);
+                let enhanced = row.enhanced.first().copied().unwrap_or("5.9.9");
+                let text = format!("{enhanced} {}", row.mentions.unwrap_or("x"));
+                (reply(code, &text), row.advice)
+            })
+            .collect()
+    }
+
     #[test]
     fn every_row_can_be_reached() {
         // A row shadowed by an earlier, wider one would never classify or advise anything.
-        for (i, row) in TABLE.iter().enumerate() {
-            let code = row.codes.first().copied().unwrap_or(550);
-            let enhanced = row.enhanced.first().copied().unwrap_or("5.9.9");
-            let text = format!("{enhanced} {}", row.mentions.unwrap_or("x"));
-            let first = TABLE.iter().position(|r| r.matches(&reply(code, &text)));
+        for (i, (reply, _)) in each_row().iter().enumerate() {
+            let first = TABLE.iter().position(|r| r.matches(reply));
             assert_eq!(first, Some(i), "row {i} is shadowed");
         }
     }

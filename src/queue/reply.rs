@@ -1,5 +1,6 @@
-//! Replies from the upstream, as read off the wire and as kept in a delivery state. What
-//! they mean is [`super::classify`]'s table.
+//! Replies from the upstream, as read off the wire and as kept in a delivery state: plain
+//! data, without advice. What they mean, and what an admin can do about them, is
+//! `delivery::meaning`'s, said where a reply is shown.
 
 use std::fmt;
 
@@ -56,24 +57,6 @@ impl UpstreamReply {
 
     pub fn is_status(&self, code: u16, enhanced: &str) -> bool {
         self.code == code && self.enhanced.as_deref() == Some(enhanced)
-    }
-
-    /// The reply with its diagnosis, if it has one: what `queue list` and the logs show.
-    pub fn described(&self) -> String {
-        match self.diagnosis() {
-            Some(diagnosis) => format!("{self} ({diagnosis})"),
-            None => self.to_string(),
-        }
-    }
-
-    /// A diagnosis an admin can act on, or `None` for replies that need no explanation:
-    /// from Graph's table for Graph's answers, from Exchange's for its SMTP replies. Replies
-    /// are recorded without it, so it is said once, where a reply is shown.
-    pub fn diagnosis(&self) -> Option<&'static str> {
-        match &self.graph {
-            Some(answer) => super::transport::graph::advice(answer),
-            None => super::classify::advice(self),
-        }
     }
 }
 
