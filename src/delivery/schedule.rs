@@ -311,6 +311,10 @@ impl Schedule {
     /// `id`, whose account is `lane`'s, is held by an admin (it is not, or no longer,
     /// scheduled).
     pub fn note_held(&mut self, id: QueueId, lane: usize) {
+        // Released meanwhile (the start-up load read its state before an admin's release).
+        if self.entries.contains_key(&id) {
+            return;
+        }
         let lane16 = u16::try_from(lane).expect("fewer than 2^16 accounts");
         if self.held.insert(id, lane16).is_none() {
             self.backlog[lane] += 1;
@@ -364,7 +368,8 @@ impl Schedule {
     /// A message to deliver at `due` (now or earlier: at once) as `mailbox` of `lane`.
     /// One the schedule already has is left where it is.
     pub fn add(&mut self, id: QueueId, lane: usize, mailbox: &str, due: Instant, now: Instant) {
-        if self.entries.contains_key(&id) {
+        // Held meanwhile (the start-up load read its state before an admin's hold).
+        if self.entries.contains_key(&id) || self.held.contains_key(&id) {
             return;
         }
         let mailbox = self.names.take(mailbox);

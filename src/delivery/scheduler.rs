@@ -134,22 +134,9 @@ impl Delivery {
 
         let mut schedule =
             Schedule::new(self.lanes.iter().map(|l| l.config.upstream.max_connections));
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            startup = queued_messages(Arc::clone(&spool), self.lanes.clone()) => {
-                let now = Instant::now();
-                for (id, lane) in startup.held {
-                    schedule.note_held(id, lane);
-                }
-                for waiting in startup.scheduled {
-                    let due = crate::clock::instant_at_unix_ms(waiting.next_attempt_ms);
-                    let mailbox = &startup.mailboxes[waiting.mailbox as usize];
-                    schedule.add(waiting.id, usize::from(waiting.lane), mailbox, due, now);
-                }
-                drop(startup.mailboxes);
-                give_back_freed_memory();
-            }
-        }
+        // The queue is read in the background, oldest first, a batch at a time: delivery
+        // starts with the first batch, however long the queue.
+        let mut loading = Some(load_queue(Arc::clone(&spool), self.lanes.clone()));
         let mut status_at = Instant::now();
         // Probes of upstreams that could not be reached; dropped (cancelled) at the stop.
         let mut probes: JoinSet<(usize, bool)> = JoinSet::new();
@@ -176,6 +163,13 @@ impl Delivery {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(wake) => {}
+                batch = next_batch(&mut loading) => match batch {
+                    Some(batch) => self.schedule_loaded(&mut schedule, batch).await,
+                    None => {
+                        loading = None;
+                        give_back_freed_memory();
+                    }
+                },
                 Some(file) = arrivals.recv() => {
                     // New mail: nobody has tried it, so it is due now.
                     self.add(&mut schedule, &file, now, now);
@@ -302,6 +296,29 @@ impl Delivery {
     fn add(&self, schedule: &mut Schedule, file: &MessageFile, due: Instant, now: Instant) {
         let (lane, mailbox) = destination(&self.lanes, &file.envelope);
         schedule.add(file.envelope.id, lane, &mailbox, due, now);
+    }
+
+    /// Schedules a batch of the queue read at start-up.
+    async fn schedule_loaded(&self, schedule: &mut Schedule, batch: Loaded) {
+        let now = Instant::now();
+        for (id, lane) in batch.held {
+            schedule.note_held(id, lane);
+        }
+        for queued in batch.scheduled {
+            let due = crate::clock::instant_at_unix_ms(queued.next_attempt_ms);
+            schedule.add(
+                queued.id,
+                usize::from(queued.lane),
+                &queued.mailbox,
+                due,
+                now,
+            );
+        }
+        for (id, problem) in batch.damaged {
+            if let Err(e) = self.shared.spool.set_aside(id, &problem).await {
+                tracing::error!(queue_id = %id, error = %e, "cannot move a damaged spool file aside");
+            }
+        }
     }
 
     /// Brings the status's list of held mailboxes up to date.
@@ -481,87 +498,109 @@ fn give_back_freed_memory() {
     }
 }
 
-/// A queued message as the schedule needs it at start-up: 32 bytes, its mailbox an index
-/// into [`Startup::mailboxes`] (a million queued messages are a few mailboxes).
+/// A queued message as the schedule needs it at start-up.
 struct Queued {
     id: QueueId,
     next_attempt_ms: u64,
-    mailbox: u32,
+    /// Shared by the messages of one mailbox (a million queued messages are a few mailboxes).
+    mailbox: Arc<str>,
     lane: u16,
 }
 
-/// The queue at start-up: what to schedule, and what an admin holds.
+/// A batch of the queue read at start-up, oldest first.
 #[derive(Default)]
-struct Startup {
+struct Loaded {
     scheduled: Vec<Queued>,
-    mailboxes: Vec<String>,
     /// With their lane.
     held: Vec<(QueueId, usize)>,
+    /// Files found damaged: they leave the queue.
+    damaged: Vec<(QueueId, SpoolFileError)>,
 }
 
-/// Every queued message, read off the runtime's threads one at a time (a large queue is
-/// never copied whole).
-async fn queued_messages(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> Startup {
+/// Messages read per batch at start-up.
+const LOAD_BATCH: usize = 4096;
+
+/// Reads the queue as it was when delivery started, off the runtime's threads, and hands it
+/// over a batch at a time (a large queue is never held whole). Each message file is checked
+/// here, its first read since the spool opened. Mail that arrives meanwhile comes through
+/// the spool's arrivals instead.
+fn load_queue(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> mpsc::Receiver<Loaded> {
+    let (batches, receiver) = mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
-        let mut queued = Vec::with_capacity(spool.len());
-        let mut held = Vec::new();
-        let mut mailboxes = Vec::new();
-        let mut mailbox_index = std::collections::HashMap::new();
+        let Some(last) = spool.last_id() else {
+            return;
+        };
         let paths = spool.paths();
         // A message without a state file is new: due now, not held.
         let with_state = paths.with_state().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot list the delivery states; reading each");
             spool.ids().into_iter().collect()
         });
-        for id in spool.ids() {
-            // The spool checked the file when it opened; only the envelope is read again.
-            let envelope = match MessageFile::read_envelope(&paths.message(id)) {
-                Ok(envelope) => envelope,
-                // Finished or deleted since.
-                Err(SpoolFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    tracing::error!(queue_id = %id, error = %e, "cannot read a queued message");
-                    continue;
-                }
-            };
-            let next_attempt_ms = match with_state
-                .contains(&id)
-                .then(|| paths.read_state(&envelope))
-            {
-                None => 0,
-                Some(Ok(state)) if state.held => {
-                    held.push((id, destination(&lanes, &envelope).0));
-                    continue;
-                }
-                Some(Ok(state)) => state.next_attempt_ms,
-                Some(Err(e)) => {
-                    tracing::error!(queue_id = %id, error = %e,
-                        "unreadable delivery state; retrying later");
-                    crate::clock::unix_ms() + MAX_SLEEP.as_millis() as u64
-                }
-            };
-            let (lane, mailbox) = destination(&lanes, &envelope);
-            let mailbox = *mailbox_index
-                .entry(mailbox)
-                .or_insert_with_key(|name: &String| {
-                    mailboxes.push(name.clone());
-                    u32::try_from(mailboxes.len() - 1).expect("fewer than 2^32 mailboxes")
+        let mut mailboxes: std::collections::HashMap<String, Arc<str>> = Default::default();
+        let mut after = None;
+        loop {
+            let ids = spool.ids_after(after, LOAD_BATCH);
+            let mut batch = Loaded::default();
+            for &id in ids.iter().take_while(|id| **id <= last) {
+                let envelope = match paths.load(id) {
+                    Ok(Some(file)) => file.envelope,
+                    // Finished or deleted since.
+                    Ok(None) => continue,
+                    Err(e) if e.is_damage() => {
+                        batch.damaged.push((id, e));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(queue_id = %id, error = %e, "cannot read a queued message");
+                        continue;
+                    }
+                };
+                let next_attempt_ms = match with_state
+                    .contains(&id)
+                    .then(|| paths.read_state(&envelope))
+                {
+                    None => 0,
+                    Some(Ok(state)) if state.held => {
+                        batch.held.push((id, destination(&lanes, &envelope).0));
+                        continue;
+                    }
+                    Some(Ok(state)) => state.next_attempt_ms,
+                    Some(Err(e)) => {
+                        tracing::error!(queue_id = %id, error = %e,
+                            "unreadable delivery state; retrying later");
+                        crate::clock::unix_ms() + MAX_SLEEP.as_millis() as u64
+                    }
+                };
+                let (lane, mailbox) = destination(&lanes, &envelope);
+                let mailbox = Arc::clone(
+                    mailboxes
+                        .entry(mailbox)
+                        .or_insert_with_key(|name| Arc::from(name.as_str())),
+                );
+                batch.scheduled.push(Queued {
+                    id,
+                    next_attempt_ms,
+                    mailbox,
+                    lane: u16::try_from(lane).expect("fewer than 2^16 accounts"),
                 });
-            queued.push(Queued {
-                id,
-                next_attempt_ms,
-                mailbox,
-                lane: u16::try_from(lane).expect("fewer than 2^16 accounts"),
-            });
+            }
+            let done = ids.len() < LOAD_BATCH || ids.last().is_none_or(|id| *id >= last);
+            after = ids.last().copied();
+            // The scheduler stopped: nothing more to read.
+            if batches.blocking_send(batch).is_err() || done {
+                return;
+            }
         }
-        Startup {
-            scheduled: queued,
-            mailboxes,
-            held,
-        }
-    })
-    .await
-    .unwrap_or_default()
+    });
+    receiver
+}
+
+/// The next batch of the start-up load; `None` once it is all read (never while not loading).
+async fn next_batch(loading: &mut Option<mpsc::Receiver<Loaded>>) -> Option<Loaded> {
+    match loading {
+        Some(batches) => batches.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A hold placed, or released with the next attempt's time (Unix ms; 0: now).

@@ -90,6 +90,13 @@ pub enum SpoolFileError {
     ChecksumMismatch,
 }
 
+impl SpoolFileError {
+    /// The file itself is damaged (not a read that failed): it can never be delivered.
+    pub fn is_damage(&self) -> bool {
+        !matches!(self, SpoolFileError::Io(_))
+    }
+}
+
 /// The bytes that precede the content.
 pub fn encode_header(envelope: &Envelope) -> Vec<u8> {
     let mut header = MAGIC.to_vec();

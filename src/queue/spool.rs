@@ -232,40 +232,52 @@ impl Spool {
             recovery.removed_incomplete += 1;
         }
         let queue = paths.queue();
-        // One file at a time: only the IDs are kept, so a large queue costs little memory.
+        // The queue is rebuilt from one listing of its file names, opening none of them: a
+        // million queued messages take a second, not a minute. Each file is checked by its
+        // first reader (the scheduler reads every one as it loads the schedule, at once and
+        // in the background), which sets a damaged one aside ([`Spool::set_aside`]).
         let mut index = Vec::new();
-        let mut moved = Ok(());
-        paths
-            .check_each(|path, checked| match checked {
-                Ok(file) => index.push(file.envelope.id),
-                Err(problem) if moved.is_ok() => {
-                    let name = path.file_name().unwrap_or_default();
-                    let target = paths.corrupt().join(name);
-                    tracing::error!(file = %path.display(), %problem,
+        let mut states = Vec::new();
+        for entry in fs::read_dir(&queue).map_err(io_error(&queue))? {
+            let name = entry.map_err(io_error(&queue))?.file_name();
+            let path = Path::new(&name);
+            let id = path
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .and_then(|stem| stem.parse::<QueueId>().ok());
+            match (path.extension().and_then(|e| e.to_str()), id) {
+                (Some("msg"), Some(id)) => index.push(id),
+                (Some("msg"), None) => {
+                    let (path, target) = (queue.join(&name), paths.corrupt().join(&name));
+                    tracing::error!(file = %path.display(), problem = "the file name is not a queue ID",
                         moved_to = %target.display(), "damaged spool file moved aside");
-                    moved = fs::rename(&path, &target).map_err(io_error(&path));
+                    fs::rename(&path, &target).map_err(io_error(&path))?;
                     recovery.moved_to_corrupt += 1;
                 }
-                Err(_) => {}
-            })
-            .map_err(io_error(&queue))?;
-        moved?;
-        // Built at once from sorted IDs, the tree's nodes are full: half the memory of
-        // inserting one by one.
-        let index: BTreeSet<QueueId> = index.into_iter().collect();
+                (Some("state"), Some(id)) => states.push(id),
+                // A state being written when the relay stopped, or a stray state file.
+                (Some("state" | "tmp"), _) => {
+                    let path = queue.join(&name);
+                    fs::remove_file(&path).map_err(io_error(&path))?;
+                }
+                _ => {}
+            }
+        }
+        index.sort_unstable();
+        // A state file whose message is gone: the message was finished just before a crash.
+        for id in states {
+            if index.binary_search(&id).is_err() {
+                let path = paths.state(id);
+                fs::remove_file(&path).map_err(io_error(&path))?;
+            }
+        }
         if recovery.moved_to_corrupt > 0 {
             sync_dir(&queue).map_err(io_error(&queue))?;
             sync_dir(&paths.corrupt()).map_err(io_error(&queue))?;
         }
-        // A state file whose message is gone: the message was finished just before a crash.
-        for entry in fs::read_dir(&queue).map_err(io_error(&queue))? {
-            let path = entry.map_err(io_error(&queue))?.path();
-            if path.extension().is_some_and(|e| e == "state" || e == "tmp")
-                && !path.with_extension("msg").exists()
-            {
-                fs::remove_file(&path).map_err(io_error(&path))?;
-            }
-        }
+        // Built at once from sorted IDs, the tree's nodes are full: half the memory of
+        // inserting one by one.
+        let index: BTreeSet<QueueId> = index.into_iter().collect();
         recovery.queued = index.len();
 
         let spool = Arc::new(Spool {
@@ -328,6 +340,23 @@ impl Spool {
         self.index().iter().copied().collect()
     }
 
+    /// Up to `n` queued IDs after `after` (from the oldest without it), oldest first: a
+    /// large queue read a page at a time.
+    pub fn ids_after(&self, after: Option<QueueId>, n: usize) -> Vec<QueueId> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = after.map_or(Unbounded, Excluded);
+        self.index()
+            .range((start, Unbounded))
+            .take(n)
+            .copied()
+            .collect()
+    }
+
+    /// The newest queued ID.
+    pub fn last_id(&self) -> Option<QueueId> {
+        self.index().last().copied()
+    }
+
     pub fn contains(&self, id: QueueId) -> bool {
         self.index().contains(&id)
     }
@@ -381,12 +410,38 @@ impl Spool {
         let loaded = tokio::task::spawn_blocking(move || paths.load(id)).await;
         match loaded {
             Ok(Ok(file)) => file,
+            Ok(Err(e)) if e.is_damage() => {
+                let _ = self.set_aside(id, &e).await;
+                None
+            }
             Ok(Err(e)) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot read a queued message");
                 None
             }
             Err(_) => None,
         }
+    }
+
+    /// Moves a damaged message file out of the queue into `corrupt/` (where an admin can look
+    /// at it), so nothing tries it again; its delivery state goes at the next start.
+    pub async fn set_aside(&self, id: QueueId, problem: &SpoolFileError) -> io::Result<()> {
+        let (from, to) = (
+            self.paths.message(id),
+            self.paths.corrupt().join(format!("{id}.msg")),
+        );
+        tracing::error!(queue_id = %id, file = %from.display(), %problem,
+            moved_to = %to.display(), "damaged spool file moved aside");
+        let corrupt = self.paths.corrupt();
+        let moved = blocking(move || {
+            fs::rename(&from, &to)?;
+            sync_dir(&corrupt)
+        })
+        .await;
+        if moved.is_ok() {
+            self.index().remove(&id);
+            self.dir_sync.sync().await?;
+        }
+        moved
     }
 
     /// A message's delivery state (a fresh one before its first attempt), read through the
@@ -768,15 +823,18 @@ mod tests {
         assert!(spool.is_empty());
     }
 
+    /// Queues one message in a spool at `root`, and closes it.
+    async fn queue_one(root: &Path) -> QueueId {
+        let (spool, _) = Spool::open(root, true).unwrap();
+        let mut writer = spool.create(envelope());
+        writer.write(b"hello\r\n").await.unwrap();
+        writer.commit().await.unwrap()
+    }
+
     #[tokio::test]
     async fn recovery_removes_partial_and_moves_damaged() {
         let dir = tempfile::tempdir().unwrap();
-        let good = {
-            let (spool, _) = Spool::open(dir.path(), true).unwrap();
-            let mut writer = spool.create(envelope());
-            writer.write(b"hello\r\n").await.unwrap();
-            writer.commit().await.unwrap()
-        };
+        let good = queue_one(dir.path()).await;
         let paths = SpoolPaths::new(dir.path());
         fs::write(paths.tmp().join("partial.msg"), b"SMTPRELAY-SPOOL 1\n{").unwrap();
         fs::write(paths.queue().join("junk.msg"), b"garbage").unwrap();
@@ -786,6 +844,32 @@ mod tests {
         assert_eq!(recovery.moved_to_corrupt, 1);
         assert!(paths.corrupt().join("junk.msg").exists());
         assert_eq!(spool.messages()[0].envelope.id, good);
+    }
+
+    /// The spool opens without reading its files (a million queued take a second); a
+    /// damaged file under a queue ID's name is set aside by its first reader.
+    #[tokio::test]
+    async fn a_damaged_file_is_set_aside_when_first_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = queue_one(dir.path()).await;
+        let paths = SpoolPaths::new(dir.path());
+        let damaged = QueueId::generate();
+        fs::write(paths.message(damaged), b"SMTPRELAY-SPOOL 1\n{\"cut short").unwrap();
+        fs::write(paths.state(damaged), b"{}").unwrap();
+        let orphan = QueueId::generate();
+        fs::write(paths.state(orphan), b"{}").unwrap();
+        let (spool, recovery) = Spool::open(dir.path(), true).unwrap();
+        assert_eq!(recovery.queued, 2);
+        assert_eq!(recovery.moved_to_corrupt, 0);
+        assert!(
+            !paths.state(orphan).exists(),
+            "a state without its message is removed"
+        );
+        assert!(spool.get(damaged).await.is_none());
+        assert!(!spool.contains(damaged));
+        assert!(paths.corrupt().join(format!("{damaged}.msg")).exists());
+        assert_eq!(spool.ids(), [good]);
+        assert!(spool.get(good).await.is_some());
     }
 
     #[tokio::test]
