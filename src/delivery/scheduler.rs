@@ -520,10 +520,63 @@ struct Loaded {
 /// Messages read per batch at start-up.
 const LOAD_BATCH: usize = 4096;
 
+/// What the start-up load found of one message.
+enum Read {
+    Scheduled {
+        id: QueueId,
+        next_attempt_ms: u64,
+        lane: usize,
+        mailbox: String,
+    },
+    Held(QueueId, usize),
+    Damaged(QueueId, SpoolFileError),
+    /// Finished or deleted since, or unreadable for now (logged).
+    Gone,
+}
+
+/// Reads one queued message's file (checking it) and, if it has one, its delivery state.
+fn read_queued(
+    paths: &crate::queue::SpoolPaths,
+    lanes: &[Arc<Lane>],
+    with_state: &std::collections::HashSet<QueueId>,
+    id: QueueId,
+) -> Read {
+    let envelope = match paths.load(id) {
+        Ok(Some(file)) => file.envelope,
+        Ok(None) => return Read::Gone,
+        Err(e) if e.is_damage() => return Read::Damaged(id, e),
+        Err(e) => {
+            tracing::error!(queue_id = %id, error = %e, "cannot read a queued message");
+            return Read::Gone;
+        }
+    };
+    // A message without a state file is new: due now, not held.
+    let next_attempt_ms = match with_state
+        .contains(&id)
+        .then(|| paths.read_state(&envelope))
+    {
+        None => 0,
+        Some(Ok(state)) if state.held => return Read::Held(id, destination(lanes, &envelope).0),
+        Some(Ok(state)) => state.next_attempt_ms,
+        Some(Err(e)) => {
+            tracing::error!(queue_id = %id, error = %e,
+                "unreadable delivery state; retrying later");
+            crate::clock::unix_ms() + MAX_SLEEP.as_millis() as u64
+        }
+    };
+    let (lane, mailbox) = destination(lanes, &envelope);
+    Read::Scheduled {
+        id,
+        next_attempt_ms,
+        lane,
+        mailbox,
+    }
+}
+
 /// Reads the queue as it was when delivery started, off the runtime's threads, and hands it
-/// over a batch at a time (a large queue is never held whole). Each message file is checked
-/// here, its first read since the spool opened. Mail that arrives meanwhile comes through
-/// the spool's arrivals instead.
+/// over a batch at a time (a large queue is never held whole). Each batch's files are read
+/// by as many threads as there are cores, and checked: this is their first read since the
+/// spool opened. Mail that arrives meanwhile comes through the spool's arrivals instead.
 fn load_queue(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> mpsc::Receiver<Loaded> {
     let (batches, receiver) = mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
@@ -531,61 +584,63 @@ fn load_queue(spool: Arc<Spool>, lanes: Vec<Arc<Lane>>) -> mpsc::Receiver<Loaded
             return;
         };
         let paths = spool.paths();
-        // A message without a state file is new: due now, not held.
         let with_state = paths.with_state().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot list the delivery states; reading each");
             spool.ids().into_iter().collect()
         });
+        let readers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         let mut mailboxes: std::collections::HashMap<String, Arc<str>> = Default::default();
         let mut after = None;
         loop {
-            let ids = spool.ids_after(after, LOAD_BATCH);
-            let mut batch = Loaded::default();
-            for &id in ids.iter().take_while(|id| **id <= last) {
-                let envelope = match paths.load(id) {
-                    Ok(Some(file)) => file.envelope,
-                    // Finished or deleted since.
-                    Ok(None) => continue,
-                    Err(e) if e.is_damage() => {
-                        batch.damaged.push((id, e));
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(queue_id = %id, error = %e, "cannot read a queued message");
-                        continue;
-                    }
-                };
-                let next_attempt_ms = match with_state
-                    .contains(&id)
-                    .then(|| paths.read_state(&envelope))
-                {
-                    None => 0,
-                    Some(Ok(state)) if state.held => {
-                        batch.held.push((id, destination(&lanes, &envelope).0));
-                        continue;
-                    }
-                    Some(Ok(state)) => state.next_attempt_ms,
-                    Some(Err(e)) => {
-                        tracing::error!(queue_id = %id, error = %e,
-                            "unreadable delivery state; retrying later");
-                        crate::clock::unix_ms() + MAX_SLEEP.as_millis() as u64
-                    }
-                };
-                let (lane, mailbox) = destination(&lanes, &envelope);
-                let mailbox = Arc::clone(
-                    mailboxes
-                        .entry(mailbox)
-                        .or_insert_with_key(|name| Arc::from(name.as_str())),
-                );
-                batch.scheduled.push(Queued {
-                    id,
-                    next_attempt_ms,
-                    mailbox,
-                    lane: u16::try_from(lane).expect("fewer than 2^16 accounts"),
-                });
-            }
+            let mut ids = spool.ids_after(after, LOAD_BATCH);
             let done = ids.len() < LOAD_BATCH || ids.last().is_none_or(|id| *id >= last);
             after = ids.last().copied();
+            ids.retain(|id| *id <= last);
+            let chunk = ids.len().div_ceil(readers).max(1);
+            let read: Vec<Vec<Read>> = std::thread::scope(|scope| {
+                let readers: Vec<_> = ids
+                    .chunks(chunk)
+                    .map(|chunk| {
+                        let (lanes, with_state) = (&lanes, &with_state);
+                        scope.spawn(move || {
+                            chunk
+                                .iter()
+                                .map(|id| read_queued(paths, lanes, with_state, *id))
+                                .collect()
+                        })
+                    })
+                    .collect();
+                readers
+                    .into_iter()
+                    .map(|reader| reader.join().unwrap_or_default())
+                    .collect()
+            });
+            let mut batch = Loaded::default();
+            for read in read.into_iter().flatten() {
+                match read {
+                    Read::Scheduled {
+                        id,
+                        next_attempt_ms,
+                        lane,
+                        mailbox,
+                    } => {
+                        let mailbox = Arc::clone(
+                            mailboxes
+                                .entry(mailbox)
+                                .or_insert_with_key(|name| Arc::from(name.as_str())),
+                        );
+                        batch.scheduled.push(Queued {
+                            id,
+                            next_attempt_ms,
+                            mailbox,
+                            lane: u16::try_from(lane).expect("fewer than 2^16 accounts"),
+                        });
+                    }
+                    Read::Held(id, lane) => batch.held.push((id, lane)),
+                    Read::Damaged(id, problem) => batch.damaged.push((id, problem)),
+                    Read::Gone => {}
+                }
+            }
             // The scheduler stopped: nothing more to read.
             if batches.blocking_send(batch).is_err() || done {
                 return;
