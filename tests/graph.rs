@@ -282,7 +282,7 @@ async fn a_30_mb_scan_arrives_intact_through_a_draft_and_an_upload_session() {
 
 #[tokio::test]
 async fn token_test_checks_the_graph_token_and_makes_a_request_that_sends_nothing() {
-    use smtprelay::oauth::check::token_test;
+    use smtprelay::cli::token_test::token_test;
     let (w, graph) = graph_world("", "").await;
     let manager = w.relay.tokens.clone().unwrap();
     let steps = token_test(&manager, "contoso", None, "relay.test").await;
@@ -319,7 +319,7 @@ async fn token_test_checks_the_graph_token_and_makes_a_request_that_sends_nothin
 
 #[tokio::test]
 async fn token_test_says_when_mail_send_is_missing() {
-    use smtprelay::oauth::check::token_test;
+    use smtprelay::cli::token_test::token_test;
     let (w, _graph) = graph_world("", "").await;
     deny_mail_send(&w).await;
     let manager = w.relay.tokens.clone().unwrap();

@@ -34,7 +34,7 @@ async fn secrets_and_tokens_never_appear_in_logs() {
 
     // Client credentials, an upstream login with the token, a refused token, a refresh.
     let token = manager.access_token("app").await.unwrap();
-    let steps = smtprelay::oauth::check::token_test(&manager, "app", None, "relay.test").await;
+    let steps = smtprelay::cli::token_test::token_test(&manager, "app", None, "relay.test").await;
     assert!(steps.iter().all(|s| s.ok), "{steps:?}");
     seen.push(format!("{token:?} {steps:?} {:?}", manager.statuses()));
     manager.invalidate("app", &token.token);

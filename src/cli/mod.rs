@@ -11,6 +11,7 @@ mod queue;
 mod serve;
 mod status;
 mod token;
+pub mod token_test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

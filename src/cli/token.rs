@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use super::token_test::token_test;
 use crate::clock::unix_secs as unix_now;
 use crate::config::{Config, Flow};
-use crate::oauth::check::token_test;
 use crate::oauth::http::TokenClient;
 use crate::oauth::manager::{AccountStatus, TokenManager};
 use crate::oauth::{FileStore, TokenKey, TokenStore, Write};

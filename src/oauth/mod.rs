@@ -2,7 +2,6 @@
 //! Entra ID (or a generic provider), and the token manager that keeps every account's token
 //! valid.
 
-pub mod check;
 pub mod credential;
 pub mod error;
 pub mod flows;

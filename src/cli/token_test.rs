@@ -8,12 +8,12 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
-use super::error::TokenError;
-use super::manager::TokenManager;
 use crate::clock::unix_secs as unix_now;
 use crate::config::{Flow, Transport};
 use crate::delivery::UpstreamConnection;
 use crate::delivery::client::explain_client_error;
+use crate::oauth::error::TokenError;
+use crate::oauth::manager::TokenManager;
 
 /// Audiences Exchange Online accepts for SMTP: the app-only and delegated resource URIs and
 /// Exchange's application ID.
