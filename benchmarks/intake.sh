@@ -21,6 +21,8 @@ command -v smtp-source >/dev/null || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 }
 cargo build --release --quiet
+target=${CARGO_TARGET_DIR:-target}
+relay=${RELAY:-$target/release/smtprelay}   # RELAY=path compares another build
 work=$(mktemp -d /var/tmp/smtprelay-bench.XXXXXX)
 chmod 755 "$work"   # Postfix daemons run as the postfix user
 relay_pid=""
@@ -50,7 +52,7 @@ fsync = true
 [log]
 level = "warn"
 EOF
-target/release/smtprelay serve --config "$work/relay.toml" &
+"$relay" serve --config "$work/relay.toml" &
 relay_pid=$!
 for _ in $(seq 50); do
     (exec 3<>/dev/tcp/127.0.0.1/$RELAY_PORT) 2>/dev/null && break
@@ -74,7 +76,7 @@ reset_peak "$relay_pid"
 relay_rate=$(rate "$RELAY_PORT")
 relay_peak=$(status "$relay_pid" VmHWM)
 pf_held=$(find "$work/postfix/queue/hold" -type f | wc -l)
-relay_held=$(target/release/smtprelay queue list --json --config "$work/relay.toml" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+relay_held=$("$relay" queue list --json --config "$work/relay.toml" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
 ratio=$(python3 -c "print(f'{$relay_rate / $pf_rate:.2f}')")
 echo "postfix:   $pf_rate msg/s ($pf_held queued)"
 echo "smtprelay: $relay_rate msg/s ($relay_held queued), ${ratio}x postfix, peak RSS $((relay_peak / 1024)) MB"
