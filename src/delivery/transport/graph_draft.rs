@@ -778,6 +778,67 @@ mod tests {
     }
 
     #[test]
+    fn the_skeleton_gives_the_draft_the_whole_message_gives() {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| {
+            let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+            let lines: Vec<&str> = text
+                .as_bytes()
+                .chunks(76)
+                .map(|l| std::str::from_utf8(l).unwrap())
+                .collect();
+            lines.join("\r\n")
+        };
+        let big = b64(&pdf(LEFT_IN_PLACE * 2));
+        let csv = "a,b,c\r\n--not-the-boundary\r\n".repeat(LEFT_IN_PLACE / 10);
+        let messages = [
+            // Nested: mixed > related > (html, inline image), then a PDF.
+            format!(
+                "From: a@contoso.com\r\nTo: b@contoso.com\r\nSubject: nested\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\nContent-Type: multipart/related; boundary=inner\r\n\r\n--inner\r\nContent-Type: text/html\r\n\r\n<p>hi <img src=cid:i@x></p>\r\n--inner\r\nContent-Type: image/png\r\nContent-ID: <i@x>\r\nContent-Transfer-Encoding: base64\r\n\r\n{big}\r\n--inner--\r\n\r\n--outer\r\nContent-Type: application/pdf; name=a.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{big}\r\n--outer--\r\n"
+            ),
+            // An attached message with a large attachment of its own, then a CSV.
+            format!(
+                "From: a@contoso.com\r\nSubject: fwd\r\nContent-Type: multipart/mixed; boundary=m\r\n\r\n--m\r\nContent-Type: text/plain\r\n\r\nforwarded\r\n--m\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@contoso.com\r\nSubject: inner\r\nContent-Type: multipart/mixed; boundary=n\r\n\r\n--n\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{big}\r\n--n--\r\n\r\n--m\r\nContent-Type: text/csv; name=t.csv\r\nContent-Disposition: attachment; filename=t.csv\r\n\r\n{csv}\r\n--m--\r\n"
+            ),
+            // A delimiter not at the start of a line; LF line ends; no closing delimiter.
+            format!(
+                "From: a@contoso.com\nSubject: odd\nContent-Type: multipart/mixed; boundary=z\n\n--z\nContent-Type: application/zip\nContent-Transfer-Encoding: base64\n\n{big}--z\nContent-Type: text/plain\n\nafter\n--z\nContent-Type: application/octet-stream\n\n{csv}"
+            ),
+        ];
+        for mime in &messages {
+            let whole = MessageParser::default().parse(mime.as_bytes()).unwrap();
+            let expected = build(&whole, &[], None, |_| None);
+            let got = draft(spooled(mime), &[], None).unwrap();
+            // Every large body was left in place (no whole parse behind the scenes).
+            let cuts = large_bodies(mime.as_bytes()).len();
+            let encoded = got
+                .attachments
+                .iter()
+                .filter(|a| matches!(a.contents, Contents::Encoded { .. }))
+                .count();
+            assert!(
+                cuts > 0 && encoded == cuts,
+                "{cuts} cuts, {encoded} left in place"
+            );
+            assert_eq!(got.message, expected.message);
+            assert_eq!(got.attachments.len(), expected.attachments.len());
+            for (got, expected) in got.attachments.iter().zip(&expected.attachments) {
+                let meta = |a: &Attachment| {
+                    (
+                        a.name.clone(),
+                        a.content_type.clone(),
+                        a.size,
+                        a.content_id.clone(),
+                        a.inline,
+                    )
+                };
+                assert_eq!(meta(got), meta(expected));
+                assert!(got.bytes() == expected.bytes(), "{}", got.name);
+            }
+        }
+    }
+
+    #[test]
     fn when_the_scanner_and_mail_parser_disagree_the_message_is_parsed_whole() {
         let pdf = pdf(LEFT_IN_PLACE * 2);
         let mime = scan_with(&pdf, "base64", 76);
