@@ -6,6 +6,8 @@
 # For each: peak anonymous memory (RssAnon, sampled every 5 ms: the heap, not the page cache
 # the spooled files sit in; for Postfix summed over its processes), MB/s from the first byte
 # sent to an empty queue, and CPU per MB (intake and delivery). fsync on.
+# Goal (issue 23): peak RssAnon under 64 MB for one 150 MB message and for four 30 MB at
+# once, on each transport; memory that does not grow with the message, as Postfix's.
 #
 #   benchmarks/large.sh                      # needs root, Debian's postfix package, python3
 #   SIZES="30 150" AT_ONCE=4 TRANSPORTS=graph POSTFIX=0 benchmarks/large.sh
