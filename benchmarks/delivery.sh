@@ -20,15 +20,9 @@ PF_PORT=10025 SINK_PORT=10027 RELAY_PORT=10026 UP_PORT=10028 TOKEN_PORT=10029
 command -v smtp-source >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 cargo build --release --quiet --example bench_upstream
 cargo build --release --quiet
-work=$(mktemp -d /var/tmp/smtprelay-bench.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    postfix -c "$work/postfix/etc" stop >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benchmarks/work.sh
+. benchmarks/work.sh
+bench_work bench
 
 # Postfix relays everything to smtp-sink instead of holding it.
 benchmarks/postfix-anchor.sh "$PF_PORT" "$work/postfix"

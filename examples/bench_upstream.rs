@@ -4,8 +4,8 @@
 //!
 //!     cargo run --release --example bench_upstream -- SMTP_PORT TOKEN_PORT DIR [GRAPH_PORT]
 //!
-//! With GRAPH_PORT it also stands in for Microsoft Graph's sendMail there (HTTPS, for
-//! `benchmarks/graph.sh`). Writes DIR/ca.pem (the CA to trust) and prints the number of
+//! With GRAPH_PORT it also stands in for Microsoft Graph there (HTTPS): sendMail for
+//! `benchmarks/graph.sh`, drafts and upload sessions for `benchmarks/large.sh`. Writes DIR/ca.pem (the CA to trust) and prints the number of
 //! messages received when it gets SIGTERM or SIGINT.
 
 use std::sync::Arc;
@@ -185,20 +185,25 @@ async fn secure<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A Graph `sendMail` stand-in over HTTPS (HTTP/1.1, keep-alive): checks the bearer token,
-/// takes the base64 body and answers 202, as Graph does for a message it accepts.
+/// A Graph stand-in over HTTPS (HTTP/1.1, keep-alive): `sendMail` (the bearer token, the
+/// base64 body, 202), and the draft path for larger messages: `POST …/messages` (201 with an
+/// id), small attachments (201), `createUploadSession` (201 with an upload URL on this
+/// server), the chunks `PUT` to it without a token, each at most 4 MiB and a multiple of
+/// 320 KiB but the last, in order (200, 201 after the last), and `/send` (202). Bodies are
+/// read and dropped.
 async fn graph_session(
     socket: tokio::net::TcpStream,
     tls: tokio_rustls::TlsAcceptor,
     received: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
+    let port = socket.local_addr()?.port();
     let mut stream = BufReader::new(tls.accept(socket).await?);
     loop {
         let mut request_line = String::new();
         if stream.read_line(&mut request_line).await? == 0 {
             return Ok(());
         }
-        let (mut length, mut authorised) = (0usize, false);
+        let (mut length, mut authorised, mut range) = (0usize, false, None);
         loop {
             let mut header = String::new();
             stream.read_line(&mut header).await?;
@@ -210,20 +215,89 @@ async fn graph_session(
             match name.to_ascii_lowercase().as_str() {
                 "content-length" => length = value.trim().parse().unwrap_or(0),
                 "authorization" => authorised = value.trim() == format!("Bearer {TOKEN}"),
+                "content-range" => range = content_range(value.trim()),
                 _ => {}
             }
         }
         let mut body = vec![0u8; length];
         tokio::io::AsyncReadExt::read_exact(&mut stream, &mut body).await?;
-        let sent = request_line.starts_with("POST ") && request_line.contains("/sendMail ");
-        let response: &[u8] = if !authorised {
-            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 47\r\n\r\n{\"error\":{\"code\":\"InvalidAuthenticationToken\"}}"
-        } else if sent && !body.is_empty() {
-            received.fetch_add(1, Ordering::Relaxed);
-            b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
-        } else {
-            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{\"error\":{\"code\":\"ErrorInvalidRequest\"}}"
+        let mut words = request_line.split(' ');
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let (status, json) = graph_answer(method, path, authorised, range, &body, port, &received);
+        if std::env::var_os("BENCH_TRACE").is_some() {
+            eprintln!("{method} {path} {range:?} {} -> {status}", body.len());
+        }
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        stream.get_mut().write_all(response.as_bytes()).await?;
+        // TLS may keep what it could not write yet: without a flush, the answer can wait
+        // there for ever while the client waits for it.
+        stream.get_mut().flush().await?;
+    }
+}
+
+/// `bytes a-b/total`.
+fn content_range(value: &str) -> Option<(usize, usize, usize)> {
+    let (span, total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?, total.parse().ok()?))
+}
+
+fn graph_answer(
+    method: &str,
+    path: &str,
+    authorised: bool,
+    range: Option<(usize, usize, usize)>,
+    body: &[u8],
+    port: u16,
+    received: &AtomicU64,
+) -> (&'static str, String) {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+    let error = |status, code: &str| (status, format!(r#"{{"error":{{"code":"{code}"}}}}"#));
+    if method == "PUT" && path.starts_with("/upload/") {
+        // Pre-authenticated: a token is refused.
+        let Some((start, end, total)) = range.filter(|_| !authorised) else {
+            return error("400 Bad Request", "InvalidContentRange");
         };
-        stream.get_mut().write_all(response).await?;
+        let len = end + 1 - start;
+        let last = end + 1 == total;
+        if len != body.len() || len > 4 << 20 || !(last || len.is_multiple_of(320 << 10)) {
+            return error("400 Bad Request", "InvalidContentRange");
+        }
+        return match last {
+            true => ("201 Created", "{}".into()),
+            false => (
+                "200 OK",
+                format!(r#"{{"nextExpectedRanges":["{}-"]}}"#, end + 1),
+            ),
+        };
+    }
+    if !authorised {
+        return error("401 Unauthorized", "InvalidAuthenticationToken");
+    }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    match method {
+        "POST" if path.ends_with("/sendMail") && !body.is_empty() => {
+            received.fetch_add(1, Ordering::Relaxed);
+            ("202 Accepted", String::new())
+        }
+        "POST" if path.ends_with("/messages") => {
+            ("201 Created", format!(r#"{{"id":"draft-{id}"}}"#))
+        }
+        "POST" if path.ends_with("/attachments") => ("201 Created", "{}".into()),
+        "POST" if path.ends_with("/attachments/createUploadSession") => (
+            "201 Created",
+            format!(
+                r#"{{"uploadUrl":"https://localhost:{port}/upload/{id}","nextExpectedRanges":["0-"]}}"#
+            ),
+        ),
+        "POST" if path.ends_with("/send") => {
+            received.fetch_add(1, Ordering::Relaxed);
+            ("202 Accepted", String::new())
+        }
+        _ => error("400 Bad Request", "ErrorInvalidRequest"),
     }
 }

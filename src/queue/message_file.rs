@@ -199,6 +199,25 @@ impl MessageFile {
         Ok(head)
     }
 
+    /// Maps the content (it stays in the page cache: nothing is copied onto the heap) and
+    /// checks it against the stored checksum. Spool files are never changed once written, so
+    /// the mapping stays valid; one removed meanwhile stays mapped until it is dropped.
+    pub fn map_content(&self, path: &Path) -> Result<memmap2::Mmap, SpoolFileError> {
+        let file = File::open(path)?;
+        // SAFETY: the file is immutable (written once, renamed into the queue, then only
+        // removed), so the mapped bytes cannot change under the reader.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(self.content_offset)
+                .len(self.content_len as usize)
+                .map(&file)?
+        };
+        if crc32fast::hash(&map) != self.crc {
+            return Err(SpoolFileError::ChecksumMismatch);
+        }
+        Ok(map)
+    }
+
     /// Reads the content and checks it against the stored checksum.
     pub fn read_content(&self, path: &Path) -> Result<Vec<u8>, SpoolFileError> {
         let mut file = File::open(path)?;

@@ -54,7 +54,11 @@ pub struct Draft {
 pub struct DraftAttachment {
     pub name: String,
     pub content_type: String,
+    /// The bytes of an attachment added in one request; an uploaded one keeps only its
+    /// length and digest (the double would otherwise hold a 150 MB upload in memory).
     pub bytes: Vec<u8>,
+    pub len: usize,
+    pub sha256: Vec<u8>,
     pub content_id: Option<String>,
     pub inline: bool,
     /// Came through an upload session.
@@ -68,6 +72,8 @@ impl DraftAttachment {
         DraftAttachment {
             name: text("name"),
             content_type: text("contentType"),
+            len: bytes.len(),
+            sha256: sha256(&bytes),
             bytes,
             content_id: item["contentId"].as_str().map(str::to_owned),
             inline: item["isInline"].as_bool().unwrap_or(false),
@@ -76,10 +82,19 @@ impl DraftAttachment {
     }
 }
 
+pub fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
 struct UploadSession {
     draft: String,
     attachment: DraftAttachment,
     size: usize,
+    /// What has arrived so far: its length and digest.
+    received: usize,
+    digest: ring::digest::Context,
 }
 
 #[derive(Default)]
@@ -525,8 +540,10 @@ async fn create_upload_session(
         session.clone(),
         UploadSession {
             draft: id,
-            attachment: DraftAttachment::described(item, Vec::with_capacity(size), true),
+            attachment: DraftAttachment::described(item, Vec::new(), true),
             size,
+            received: 0,
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
         },
     );
     let url = format!("https://localhost:{}/upload/{session}", graph.addr.port());
@@ -584,7 +601,7 @@ async fn upload(
     let len = body.len();
     let last = end + 1 == upload.size;
     let valid = total == upload.size
-        && start == upload.attachment.bytes.len()
+        && start == upload.received
         && end >= start
         && end - start + 1 == len
         && len <= 4 * 1024 * 1024
@@ -596,7 +613,8 @@ async fn upload(
             "The Content-Range does not match the expected range or chunk size rules.",
         );
     }
-    upload.attachment.bytes.extend_from_slice(&body);
+    upload.received += len;
+    upload.digest.update(&body);
     state.chunks.push((start, len));
     if !last {
         return (
@@ -606,9 +624,12 @@ async fn upload(
             .into_response();
     }
     let done = state.uploads.remove(&session).unwrap();
+    let mut attachment = done.attachment;
+    attachment.len = done.received;
+    attachment.sha256 = done.digest.finish().as_ref().to_vec();
     match state.drafts.get_mut(&done.draft) {
         Some(draft) => {
-            draft.attachments.push(done.attachment);
+            draft.attachments.push(attachment);
             StatusCode::CREATED.into_response()
         }
         None => not_found(),

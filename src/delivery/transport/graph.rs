@@ -149,20 +149,31 @@ impl GraphTransport {
         let recipients = message.recipients.to_vec();
         let rewrite_from = message.rewrite_from.map(str::to_owned);
         tokio::task::spawn_blocking(move || {
-            let content = file.read_content(&path).map_err(|e| {
+            let unreadable = |e: &dyn std::fmt::Display| {
                 tracing::error!(queue_id = %file.envelope.id, error = %e, "cannot send the spooled message");
                 SendError::NotSent(format!("cannot read the spooled message: {e}"))
-            })?;
-            let head = &content[..content.len().min(super::headers::HEAD)];
-            let message_id = super::headers::message_id(head);
+            };
+            let head = file
+                .read_head(&path, super::headers::HEAD)
+                .map_err(|e| unreadable(&e))?;
+            let message_id = super::headers::message_id(&head);
             let edits =
-                super::headers::HeaderEdits::plan(head, Some(&recipients), rewrite_from.as_deref());
-            if !draft && edits.len_after(content.len()).div_ceil(3) * 4 <= MAX_BODY {
+                super::headers::HeaderEdits::plan(&head, Some(&recipients), rewrite_from.as_deref());
+            let len = file.content_len as usize;
+            if !draft && edits.len_after(len).div_ceil(3) * 4 <= MAX_BODY {
+                // At most 3 MB: read whole.
+                let content = file.read_content(&path).map_err(|e| unreadable(&e))?;
                 let mime = STANDARD.encode(edits.apply(&content).as_ref());
                 return Ok((Payload::Mime(mime), message_id));
             }
+            // Mapped, not read: a draft's attachments are decoded from the page cache a chunk
+            // at a time.
+            let spooled: super::graph_draft::Spooled = match len {
+                0 => Arc::new(Vec::new()),
+                _ => Arc::new(file.map_content(&path).map_err(|e| unreadable(&e))?),
+            };
             // Drafts take their recipients from the envelope, so the Bcc edit is not needed.
-            super::graph_draft::draft(&content, &recipients, rewrite_from.as_deref())
+            super::graph_draft::draft(spooled, &recipients, rewrite_from.as_deref())
                 .map(|draft| (Payload::Draft(draft), message_id))
                 .map_err(SendError::NotSent)
         })
@@ -267,7 +278,7 @@ impl Request<'_> {
         }
         let message = format!("{}/messages/{}", self.base, percent_encode(&id));
         for attachment in &draft.attachments {
-            if attachment.bytes.len() <= super::graph_draft::SMALL_ATTACHMENT {
+            if attachment.size <= super::graph_draft::SMALL_ATTACHMENT {
                 let request = self
                     .http
                     .post(format!("{message}/attachments"))
@@ -285,7 +296,7 @@ impl Request<'_> {
                 Ok(body) => body["uploadUrl"].as_str().unwrap_or_default().to_owned(),
                 Err(answer) => return Ok(answer),
             };
-            if let Err(answer) = self.upload(&session, &attachment.bytes).await? {
+            if let Err(answer) = self.upload(&session, attachment).await? {
                 return Ok(answer);
             }
         }
@@ -296,10 +307,36 @@ impl Request<'_> {
             .await
     }
 
-    /// The attachment's bytes in chunks to the pre-authenticated upload URL (no token).
-    async fn upload(&self, url: &str, bytes: &[u8]) -> Result<Result<(), Answer>, SendError> {
-        let total = bytes.len();
-        for (start, end) in super::graph_draft::chunks(total) {
+    /// The attachment's bytes in chunks to the pre-authenticated upload URL (no token). Each
+    /// chunk is decoded (off the runtime's threads) while the one before it travels: at most
+    /// two chunks of a message are in memory.
+    async fn upload(
+        &self,
+        url: &str,
+        attachment: &super::graph_draft::Attachment,
+    ) -> Result<Result<(), Answer>, SendError> {
+        let total = attachment.size;
+        let decode = |mut pieces: super::graph_draft::Pieces| {
+            tokio::task::spawn_blocking(move || {
+                let chunk = pieces.next_chunk();
+                (pieces, chunk)
+            })
+        };
+        let mut next = decode(attachment.pieces());
+        let mut start = 0;
+        loop {
+            let (pieces, chunk) = next
+                .await
+                .map_err(|e| SendError::Failed(format!("cannot decode the attachment: {e}")))?;
+            let Some(chunk) = chunk else { break };
+            next = decode(pieces);
+            let end = start + chunk.len() - 1;
+            if end >= total {
+                return Err(SendError::Failed(format!(
+                    "the attachment {:?} decoded to more than its {total} bytes",
+                    attachment.name
+                )));
+            }
             let request = self
                 .http
                 .put(url)
@@ -307,12 +344,13 @@ impl Request<'_> {
                     reqwest::header::CONTENT_RANGE,
                     format!("bytes {start}-{end}/{total}"),
                 )
-                .body(bytes[start..=end].to_vec());
+                .body(chunk);
             let response = request.send().await.map_err(|e| unanswered(&e))?;
             let status = response.status().as_u16();
             if !matches!(status, 200 | 201) {
                 return Ok(Err(answer_of(response).await));
             }
+            start = end + 1;
         }
         Ok(Ok(()))
     }
