@@ -26,6 +26,8 @@ use crate::smtp::session::Intake;
 pub struct Process {
     pub spool: Arc<Spool>,
     pub metrics: Arc<Metrics>,
+    /// The open SMTP sessions, whichever generation accepted them.
+    pub sessions: Arc<crate::smtp::sessions::Sessions>,
     /// Where `metrics.tls`'s list of clients on outdated TLS is kept between runs.
     tls_clients_file: std::path::PathBuf,
     /// Where sends and connections are counted: this process's saved budgets, or with
@@ -92,6 +94,7 @@ impl Process {
         restore_tls_clients(state_dir, &metrics);
         Ok(Process {
             spool,
+            sessions: crate::smtp::sessions::Sessions::new(Arc::clone(&metrics)),
             metrics,
             tls_clients_file: state_dir.join(TLS_CLIENTS_FILE),
             budget,
@@ -329,6 +332,7 @@ pub async fn prepare(
         shutdown: process.shutdown.clone(),
         accepting: process.shutdown.child_token(),
         metrics: Arc::clone(&process.metrics),
+        sessions: Arc::clone(&process.sessions),
         delivery: Arc::clone(&process.delivery_status),
     });
     // Work on duplicates: if anything below fails, `sockets` still serves the next reload.

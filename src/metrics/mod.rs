@@ -7,11 +7,10 @@ pub mod tls;
 
 pub use activity::{Activity, DeliveryResult, ResultKind};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::IpAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the delivery latency histogram: queue arrival to upstream 250.
@@ -27,8 +26,6 @@ pub struct Metrics {
     pub messages_refused_total: AtomicU64,
     accounts: Mutex<BTreeMap<String, AccountCounters>>,
     last_delivery: Mutex<Option<LastDelivery>>,
-    /// Open sessions per client address.
-    clients: Mutex<HashMap<IpAddr, usize>>,
     /// Refused commands and connections, by reason (`SmtpError::reason`).
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// What happened lately, for the status page and `/health`.
@@ -74,42 +71,6 @@ impl Outcome {
 }
 
 impl Metrics {
-    /// Admits a new SMTP session from `client` unless `max_total` are open already, or
-    /// `max_per_client` (when the address has a limit) from that address. The counts are the
-    /// process's, so sessions still open under a configuration replaced by a reload count
-    /// too; they end with the returned permit. A counting semaphore of its own rather than
-    /// Tokio's: its size is the running configuration's `max_connections`, which a reload
-    /// may lower below the sessions already open, and nothing ever waits for a permit (a
-    /// session over the limit is refused at once).
-    pub fn admit_session(
-        self: &Arc<Self>,
-        client: IpAddr,
-        max_total: usize,
-        max_per_client: Option<usize>,
-    ) -> Result<SessionPermit, Crowded> {
-        self.sessions_active
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |active| {
-                (active < max_total as u64).then_some(active + 1)
-            })
-            .map_err(|_| Crowded::Total)?;
-        // From here the permit gives the session back, whatever follows.
-        let mut permit = SessionPermit {
-            metrics: Arc::clone(self),
-            client: None,
-        };
-        if let Some(limit) = max_per_client {
-            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            let open = clients.entry(client).or_insert(0);
-            if *open >= limit {
-                return Err(Crowded::Client);
-            }
-            *open += 1;
-            permit.client = Some(client);
-        }
-        self.sessions_total.fetch_add(1, Ordering::Relaxed);
-        Ok(permit)
-    }
-
     pub fn refused(&self, reason: &'static str) {
         *self
             .refusals
@@ -286,40 +247,4 @@ pub fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-/// Which limit turned a new session away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Crowded {
-    /// `max_connections`: the whole relay is full.
-    Total,
-    /// `max_connections_per_client`: this address has its share.
-    Client,
-}
-
-/// One open SMTP session, counted until dropped (however its task ends).
-pub struct SessionPermit {
-    metrics: Arc<Metrics>,
-    /// The address it counts against, when that has a limit.
-    client: Option<IpAddr>,
-}
-
-impl Drop for SessionPermit {
-    fn drop(&mut self) {
-        self.metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
-        let Some(client) = self.client else {
-            return;
-        };
-        let mut clients = self
-            .metrics
-            .clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(open) = clients.get_mut(&client) {
-            *open -= 1;
-            if *open == 0 {
-                clients.remove(&client);
-            }
-        }
-    }
 }

@@ -22,10 +22,10 @@ use super::error::SmtpError;
 use super::proxy::{self, Header, ProxyError, Version};
 use super::reply::Reply;
 use super::session::{Intake, Session};
+use super::sessions::Crowded;
 use super::tls::HandshakeError;
 use super::tls::Stream;
 use crate::config::{ListenConfig, ListenTls, TlsProfile};
-use crate::metrics::Crowded;
 
 /// Bound sockets a server hands to the next, keyed by configured address and, since several
 /// listeners may ask for port 0 of one address (any free port), their order among those.
@@ -248,8 +248,8 @@ async fn admit(
         .any(|net| net.contains(&client));
     let max_per_client = (!exempt).then_some(server.max_connections_per_client);
     let permit = match intake
-        .metrics
-        .admit_session(client, server.max_connections, max_per_client)
+        .sessions
+        .admit(client, server.max_connections, max_per_client)
     {
         Ok(permit) => permit,
         Err(crowded) => {

@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod reply;
 pub mod sasl;
 pub mod session;
+pub mod sessions;
 pub mod tls;
 
 pub use error::SmtpError;

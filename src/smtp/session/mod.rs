@@ -46,6 +46,8 @@ pub struct Intake {
     /// hands them to a new intake (its sessions then finish with these settings).
     pub accepting: CancellationToken,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The process's open sessions, which new ones are admitted against.
+    pub sessions: Arc<crate::smtp::sessions::Sessions>,
     /// What delivery counts: each account's backlog, which admission control reads.
     pub delivery: Arc<crate::delivery::DeliveryStatus>,
 }
