@@ -299,6 +299,8 @@ pub struct Prepared {
     intake: Arc<Intake>,
     admin_listener: Option<tokio::net::TcpListener>,
     admin_token: Option<crate::oauth::Secret>,
+    /// `[admin] tls`: read by each generation, so a reload picks up a renewed certificate.
+    admin_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Binds what the configuration asks for (reusing `sockets` where addresses are unchanged).
@@ -342,6 +344,10 @@ pub async fn prepare(
         .map_err(|e| e.to_string())?;
     let admin_token = crate::admin::bearer_token(&config)
         .map_err(|e| format!("[admin] bearer_token_file: {e}"))?;
+    let admin_tls = match &config.admin.tls {
+        Some(tls) => Some(crate::smtp::tls::acceptor(tls).map_err(|e| format!("[admin] {e}"))?),
+        None => None,
+    };
     let admin_listener = match config.admin.listen {
         None => None,
         Some(address) => {
@@ -388,6 +394,7 @@ pub async fn prepare(
         intake,
         admin_listener,
         admin_token,
+        admin_tls,
     })
 }
 
@@ -403,7 +410,12 @@ impl Prepared {
         // Said before the SMTP listeners' lines (they come from the server's task): a
         // reader of the log knows both addresses once it sees "listening".
         if let Some(address) = admin_address {
-            tracing::info!(%address, "admin HTTP listening");
+            let scheme = if self.admin_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            tracing::info!(%address, scheme, "admin HTTP listening");
         }
         let outbound = process.shutdown.child_token();
         let mut outbound_tasks = Vec::new();
@@ -426,7 +438,12 @@ impl Prepared {
                 budget: Arc::clone(&process.budget),
                 cluster: process.cluster.clone(),
             });
-            tokio::spawn(crate::admin::serve(listener, admin, outbound.clone()))
+            tokio::spawn(crate::admin::serve(
+                listener,
+                self.admin_tls,
+                admin,
+                outbound.clone(),
+            ))
         });
         if config.alerts.webhook.is_some() || config.alerts.email.is_some() {
             let alerter = crate::admin::alerts::Alerter::new(

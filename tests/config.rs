@@ -323,6 +323,37 @@ fn an_admin_endpoint_off_loopback_needs_a_bearer_token() {
     );
 }
 
+#[test]
+fn admin_https_needs_a_certificate_given_as_a_pair_and_only_with_tls() {
+    let listen = "[[listen]]\naddress = \"127.0.0.1:2525\"\nauth = \"none\"\n";
+    let refused = |admin: &str, expected: &str| {
+        let (_dir, path) = write(&format!("{listen}[admin]\n{admin}"));
+        let (code, _, stderr) = check_config(&path);
+        assert_eq!(code, 78, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    // Neither its own certificate nor a [tls] table to take one from.
+    refused("tls = true\n", ":5:1: admin.tls: HTTPS needs a certificate");
+    // Half a pair; and a pair without tls = true.
+    refused(
+        "tls = true\ncertificate = \"cert.pem\"\n",
+        ":6:1: admin.certificate: certificate and private_key go together",
+    );
+    refused(
+        "certificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n",
+        ":5:1: admin.certificate: only used with tls = true",
+    );
+    // [tls]'s pair is the default: the files it names are checked as the admin's.
+    let (dir, path) = write(&format!(
+        "{listen}[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n[admin]\ntls = true\n"
+    ));
+    let pki = common::TestPki::new();
+    std::fs::copy(pki.cert_path(), dir.path().join("cert.pem")).unwrap();
+    std::fs::copy(pki.key_path(), dir.path().join("key.pem")).unwrap();
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 0, "{stderr}");
+}
+
 /// Under systemd the service reads the token key as its credential (the file is root's):
 /// check-config, run by the unit as the service user, must not call that a problem.
 #[test]

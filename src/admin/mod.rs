@@ -1,9 +1,11 @@
 //! The admin HTTP endpoint on `[admin].listen` (loopback by default): the status page at
 //! `GET /` (and its report as `/status.json` and `/status.txt`), `GET /health` (JSON, 503
-//! when mail cannot flow), `GET /ready`, and `GET /metrics` (Prometheus text format).
+//! when mail cannot flow), `GET /ready`, and `GET /metrics` (Prometheus text format);
+//! over HTTPS only with `[admin] tls = true` (`https.rs`).
 
 pub mod alerts;
 pub mod control;
+pub mod https;
 pub mod page;
 pub mod status;
 
@@ -105,15 +107,31 @@ async fn authorize(
     next.run(request).await
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown`: over HTTPS only when `tls` is given (`[admin] tls`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     admin: Arc<Admin>,
     shutdown: CancellationToken,
 ) {
-    let result = axum::serve(listener, router(admin))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let stopped = shutdown.clone();
+    let stopped = async move { stopped.cancelled().await };
+    let result = match tls {
+        None => {
+            axum::serve(listener, router(admin))
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        Some(acceptor) => match https::TlsListener::new(listener, acceptor, shutdown) {
+            Ok(listener) => {
+                let app = router(admin).layer(axum::middleware::from_fn(https::hsts));
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "admin HTTP stopped");
     }

@@ -385,6 +385,9 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// A file holding the token that requests must present as `Authorization: Bearer`.
     pub bearer_token_file: Option<PathBuf>,
+    /// `tls = true`: the endpoint speaks HTTPS only, with this certificate and key (its own
+    /// `certificate` and `private_key`, or `[tls]`'s), read again by every generation.
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -489,7 +492,7 @@ fn parse_document(source: &Source) -> Option<Config> {
         .collect();
     let queue = read_queue(root.table("queue"));
     let mut tokens = read_tokens(root.table("tokens"));
-    let admin = read_admin(root.table("admin"));
+    let admin = read_admin(root.table("admin"), tls.as_ref());
     let log = read_log(root.table("log"));
     let alerts = read_alerts(root.table("alerts"));
     let cluster = root.table("cluster").and_then(read_cluster);
@@ -1042,7 +1045,7 @@ fn read_cluster(s: Section) -> Option<ClusterConfig> {
     })
 }
 
-fn read_admin(section: Option<Section>) -> AdminConfig {
+fn read_admin(section: Option<Section>, relay_tls: Option<&TlsConfig>) -> AdminConfig {
     let s = section.as_ref();
     let listen = match s.and_then(|s| s.get::<String>("listen")) {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
@@ -1073,12 +1076,57 @@ fn read_admin(section: Option<Section>) -> AdminConfig {
             format!("{address} is not a loopback address: set bearer_token_file so that only holders of the token can read health and metrics"),
         );
     }
+    let tls = section.as_ref().and_then(|s| read_admin_tls(s, relay_tls));
     if let Some(s) = section {
         s.finish();
     }
     AdminConfig {
         listen,
         bearer_token_file,
+        tls,
+    }
+}
+
+/// `[admin] tls`, `certificate`, `private_key`: the two files default to `[tls]`'s, and go
+/// together when given.
+fn read_admin_tls(s: &Section, relay_tls: Option<&TlsConfig>) -> Option<TlsConfig> {
+    let certificate = s.input_file("certificate");
+    let private_key = s.input_file_of("private_key", InputKind::Secret);
+    let enabled = s.get::<bool>("tls").unwrap_or(false);
+    if !enabled {
+        for (key, given) in [
+            ("certificate", certificate.is_some()),
+            ("private_key", private_key.is_some()),
+        ] {
+            if given {
+                s.report(key, "only used with tls = true");
+            }
+        }
+        return None;
+    }
+    match (certificate, private_key) {
+        (Some(certificate), Some(private_key)) => Some(TlsConfig {
+            certificate,
+            private_key,
+        }),
+        (None, None) => match relay_tls {
+            Some(tls) => Some(tls.clone()),
+            None => {
+                s.report(
+                    "tls",
+                    "HTTPS needs a certificate: set certificate and private_key here, or add a [tls] table",
+                );
+                None
+            }
+        },
+        (Some(_), None) => {
+            s.report("certificate", "certificate and private_key go together");
+            None
+        }
+        (None, Some(_)) => {
+            s.report("private_key", "certificate and private_key go together");
+            None
+        }
     }
 }
 
