@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod control;
 pub mod https;
 pub mod page;
+pub mod sign_in;
 pub mod status;
 
 use std::sync::Arc;
