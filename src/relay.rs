@@ -301,6 +301,7 @@ pub struct Prepared {
     admin_token: Option<crate::oauth::Secret>,
     /// `[admin] tls`: read by each generation, so a reload picks up a renewed certificate.
     admin_tls: Option<tokio_rustls::TlsAcceptor>,
+    admin_sign_in: Option<Arc<crate::admin::sign_in::flow::SignIn>>,
 }
 
 /// Binds what the configuration asks for (reusing `sockets` where addresses are unchanged).
@@ -346,6 +347,12 @@ pub async fn prepare(
         .map_err(|e| format!("[admin] bearer_token_file: {e}"))?;
     let admin_tls = match &config.admin.tls {
         Some(tls) => Some(crate::smtp::tls::acceptor(tls).map_err(|e| format!("[admin] {e}"))?),
+        None => None,
+    };
+    let admin_sign_in = match &config.admin.sign_in {
+        Some(sign_in) => Some(Arc::new(crate::admin::sign_in::flow::SignIn::new(
+            sign_in.clone(),
+        )?)),
         None => None,
     };
     let admin_listener = match config.admin.listen {
@@ -395,6 +402,7 @@ pub async fn prepare(
         admin_listener,
         admin_token,
         admin_tls,
+        admin_sign_in,
     })
 }
 
@@ -437,6 +445,7 @@ impl Prepared {
                 delivery: Arc::clone(&process.delivery_status),
                 budget: Arc::clone(&process.budget),
                 cluster: process.cluster.clone(),
+                sign_in: self.admin_sign_in,
             });
             tokio::spawn(crate::admin::serve(
                 listener,

@@ -43,23 +43,140 @@ pub struct Admin {
     pub budget: Arc<dyn crate::delivery::Budget>,
     /// With `[cluster]`: Redis's health and the nodes.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `[admin.sign_in]`: the page needs a signed-in session instead of the bearer token.
+    pub sign_in: Option<Arc<sign_in::flow::SignIn>>,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
-    Router::new()
+    let page = Router::new()
         .route("/", get(status_page))
         .route("/status.json", get(status_json))
-        .route("/status.txt", get(status_text))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(
+        .route("/status.txt", get(status_text));
+    let bearer = || axum::middleware::from_fn_with_state(Arc::clone(&admin), authorize);
+    let router = if admin.sign_in.is_some() {
+        // The page for signed-in people; /metrics keeps its bearer rule; /health, like
+        // /ready, stays open for probes.
+        page.layer(axum::middleware::from_fn_with_state(
             Arc::clone(&admin),
-            authorize,
+            signed_in,
         ))
-        // Says only that the endpoint serves: a readiness probe (Kubernetes' httpGet) can
-        // send no token.
-        .route("/ready", get(ready))
-        .with_state(admin)
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .layer(bearer()),
+        )
+        .route("/health", get(health))
+        .route("/signin", get(sign_in_start))
+        .route("/signin/callback", get(sign_in_callback))
+        .route("/signout", get(sign_out))
+    } else {
+        page.route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .layer(bearer())
+    };
+    // Says only that the endpoint serves: a readiness probe (Kubernetes' httpGet) can
+    // send no token.
+    router.route("/ready", get(ready)).with_state(admin)
+}
+
+/// With `[admin.sign_in]`: a live session, or off to sign in (again).
+async fn signed_in(
+    State(admin): State<Arc<Admin>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
+    match sign_in::flow::session_id(request.headers()).and_then(|id| sign_in.session(&id)) {
+        Some(session) => {
+            request.extensions_mut().insert(session);
+            next.run(request).await
+        }
+        None => axum::response::Redirect::to("/signin").into_response(),
+    }
+}
+
+async fn sign_in_start(State(admin): State<Arc<Admin>>) -> axum::response::Response {
+    let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
+    match sign_in.start().await {
+        Ok(url) => axum::response::Redirect::to(&url).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin sign-in cannot start");
+            (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+async fn sign_in_callback(
+    State(admin): State<Arc<Admin>>,
+    axum::extract::Query(callback): axum::extract::Query<Callback>,
+) -> axum::response::Response {
+    let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
+    let (Some(code), Some(state)) = (callback.code, callback.state) else {
+        let why = callback
+            .error_description
+            .or(callback.error)
+            .unwrap_or_else(|| "no code".into());
+        tracing::warn!(error = %crate::logging::Untrusted(&why), "admin sign-in refused by the issuer");
+        return (StatusCode::BAD_REQUEST, "the sign-in did not complete\n").into_response();
+    };
+    match sign_in.finish(&code, &state).await {
+        // Always to the page itself: nothing in the request chooses where the browser goes.
+        Ok((Some((id, session)), _)) => {
+            tracing::info!(user = %crate::logging::Untrusted(&session.user), role = ?session.role, "admin signed in");
+            (
+                [(header::SET_COOKIE, sign_in::flow::SignIn::cookie(&id))],
+                axum::response::Redirect::to("/"),
+            )
+                .into_response()
+        }
+        Ok((None, claims)) => {
+            tracing::warn!(user = %crate::logging::Untrusted(claims.user()), "admin sign-in: neither viewer nor operator");
+            (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!(
+                    "{} may not see this relay: ask for the viewer or operator role\n",
+                    claims.user()
+                ),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin sign-in refused");
+            (
+                StatusCode::FORBIDDEN,
+                "the sign-in was refused; start again at /signin\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn sign_out(
+    State(admin): State<Arc<Admin>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
+    if let Some(session) = sign_in::flow::session_id(&headers).and_then(|id| sign_in.sign_out(&id))
+    {
+        tracing::info!(user = %crate::logging::Untrusted(&session.user), "admin signed out");
+    }
+    (
+        [
+            (header::SET_COOKIE, sign_in::flow::SignIn::expired_cookie()),
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".into()),
+        ],
+        "signed out\n",
+    )
+        .into_response()
 }
 
 /// Reads the bearer token from `[admin] bearer_token_file`, if one is configured.
@@ -316,8 +433,24 @@ async fn status_report(admin: &Admin) -> status::StatusReport {
     status::report(admin, health).await
 }
 
-async fn status_page(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+async fn status_page(
+    State(admin): State<Arc<Admin>>,
+    session: Option<axum::Extension<sign_in::flow::Session>>,
+) -> impl IntoResponse {
     let report = status_report(&admin).await;
+    let mut html = page::render(&report);
+    if let Some(axum::Extension(session)) = session {
+        let who = format!(
+            "<p class=\"muted\" id=\"signed-in\">Signed in as {} ({}, {}) · <a href=\"/signout\">Sign out</a></p>",
+            page::escape(session.name.as_deref().unwrap_or(&session.user)),
+            page::escape(&session.user),
+            match session.role {
+                sign_in::Role::Operator => "operator",
+                sign_in::Role::Viewer => "viewer",
+            }
+        );
+        html = html.replacen("<body>", &format!("<body>{who}"), 1);
+    }
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -328,7 +461,7 @@ async fn status_page(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
             ),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        page::render(&report),
+        html,
     )
 }
 

@@ -1136,6 +1136,17 @@ fn read_admin(section: Option<Section>, relay_tls: Option<&TlsConfig>) -> AdminC
         .as_ref()
         .and_then(|s| s.table("sign_in"))
         .and_then(read_sign_in);
+    if let Some(s) = &section
+        && sign_in.is_some()
+        && tls.is_none()
+        && listen.is_some_and(|address| !address.ip().is_loopback())
+    {
+        // The session cookie is Secure: a browser sends it over plain HTTP to loopback only.
+        s.report(
+            "sign_in",
+            "signing in off loopback needs HTTPS: set tls = true in [admin]",
+        );
+    }
     if let Some(s) = section {
         s.finish();
     }

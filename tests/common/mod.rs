@@ -6,6 +6,7 @@ pub mod entra;
 pub mod exchange;
 pub mod graph;
 pub mod installed;
+pub mod oidc;
 pub mod redis;
 pub mod tokens;
 

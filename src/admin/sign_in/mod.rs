@@ -2,6 +2,7 @@
 //! `id_token.rs` checks what the issuer's token endpoint returns; `access` here decides what
 //! the person it names may do.
 
+pub mod flow;
 pub mod id_token;
 
 use crate::config::{Principal, SignInConfig};
