@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::oidc::{CLIENT_SECRET, Oidc, Tamper};
+use common::oidc::{CLIENT_SECRET, Oidc, Tamper, browser as client, location, sign_in};
 use common::{TIMEOUT, TestRelay};
 
 async fn relay(oidc: &Oidc, timeout: &str) -> TestRelay {
@@ -32,39 +32,6 @@ async fn relay(oidc: &Oidc, timeout: &str) -> TestRelay {
         )
     })
     .await
-}
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn location(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get("location")
-        .unwrap_or_else(|| panic!("no Location in {response:?}"))
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// Signs in through the double; the callback's response.
-async fn sign_in(admin: &str) -> reqwest::Response {
-    let http = client();
-    let start = http.get(format!("{admin}/signin")).send().await.unwrap();
-    assert_eq!(start.status(), 303, "{start:?}");
-    let authorize = http.get(location(&start)).send().await.unwrap();
-    assert!(authorize.status().is_redirection(), "{authorize:?}");
-    let back = url::Url::parse(&location(&authorize)).unwrap();
-    assert_eq!(back.path(), "/signin/callback");
-    http.get(format!("{admin}{}?{}", back.path(), back.query().unwrap()))
-        .send()
-        .await
-        .unwrap()
 }
 
 fn session_cookie(callback: &reqwest::Response) -> String {

@@ -3,6 +3,7 @@
 //! when mail cannot flow), `GET /ready`, and `GET /metrics` (Prometheus text format);
 //! over HTTPS only with `[admin] tls = true` (`https.rs`).
 
+pub mod actions;
 pub mod alerts;
 pub mod control;
 pub mod https;
@@ -56,19 +57,20 @@ pub fn router(admin: Arc<Admin>) -> Router {
     let router = if admin.sign_in.is_some() {
         // The page for signed-in people; /metrics keeps its bearer rule; /health, like
         // /ready, stays open for probes.
-        page.layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&admin),
-            signed_in,
-        ))
-        .merge(
-            Router::new()
-                .route("/metrics", get(metrics))
-                .layer(bearer()),
-        )
-        .route("/health", get(health))
-        .route("/signin", get(sign_in_start))
-        .route("/signin/callback", get(sign_in_callback))
-        .route("/signout", get(sign_out))
+        page.route("/action", axum::routing::post(actions::act))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&admin),
+                signed_in,
+            ))
+            .merge(
+                Router::new()
+                    .route("/metrics", get(metrics))
+                    .layer(bearer()),
+            )
+            .route("/health", get(health))
+            .route("/signin", get(sign_in_start))
+            .route("/signin/callback", get(sign_in_callback))
+            .route("/signout", get(sign_out))
     } else {
         page.route("/health", get(health))
             .route("/metrics", get(metrics))
@@ -433,9 +435,16 @@ async fn status_report(admin: &Admin) -> status::StatusReport {
     status::report(admin, health).await
 }
 
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    page: usize,
+}
+
 async fn status_page(
     State(admin): State<Arc<Admin>>,
     session: Option<axum::Extension<sign_in::flow::Session>>,
+    axum::extract::Query(query): axum::extract::Query<PageQuery>,
 ) -> impl IntoResponse {
     let report = status_report(&admin).await;
     let mut html = page::render(&report);
@@ -450,6 +459,8 @@ async fn status_page(
             }
         );
         html = html.replacen("<body>", &format!("<body>{who}"), 1);
+        let sections = actions::sections(&admin, &session, query.page).await;
+        html = html.replacen("</body>", &format!("{sections}</body>"), 1);
     }
     (
         [

@@ -225,3 +225,41 @@ async fn token(
     }))
     .into_response()
 }
+
+/// An HTTP client that reads redirects rather than following them, as the tests step
+/// through a browser's requests one by one.
+pub fn browser() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+pub fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location in {response:?}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Signs in to the admin endpoint at `admin` through the double; the callback's response.
+/// The relay's `redirect_url` names `localhost` without a port (the endpoint's port is only
+/// known once bound to port 0): the callback is requested at `admin`, path and query as the
+/// double sent them.
+pub async fn sign_in(admin: &str) -> reqwest::Response {
+    let http = browser();
+    let start = http.get(format!("{admin}/signin")).send().await.unwrap();
+    assert_eq!(start.status(), 303, "{start:?}");
+    let authorize = http.get(location(&start)).send().await.unwrap();
+    assert!(authorize.status().is_redirection(), "{authorize:?}");
+    let back = url::Url::parse(&location(&authorize)).unwrap();
+    assert_eq!(back.path(), "/signin/callback");
+    http.get(format!("{admin}{}?{}", back.path(), back.query().unwrap()))
+        .send()
+        .await
+        .unwrap()
+}

@@ -71,6 +71,8 @@ pub struct SignIn {
     discovery: tokio::sync::OnceCell<(Discovery, Keys)>,
     pending: Mutex<HashMap<String, Pending>>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// The page's "Recent actions".
+    pub recent: crate::admin::actions::Recent,
 }
 
 /// 32 random bytes, base64url: state, nonce, PKCE verifier, session id, CSRF token.
@@ -120,6 +122,7 @@ impl SignIn {
             discovery: tokio::sync::OnceCell::new(),
             pending: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            recent: Default::default(),
         })
     }
 
