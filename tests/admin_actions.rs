@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::oidc::{CLIENT_SECRET, Oidc, browser as client, location};
-use common::tokens::{World, WorldOptions};
+use common::oidc::{Oidc, browser as client, location};
 use common::{CapturedLogs, TIMEOUT};
 
 /// Signs in through the double; the session cookie.
@@ -50,35 +49,7 @@ async fn post(admin: &str, cookie: &str, form: &[(&str, &str)]) -> reqwest::Resp
 async fn an_operator_holds_a_message_from_its_row_and_the_log_names_them() {
     let logs = CapturedLogs::install("info");
     let oidc = Oidc::start().await;
-    let secret_dir = tempfile::tempdir().unwrap();
-    let secret = secret_dir.path().join("console.secret");
-    std::fs::write(&secret, CLIENT_SECRET).unwrap();
-    let extra = format!(
-        "\n[admin.sign_in]\nissuer = {:?}\nclient_id = \"console-app\"\n\
-         client_secret_file = {secret:?}\nredirect_url = \"http://localhost/signin/callback\"\n\
-         viewers = [\"role:Relay.Viewer\"]\noperators = [\"role:Relay.Operator\"]\n",
-        oidc.issuer
-    );
-    let w = World::start(WorldOptions {
-        extra: &extra,
-        ..WorldOptions::default()
-    })
-    .await;
-    // The upstream defers: the message stays queued.
-    w.exchange
-        .state()
-        .rcpt_replies
-        .insert("a@fabrikam.com".into(), "451 4.3.0 try later".into());
-    let mut smtp = w.relay.connect().await;
-    smtp.expect("EHLO app", 250).await;
-    let sent = smtp
-        .send_message(
-            "scanner@contoso.com",
-            &["a@fabrikam.com"],
-            b"Subject: Quarterly scan\r\n\r\nx\r\n",
-        )
-        .await;
-    assert_eq!(sent.0, 250);
+    let (w, _secret, id) = common::oidc::console(&oidc).await;
     let admin = w.relay.admin().await;
 
     oidc.sign_in_as("Olga Operator", "olga@contoso.com", &["Relay.Operator"]);
@@ -86,7 +57,6 @@ async fn an_operator_holds_a_message_from_its_row_and_the_log_names_them() {
     let html = page(&admin, &olga).await;
     assert!(html.contains("Signed in as Olga Operator"), "{html}");
     // Its row: ID, sender, recipients, Subject, with the operator's forms.
-    let id = w.relay.queued()[0].0.envelope.id.to_string();
     let row_at = html
         .find(&format!("<tr id=\"m-{id}\">"))
         .expect("the message's row");
@@ -148,11 +118,7 @@ async fn an_operator_holds_a_message_from_its_row_and_the_log_names_them() {
         recent.contains(&format!("<td>{id}</td><td>ok: ")),
         "{recent}"
     );
-    let text = logs.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("admin action") && l.contains(&id))
-        .unwrap_or_else(|| panic!("no audit line in {text}"));
+    let line = common::oidc::audit_line(&logs, &id);
     assert!(line.contains("user=olga@contoso.com"), "{line}");
     assert!(line.contains("action=hold"), "{line}");
     assert!(line.contains("result=ok"), "{line}");

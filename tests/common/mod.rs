@@ -9,6 +9,7 @@ pub mod installed;
 pub mod oidc;
 pub mod redis;
 pub mod tokens;
+pub mod webdriver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

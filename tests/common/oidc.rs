@@ -41,6 +41,11 @@ pub struct OidcState {
     grants: HashMap<String, Grant>,
     /// Token requests refused, and why.
     pub refusals: Vec<String>,
+    /// Where the browser goes back to, instead of the redirect URI's scheme, host and port
+    /// (path and query kept): the relay's admin endpoint listens on port 0, so its
+    /// `redirect_url` cannot name the port. The token request must still name the
+    /// redirect URI the authorize request did.
+    pub callback_base: Option<String>,
 }
 
 #[derive(Clone)]
@@ -82,6 +87,7 @@ impl Oidc {
                 tamper: Tamper::None,
                 grants: HashMap::new(),
                 refusals: Vec::new(),
+                callback_base: None,
             })),
             key: Arc::new(key),
             forged: Arc::new(forged),
@@ -155,6 +161,9 @@ async fn authorize(
         },
     );
     let mut back = url::Url::parse(&field("redirect_uri")).unwrap();
+    if let Some(base) = &state.callback_base {
+        back = url::Url::parse(base).unwrap().join(back.path()).unwrap();
+    }
     back.query_pairs_mut()
         .append_pair("code", &code)
         .append_pair("state", &field("state"));
@@ -262,4 +271,47 @@ pub async fn sign_in(admin: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
+}
+
+/// A relay (the tokens world: Entra and Exchange doubles, one account) whose console signs
+/// in with `oidc` (viewers: `Relay.Viewer`, operators: `Relay.Operator`), holding one
+/// message, "Quarterly scan", that the upstream defers. The world, the directory of the
+/// console's secret, and the message's ID.
+pub async fn console(oidc: &Oidc) -> (super::tokens::World, tempfile::TempDir, String) {
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("console.secret");
+    std::fs::write(&secret, CLIENT_SECRET).unwrap();
+    let extra = format!(
+        "\n[admin.sign_in]\nissuer = {:?}\nclient_id = \"{CLIENT_ID}\"\n\
+         client_secret_file = {secret:?}\nredirect_url = \"http://localhost/signin/callback\"\n\
+         viewers = [\"role:Relay.Viewer\"]\noperators = [\"role:Relay.Operator\"]\n",
+        oidc.issuer
+    );
+    let w = super::tokens::World::start(super::tokens::WorldOptions {
+        extra: &extra,
+        ..Default::default()
+    })
+    .await;
+    w.exchange
+        .state()
+        .rcpt_replies
+        .insert("a@fabrikam.com".into(), "451 4.3.0 try later".into());
+    let mut smtp = w.relay.connect().await;
+    smtp.expect("EHLO app", 250).await;
+    let body = b"Subject: Quarterly scan\r\n\r\nx\r\n";
+    let sent = smtp
+        .send_message("scanner@contoso.com", &["a@fabrikam.com"], body)
+        .await;
+    assert_eq!(sent.0, 250);
+    let id = w.relay.queued()[0].0.envelope.id.to_string();
+    (w, secret_dir, id)
+}
+
+/// The audit log line of an action on `id`.
+pub fn audit_line(logs: &super::CapturedLogs, id: &str) -> String {
+    let text = logs.text();
+    text.lines()
+        .find(|l| l.contains("admin action") && l.contains(id))
+        .unwrap_or_else(|| panic!("no audit line in {text}"))
+        .to_owned()
 }
