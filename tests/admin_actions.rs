@@ -36,8 +36,17 @@ fn csrf(html: &str) -> String {
 }
 
 async fn post(admin: &str, cookie: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    post_to(admin, "/action", cookie, form).await
+}
+
+async fn post_to(
+    admin: &str,
+    path: &str,
+    cookie: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
     client()
-        .post(format!("{admin}/action"))
+        .post(format!("{admin}{path}"))
         .header("cookie", cookie)
         .form(form)
         .send()
@@ -153,4 +162,48 @@ async fn an_operator_holds_a_message_from_its_row_and_the_log_names_them() {
     .await;
     assert_eq!(refused.status(), 403);
     assert!(page(&admin, &olga).await.contains("held by an admin"));
+
+    // By selection, as `queue release --from` selects: the held message is released.
+    let html = page(&admin, &olga).await;
+    let token = csrf(&html);
+    let by_sender = [
+        ("csrf", token.as_str()),
+        ("action", "release"),
+        ("from", "scanner@*"),
+    ];
+    assert_eq!(
+        post_to(&admin, "/select", &olga, &by_sender).await.status(),
+        303
+    );
+    let html = page(&admin, &olga).await;
+    assert!(!html.contains("held by an admin"), "{html}");
+    assert!(
+        html.contains("<td>release</td><td>from=scanner@*</td><td>1 of 1 message(s) done</td>"),
+        "{html}"
+    );
+    // A delete by selection asks first, naming how many.
+    let by_age = [
+        ("csrf", token.as_str()),
+        ("action", "delete"),
+        ("older_than", "0s"),
+    ];
+    let ask = post_to(&admin, "/select", &olga, &by_age).await;
+    assert!(
+        ask.text()
+            .await
+            .unwrap()
+            .contains("Delete the 1 message(s) chosen by older_than=0s?")
+    );
+    assert_eq!(w.relay.queued().len(), 1);
+    // Without the page's token, a selection changes nothing either.
+    let forged = [
+        ("csrf", "forged"),
+        ("action", "hold"),
+        ("from", "scanner@*"),
+    ];
+    assert_eq!(
+        post_to(&admin, "/select", &olga, &forged).await.status(),
+        403
+    );
+    assert!(!page(&admin, &olga).await.contains("held by an admin"));
 }

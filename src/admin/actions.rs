@@ -77,22 +77,8 @@ pub async fn act(
     axum::Extension(session): axum::Extension<Session>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    // The token is compared by digest, like the bearer token: timing says nothing.
-    let digest = |t: &str| {
-        ring::digest::digest(&ring::digest::SHA256, t.as_bytes())
-            .as_ref()
-            .to_vec()
-    };
-    if digest(&form.csrf) != digest(&session.csrf) {
-        tracing::warn!(user = %crate::logging::Untrusted(&session.user), "admin action refused: no valid CSRF token");
-        return (
-            StatusCode::FORBIDDEN,
-            "this form is stale or not the page's: reload the page\n",
-        )
-            .into_response();
-    }
-    if session.role != Role::Operator {
-        return (StatusCode::FORBIDDEN, "only operators act on the queue\n").into_response();
+    if let Some(refused) = refuse(&session, &form.csrf) {
+        return refused;
     }
     let id = match form.id.as_deref().filter(|id| !id.is_empty()) {
         Some(text) => match text.parse::<QueueId>() {
@@ -113,10 +99,124 @@ pub async fn act(
             Ok(message) => format!("ok: {message}"),
             Err(e) => format!("failed: {e}"),
         };
+    audit(&admin, &session, &form.action, target, result);
+    // Post/redirect/get: a reload of the page repeats nothing.
+    Redirect::to("/").into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct SelectionForm {
+    csrf: String,
+    action: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    older_than: String,
+    #[serde(default)]
+    confirmed: Option<String>,
+}
+
+/// `POST /select`: an action on the messages a selection (sender, recipient, age) picks,
+/// as `smtprelay queue ACTION --from --to --older-than` picks them.
+pub async fn act_on_selection(
+    State(admin): State<Arc<Admin>>,
+    axum::Extension(session): axum::Extension<Session>,
+    Form(form): Form<SelectionForm>,
+) -> Response {
+    if let Some(refused) = refuse(&session, &form.csrf) {
+        return refused;
+    }
+    let given = |v: &str| Some(v.trim().to_owned()).filter(|v| !v.is_empty());
+    let (from, to, older_than) = (given(&form.from), given(&form.to), given(&form.older_than));
+    let target = [("from", &from), ("to", &to), ("older_than", &older_than)]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let config = Arc::clone(&admin.config);
+    let action = form.action.clone();
+    let chosen = tokio::task::spawn_blocking(move || {
+        crate::cli::selected_commands(&config, &action, from, to, older_than)
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let commands = match chosen {
+        Ok(commands) => commands,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    if form.action == "delete" && form.confirmed.as_deref() != Some("yes") {
+        let hidden = |name: &str, value: &str| {
+            format!(
+                "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+                escape(value)
+            )
+        };
+        let html = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Delete {n} messages?</title></head><body>\
+             <h1>Delete the {n} message(s) chosen by {}?</h1><p>They are removed from the queue without a report to their senders.</p>\
+             <form method=\"post\" action=\"/select\">{}{}{}{}{}{}\
+             <button type=\"submit\" id=\"confirm-delete\">Delete</button> <a href=\"/\">Cancel</a></form></body></html>",
+            escape(&target),
+            csrf_field(&form.csrf),
+            hidden("action", "delete"),
+            hidden("from", &form.from),
+            hidden("to", &form.to),
+            hidden("older_than", &form.older_than),
+            hidden("confirmed", "yes"),
+            n = commands.len(),
+        );
+        return (
+            [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            html,
+        )
+            .into_response();
+    }
+    let mut done = 0;
+    for command in &commands {
+        if crate::admin::control::request(&admin.config.server.state_dir, command)
+            .await
+            .is_ok()
+        {
+            done += 1;
+        }
+    }
+    let result = format!("{done} of {} message(s) done", commands.len());
+    audit(&admin, &session, &form.action, target, result);
+    Redirect::to("/").into_response()
+}
+
+/// Why `session` may not act with `csrf`, if it may not.
+fn refuse(session: &Session, csrf: &str) -> Option<Response> {
+    // The token is compared by digest, like the bearer token: timing says nothing.
+    let digest = |t: &str| {
+        ring::digest::digest(&ring::digest::SHA256, t.as_bytes())
+            .as_ref()
+            .to_vec()
+    };
+    if digest(csrf) != digest(&session.csrf) {
+        tracing::warn!(user = %crate::logging::Untrusted(&session.user), "admin action refused: no valid CSRF token");
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "this form is stale or not the page's: reload the page\n",
+            )
+                .into_response(),
+        );
+    }
+    if session.role != Role::Operator {
+        return Some((StatusCode::FORBIDDEN, "only operators act on the queue\n").into_response());
+    }
+    None
+}
+
+/// One log line and a row of "Recent actions".
+fn audit(admin: &Admin, session: &Session, action: &str, target: String, result: String) {
     tracing::info!(
         user = %crate::logging::Untrusted(&session.user),
-        action = %form.action,
-        target = %target,
+        action = %crate::logging::Untrusted(action),
+        target = %crate::logging::Untrusted(&target),
         result = %crate::logging::Untrusted(&result),
         "admin action"
     );
@@ -124,13 +224,11 @@ pub async fn act(
         sign_in.recent.push(Audited {
             at_ms: crate::clock::unix_ms(),
             user: session.user.clone(),
-            action: form.action.clone(),
+            action: action.to_owned(),
             target,
             result,
         });
     }
-    // Post/redirect/get: a reload of the page repeats nothing.
-    Redirect::to("/").into_response()
 }
 
 fn confirm_delete(session: &Session, csrf: &str, id: QueueId) -> Response {
@@ -195,6 +293,16 @@ pub async fn sections(admin: &Admin, session: &Session, page: usize) -> String {
     if operator {
         html.push_str(&format!(
             "<form method=\"post\" action=\"/action\">{csrf}<input type=\"hidden\" name=\"action\" value=\"flush\"><button type=\"submit\" id=\"flush\">Flush: try every deferred message now</button></form>"
+        ));
+    }
+    if operator {
+        html.push_str(&format!(
+            "<form method=\"post\" action=\"/select\" id=\"selection\">{csrf}\
+             <select name=\"action\"><option>hold</option><option>release</option><option>retry</option><option>delete</option></select> \
+             the messages from <input name=\"from\" placeholder=\"*@contoso.com\"> \
+             to <input name=\"to\" placeholder=\"*@fabrikam.com\"> \
+             older than <input name=\"older_than\" placeholder=\"2h\"> \
+             <button type=\"submit\">Apply</button></form>"
         ));
     }
     let pages = rows.len().div_ceil(PAGE).max(1);

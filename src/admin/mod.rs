@@ -58,6 +58,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         // The page for signed-in people; /metrics keeps its bearer rule; /health, like
         // /ready, stays open for probes.
         page.route("/action", axum::routing::post(actions::act))
+            .route("/select", axum::routing::post(actions::act_on_selection))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&admin),
                 signed_in,

@@ -496,6 +496,38 @@ fn select(config: &Config, select: &Selection, action: Action) -> Result<Vec<Que
         .collect())
 }
 
+/// The commands `smtprelay queue ACTION --from … --to … --older-than …` would send (the
+/// status page's selection form): the same filters, the same messages left out.
+pub(crate) fn selected_commands(
+    config: &Config,
+    action: &str,
+    from: Option<String>,
+    to: Option<String>,
+    older_than: Option<String>,
+) -> Result<Vec<Control>, String> {
+    let action = match action {
+        "retry" => Action::Retry,
+        "hold" => Action::Hold,
+        "release" => Action::Release,
+        "delete" => Action::Delete,
+        other => return Err(format!("unknown action {other:?}")),
+    };
+    if from.is_none() && to.is_none() && older_than.is_none() {
+        return Err("choose a sender, a recipient or an age".into());
+    }
+    let selection = Selection {
+        ids: Vec::new(),
+        all: false,
+        from,
+        to,
+        older_than,
+    };
+    Ok(select(config, &selection, action)?
+        .into_iter()
+        .map(|id| action.control(id))
+        .collect())
+}
+
 /// Queue commands that change things go through the running daemon's control socket.
 pub fn control(config: &Config, command: super::QueueCommand) -> Result<ExitCode, ExitCode> {
     use super::QueueCommand;
