@@ -88,6 +88,8 @@ async fn operators_and_viewers_see_the_page_others_get_403() {
         html.contains("Signed in as Olga Operator (olga@contoso.com, operator)"),
         "{html}"
     );
+    // No self-refresh once signed in: it would keep the session alive for ever.
+    assert!(!html.contains("http-equiv=\"refresh\""), "{html}");
 
     oidc.sign_in_as("Vic Viewer", "vic@contoso.com", &["Relay.Viewer"]);
     let cookie = session_cookie(&sign_in(&admin).await);

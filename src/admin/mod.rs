@@ -448,7 +448,7 @@ async fn status_page(
     axum::extract::Query(query): axum::extract::Query<PageQuery>,
 ) -> impl IntoResponse {
     let report = status_report(&admin).await;
-    let mut html = page::render(&report);
+    let mut html = page::render_page(&report, session.is_none());
     if let Some(axum::Extension(session)) = session {
         let who = format!(
             "<p class=\"muted\" id=\"signed-in\">Signed in as {} ({}, {}) · <a href=\"/signout\">Sign out</a></p>",
