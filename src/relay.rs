@@ -302,6 +302,9 @@ pub struct Prepared {
     intake: Arc<Intake>,
     admin_listener: Option<tokio::net::TcpListener>,
     admin_token: Option<crate::oauth::Secret>,
+    /// `[admin] tls`: read by each generation, so a reload picks up a renewed certificate.
+    admin_tls: Option<tokio_rustls::TlsAcceptor>,
+    admin_sign_in: Option<Arc<crate::admin::sign_in::flow::SignIn>>,
 }
 
 /// Binds what the configuration asks for (reusing `sockets` where addresses are unchanged).
@@ -346,6 +349,16 @@ pub async fn prepare(
         .map_err(|e| e.to_string())?;
     let admin_token = crate::admin::bearer_token(&config)
         .map_err(|e| format!("[admin] bearer_token_file: {e}"))?;
+    let admin_tls = match &config.admin.tls {
+        Some(tls) => Some(crate::smtp::tls::acceptor(tls).map_err(|e| format!("[admin] {e}"))?),
+        None => None,
+    };
+    let admin_sign_in = match &config.admin.sign_in {
+        Some(sign_in) => Some(Arc::new(crate::admin::sign_in::flow::SignIn::new(
+            sign_in.clone(),
+        )?)),
+        None => None,
+    };
     let admin_listener = match config.admin.listen {
         None => None,
         Some(address) => {
@@ -392,6 +405,8 @@ pub async fn prepare(
         intake,
         admin_listener,
         admin_token,
+        admin_tls,
+        admin_sign_in,
     })
 }
 
@@ -407,7 +422,12 @@ impl Prepared {
         // Said before the SMTP listeners' lines (they come from the server's task): a
         // reader of the log knows both addresses once it sees "listening".
         if let Some(address) = admin_address {
-            tracing::info!(%address, "admin HTTP listening");
+            let scheme = if self.admin_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            tracing::info!(%address, scheme, "admin HTTP listening");
         }
         let outbound = process.shutdown.child_token();
         let mut outbound_tasks = Vec::new();
@@ -429,8 +449,14 @@ impl Prepared {
                 delivery: Arc::clone(&process.delivery_status),
                 budget: Arc::clone(&process.budget),
                 cluster: process.cluster.clone(),
+                sign_in: self.admin_sign_in,
             });
-            tokio::spawn(crate::admin::serve(listener, admin, outbound.clone()))
+            tokio::spawn(crate::admin::serve(
+                listener,
+                self.admin_tls,
+                admin,
+                outbound.clone(),
+            ))
         });
         if config.alerts.webhook.is_some() || config.alerts.email.is_some() {
             let alerter = crate::admin::alerts::Alerter::new(

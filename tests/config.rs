@@ -65,11 +65,16 @@ fn the_example_config_is_valid_as_it_is_and_a_named_key_file_must_exist() {
 
 #[test]
 fn the_reference_config_uses_every_key_we_implement() {
-    // config/reference.toml (shipped in the packages): its only problem is the placeholder
-    // hash (the files it names live on a production host, so only its keys are checked).
+    // config/reference.toml (shipped in the packages): its only problems are the placeholder
+    // hash and [admin.sign_in] showing both ways of its credential (the files it names live
+    // on a production host, so only its keys are checked).
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference.toml");
     let error = smtprelay::config::Config::load(&path).unwrap_err();
-    let problems: Vec<String> = error.problems.iter().map(|p| p.to_string()).collect();
+    let mut problems: Vec<String> = error.problems.iter().map(|p| p.to_string()).collect();
+    let both = problems.iter().position(|p| {
+        p.contains(": admin.sign_in.client_secret_file: the console signs in with either")
+    });
+    problems.remove(both.unwrap_or_else(|| panic!("{problems:?}")));
     assert_eq!(problems.len(), 1, "{problems:?}");
     let line = std::fs::read_to_string(&path)
         .unwrap()
@@ -321,6 +326,65 @@ fn an_admin_endpoint_off_loopback_needs_a_bearer_token() {
         ),
         "{stderr}"
     );
+}
+
+#[test]
+fn admin_https_needs_a_certificate_given_as_a_pair_and_only_with_tls() {
+    let listen = "[[listen]]\naddress = \"127.0.0.1:2525\"\nauth = \"none\"\n";
+    let refused = |admin: &str, expected: &str| {
+        let (_dir, path) = write(&format!("{listen}[admin]\n{admin}"));
+        let (code, _, stderr) = check_config(&path);
+        assert_eq!(code, 78, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    // Neither its own certificate nor a [tls] table to take one from.
+    refused("tls = true\n", ":5:1: admin.tls: HTTPS needs a certificate");
+    // Half a pair; and a pair without tls = true.
+    refused(
+        "tls = true\ncertificate = \"cert.pem\"\n",
+        ":6:1: admin.certificate: certificate and private_key go together",
+    );
+    refused(
+        "certificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n",
+        ":5:1: admin.certificate: only used with tls = true",
+    );
+    // [tls]'s pair is the default: the files it names are checked as the admin's.
+    let (dir, path) = write(&format!(
+        "{listen}[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n[admin]\ntls = true\n"
+    ));
+    let pki = common::TestPki::new();
+    std::fs::copy(pki.cert_path(), dir.path().join("cert.pem")).unwrap();
+    std::fs::copy(pki.key_path(), dir.path().join("key.pem")).unwrap();
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn sign_in_problems_are_each_named_where_they_stand() {
+    let (_dir, path) = write(
+        r#"[[listen]]
+address = "127.0.0.1:2525"
+auth = "none"
+[admin.sign_in]
+issuer = "http://login.example/tenant/v2.0"
+redirect_url = "https://relay.example:8025/signin/callback"
+viewers = ["role:", "Everyone"]
+session_timeout = "soon"
+"#,
+    );
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 78);
+    for expected in [
+        ":4:1: admin.sign_in.client_id: this key is required",
+        ":5:1: admin.sign_in.issuer: plain http is accepted only for loopback addresses",
+        ":4:1: admin.sign_in.client_secret_file: the console signs in with either client_secret_file or client_certificate",
+        ":7:12: admin.sign_in.viewers: item 1: \"role:\" names no app role",
+        ":7:21: admin.sign_in.viewers: item 2: expected \"role:<app role>\", \"group:<object id>\" or a user's UPN or e-mail",
+        ":8:19: admin.sign_in.session_timeout: expected a duration",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), 6, "{stderr}");
 }
 
 /// Under systemd the service reads the token key as its credential (the file is root's):

@@ -1,10 +1,14 @@
 //! The admin HTTP endpoint on `[admin].listen` (loopback by default): the status page at
 //! `GET /` (and its report as `/status.json` and `/status.txt`), `GET /health` (JSON, 503
-//! when mail cannot flow), `GET /ready`, and `GET /metrics` (Prometheus text format).
+//! when mail cannot flow), `GET /ready`, and `GET /metrics` (Prometheus text format);
+//! over HTTPS only with `[admin] tls = true` (`https.rs`).
 
+pub mod actions;
 pub mod alerts;
 pub mod control;
+pub mod https;
 pub mod page;
+pub mod sign_in;
 pub mod status;
 
 use std::sync::Arc;
@@ -40,23 +44,142 @@ pub struct Admin {
     pub budget: Arc<dyn crate::delivery::Budget>,
     /// With `[cluster]`: Redis's health and the nodes.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `[admin.sign_in]`: the page needs a signed-in session instead of the bearer token.
+    pub sign_in: Option<Arc<sign_in::flow::SignIn>>,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
-    Router::new()
+    let page = Router::new()
         .route("/", get(status_page))
         .route("/status.json", get(status_json))
-        .route("/status.txt", get(status_text))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&admin),
-            authorize,
-        ))
-        // Says only that the endpoint serves: a readiness probe (Kubernetes' httpGet) can
-        // send no token.
-        .route("/ready", get(ready))
-        .with_state(admin)
+        .route("/status.txt", get(status_text));
+    let bearer = || axum::middleware::from_fn_with_state(Arc::clone(&admin), authorize);
+    let router = if admin.sign_in.is_some() {
+        // The page for signed-in people; /metrics keeps its bearer rule; /health, like
+        // /ready, stays open for probes.
+        page.route("/action", axum::routing::post(actions::act))
+            .route("/select", axum::routing::post(actions::act_on_selection))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&admin),
+                signed_in,
+            ))
+            .merge(
+                Router::new()
+                    .route("/metrics", get(metrics))
+                    .layer(bearer()),
+            )
+            .route("/health", get(health))
+            .route("/signin", get(sign_in_start))
+            .route("/signin/callback", get(sign_in_callback))
+            .route("/signout", get(sign_out))
+    } else {
+        page.route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .layer(bearer())
+    };
+    // Says only that the endpoint serves: a readiness probe (Kubernetes' httpGet) can
+    // send no token.
+    router.route("/ready", get(ready)).with_state(admin)
+}
+
+/// With `[admin.sign_in]`: a live session, or off to sign in (again).
+async fn signed_in(
+    State(admin): State<Arc<Admin>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
+    match sign_in::flow::session_id(request.headers()).and_then(|id| sign_in.session(&id)) {
+        Some(session) => {
+            request.extensions_mut().insert(session);
+            next.run(request).await
+        }
+        None => axum::response::Redirect::to("/signin").into_response(),
+    }
+}
+
+async fn sign_in_start(State(admin): State<Arc<Admin>>) -> axum::response::Response {
+    let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
+    match sign_in.start().await {
+        Ok(url) => axum::response::Redirect::to(&url).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin sign-in cannot start");
+            (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+async fn sign_in_callback(
+    State(admin): State<Arc<Admin>>,
+    axum::extract::Query(callback): axum::extract::Query<Callback>,
+) -> axum::response::Response {
+    let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
+    let (Some(code), Some(state)) = (callback.code, callback.state) else {
+        let why = callback
+            .error_description
+            .or(callback.error)
+            .unwrap_or_else(|| "no code".into());
+        tracing::warn!(error = %crate::logging::Untrusted(&why), "admin sign-in refused by the issuer");
+        return (StatusCode::BAD_REQUEST, "the sign-in did not complete\n").into_response();
+    };
+    match sign_in.finish(&code, &state).await {
+        // Always to the page itself: nothing in the request chooses where the browser goes.
+        Ok((Some((id, session)), _)) => {
+            tracing::info!(user = %crate::logging::Untrusted(&session.user), role = ?session.role, "admin signed in");
+            (
+                [(header::SET_COOKIE, sign_in::flow::SignIn::cookie(&id))],
+                axum::response::Redirect::to("/"),
+            )
+                .into_response()
+        }
+        Ok((None, claims)) => {
+            tracing::warn!(user = %crate::logging::Untrusted(claims.user()), "admin sign-in: neither viewer nor operator");
+            (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!(
+                    "{} may not see this relay: ask for the viewer or operator role\n",
+                    claims.user()
+                ),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin sign-in refused");
+            (
+                StatusCode::FORBIDDEN,
+                "the sign-in was refused; start again at /signin\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn sign_out(
+    State(admin): State<Arc<Admin>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
+    if let Some(session) = sign_in::flow::session_id(&headers).and_then(|id| sign_in.sign_out(&id))
+    {
+        tracing::info!(user = %crate::logging::Untrusted(&session.user), "admin signed out");
+    }
+    (
+        [
+            (header::SET_COOKIE, sign_in::flow::SignIn::expired_cookie()),
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".into()),
+        ],
+        "signed out\n",
+    )
+        .into_response()
 }
 
 /// Reads the bearer token from `[admin] bearer_token_file`, if one is configured.
@@ -105,15 +228,31 @@ async fn authorize(
     next.run(request).await
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown`: over HTTPS only when `tls` is given (`[admin] tls`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     admin: Arc<Admin>,
     shutdown: CancellationToken,
 ) {
-    let result = axum::serve(listener, router(admin))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let stopped = shutdown.clone();
+    let stopped = async move { stopped.cancelled().await };
+    let result = match tls {
+        None => {
+            axum::serve(listener, router(admin))
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        Some(acceptor) => match https::TlsListener::new(listener, acceptor, shutdown) {
+            Ok(listener) => {
+                let app = router(admin).layer(axum::middleware::from_fn(https::hsts));
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "admin HTTP stopped");
     }
@@ -297,8 +436,33 @@ async fn status_report(admin: &Admin) -> status::StatusReport {
     status::report(admin, health).await
 }
 
-async fn status_page(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    page: usize,
+}
+
+async fn status_page(
+    State(admin): State<Arc<Admin>>,
+    session: Option<axum::Extension<sign_in::flow::Session>>,
+    axum::extract::Query(query): axum::extract::Query<PageQuery>,
+) -> impl IntoResponse {
     let report = status_report(&admin).await;
+    let mut html = page::render_page(&report, session.is_none());
+    if let Some(axum::Extension(session)) = session {
+        let who = format!(
+            "<p class=\"muted\" id=\"signed-in\">Signed in as {} ({}, {}) · <a href=\"/signout\">Sign out</a></p>",
+            page::escape(session.name.as_deref().unwrap_or(&session.user)),
+            page::escape(&session.user),
+            match session.role {
+                sign_in::Role::Operator => "operator",
+                sign_in::Role::Viewer => "viewer",
+            }
+        );
+        html = html.replacen("<body>", &format!("<body>{who}"), 1);
+        let sections = actions::sections(&admin, &session, query.page).await;
+        html = html.replacen("</body>", &format!("{sections}</body>"), 1);
+    }
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -309,7 +473,7 @@ async fn status_page(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
             ),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        page::render(&report),
+        html,
     )
 }
 

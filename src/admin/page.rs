@@ -50,17 +50,32 @@ tick();setInterval(tick,1000);
 ";
 
 pub fn render(report: &StatusReport) -> String {
+    render_page(report, true)
+}
+
+/// `refresh`: the page reloads itself every [`REFRESH_SECS`]. A signed-in page does not:
+/// a reload would wipe a form being filled in, and would keep the session alive for as
+/// long as the tab is open, so the idle timeout would never come.
+pub fn render_page(report: &StatusReport, refresh: bool) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let status = report.status.name();
+    let (meta, note) = if refresh {
+        (
+            format!("<meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">"),
+            format!("refreshes every {REFRESH_SECS} s"),
+        )
+    } else {
+        (String::new(), "<a href=\"/\">reload</a>".to_owned())
+    };
     let _ = write!(
         out,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
+         {meta}\
          <meta name=\"viewport\" content=\"width=device-width\">\
          <title>smtprelay on {host}: {status}</title><style>{STYLE}</style></head><body>\
          <h1>smtprelay on {host} <span id=\"status\" class=\"badge {status}\">{status}</span></h1>\
          <p class=\"muted\">version {version}; as of <time id=\"generated\" datetime=\"{at}\">{at}</time>; \
-         refreshes every {REFRESH_SECS} s</p>",
+         {note}</p>",
         host = escape(&report.hostname),
         version = report.version,
         at = rfc3339(report.generated_at),

@@ -8,6 +8,8 @@ mod health;
 mod notify;
 mod output;
 mod queue;
+/// `queue list`'s rows, which the status page shows too.
+pub(crate) use queue::{Row as QueueRow, rows as queue_rows, selected_commands};
 mod serve;
 mod status;
 mod token;

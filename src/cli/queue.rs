@@ -16,28 +16,28 @@ use crate::delivery::scheduler::Control;
 use crate::queue::{DeliveryState, QueueId, SpoolPaths};
 
 #[derive(Serialize)]
-struct Row {
-    id: String,
-    received_at: u64,
-    age_seconds: u64,
-    sender: String,
-    recipients: Vec<String>,
-    size: u64,
-    state: &'static str,
-    attempts: u32,
+pub(crate) struct Row {
+    pub(crate) id: String,
+    pub(crate) received_at: u64,
+    pub(crate) age_seconds: u64,
+    pub(crate) sender: String,
+    pub(crate) recipients: Vec<String>,
+    pub(crate) size: u64,
+    pub(crate) state: &'static str,
+    pub(crate) attempts: u32,
     /// Recipients still to be delivered.
-    pending: Vec<String>,
-    last_error: Option<String>,
+    pub(crate) pending: Vec<String>,
+    pub(crate) last_error: Option<String>,
     /// The account it goes through.
-    account: Option<String>,
+    pub(crate) account: Option<String>,
     /// When it is tried next (Unix seconds); absent when due now or held.
-    next_attempt_at: Option<u64>,
+    pub(crate) next_attempt_at: Option<u64>,
     /// Why it waits, in words.
-    waiting: String,
+    pub(crate) waiting: String,
     /// What the running relay's scheduler says it waits for; absent when no relay runs.
     #[serde(flatten)]
-    standing: Option<Standing>,
-    subject: Option<String>,
+    pub(crate) standing: Option<Standing>,
+    pub(crate) subject: Option<String>,
 }
 
 /// Why a queued message is not gone yet: what the running relay's scheduler says it waits
@@ -154,6 +154,27 @@ fn row(
     }
 }
 
+/// `queue list`'s rows for what a scan found (the status page shows the same).
+pub(crate) fn rows(
+    config: &Config,
+    paths: &SpoolPaths,
+    scan: &crate::queue::spool::ScanResult,
+    standings: Option<&HashMap<QueueId, Standing>>,
+) -> Vec<Row> {
+    let now_ms = crate::clock::unix_ms();
+    scan.messages
+        .iter()
+        .map(|(path, file)| {
+            // A message finished meanwhile has no state file and reads as new: harmless here.
+            let state = paths
+                .read_state(&file.envelope)
+                .unwrap_or_else(|_| DeliveryState::new(&file.envelope));
+            let standing = standings.and_then(|s| s.get(&file.envelope.id));
+            row(config, path, file, &state, standing, now_ms)
+        })
+        .collect()
+}
+
 pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
     let paths = SpoolPaths::new(config.spool_dir());
     let scan = paths.scan().map_err(|e| {
@@ -161,19 +182,7 @@ pub fn list(config: &Config, json: bool) -> Result<ExitCode, ExitCode> {
         ExitCode::FAILURE
     })?;
     let standings = live_standings(config);
-    let now_ms = crate::clock::unix_ms();
-    let rows: Vec<Row> = scan
-        .messages
-        .iter()
-        .map(|(path, file)| {
-            // A message finished meanwhile has no state file and reads as new: harmless here.
-            let state = paths
-                .read_state(&file.envelope)
-                .unwrap_or_else(|_| DeliveryState::new(&file.envelope));
-            let standing = standings.as_ref().and_then(|s| s.get(&file.envelope.id));
-            row(config, path, file, &state, standing, now_ms)
-        })
-        .collect();
+    let rows = rows(config, &paths, &scan, standings.as_ref());
     for (path, problem) in &scan.damaged {
         errln!("warning: {}: {problem}", path.display());
     }
@@ -484,6 +493,38 @@ fn select(config: &Config, select: &Selection, action: Action) -> Result<Vec<Que
             action.applies(held)
         })
         .map(|file| file.envelope.id)
+        .collect())
+}
+
+/// The commands `smtprelay queue ACTION --from … --to … --older-than …` would send (the
+/// status page's selection form): the same filters, the same messages left out.
+pub(crate) fn selected_commands(
+    config: &Config,
+    action: &str,
+    from: Option<String>,
+    to: Option<String>,
+    older_than: Option<String>,
+) -> Result<Vec<Control>, String> {
+    let action = match action {
+        "retry" => Action::Retry,
+        "hold" => Action::Hold,
+        "release" => Action::Release,
+        "delete" => Action::Delete,
+        other => return Err(format!("unknown action {other:?}")),
+    };
+    if from.is_none() && to.is_none() && older_than.is_none() {
+        return Err("choose a sender, a recipient or an age".into());
+    }
+    let selection = Selection {
+        ids: Vec::new(),
+        all: false,
+        from,
+        to,
+        older_than,
+    };
+    Ok(select(config, &selection, action)?
+        .into_iter()
+        .map(|id| action.control(id))
         .collect())
 }
 

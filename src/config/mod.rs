@@ -385,6 +385,64 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// A file holding the token that requests must present as `Authorization: Bearer`.
     pub bearer_token_file: Option<PathBuf>,
+    /// `tls = true`: the endpoint speaks HTTPS only, with this certificate and key (its own
+    /// `certificate` and `private_key`, or `[tls]`'s), read again by every generation.
+    pub tls: Option<TlsConfig>,
+    /// `[admin.sign_in]`: browsers sign in with OpenID Connect (Entra ID).
+    pub sign_in: Option<SignInConfig>,
+}
+
+/// `[admin.sign_in]`: who may see and act on the status page, as the issuer says.
+#[derive(Debug, Clone)]
+pub struct SignInConfig {
+    /// Its `/.well-known/openid-configuration` names the endpoints and the keys.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret_file: Option<PathBuf>,
+    pub client_certificate: Option<PathBuf>,
+    pub client_private_key: Option<PathBuf>,
+    /// Where the issuer sends the browser back: this endpoint's `/signin/callback`.
+    pub redirect_url: String,
+    /// May see the page.
+    pub viewers: Vec<Principal>,
+    /// May see the page and act on the queue and tokens.
+    pub operators: Vec<Principal>,
+    /// A session unused for this long must sign in again.
+    pub session_timeout: Duration,
+}
+
+/// One item of `viewers` / `operators`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// `role:<app role>`: the ID token's `roles` claim holds it.
+    Role(String),
+    /// `group:<object id>`: the ID token's `groups` claim holds it.
+    Group(String),
+    /// A user's UPN or e-mail address (`preferred_username`, `upn` or `email`), any case.
+    User(String),
+}
+
+impl Principal {
+    pub fn parse(text: &str) -> Result<Principal, String> {
+        let non_empty = |rest: &str, what: &str| {
+            if rest.trim().is_empty() {
+                Err(format!("{text:?} names no {what}"))
+            } else {
+                Ok(rest.trim().to_owned())
+            }
+        };
+        if let Some(rest) = text.strip_prefix("role:") {
+            non_empty(rest, "app role").map(Principal::Role)
+        } else if let Some(rest) = text.strip_prefix("group:") {
+            non_empty(rest, "group object id").map(Principal::Group)
+        } else if text.contains('@') && !text.contains(char::is_whitespace) {
+            Ok(Principal::User(text.to_lowercase()))
+        } else {
+            Err(format!(
+                "expected \"role:<app role>\", \"group:<object id>\" or a user's UPN or e-mail, got {text:?}"
+            ))
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -489,7 +547,7 @@ fn parse_document(source: &Source) -> Option<Config> {
         .collect();
     let queue = read_queue(root.table("queue"));
     let mut tokens = read_tokens(root.table("tokens"));
-    let admin = read_admin(root.table("admin"));
+    let admin = read_admin(root.table("admin"), tls.as_ref());
     let log = read_log(root.table("log"));
     let alerts = read_alerts(root.table("alerts"));
     let cluster = root.table("cluster").and_then(read_cluster);
@@ -1042,7 +1100,7 @@ fn read_cluster(s: Section) -> Option<ClusterConfig> {
     })
 }
 
-fn read_admin(section: Option<Section>) -> AdminConfig {
+fn read_admin(section: Option<Section>, relay_tls: Option<&TlsConfig>) -> AdminConfig {
     let s = section.as_ref();
     let listen = match s.and_then(|s| s.get::<String>("listen")) {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
@@ -1073,12 +1131,138 @@ fn read_admin(section: Option<Section>) -> AdminConfig {
             format!("{address} is not a loopback address: set bearer_token_file so that only holders of the token can read health and metrics"),
         );
     }
+    let tls = section.as_ref().and_then(|s| read_admin_tls(s, relay_tls));
+    let sign_in = section
+        .as_ref()
+        .and_then(|s| s.table("sign_in"))
+        .and_then(read_sign_in);
+    if let Some(s) = &section
+        && sign_in.is_some()
+        && tls.is_none()
+        && listen.is_some_and(|address| !address.ip().is_loopback())
+    {
+        // The session cookie is Secure: a browser sends it over plain HTTP to loopback only.
+        s.report(
+            "sign_in",
+            "signing in off loopback needs HTTPS: set tls = true in [admin]",
+        );
+    }
     if let Some(s) = section {
         s.finish();
     }
     AdminConfig {
         listen,
         bearer_token_file,
+        tls,
+        sign_in,
+    }
+}
+
+fn read_sign_in(s: Section) -> Option<SignInConfig> {
+    let issuer = s.require::<String>("issuer");
+    if let Some(issuer) = &issuer
+        && let Err(e) = check_endpoint(issuer)
+    {
+        s.report("issuer", e);
+    }
+    let redirect_url = s.require::<String>("redirect_url");
+    if let Some(url) = &redirect_url
+        && let Err(e) = check_endpoint(url)
+    {
+        s.report("redirect_url", e);
+    }
+    let client_id = s.require::<String>("client_id");
+    let client_secret_file = s.input_file_of("client_secret_file", InputKind::Secret);
+    let client_certificate = s.input_file("client_certificate");
+    let client_private_key = s.input_file_of("client_private_key", InputKind::Secret);
+    let has_certificate = client_certificate.is_some() || client_private_key.is_some();
+    if s.intact(&[
+        "client_secret_file",
+        "client_certificate",
+        "client_private_key",
+    ]) {
+        if client_secret_file.is_some() == has_certificate {
+            s.report(
+                "client_secret_file",
+                "the console signs in with either client_secret_file or client_certificate with client_private_key",
+            );
+        } else if has_certificate && (client_certificate.is_none() || client_private_key.is_none())
+        {
+            s.report(
+                "client_certificate",
+                "client_certificate and client_private_key go together",
+            );
+        }
+    }
+    let viewers = s
+        .parse_list("viewers", Principal::parse)
+        .unwrap_or_default();
+    let operators = s
+        .parse_list("operators", Principal::parse)
+        .unwrap_or_default();
+    if viewers.is_empty() && operators.is_empty() && s.intact(&["viewers", "operators"]) {
+        s.report(
+            "operators",
+            "nobody may sign in: list who may in viewers or operators",
+        );
+    }
+    let session_timeout = s
+        .parse("session_timeout", parse_duration)
+        .unwrap_or(Duration::from_secs(3600));
+    s.finish();
+    Some(SignInConfig {
+        issuer: issuer?.trim_end_matches('/').to_owned(),
+        client_id: client_id?,
+        client_secret_file,
+        client_certificate,
+        client_private_key,
+        redirect_url: redirect_url?,
+        viewers,
+        operators,
+        session_timeout,
+    })
+}
+
+/// `[admin] tls`, `certificate`, `private_key`: the two files default to `[tls]`'s, and go
+/// together when given.
+fn read_admin_tls(s: &Section, relay_tls: Option<&TlsConfig>) -> Option<TlsConfig> {
+    let certificate = s.input_file("certificate");
+    let private_key = s.input_file_of("private_key", InputKind::Secret);
+    let enabled = s.get::<bool>("tls").unwrap_or(false);
+    if !enabled {
+        for (key, given) in [
+            ("certificate", certificate.is_some()),
+            ("private_key", private_key.is_some()),
+        ] {
+            if given {
+                s.report(key, "only used with tls = true");
+            }
+        }
+        return None;
+    }
+    match (certificate, private_key) {
+        (Some(certificate), Some(private_key)) => Some(TlsConfig {
+            certificate,
+            private_key,
+        }),
+        (None, None) => match relay_tls {
+            Some(tls) => Some(tls.clone()),
+            None => {
+                s.report(
+                    "tls",
+                    "HTTPS needs a certificate: set certificate and private_key here, or add a [tls] table",
+                );
+                None
+            }
+        },
+        (Some(_), None) => {
+            s.report("certificate", "certificate and private_key go together");
+            None
+        }
+        (None, Some(_)) => {
+            s.report("private_key", "certificate and private_key go together");
+            None
+        }
     }
 }
 

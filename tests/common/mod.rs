@@ -6,8 +6,10 @@ pub mod entra;
 pub mod exchange;
 pub mod graph;
 pub mod installed;
+pub mod oidc;
 pub mod redis;
 pub mod tokens;
+pub mod webdriver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,305 @@
+//! The sign-in itself: `GET /signin` sends the browser to the issuer's authorization
+//! endpoint (authorization code with PKCE S256, `state` and `nonce`); `GET /signin/callback`
+//! takes the code back, redeems it at the token endpoint with the verifier, checks the ID
+//! token ([`super::id_token`]), and opens a session: an opaque random id in a `Secure`,
+//! `HttpOnly`, `SameSite=Lax` cookie, forgotten after `session_timeout` unused. Nothing the
+//! issuer returned is kept but who signed in and their role. The callback always lands on
+//! `/`: no address from the request is ever followed (no open redirect).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde::Deserialize;
+
+use super::Role;
+use super::id_token::{Claims, Expected, IdTokenError, Keys};
+use crate::config::SignInConfig;
+use crate::oauth::Secret;
+
+pub const COOKIE: &str = "smtprelay_session";
+
+/// A sign-in started and not yet back: its browser has this long to return.
+const PENDING_FOR: Duration = Duration::from_secs(600);
+/// Sign-ins under way at once, at most: a stranger's requests to `/signin` cannot grow
+/// memory without bound.
+const PENDING_MAX: usize = 1000;
+
+/// The issuer's endpoints, from its discovery document.
+#[derive(Debug, Clone, Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    jwks_uri: String,
+}
+
+struct Pending {
+    verifier: String,
+    nonce: String,
+    started: Instant,
+}
+
+/// A signed-in browser.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: String,
+    pub name: Option<String>,
+    pub role: Role,
+    /// Every form's POST must carry this (CSRF).
+    pub csrf: String,
+    last_seen: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error("the issuer cannot be reached or answered badly: {0}")]
+    Issuer(String),
+    #[error("this sign-in is unknown or too old: start again")]
+    UnknownState,
+    #[error("the issuer refused the sign-in: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    IdToken(#[from] IdTokenError),
+}
+
+pub struct SignIn {
+    pub config: SignInConfig,
+    secret: Secret,
+    http: reqwest::Client,
+    discovery: tokio::sync::OnceCell<(Discovery, Keys)>,
+    pending: Mutex<HashMap<String, Pending>>,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// The page's "Recent actions".
+    pub recent: crate::admin::actions::Recent,
+}
+
+/// 32 random bytes, base64url: state, nonce, PKCE verifier, session id, CSRF token.
+pub fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn challenge(verifier: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+impl SignIn {
+    pub fn new(config: SignInConfig) -> Result<SignIn, String> {
+        let secret = match &config.client_secret_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| Secret::new(s.trim()))
+                .map_err(|e| {
+                    format!("[admin.sign_in] client_secret_file {}: {e}", path.display())
+                })?,
+            None => {
+                return Err(
+                    "[admin.sign_in]: signing in with a client certificate is not supported yet; use client_secret_file"
+                        .into(),
+                );
+            }
+        };
+        let http = crate::tls::client_config(None)
+            .map_err(|e| e.to_string())
+            .and_then(|tls| {
+                reqwest::Client::builder()
+                    .tls_backend_preconfigured(tls)
+                    .timeout(Duration::from_secs(15))
+                    // The issuer's answers are read, never followed.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| format!("[admin.sign_in]: {e}"))?;
+        Ok(SignIn {
+            config,
+            secret,
+            http,
+            discovery: tokio::sync::OnceCell::new(),
+            pending: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            recent: Default::default(),
+        })
+    }
+
+    async fn discovery(&self) -> Result<&(Discovery, Keys), SignInError> {
+        self.discovery
+            .get_or_try_init(|| async {
+                let url = format!("{}/.well-known/openid-configuration", self.config.issuer);
+                let discovery: Discovery = self
+                    .http
+                    .get(&url)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| SignInError::Issuer(format!("{url}: {e}")))?
+                    .json()
+                    .await
+                    .map_err(|e| SignInError::Issuer(format!("{url}: {e}")))?;
+                if discovery.issuer.trim_end_matches('/') != self.config.issuer {
+                    return Err(SignInError::Issuer(format!(
+                        "{url} names the issuer {:?}, not {:?}",
+                        discovery.issuer, self.config.issuer
+                    )));
+                }
+                let keys = Keys::new(discovery.jwks_uri.clone(), self.http.clone());
+                Ok((discovery, keys))
+            })
+            .await
+    }
+
+    /// Where to send the browser to sign in.
+    pub async fn start(&self) -> Result<String, SignInError> {
+        let (discovery, _) = self.discovery().await?;
+        let (state, nonce, verifier) = (random_token(), random_token(), random_token());
+        let mut url = url::Url::parse(&discovery.authorization_endpoint)
+            .map_err(|e| SignInError::Issuer(format!("authorization_endpoint: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.config.client_id)
+            .append_pair("redirect_uri", &self.config.redirect_url)
+            .append_pair("scope", "openid profile email")
+            .append_pair("state", &state)
+            .append_pair("nonce", &nonce)
+            .append_pair("code_challenge", &challenge(&verifier))
+            .append_pair("code_challenge_method", "S256");
+        let mut pending = self.pending.lock().unwrap();
+        pending.retain(|_, p| p.started.elapsed() < PENDING_FOR);
+        if pending.len() >= PENDING_MAX {
+            return Err(SignInError::Issuer(
+                "too many sign-ins under way; try again in a few minutes".into(),
+            ));
+        }
+        pending.insert(
+            state,
+            Pending {
+                verifier,
+                nonce,
+                started: Instant::now(),
+            },
+        );
+        Ok(url.into())
+    }
+
+    /// The browser is back with `code` for `state`: the new session's id and what it holds,
+    /// or `Ok((None, claims))` for someone the lists do not name.
+    pub async fn finish(
+        &self,
+        code: &str,
+        state: &str,
+    ) -> Result<(Option<(String, Session)>, Claims), SignInError> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap()
+            .remove(state)
+            .filter(|p| p.started.elapsed() < PENDING_FOR)
+            .ok_or(SignInError::UnknownState)?;
+        let (discovery, keys) = self.discovery().await?;
+        let answer = self
+            .http
+            .post(&discovery.token_endpoint)
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", self.config.redirect_url.as_str()),
+                ("client_id", self.config.client_id.as_str()),
+                ("client_secret", self.secret.expose()),
+                ("code_verifier", pending.verifier.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| SignInError::Issuer(format!("{}: {e}", discovery.token_endpoint)))?;
+        let status = answer.status();
+        let body: serde_json::Value = answer
+            .json()
+            .await
+            .map_err(|e| SignInError::Issuer(format!("{}: {e}", discovery.token_endpoint)))?;
+        let Some(id_token) = body["id_token"].as_str().filter(|_| status.is_success()) else {
+            return Err(SignInError::Refused(format!(
+                "{status}: {}",
+                body["error_description"]
+                    .as_str()
+                    .or(body["error"].as_str())
+                    .unwrap_or("no ID token")
+            )));
+        };
+        // Only the ID token is read; access and refresh tokens are dropped with `body`.
+        let claims = keys
+            .verify(
+                id_token,
+                Expected {
+                    issuer: &self.config.issuer,
+                    client_id: &self.config.client_id,
+                    nonce: &pending.nonce,
+                },
+            )
+            .await?;
+        let Some(role) = super::access(&self.config, &claims) else {
+            return Ok((None, claims));
+        };
+        let session = Session {
+            user: claims.user().to_owned(),
+            name: claims.name.clone(),
+            role,
+            csrf: random_token(),
+            last_seen: Instant::now(),
+        };
+        let id = random_token();
+        let mut sessions = self.sessions.lock().unwrap();
+        let timeout = self.config.session_timeout;
+        sessions.retain(|_, s| s.last_seen.elapsed() < timeout);
+        sessions.insert(id.clone(), session.clone());
+        Ok((Some((id, session)), claims))
+    }
+
+    /// The session `id` names, if it was used within `session_timeout` (which it renews).
+    pub fn session(&self, id: &str) -> Option<Session> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let session = sessions.get_mut(id)?;
+        if session.last_seen.elapsed() >= self.config.session_timeout {
+            sessions.remove(id);
+            return None;
+        }
+        session.last_seen = Instant::now();
+        Some(session.clone())
+    }
+
+    pub fn sign_out(&self, id: &str) -> Option<Session> {
+        self.sessions.lock().unwrap().remove(id)
+    }
+
+    /// The cookie that carries session `id`.
+    pub fn cookie(id: &str) -> String {
+        format!("{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Lax")
+    }
+
+    /// The cookie that ends it in the browser.
+    pub fn expired_cookie() -> String {
+        format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
+    }
+
+    /// Ages a session, for tests of the timeout.
+    #[doc(hidden)]
+    pub fn age_sessions(&self, by: Duration) {
+        for session in self.sessions.lock().unwrap().values_mut() {
+            session.last_seen -= by;
+        }
+    }
+}
+
+/// The session id in a request's `Cookie` headers.
+pub fn session_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}

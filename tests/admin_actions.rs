@@ -1,0 +1,209 @@
+//! Operators act from the signed-in status page: a message held from its row through the
+//! control socket, the action logged with the user's name and shown under "Recent
+//! actions"; a POST with the session cookie but without the page's CSRF token changes
+//! nothing; a viewer sees the messages without any form and cannot act.
+
+mod common;
+
+use common::oidc::{Oidc, browser as client, location};
+use common::{CapturedLogs, TIMEOUT};
+
+/// Signs in through the double; the session cookie.
+async fn sign_in(admin: &str) -> String {
+    let callback = common::oidc::sign_in(admin).await;
+    assert_eq!(callback.status(), 303, "{callback:?}");
+    let cookie = callback.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+async fn page(admin: &str, cookie: &str) -> String {
+    let response = client()
+        .get(format!("{admin}/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+fn csrf(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn post(admin: &str, cookie: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    post_to(admin, "/action", cookie, form).await
+}
+
+async fn post_to(
+    admin: &str,
+    path: &str,
+    cookie: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    client()
+        .post(format!("{admin}{path}"))
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_operator_holds_a_message_from_its_row_and_the_log_names_them() {
+    let logs = CapturedLogs::install("info");
+    let oidc = Oidc::start().await;
+    let (w, _secret, id) = common::oidc::console(&oidc).await;
+    let admin = w.relay.admin().await;
+
+    oidc.sign_in_as("Olga Operator", "olga@contoso.com", &["Relay.Operator"]);
+    let olga = sign_in(&admin).await;
+    let html = page(&admin, &olga).await;
+    assert!(html.contains("Signed in as Olga Operator"), "{html}");
+    // Its row: ID, sender, recipients, Subject, with the operator's forms.
+    let row_at = html
+        .find(&format!("<tr id=\"m-{id}\">"))
+        .expect("the message's row");
+    let row = &html[row_at..row_at + html[row_at..].find("</tr>").unwrap()];
+    for shown in [
+        "scanner@contoso.com",
+        "a@fabrikam.com",
+        "Quarterly scan",
+        "value=\"hold\"",
+    ] {
+        assert!(row.contains(shown), "{shown}: {row}");
+    }
+
+    // The session cookie without the page's token (none, or a made-up one): refused, nothing held.
+    let token = csrf(&html);
+    let no_token = post(&admin, &olga, &[("action", "hold"), ("id", &id)]).await;
+    assert!(no_token.status().is_client_error(), "{no_token:?}");
+    let forged = post(
+        &admin,
+        &olga,
+        &[("csrf", "forged"), ("action", "hold"), ("id", &id)],
+    )
+    .await;
+    assert_eq!(forged.status(), 403);
+    let html = page(&admin, &olga).await;
+    assert!(!html.contains("held by an admin"), "{html}");
+    assert!(
+        !logs
+            .text()
+            .lines()
+            .any(|l| l.contains("admin action") && l.contains(&id)),
+        "a refused POST was carried out"
+    );
+
+    // With it: held, through the control socket, audited.
+    let held = post(
+        &admin,
+        &olga,
+        &[("csrf", &token), ("action", "hold"), ("id", &id)],
+    )
+    .await;
+    assert_eq!(held.status(), 303);
+    assert_eq!(location(&held), "/");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let html = loop {
+        let html = page(&admin, &olga).await;
+        if html.contains("held by an admin") {
+            break html;
+        }
+        assert!(std::time::Instant::now() < deadline, "never held: {html}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let recent = &html[html.find("id=\"recent-actions\"").expect("Recent actions")..];
+    assert!(
+        recent.contains("<td>olga@contoso.com</td><td>hold</td>"),
+        "{recent}"
+    );
+    assert!(
+        recent.contains(&format!("<td>{id}</td><td>ok: ")),
+        "{recent}"
+    );
+    let line = common::oidc::audit_line(&logs, &id);
+    assert!(line.contains("user=olga@contoso.com"), "{line}");
+    assert!(line.contains("action=hold"), "{line}");
+    assert!(line.contains("result=ok"), "{line}");
+
+    // A delete asks first: the first POST only shows a confirmation form.
+    let ask = post(
+        &admin,
+        &olga,
+        &[("csrf", &token), ("action", "delete"), ("id", &id)],
+    )
+    .await;
+    assert_eq!(ask.status(), 200);
+    assert!(
+        ask.text()
+            .await
+            .unwrap()
+            .contains("name=\"confirmed\" value=\"yes\"")
+    );
+    assert_eq!(w.relay.queued().len(), 1);
+
+    // A viewer: the messages, no forms (so no token); a POST with one is refused too.
+    oidc.sign_in_as("Vic Viewer", "vic@contoso.com", &["Relay.Viewer"]);
+    let vic = sign_in(&admin).await;
+    let html = page(&admin, &vic).await;
+    assert!(html.contains(&format!("<tr id=\"m-{id}\">")), "{html}");
+    assert!(!html.contains("action=\"/action\""), "{html}");
+    let refused = post(
+        &admin,
+        &vic,
+        &[("csrf", &token), ("action", "release"), ("id", &id)],
+    )
+    .await;
+    assert_eq!(refused.status(), 403);
+    assert!(page(&admin, &olga).await.contains("held by an admin"));
+
+    // By selection, as `queue release --from` selects: the held message is released.
+    let html = page(&admin, &olga).await;
+    let token = csrf(&html);
+    let by_sender = [
+        ("csrf", token.as_str()),
+        ("action", "release"),
+        ("from", "scanner@*"),
+    ];
+    assert_eq!(
+        post_to(&admin, "/select", &olga, &by_sender).await.status(),
+        303
+    );
+    let html = page(&admin, &olga).await;
+    assert!(!html.contains("held by an admin"), "{html}");
+    assert!(
+        html.contains("<td>release</td><td>from=scanner@*</td><td>1 of 1 message(s) done</td>"),
+        "{html}"
+    );
+    // A delete by selection asks first, naming how many.
+    let by_age = [
+        ("csrf", token.as_str()),
+        ("action", "delete"),
+        ("older_than", "0s"),
+    ];
+    let ask = post_to(&admin, "/select", &olga, &by_age).await;
+    assert!(
+        ask.text()
+            .await
+            .unwrap()
+            .contains("Delete the 1 message(s) chosen by older_than=0s?")
+    );
+    assert_eq!(w.relay.queued().len(), 1);
+    // Without the page's token, a selection changes nothing either.
+    let forged = [
+        ("csrf", "forged"),
+        ("action", "hold"),
+        ("from", "scanner@*"),
+    ];
+    assert_eq!(
+        post_to(&admin, "/select", &olga, &forged).await.status(),
+        403
+    );
+    assert!(!page(&admin, &olga).await.contains("held by an admin"));
+}
