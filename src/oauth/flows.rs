@@ -273,13 +273,14 @@ fn default_interval() -> u64 {
     5
 }
 
-struct Pkce {
-    verifier: Secret,
-    challenge: String,
+/// RFC 7636 proof key: the verifier stays here, its S256 challenge goes to the authorize URL.
+pub(crate) struct Pkce {
+    pub verifier: Secret,
+    pub challenge: String,
 }
 
 impl Pkce {
-    fn new() -> Pkce {
+    pub fn new() -> Pkce {
         let verifier = random_token(32); // 43 characters, within RFC 7636's 43–128
         let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
             &ring::digest::SHA256,
@@ -292,7 +293,8 @@ impl Pkce {
     }
 }
 
-fn random_token(bytes: usize) -> String {
+/// `bytes` random bytes, base64url: state, nonce, PKCE verifier, session id, CSRF token.
+pub(crate) fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rngs::OsRng.fill_bytes(&mut buf);
     URL_SAFE_NO_PAD.encode(buf)

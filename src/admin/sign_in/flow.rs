@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde::Deserialize;
 
 use super::Role;
 use super::id_token::{Claims, Expected, IdTokenError, Keys};
 use crate::config::SignInConfig;
 use crate::oauth::Secret;
+use crate::oauth::flows::{Pkce, random_token};
 
 pub const COOKIE: &str = "smtprelay_session";
 
@@ -36,7 +36,7 @@ struct Discovery {
 }
 
 struct Pending {
-    verifier: String,
+    verifier: Secret,
     nonce: String,
     started: Instant,
 }
@@ -73,19 +73,6 @@ pub struct SignIn {
     sessions: Mutex<HashMap<String, Session>>,
     /// The page's "Recent actions".
     pub recent: crate::admin::actions::Recent,
-}
-
-/// 32 random bytes, base64url: state, nonce, PKCE verifier, session id, CSRF token.
-pub fn random_token() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn challenge(verifier: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
 
 impl SignIn {
@@ -155,7 +142,7 @@ impl SignIn {
     /// Where to send the browser to sign in.
     pub async fn start(&self) -> Result<String, SignInError> {
         let (discovery, _) = self.discovery().await?;
-        let (state, nonce, verifier) = (random_token(), random_token(), random_token());
+        let (state, nonce, pkce) = (random_token(32), random_token(32), Pkce::new());
         let mut url = url::Url::parse(&discovery.authorization_endpoint)
             .map_err(|e| SignInError::Issuer(format!("authorization_endpoint: {e}")))?;
         url.query_pairs_mut()
@@ -165,7 +152,7 @@ impl SignIn {
             .append_pair("scope", "openid profile email")
             .append_pair("state", &state)
             .append_pair("nonce", &nonce)
-            .append_pair("code_challenge", &challenge(&verifier))
+            .append_pair("code_challenge", &pkce.challenge)
             .append_pair("code_challenge_method", "S256");
         let mut pending = self.pending.lock().unwrap();
         pending.retain(|_, p| p.started.elapsed() < PENDING_FOR);
@@ -177,7 +164,7 @@ impl SignIn {
         pending.insert(
             state,
             Pending {
-                verifier,
+                verifier: pkce.verifier,
                 nonce,
                 started: Instant::now(),
             },
@@ -209,7 +196,7 @@ impl SignIn {
                 ("redirect_uri", self.config.redirect_url.as_str()),
                 ("client_id", self.config.client_id.as_str()),
                 ("client_secret", self.secret.expose()),
-                ("code_verifier", pending.verifier.as_str()),
+                ("code_verifier", pending.verifier.expose()),
             ])
             .send()
             .await
@@ -246,10 +233,10 @@ impl SignIn {
             user: claims.user().to_owned(),
             name: claims.name.clone(),
             role,
-            csrf: random_token(),
+            csrf: random_token(32),
             last_seen: Instant::now(),
         };
-        let id = random_token();
+        let id = random_token(32);
         let mut sessions = self.sessions.lock().unwrap();
         let timeout = self.config.session_timeout;
         sessions.retain(|_, s| s.last_seen.elapsed() < timeout);
