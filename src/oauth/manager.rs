@@ -182,14 +182,18 @@ struct Slot {
     retired: CancellationToken,
 }
 
+/// What asks for an account's tokens, or why nothing can (its credential cannot be read).
+fn oauth_of(config: &AccountConfig) -> Result<Arc<OAuthAccount>, String> {
+    OAuthAccount::new(config)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
 impl Slot {
-    fn new(config: &AccountConfig, state: SlotState) -> Slot {
-        let account = OAuthAccount::new(config)
-            .map(Arc::new)
-            .map_err(|e| e.to_string());
+    fn new(flow: Flow, account: Result<Arc<OAuthAccount>, String>, state: SlotState) -> Slot {
         let mut slot = Slot {
             account: RwLock::new(account),
-            flow: config.flow,
+            flow,
             state: Mutex::new(state),
             refresh: tokio::sync::Mutex::new(()),
             retired: CancellationToken::new(),
@@ -443,7 +447,7 @@ impl TokenManager {
                 let mut state =
                     SlotState::new(entry.and_then(|e| e.tokens.clone()).unwrap_or_default());
                 state.revision = entry.map_or(0, |e| e.revision);
-                let mut slot = Slot::new(account, state);
+                let mut slot = Slot::new(account.flow, oauth_of(account), state);
                 slot.hold_if_misconfigured(store_error.as_deref());
                 (account.name.clone(), Arc::new(slot))
             })
@@ -488,9 +492,7 @@ impl TokenManager {
             let mut slots = write(&self.slots);
             let mut previous = std::mem::take(&mut *slots);
             for account in config.token_accounts() {
-                let oauth = OAuthAccount::new(account)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string());
+                let oauth = oauth_of(account);
                 let slot = match previous.remove(&account.name) {
                     Some(slot) if slot.same_identity(&oauth) => {
                         *slot.account.write().unwrap_or_else(|e| e.into_inner()) = oauth;
@@ -511,7 +513,7 @@ impl TokenManager {
                             state.lifetime_total = old.lifetime_total;
                         }
                         fresh = true;
-                        Arc::new(Slot::new(account, state))
+                        Arc::new(Slot::new(account.flow, oauth, state))
                     }
                 };
                 slots.insert(account.name.clone(), slot);
