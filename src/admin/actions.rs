@@ -18,7 +18,7 @@ use super::Admin;
 use super::page::escape;
 use super::sign_in::Role;
 use super::sign_in::flow::Session;
-use crate::delivery::scheduler::Control;
+use crate::delivery::Control;
 use crate::queue::QueueId;
 
 pub const RECENT: usize = 50;
@@ -263,7 +263,7 @@ async fn messages(admin: &Admin) -> Vec<crate::cli::QueueRow> {
         .ok()
         .and_then(|a| a.ok())
         .and_then(|text| {
-            serde_json::from_str::<Vec<(QueueId, crate::delivery::schedule::Standing)>>(&text).ok()
+            serde_json::from_str::<Vec<(QueueId, crate::delivery::Standing)>>(&text).ok()
         })
         .map(|list| {
             list.into_iter()

@@ -11,7 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::scheduler::{Control, ControlRequest};
+use crate::delivery::{Control, ControlRequest};
 
 pub const SOCKET: &str = "control.sock";
 

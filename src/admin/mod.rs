@@ -267,9 +267,9 @@ pub struct HealthReport {
     /// Accounts whose deliveries defer, none delivered since.
     deferring: Vec<crate::metrics::activity::Deferring>,
     /// Mailboxes whose mail waits for a budget or a pause, and until when.
-    pub held_mailboxes: Vec<crate::delivery::status::HeldMailbox>,
+    pub held_mailboxes: Vec<crate::delivery::HeldMailbox>,
     /// SMTP accounts sending through Microsoft Graph (`fallback_transport`).
-    pub graph_fallbacks: Vec<crate::delivery::status::FallbackInUse>,
+    pub graph_fallbacks: Vec<crate::delivery::FallbackInUse>,
     pub queue: QueueReport,
     pub last_delivery: Option<metrics::LastDelivery>,
     /// With `[cluster]`: Redis's health, how budgets are counted, the live nodes.

@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use super::{Admin, HealthReport, Status};
 use crate::clock::rfc3339;
-use crate::delivery::budget::Limits;
-use crate::delivery::schedule::Census;
-use crate::delivery::status::HeldMailbox;
+use crate::delivery::Census;
+use crate::delivery::HeldMailbox;
+use crate::delivery::Limits;
 use crate::metrics::activity::{DeliveryResult, Minute};
 
 #[derive(Serialize)]

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::config::values::{AddressGlob, parse_duration};
-use crate::delivery::schedule::Standing;
-use crate::delivery::scheduler::Control;
+use crate::delivery::Control;
+use crate::delivery::Standing;
 use crate::queue::{DeliveryState, QueueId, SpoolPaths};
 
 #[derive(Serialize)]
@@ -131,7 +131,7 @@ fn row(
 ) -> Row {
     let envelope = &file.envelope;
     let account = (!config.accounts.is_empty()).then(|| {
-        let index = crate::delivery::lane::account_for(&config.accounts, envelope);
+        let index = crate::delivery::account_for(&config.accounts, envelope);
         config.accounts[index].name.clone()
     });
     Row {

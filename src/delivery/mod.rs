@@ -18,7 +18,9 @@ pub mod transaction;
 pub mod transport;
 pub mod worker;
 
-pub use budget::{Budget, LocalBudget};
+pub use budget::{Budget, Limits, LocalBudget};
 pub use client::{ClientError, UpstreamConnection};
-pub use scheduler::{Delivery, Outbound};
-pub use status::DeliveryStatus;
+pub use lane::{account_for, account_for_sender};
+pub use schedule::{Census, Standing};
+pub use scheduler::{Control, ControlRequest, Delivery, Outbound};
+pub use status::{DeliveryStatus, FallbackInUse, HeldMailbox};

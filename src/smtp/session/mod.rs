@@ -24,7 +24,7 @@ use super::policy::Policy;
 use super::reply::Reply;
 use super::tls::{Acceptors, Negotiated, Stream};
 use crate::config::{Config, ListenConfig};
-use crate::delivery::lane::account_for_sender;
+use crate::delivery::account_for_sender;
 use crate::queue::Spool;
 use crate::queue::admission::Admission;
 
