@@ -21,11 +21,10 @@ use tokio_util::task::TaskTracker;
 use super::error::SmtpError;
 use super::proxy::{self, Header, ProxyError, Version};
 use super::reply::Reply;
-use super::session::{Intake, Session};
+use super::session::{Intake, Session, handshake_failed};
 use super::sessions::Crowded;
-use super::tls::HandshakeError;
 use super::tls::Stream;
-use crate::config::{ListenConfig, ListenTls, TlsProfile};
+use crate::config::{ListenConfig, ListenTls};
 
 /// Bound sockets a server hands to the next, keyed by configured address and, since several
 /// listeners may ask for port 0 of one address (any free port), their order among those.
@@ -336,25 +335,4 @@ async fn refuse(mut socket: TcpStream, error: SmtpError) {
         Ok::<_, io::Error>(())
     })
     .await;
-}
-
-/// One line and a count for a handshake that failed; for a client that speaks only what
-/// the modern profile refuses, the line says what would let it in.
-pub(super) fn handshake_failed(
-    intake: &Intake,
-    listen: &ListenConfig,
-    local: SocketAddr,
-    peer: SocketAddr,
-    error: &HandshakeError,
-) {
-    intake.metrics.tls.handshake_failed(local);
-    match error {
-        HandshakeError::Incompatible(e) if listen.tls_profile == TlsProfile::Modern => {
-            tracing::info!(%peer, error = %e,
-                "TLS handshake failed: the client speaks only an old TLS version or cipher; an old device may need a listener with tls_profile = \"legacy\"");
-        }
-        HandshakeError::Incompatible(e) | HandshakeError::Failed(e) => {
-            tracing::info!(%peer, error = %e, "TLS handshake failed");
-        }
-    }
 }

@@ -22,8 +22,8 @@ use super::error::SmtpError;
 use super::line::{InputBuffer, Line};
 use super::policy::Policy;
 use super::reply::Reply;
-use super::tls::{Acceptors, Negotiated, Stream};
-use crate::config::{Config, ListenConfig};
+use super::tls::{Acceptors, HandshakeError, Negotiated, Stream};
+use crate::config::{Config, ListenConfig, TlsProfile};
 use crate::delivery::account_for_sender;
 use crate::queue::Spool;
 use crate::queue::admission::Admission;
@@ -382,7 +382,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
             Ok(Err(e)) => {
                 let (intake, listener) = (&self.intake, &self.listener);
-                super::listener::handshake_failed(intake, listener, self.local, self.peer, &e);
+                handshake_failed(intake, listener, self.local, self.peer, &e);
                 return Err(End::ClientGone);
             }
             Err(_) => return Err(End::ClientGone),
@@ -392,5 +392,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         self.user = None;
         self.transaction = None;
         Ok(Flow::Continue)
+    }
+}
+
+/// One line and a count for a handshake that failed; for a client that speaks only what
+/// the modern profile refuses, the line says what would let it in.
+pub(in crate::smtp) fn handshake_failed(
+    intake: &Intake,
+    listen: &ListenConfig,
+    local: SocketAddr,
+    peer: SocketAddr,
+    error: &HandshakeError,
+) {
+    intake.metrics.tls.handshake_failed(local);
+    match error {
+        HandshakeError::Incompatible(e) if listen.tls_profile == TlsProfile::Modern => {
+            tracing::info!(%peer, error = %e,
+                "TLS handshake failed: the client speaks only an old TLS version or cipher; an old device may need a listener with tls_profile = \"legacy\"");
+        }
+        HandshakeError::Incompatible(e) | HandshakeError::Failed(e) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+        }
     }
 }
