@@ -157,8 +157,17 @@ async fn views_agree_the_message_waits_for_a_login(
             .output()
             .unwrap()
     };
-    let list = smtprelay(&["queue", "list", "--json"]);
-    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    // The log line comes from the attempt's record, a moment before the scheduler takes the
+    // message back from its attempt: until then `queue list` says it is being delivered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rows = loop {
+        let list = smtprelay(&["queue", "list", "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        if rows[0]["standing"] != "in_flight" || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(rows[0]["standing"], "waiting_for_token", "{rows}");
     let waiting = rows[0]["waiting"].as_str().unwrap();
     assert!(
