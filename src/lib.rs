@@ -17,3 +17,6 @@ pub mod queue;
 pub mod relay;
 pub mod smtp;
 pub mod tls;
+
+/// A boxed future, for traits whose methods are asynchronous and must stay object-safe.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -303,7 +303,7 @@ async fn a_100_mb_scan_arrives_intact_through_a_draft_and_an_upload_session() {
     // in order, covering the attachment.
     assert_eq!(
         state.chunks.len(),
-        LEN.div_ceil(smtprelay::delivery::transport::graph_draft::CHUNK)
+        LEN.div_ceil(smtprelay::delivery::agent::transport::graph_draft::CHUNK)
     );
     let (last_start, last_len) = *state.chunks.last().unwrap();
     assert_eq!(last_start + last_len, LEN);

@@ -113,7 +113,7 @@ fn live_standings(config: &Config) -> Option<HashMap<QueueId, Standing>> {
 /// The Subject header, read from the content's start.
 fn subject(file: &crate::queue::MessageFile, path: &std::path::Path) -> Option<String> {
     let head = file
-        .read_head(path, crate::delivery::transport::headers::HEAD)
+        .read_head(path, crate::delivery::agent::transport::headers::HEAD)
         .ok()?;
     mail_parser::MessageParser::default()
         .parse_headers(&head)?

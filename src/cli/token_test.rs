@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::clock::unix_secs as unix_now;
 use crate::config::{Flow, Transport};
 use crate::delivery::UpstreamConnection;
-use crate::delivery::client::explain_client_error;
+use crate::delivery::agent::client::explain_client_error;
 use crate::oauth::error::TokenError;
 use crate::oauth::manager::TokenManager;
 
@@ -136,8 +136,12 @@ pub async fn token_test(
         (None, Some(m)) => m.to_owned(),
     };
     if config.transport == Transport::Graph {
-        match crate::delivery::transport::graph::probe(&config, &mailbox, token.token.expose())
-            .await
+        match crate::delivery::agent::transport::graph::probe(
+            &config,
+            &mailbox,
+            token.token.expose(),
+        )
+        .await
         {
             Ok(detail) => steps.push(Step::pass("graph", detail)),
             Err(detail) => steps.push(Step::fail("graph", detail)),

@@ -1,26 +1,17 @@
-//! Outbound: the scheduler that drains the queue, one lane per account with its workers, the
-//! per-mailbox budgets, the SMTP client that talks to Exchange Online, and what its replies
-//! mean.
+//! Outbound, as Postfix splits it: the queue manager ([`manager`]) decides what is sent when,
+//! through which account, and records what became of it; the delivery agents ([`agent`])
+//! send what they are handed and report what the upstream said. Between them: what the
+//! upstream's replies mean ([`meaning`]) and what the budgets grant ([`grant`]). The agents
+//! import nothing of the manager.
 
-pub mod budget;
-pub mod client;
-pub mod disposition;
-pub mod dsn;
-pub mod lane;
+pub mod agent;
+pub mod grant;
+pub mod manager;
 pub mod meaning;
-pub mod pacing;
-pub mod probe;
-pub mod schedule;
-pub mod scheduler;
-pub mod settle;
-pub mod status;
-pub mod transaction;
-pub mod transport;
-pub mod worker;
 
-pub use budget::{Budget, Limits, LocalBudget};
-pub use client::{ClientError, UpstreamConnection};
-pub use lane::{account_for, account_for_sender};
-pub use schedule::{Census, Standing};
-pub use scheduler::{Control, ControlRequest, Delivery, Outbound};
-pub use status::{DeliveryStatus, FallbackInUse, HeldMailbox};
+pub use agent::client::{ClientError, UpstreamConnection};
+pub use manager::budget::{self, Budget, Limits, LocalBudget};
+pub use manager::lane::{account_for, account_for_sender};
+pub use manager::schedule::{Census, Standing};
+pub use manager::scheduler::{Control, ControlRequest, Delivery, Outbound};
+pub use manager::status::{DeliveryStatus, FallbackInUse, HeldMailbox};

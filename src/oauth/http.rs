@@ -1,5 +1,6 @@
 //! Form POSTs to token endpoints, and their answers turned into [`TokenError`]s.
 
+use crate::BoxFuture;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -42,8 +43,6 @@ pub struct RawResponse {
     pub retry_after: Option<Duration>,
     pub body: Vec<u8>,
 }
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Sends a form POST. Production uses HTTPS via reqwest; tests can answer in-process (with
 /// Tokio's clock paused, where real sockets and timeouts do not mix).

@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::meaning::Explain;
 use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::delivery::meaning::Explain;
 use crate::oauth::Secret;
 use crate::queue::UpstreamReply;
 

@@ -17,14 +17,17 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Context;
 use super::budget::Budget;
 use super::disposition;
 use super::lane::{Lane, route};
 use super::schedule::{Applied, Deferred, Report, Schedule, Standing, Upstream};
 use super::settle::{save_progress, settle};
 use super::status::{DeliveryStatus, FallbackInUse, HeldMailbox};
-use super::worker::{self, FromWorker, Shared};
 use crate::config::Config;
+use crate::delivery::agent::probe;
+use crate::delivery::agent::transport::fallback::{RETRY_SMTP, Switch};
+use crate::delivery::agent::worker::{self, Crew, FromWorker};
 use crate::oauth::manager::{TokenEventKind, TokenManager};
 use crate::queue::message_file::SpoolFileError;
 use crate::queue::{Envelope, MessageFile, QueueId, Spool};
@@ -45,7 +48,11 @@ pub struct Outbound {
 }
 
 pub struct Delivery {
-    shared: Arc<Shared>,
+    context: Arc<Context>,
+    /// What the delivery agents work with.
+    agents: Arc<worker::Context>,
+    /// Each lane's workers, with the queue they take messages from.
+    crews: Vec<Arc<Crew>>,
     status: Arc<DeliveryStatus>,
     lanes: Vec<Arc<Lane>>,
     queues: Vec<mpsc::UnboundedSender<QueueId>>,
@@ -79,13 +86,24 @@ pub type ControlRequest = (
 
 impl Delivery {
     pub fn new(outbound: &Outbound, tokens: Arc<TokenManager>, config: Arc<Config>) -> Delivery {
-        let (lanes, queues) = config
+        let lanes: Vec<Arc<Lane>> = config
             .accounts
             .iter()
             .enumerate()
-            .map(|(i, account)| {
-                let (lane, queue) = Lane::new(i, account);
-                (Arc::new(lane), queue)
+            .map(|(i, account)| Arc::new(Lane::new(i, account)))
+            .collect();
+        let (crews, queues) = lanes
+            .iter()
+            .map(|lane| {
+                let (queue, jobs) = mpsc::unbounded_channel();
+                let crew = Crew {
+                    lane: lane.index,
+                    account: Arc::clone(&lane.account),
+                    jobs: tokio::sync::Mutex::new(jobs),
+                    permits: Arc::new(lane.permits(Arc::clone(&outbound.budget))),
+                    graph_until: lane.fallback.subscribe(),
+                };
+                (Arc::new(crew), queue)
             })
             .unzip();
         let (control, requests) = mpsc::unbounded_channel();
@@ -94,13 +112,19 @@ impl Delivery {
             requests,
             queues,
             status: Arc::clone(&outbound.status),
-            shared: Arc::new(Shared {
+            agents: Arc::new(worker::Context {
+                spool: Arc::clone(&outbound.spool),
+                tokens: Arc::clone(&tokens),
+                hostname: config.server.hostname.clone(),
+            }),
+            context: Arc::new(Context {
                 spool: Arc::clone(&outbound.spool),
                 tokens,
                 config,
                 metrics: Arc::clone(&outbound.metrics),
                 budget: Arc::clone(&outbound.budget),
             }),
+            crews,
             lanes,
         }
     }
@@ -113,18 +137,18 @@ impl Delivery {
     /// Delivers until `shutdown`. Then waiting ends at once; a transaction under way finishes
     /// within `[server] shutdown_timeout` (after that it is cut, and the message stays queued).
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let spool = Arc::clone(&self.shared.spool);
+        let spool = Arc::clone(&self.context.spool);
         let mut arrivals = spool.arrivals();
-        let mut token_events = self.shared.tokens.subscribe();
+        let mut token_events = self.context.tokens.subscribe();
         let (done_tx, mut done) = mpsc::unbounded_channel::<FromWorker>();
         let mut settling = Settling::new();
         let mut workers = JoinSet::new();
-        for lane in &self.lanes {
-            for _ in 0..lane.config.upstream.max_connections {
+        for crew in &self.crews {
+            for _ in 0..crew.account.config.upstream.max_connections {
                 // Workers stop waiting (for a token, a connection) when delivery stops.
                 workers.spawn(worker::run(
-                    Arc::clone(&self.shared),
-                    Arc::clone(lane),
+                    Arc::clone(&self.agents),
+                    Arc::clone(crew),
                     done_tx.clone(),
                     shutdown.clone(),
                 ));
@@ -132,8 +156,11 @@ impl Delivery {
         }
         drop(done_tx);
 
-        let mut schedule =
-            Schedule::new(self.lanes.iter().map(|l| l.config.upstream.max_connections));
+        let mut schedule = Schedule::new(
+            self.lanes
+                .iter()
+                .map(|l| l.config().upstream.max_connections),
+        );
         // The queue is read in the background, oldest first, a batch at a time: delivery
         // starts with the first batch, however long the queue.
         let mut loading = Some(load_queue(Arc::clone(&spool), self.lanes.clone()));
@@ -199,7 +226,7 @@ impl Delivery {
         // Closing the lanes' queues ends the workers once they finish what they hold; what
         // they bring back is still recorded.
         self.queues.clear();
-        let limit = self.shared.config.server.shutdown_timeout;
+        let limit = self.context.config.server.shutdown_timeout;
         let deadline = Instant::now() + limit;
         while !workers.is_empty() {
             tokio::select! {
@@ -235,7 +262,7 @@ impl Delivery {
 
     /// Records what a worker brought back, in a task of its own.
     fn settle(&self, from_worker: FromWorker, settling: &mut Settling) {
-        let shared = Arc::clone(&self.shared);
+        let context = Arc::clone(&self.context);
         match from_worker {
             FromWorker::Progress {
                 id,
@@ -243,7 +270,7 @@ impl Delivery {
                 recorded,
             } => {
                 settling.spawn(async move {
-                    save_progress(&shared, id, &state).await;
+                    save_progress(&context, id, &state).await;
                     let _ = recorded.send(());
                     None
                 });
@@ -251,19 +278,39 @@ impl Delivery {
             FromWorker::Ended(attempted) => {
                 let lane = Arc::clone(&self.lanes[attempted.lane]);
                 settling.spawn(async move {
-                    let report = settle(&shared, &lane, attempted.id, attempted.end).await;
+                    let report = settle(&context, &lane, attempted.id, attempted.end).await;
                     Some((attempted.id, report, attempted.upstream))
                 });
+            }
+            FromWorker::Switched { lane, switch } => self.record_switch(&self.lanes[lane], switch),
+        }
+    }
+
+    /// Records that an account went to its Graph fallback, or back to SMTP; its workers see
+    /// it from their next message on.
+    fn record_switch(&self, lane: &Lane, switch: Switch) {
+        match switch {
+            Switch::ToGraph(reason) => {
+                tracing::warn!(account = lane.name(), %reason,
+                    retry_smtp_in_secs = RETRY_SMTP.as_secs(),
+                    "SMTP AUTH is disabled: sending through Microsoft Graph instead");
+                lane.fallback.switch(reason, Instant::now());
+            }
+            Switch::BackToSmtp => {
+                if lane.fallback.back() {
+                    tracing::info!(account = lane.name(), "SMTP AUTH works again: back to SMTP");
+                }
             }
         }
     }
 
-    /// Asks `lane`'s upstream whether it answers (see `probe.rs`).
+    /// Asks `lane`'s upstream whether it answers (see `agent/probe.rs`).
     fn probe(&self, lane: usize) -> impl std::future::Future<Output = (usize, bool)> + use<> {
         let lane = Arc::clone(&self.lanes[lane]);
-        let helo = self.shared.config.server.hostname.clone();
+        let helo = self.context.config.server.hostname.clone();
         async move {
-            let answered = match super::probe::upstream_answers(&lane, &helo).await {
+            let on_fallback = lane.fallback.current(Instant::now()).is_some();
+            let answered = match probe::upstream_answers(&lane.account, on_fallback, &helo).await {
                 Ok(()) => {
                     tracing::info!(
                         account = lane.name(),
@@ -315,7 +362,7 @@ impl Delivery {
             );
         }
         for (id, problem) in batch.damaged {
-            if let Err(e) = self.shared.spool.set_aside(id, &problem).await {
+            if let Err(e) = self.context.spool.set_aside(id, &problem).await {
                 tracing::error!(queue_id = %id, error = %e, "cannot move a damaged spool file aside");
             }
         }
@@ -362,11 +409,11 @@ impl Delivery {
 
     /// An admin's hold or delete, postponed while the message was in flight.
     async fn carry_out(&self, id: QueueId, deferred: Deferred) {
-        let Some(file) = self.shared.spool.get(id).await else {
+        let Some(file) = self.context.spool.get(id).await else {
             return;
         };
         let result = match deferred {
-            Deferred::Hold => set_held(&self.shared.spool, &file, Hold::On)
+            Deferred::Hold => set_held(&self.context.spool, &file, Hold::On)
                 .await
                 .map(drop),
             Deferred::Delete => self.delete(id).await,
@@ -377,7 +424,7 @@ impl Delivery {
     }
 
     async fn delete(&self, id: QueueId) -> Result<(), String> {
-        self.shared
+        self.context
             .spool
             .complete(id)
             .await
@@ -387,7 +434,7 @@ impl Delivery {
     }
 
     async fn command(&self, command: Control, schedule: &mut Schedule) -> Result<String, String> {
-        let spool = &self.shared.spool;
+        let spool = &self.context.spool;
         let missing = |id: QueueId| format!("no message {id} in the queue");
         let queued = |id: QueueId| spool.contains(id).then_some(()).ok_or_else(|| missing(id));
         // Hold and release need the envelope (for a state file not written yet).
@@ -445,7 +492,7 @@ impl Delivery {
                 let lane = destination(&self.lanes, &file.envelope).0;
                 let wait = schedule
                     .upstream_down(lane)
-                    .then(|| disposition::retry_delay(&self.shared.config.queue, 1));
+                    .then(|| disposition::retry_delay(&self.context.config.queue, 1));
                 let next_attempt_ms =
                     wait.map_or(0, |wait| crate::clock::unix_ms() + wait.as_millis() as u64);
                 if schedule.contains(id)
@@ -484,7 +531,10 @@ impl Delivery {
 /// The account (lane) and upstream mailbox a message goes through.
 fn destination(lanes: &[Arc<Lane>], envelope: &Envelope) -> (usize, String) {
     let lane = &lanes[route(lanes, envelope)];
-    (lane.index, lane.auth_mailbox(envelope).to_ascii_lowercase())
+    (
+        lane.index,
+        lane.account.auth_mailbox(envelope).to_ascii_lowercase(),
+    )
 }
 
 /// Returns the memory the start-up load freed (its lists, the envelopes it read) to the

@@ -6,7 +6,7 @@
 //! (its budget is spent, or Exchange asked it to pause), and an account may wait for a token;
 //! their ready messages then stay where they are, and nothing is handed out for them, so a
 //! large backlog costs nothing while it waits. While an account's upstream cannot be
-//! reached, the scheduler probes it on a short back-off (`probe.rs`): the first answer makes
+//! reached, the scheduler probes it on a short back-off (`agent/probe.rs`): the first answer makes
 //! the account's deferred mail due, whatever its retry time. Every wait is a time in one ordered timer
 //! queue, so finding what is due never scans the waiting messages.
 
@@ -17,7 +17,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::budget::Window;
+pub use crate::delivery::agent::Upstream;
 use crate::queue::QueueId;
+
+/// The first probe after an attempt could not reach the upstream, doubled after each that
+/// fails, up to [`PROBE_LONGEST`].
+pub const PROBE_FIRST: Duration = Duration::from_secs(5);
+pub const PROBE_LONGEST: Duration = Duration::from_secs(120);
 
 /// Why a mailbox may not send for now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,17 +60,6 @@ pub enum Report {
     Blocked(Instant, Block),
     /// Not attempted: delivery is stopping.
     Interrupted,
-}
-
-/// Whether an attempt reached the account's upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
-    /// It answered (whatever it said).
-    Reached,
-    /// It could not be reached, or the connection failed.
-    Unreachable,
-    /// Nothing was tried (budget, token, nothing pending).
-    Untried,
 }
 
 /// An admin command that met the message in flight, applied when the worker gives it back.
@@ -535,9 +530,9 @@ impl Schedule {
         self.lanes[lane].in_flight -= 1;
         match upstream {
             Upstream::Unreachable if self.lanes[lane].upstream_down.is_none() => {
-                self.lanes[lane].upstream_down = Some(super::probe::FIRST);
+                self.lanes[lane].upstream_down = Some(PROBE_FIRST);
                 self.timers
-                    .insert((Instant::now() + super::probe::FIRST, Timer::Probe(lane)));
+                    .insert((Instant::now() + PROBE_FIRST, Timer::Probe(lane)));
             }
             Upstream::Reached => self.upstream_back(lane),
             _ => {}
@@ -603,7 +598,7 @@ impl Schedule {
         let Some(wait) = self.lanes[lane].upstream_down else {
             return;
         };
-        let next = (wait * 2).min(super::probe::LONGEST);
+        let next = (wait * 2).min(PROBE_LONGEST);
         self.lanes[lane].upstream_down = Some(next);
         self.timers.insert((now + next, Timer::Probe(lane)));
     }
@@ -986,14 +981,11 @@ mod tests {
             s.returned(id, Report::RetryAt(hour), Upstream::Unreachable);
         }
         let first = s.next_wake().unwrap();
-        assert!(first <= Instant::now() + crate::delivery::probe::FIRST);
+        assert!(first <= Instant::now() + PROBE_FIRST);
         s.advance(first);
         assert_eq!(s.take_probes(), vec![0]);
         s.probed(0, false, first);
-        assert_eq!(
-            s.next_wake(),
-            Some(first + crate::delivery::probe::FIRST * 2)
-        );
+        assert_eq!(s.next_wake(), Some(first + PROBE_FIRST * 2));
         assert_eq!(drain(&mut s), vec![]);
         // It answers: a and b are due at once; the other account's message keeps its time.
         s.probed(0, true, first);

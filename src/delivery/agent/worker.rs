@@ -1,33 +1,60 @@
 //! A delivery worker: one [`Transport`] for one account, reused for message after message. It
-//! takes a message, counts it against its mailbox's budget, sends what is still pending, and
-//! hands back what the upstream said ([`Attempted`]). It writes nothing: the scheduler records
-//! results ([`super::settle`]), so an admin's command and an attempt never write the same
-//! state. It never waits for room in a budget or for a pause to end (the scheduler does); its
-//! transport's waits for a token or a connection end when delivery stops.
+//! takes a message, holds the grants its mailbox's budgets give it ([`Permits`]), sends what
+//! is still pending, and hands back what the upstream said ([`Attempted`]). It writes
+//! nothing: the queue manager records results, so an admin's command and an attempt never
+//! write the same state. It never waits for room in a budget or for a pause to end (the
+//! manager does); its transport's waits for a token or a connection end when delivery stops.
 
-use super::meaning::Explain;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{BoxFuture, Budget, CONNECTION_POLL, Exhausted, Grant, Window};
-use super::lane::Lane;
-use super::schedule::Upstream;
+use super::account::Account;
+use super::permits::Permits;
+use super::transport::fallback::Switch;
 use super::transport::{
     AccountEffect, FallbackTransport, GraphTransport, Notes, Outgoing, RecipientResult, SendError,
     SmtpTransport, Transport,
 };
-use crate::config::Config;
+use crate::BoxFuture;
+use crate::delivery::grant::{CONNECTION_POLL, Exhausted, Grant, Window};
+use crate::delivery::meaning::Explain;
 use crate::oauth::manager::TokenManager;
 use crate::queue::{DeliveryState, MessageFile, QueueId, RecipientStatus, Spool};
 
-pub struct Shared {
+/// What every worker works with.
+pub struct Context {
     pub spool: Arc<Spool>,
     pub tokens: Arc<TokenManager>,
-    pub config: Arc<Config>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub budget: Arc<dyn Budget>,
+    /// The name the relay gives itself upstream (EHLO).
+    pub hostname: String,
+}
+
+/// What the workers of one account (the manager's lane) share.
+pub struct Crew {
+    /// The lane, as the manager numbers it: named in what the workers report.
+    pub lane: usize,
+    pub account: Arc<Account>,
+    /// Messages the manager hands this account's workers; closed when delivery stops.
+    pub jobs: Mutex<mpsc::UnboundedReceiver<QueueId>>,
+    /// The mailbox's budgets, as the manager gives them.
+    pub permits: Arc<dyn Permits>,
+    /// With `fallback_transport`: until when the account sends through Graph, as the manager
+    /// recorded it.
+    pub graph_until: watch::Receiver<Option<Instant>>,
+}
+
+/// Whether an attempt reached the account's upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// It answered (whatever it said).
+    Reached,
+    /// It could not be reached, or the connection failed.
+    Unreachable,
+    /// Nothing was tried (budget, token, nothing pending).
+    Untried,
 }
 
 /// What a worker tells the scheduler.
@@ -42,6 +69,8 @@ pub enum FromWorker {
     },
     /// The attempt is over.
     Ended(Attempted),
+    /// The account's way upstream changed (its Graph fallback): the manager records it.
+    Switched { lane: usize, switch: Switch },
 }
 
 /// One attempt, as the worker hands it back: nothing of it written yet.
@@ -79,21 +108,21 @@ pub enum Stopped {
     Budget(Exhausted),
 }
 
-/// Takes messages for `lane` until the lane's queue closes.
+/// Takes messages for the crew's account until its queue closes.
 pub async fn run(
-    shared: Arc<Shared>,
-    lane: Arc<Lane>,
+    context: Arc<Context>,
+    crew: Arc<Crew>,
     done: mpsc::UnboundedSender<FromWorker>,
     stop: CancellationToken,
 ) {
-    let mut transport = transport_for(&shared, &lane, stop.clone());
+    let mut transport = transport_for(&context, &crew, &done, stop.clone());
     let mut connection = None;
     loop {
         // The idle time counts while waiting for the queue's lock too: another worker may
         // hold it for as long as no message comes, and an idle connection must not.
-        let take = async { lane.receiver.lock().await.recv().await };
+        let take = async { crew.jobs.lock().await.recv().await };
         let next = if transport.is_open() {
-            match tokio::time::timeout(shared.budget.keep_idle(), take).await {
+            match tokio::time::timeout(crew.permits.keep_idle(), take).await {
                 Ok(next) => next,
                 Err(_) => {
                     transport.close().await;
@@ -109,7 +138,7 @@ pub async fn run(
             transport: transport.as_mut(),
             connection: &mut connection,
         };
-        let attempted = attempt(&shared, &lane, &mut way, id, &done).await;
+        let attempted = attempt(&context, &crew, &mut way, id, &done).await;
         // A connection counts against the mailbox's limit while it is open, and a Graph
         // request while it runs.
         if !transport.is_open() {
@@ -135,20 +164,15 @@ pub async fn run(
 /// A worker's way upstream and the connection it holds for a mailbox.
 struct Way<'a> {
     transport: &'a mut dyn Transport,
-    /// The mailbox the transport's connection counts against, and its grant.
+    /// The mailbox the transport's connection counts against (lowercased), and its grant.
     connection: &'a mut Option<(String, Grant)>,
 }
 
 impl Way<'_> {
     /// Makes sure the transport may connect as `mailbox`: keeps the connection it has for
     /// that mailbox, or closes one for another and takes one of `mailbox`'s.
-    async fn connect_as(
-        &mut self,
-        shared: &Shared,
-        lane: &Lane,
-        mailbox: &str,
-    ) -> Result<(), Exhausted> {
-        let key = super::budget::key(mailbox);
+    async fn connect_as(&mut self, permits: &dyn Permits, mailbox: &str) -> Result<(), Exhausted> {
+        let key = mailbox.to_ascii_lowercase();
         if self
             .connection
             .as_ref()
@@ -159,59 +183,67 @@ impl Way<'_> {
         if self.connection.take().is_some() {
             self.transport.close().await;
         }
-        let limit = u32::try_from(lane.config.upstream.max_connections).unwrap_or(u32::MAX);
-        let grant = shared
-            .budget
-            .connect(mailbox, lane.channel(), limit)
-            .await?;
+        let grant = permits.connection(mailbox).await?;
         *self.connection = Some((key, grant));
         Ok(())
     }
 }
 
 /// The account's way upstream: SMTP, Graph, or SMTP that falls back to Graph.
-fn transport_for(shared: &Shared, lane: &Lane, stop: CancellationToken) -> Box<dyn Transport> {
+fn transport_for(
+    context: &Context,
+    crew: &Crew,
+    done: &mpsc::UnboundedSender<FromWorker>,
+    stop: CancellationToken,
+) -> Box<dyn Transport> {
+    let config = &crew.account.config;
     let graph = |account: &crate::config::AccountConfig| {
-        GraphTransport::new(account.clone(), Arc::clone(&shared.tokens), stop.clone())
+        GraphTransport::new(account.clone(), Arc::clone(&context.tokens), stop.clone())
     };
-    if lane.config.transport == crate::config::Transport::Graph {
-        return Box::new(graph(&lane.config));
+    if config.transport == crate::config::Transport::Graph {
+        return Box::new(graph(config));
     }
     let smtp = SmtpTransport::new(
-        lane.config.clone(),
-        lane.tls.clone(),
-        Arc::clone(&shared.tokens),
-        shared.config.server.hostname.clone(),
+        config.clone(),
+        crew.account.tls.clone(),
+        Arc::clone(&context.tokens),
+        context.hostname.clone(),
         stop.clone(),
     );
-    match &lane.config.fallback {
+    match &config.fallback {
         None => Box::new(smtp),
-        Some(twin) => Box::new(FallbackTransport {
-            smtp,
-            graph: graph(twin),
-            state: Arc::clone(&lane.fallback),
-            account: lane.name().to_owned(),
-        }),
+        Some(twin) => {
+            let (done, lane) = (done.clone(), crew.lane);
+            Box::new(FallbackTransport {
+                smtp,
+                graph: graph(twin),
+                graph_until: crew.graph_until.clone(),
+                report: Box::new(move |switch| {
+                    let _ = done.send(FromWorker::Switched { lane, switch });
+                }),
+                switched_until: None,
+            })
+        }
     }
 }
 
 async fn attempt(
-    shared: &Shared,
-    lane: &Lane,
+    context: &Context,
+    crew: &Crew,
     way: &mut Way<'_>,
     id: QueueId,
     done: &mpsc::UnboundedSender<FromWorker>,
 ) -> Attempted {
     let ended = |reached, end| Attempted {
         id,
-        lane: lane.index,
+        lane: crew.lane,
         upstream: reached,
         end,
     };
-    let Some(file) = shared.spool.get(id).await else {
+    let Some(file) = context.spool.get(id).await else {
         return ended(Upstream::Untried, End::Gone);
     };
-    let mut state = match shared.spool.load_state(&file.envelope).await {
+    let mut state = match context.spool.load_state(&file.envelope).await {
         Ok(state) => state,
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "cannot read the delivery state");
@@ -227,7 +259,9 @@ async fn attempt(
         }));
         return ended(Upstream::Untried, end);
     }
-    let stopped = send(shared, lane, way, &file, &mut state, done).await.err();
+    let stopped = send(context, crew, way, &file, &mut state, done)
+        .await
+        .err();
     let reached = match &stopped {
         None | Some(Stopped::Effect(_)) => Upstream::Reached,
         Some(Stopped::Send(
@@ -282,25 +316,26 @@ impl Notes for Recorder<'_> {
 /// Transactions through the transport until every pending recipient has a result from this
 /// attempt; the results go into `state`.
 async fn send(
-    shared: &Shared,
-    lane: &Lane,
+    context: &Context,
+    crew: &Crew,
     way: &mut Way<'_>,
     file: &MessageFile,
     state: &mut DeliveryState,
     done: &mpsc::UnboundedSender<FromWorker>,
 ) -> Result<(), Stopped> {
     let id = file.envelope.id;
-    let mailbox = lane.auth_mailbox(&file.envelope);
-    let sender = lane.upstream_sender(&file.envelope);
-    let path = shared.spool.paths().message(id);
+    let account = &crew.account;
+    let mailbox = account.auth_mailbox(&file.envelope);
+    let sender = account.upstream_sender(&file.envelope);
+    let path = context.spool.paths().message(id);
     let mut pending: Vec<String> = state.pending().map(|r| r.address.clone()).collect();
-    way.connect_as(shared, lane, &mailbox)
+    way.connect_as(crew.permits.as_ref(), &mailbox)
         .await
         .map_err(Stopped::Budget)?;
     // Held until the attempt ends, so the budgets count when the upstream got the message.
-    let grant = shared
-        .budget
-        .take(&mailbox, lane.limits(), pending.len() as u64)
+    let grant = crew
+        .permits
+        .send(&mailbox, pending.len() as u64)
         .await
         .map_err(Stopped::Budget)?;
     // Whether a transaction of this attempt reached the upstream.
@@ -318,7 +353,7 @@ async fn send(
             mailbox: &mailbox,
             sender: &sender,
             recipients: &pending,
-            rewrite_from: lane.config.rewrite_from.then_some(mailbox.as_str()),
+            rewrite_from: account.config.rewrite_from.then_some(mailbox.as_str()),
             notes: &notes,
         };
         let sent = way.transport.send(&message).await;
@@ -359,9 +394,9 @@ async fn send(
             };
             // Postfix's fields: how long since it arrived, where it went, which attempt.
             let delay = crate::clock::unix_ms().saturating_sub(file.envelope.received_at);
-            tracing::info!(queue_id = %id, account = lane.name(), to = %recipient,
+            tracing::info!(queue_id = %id, account = account.name(), to = %recipient,
                 result = if status == RecipientStatus::Delivered { "delivered" } else { "failed" },
-                delay = format_args!("{:.2}", delay as f64 / 1000.0), relay = %lane.relay(),
+                delay = format_args!("{:.2}", delay as f64 / 1000.0), relay = %account.relay(),
                 tls = outcome.tls, attempt = state.attempts + 1,
                 message_id = %crate::logging::Untrusted(outcome.message_id.as_deref().unwrap_or("")),
                 reply = %reply, "recipient");

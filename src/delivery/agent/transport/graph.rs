@@ -15,8 +15,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{AccountEffect, Notes, Outcome, Outgoing, RecipientResult, SendError, Transport};
+use crate::BoxFuture;
 use crate::config::AccountConfig;
-use crate::delivery::budget::BoxFuture;
 use crate::delivery::meaning::Explain;
 use crate::delivery::meaning::graph::{self as meaning, Action};
 use crate::oauth::manager::TokenManager;

@@ -9,11 +9,11 @@ use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{AccountEffect, Outcome, Outgoing, SendError, Transport};
+use crate::BoxFuture;
 use crate::config::{AccountConfig, Mailbox};
-use crate::delivery::budget::BoxFuture;
-use crate::delivery::client::{ClientError, UpstreamConnection, explain_client_error};
+use crate::delivery::agent::client::{ClientError, UpstreamConnection, explain_client_error};
+use crate::delivery::agent::transaction::{self, TransactionError};
 use crate::delivery::meaning::{Explain, Verdict, classify};
-use crate::delivery::transaction::{self, TransactionError};
 use crate::oauth::manager::TokenManager;
 
 pub struct SmtpTransport {

@@ -1,7 +1,7 @@
 //! Delivery status notifications (RFC 3464 multipart/report) for recipients that failed for
 //! good, with the upstream's reply and a diagnosis in plain words.
 
-use super::meaning::Explain;
+use crate::delivery::meaning::Explain;
 use crate::queue::{DeliveryState, Envelope, MessageFile, QueueId, Spool};
 
 /// The original headers quoted in the report are cut at this size.

@@ -11,7 +11,7 @@ pub mod smtp;
 
 use std::path::Path;
 
-use super::budget::BoxFuture;
+use crate::BoxFuture;
 use crate::queue::MessageFile;
 use crate::queue::UpstreamReply;
 

@@ -7,8 +7,8 @@ use std::io::SeekFrom;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::client::{ClientError, UpstreamConnection};
-use super::meaning::{Verdict, classify};
 use super::transport::{AccountEffect, Outcome, Outgoing, RecipientResult};
+use crate::delivery::meaning::{Verdict, classify};
 use crate::queue::UpstreamReply;
 
 const CHUNK: usize = 64 * 1024;

@@ -4,17 +4,18 @@
 //! `failed/`). Only the scheduler runs these, and only for a message it counts as in flight,
 //! so nothing else writes the same state meanwhile.
 
-use super::meaning::Explain;
+use crate::delivery::meaning::Explain;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Context;
 use super::disposition::{self, Disposition};
 use super::lane::Lane;
 use super::schedule::{Block, Report};
-use super::transport::{AccountEffect, SendError};
-use super::worker::{End, Ran, Shared, Stopped};
 use crate::config::{Config, OnFailure};
+use crate::delivery::agent::transport::{AccountEffect, SendError};
+use crate::delivery::agent::worker::{End, Ran, Stopped};
 use crate::metrics::{DeliveryResult, Outcome, ResultKind};
 use crate::queue::{DeliveryState, MessageFile, QueueId, RecipientStatus};
 
@@ -25,10 +26,10 @@ const QUOTA_PAUSE: Duration = Duration::from_secs(3600);
 const HOLD_PAUSE: Duration = Duration::from_secs(900);
 
 /// Records an ended attempt and says what the schedule does with the message next.
-pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Report {
+pub async fn settle(context: &Context, lane: &Lane, id: QueueId, end: End) -> Report {
     let (file, mut state, stopped) = match end {
         End::Gone => return Report::Done,
-        End::Unreadable => return retry_soon(&shared.config),
+        End::Unreadable => return retry_soon(&context.config),
         End::Ran(ran) => {
             let Ran {
                 file,
@@ -46,15 +47,15 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
             Stopped::Send(SendError::Interrupted) => return Report::Interrupted,
             Stopped::Send(SendError::NoToken(reason)) => {
                 tracing::info!(queue_id = %id, account = lane.name(), %reason, "held until the account has a token");
-                note_error(shared, id, &mut state, reason).await;
+                note_error(context, id, &mut state, reason).await;
                 return Report::NoToken(Instant::now() + TOKEN_WAIT);
             }
             Stopped::Send(SendError::TokenRefused(reason)) => {
-                note_error(shared, id, &mut state, reason.clone()).await;
+                note_error(context, id, &mut state, reason.clone()).await;
                 return Report::Blocked(Instant::now() + TOKEN_WAIT, Block::Paused(reason));
             }
             Stopped::Send(SendError::Account(effect)) | Stopped::Effect(effect) => {
-                let report = match pause_for(&shared.config, effect) {
+                let report = match pause_for(&context.config, effect) {
                     Ok((until, block)) => {
                         // `queue list` and `queue show` say why the message waits.
                         state.last_error = Some(block.reason());
@@ -67,7 +68,7 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
                     }
                 };
                 // With the results of the transaction that brought this, if there was one.
-                save_progress(shared, id, &state).await;
+                save_progress(context, id, &state).await;
                 return report;
             }
             Stopped::Send(SendError::Failed(reason) | SendError::NotSent(reason)) => {
@@ -86,28 +87,28 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
     }
     match disposition::after_attempt(
         &mut state,
-        &shared.config.queue,
+        &context.config.queue,
         file.envelope.received_at,
         crate::clock::unix_ms(),
     ) {
-        Disposition::Finished => finish(shared, lane, &file, &mut state).await,
+        Disposition::Finished => finish(context, lane, &file, &mut state).await,
         Disposition::GaveUp => {
-            save_progress(shared, id, &state).await;
-            finish(shared, lane, &file, &mut state).await
+            save_progress(context, id, &state).await;
+            finish(context, lane, &file, &mut state).await
         }
         Disposition::RetryIn(delay) => {
-            save_progress(shared, id, &state).await;
+            save_progress(context, id, &state).await;
             let age = crate::clock::unix_ms().saturating_sub(file.envelope.received_at);
             let error = state.last_error.as_deref().unwrap_or("");
             // A deferral that has gone on for long is worth an admin's look.
-            if age >= shared.config.alerts.queue_age_warning.as_millis() as u64 {
+            if age >= context.config.alerts.queue_age_warning.as_millis() as u64 {
                 tracing::warn!(queue_id = %id, account = lane.name(), attempts = state.attempts,
                     age_secs = age / 1000, retry_in_secs = delay.as_secs(), error, "deferred");
             } else {
                 tracing::info!(queue_id = %id, account = lane.name(), attempts = state.attempts,
                     retry_in_secs = delay.as_secs(), error, "deferred");
             }
-            shared.metrics.delivery(
+            context.metrics.delivery(
                 Outcome::Deferred,
                 result_of(lane, &file, state.last_error.clone()),
             );
@@ -117,16 +118,16 @@ pub async fn settle(shared: &Shared, lane: &Lane, id: QueueId, end: End) -> Repo
 }
 
 /// Makes results durable (also a transaction's, while its attempt goes on).
-pub async fn save_progress(shared: &Shared, id: QueueId, state: &DeliveryState) {
-    if let Err(e) = shared.spool.save_state(id, state).await {
+pub async fn save_progress(context: &Context, id: QueueId, state: &DeliveryState) {
+    if let Err(e) = context.spool.save_state(id, state).await {
         tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
     }
 }
 
-async fn note_error(shared: &Shared, id: QueueId, state: &mut DeliveryState, reason: String) {
+async fn note_error(context: &Context, id: QueueId, state: &mut DeliveryState, reason: String) {
     if state.last_error.as_deref() != Some(reason.as_str()) {
         state.last_error = Some(reason);
-        if let Err(e) = shared.spool.save_state(id, state).await {
+        if let Err(e) = context.spool.save_state(id, state).await {
             tracing::error!(queue_id = %id, error = %e, "cannot record why the message waits");
         }
     }
@@ -158,7 +159,7 @@ fn pause_for(config: &Config, effect: AccountEffect) -> Result<(Instant, Block),
 /// message is the record of its last results, one fsync cheaper than writing them first; the
 /// crash window is the same.
 async fn finish(
-    shared: &Shared,
+    context: &Context,
     lane: &Lane,
     file: &MessageFile,
     state: &mut DeliveryState,
@@ -167,41 +168,41 @@ async fn finish(
     let failed = state.failed().count();
     let envelope = &file.envelope;
     if failed > 0
-        && let Err(e) = shared.spool.save_state(id, state).await
+        && let Err(e) = context.spool.save_state(id, state).await
     {
         tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
-        return retry_soon(&shared.config);
+        return retry_soon(&context.config);
     }
-    if failed > 0 && shared.config.queue.on_failure == OnFailure::Keep {
-        match shared.spool.keep_failed(id).await {
+    if failed > 0 && context.config.queue.on_failure == OnFailure::Keep {
+        match context.spool.keep_failed(id).await {
             Ok(()) => tracing::warn!(queue_id = %id, failed, "moved to failed/"),
             Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot move to failed/"),
         }
         return Report::Done;
     }
     if failed > 0 && !state.bounced && !envelope.is_dsn && !envelope.sender.is_empty() {
-        let head = read_head(shared, file).await;
+        let head = read_head(context, file).await;
         let bounce = super::dsn::Bounce {
             original: file,
             original_content_head: &head,
             state,
-            hostname: &shared.config.server.hostname,
-            from: &lane.auth_mailbox(envelope),
-            upstream_host: &lane.config.upstream.host,
+            hostname: &context.config.server.hostname,
+            from: &lane.account.auth_mailbox(envelope),
+            upstream_host: &lane.config().upstream.host,
         };
-        match super::dsn::queue(&shared.spool, &bounce).await {
+        match super::dsn::queue(&context.spool, &bounce).await {
             Ok(dsn) => {
                 tracing::info!(queue_id = %id, dsn_id = %dsn, failed, "delivery status notification queued");
                 state.bounced = true;
                 // Without this record a crash before the removal below sends a second report.
-                if let Err(e) = shared.spool.save_state(id, state).await {
+                if let Err(e) = context.spool.save_state(id, state).await {
                     tracing::error!(queue_id = %id, error = %e,
                         "cannot record that the bounce is queued; a restart now would send it twice");
                 }
             }
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot queue the bounce; will retry");
-                return retry_soon(&shared.config);
+                return retry_soon(&context.config);
             }
         }
     }
@@ -214,18 +215,18 @@ async fn finish(
         }
     };
     let last_reply = state.recipients.iter().rev().find_map(|r| r.reply.as_ref());
-    shared.metrics.delivery(
+    context.metrics.delivery(
         outcome,
         result_of(lane, file, last_reply.map(|r| r.to_string())),
     );
-    match shared.spool.complete(id).await {
+    match context.spool.complete(id).await {
         Ok(()) => {
             tracing::info!(queue_id = %id, delivered = state.recipients.len() - failed, failed, "done");
             Report::Done
         }
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "cannot remove the finished message");
-            retry_soon(&shared.config)
+            retry_soon(&context.config)
         }
     }
 }
@@ -237,7 +238,7 @@ fn result_of(lane: &Lane, file: &MessageFile, reply: Option<String>) -> Delivery
         at: crate::clock::unix_secs(),
         queue_id: envelope.id.to_string(),
         account: lane.name().to_owned(),
-        mailbox: lane.auth_mailbox(envelope),
+        mailbox: lane.account.auth_mailbox(envelope),
         sender: envelope.sender.clone(),
         recipients: envelope.recipients.len(),
         result: ResultKind::Deferred,
@@ -246,9 +247,9 @@ fn result_of(lane: &Lane, file: &MessageFile, reply: Option<String>) -> Delivery
 }
 
 /// The start of the content, for the headers quoted in a DSN (empty if it cannot be read).
-async fn read_head(shared: &Shared, file: &MessageFile) -> Vec<u8> {
+async fn read_head(context: &Context, file: &MessageFile) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
-    let path = shared.spool.paths().message(file.envelope.id);
+    let path = context.spool.paths().message(file.envelope.id);
     let (offset, len) = (
         file.content_offset,
         (file.content_len as usize).min(64 * 1024),
