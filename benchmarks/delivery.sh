@@ -16,6 +16,8 @@ MESSAGES=${MESSAGES:-10000}
 SIZE=${SIZE:-2048}
 CONNECTIONS=${CONNECTIONS:-20}
 PF_PORT=10025 SINK_PORT=10027 RELAY_PORT=10026 UP_PORT=10028 TOKEN_PORT=10029
+target=${CARGO_TARGET_DIR:-target}
+relay_bin=${RELAY:-$target/release/smtprelay}   # RELAY=path compares another build
 
 command -v smtp-source >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 cargo build --release --quiet --example bench_upstream
@@ -33,7 +35,7 @@ smtp-sink -u postfix -c "127.0.0.1:$SINK_PORT" 1000 > "$work/sink.out" &
 pids+=($!)
 
 mkdir "$work/up"
-target/release/examples/bench_upstream "$UP_PORT" "$TOKEN_PORT" "$work/up" > "$work/up.count" &
+"$target/release/examples/bench_upstream" "$UP_PORT" "$TOKEN_PORT" "$work/up" > "$work/up.count" &
 pids+=($!)
 echo "bench-secret" > "$work/secret"
 sleep 0.5
@@ -42,7 +44,7 @@ sleep 0.5
 { bench_server "$work/relay" "$RELAY_PORT"
 bench_account "$work" "$TOKEN_PORT" "$UP_PORT" "$CONNECTIONS"
 } > "$work/relay.toml"
-SMTPRELAY_TOKEN_KEY=$(openssl rand -hex 32) target/release/smtprelay serve --config "$work/relay.toml" &
+SMTPRELAY_TOKEN_KEY=$(openssl rand -hex 32) "$relay_bin" serve --config "$work/relay.toml" &
 relay_pid=$!
 pids+=($relay_pid)
 sleep 1
