@@ -3,10 +3,9 @@
 //! session's CSRF token; a delete asks for confirmation first (a second form, so no
 //! JavaScript is needed). Every command goes through the control socket, as `smtprelay
 //! queue` sends it, and every action is audited: one log line (user, action, target,
-//! result) and the page's "Recent actions" (the last [`RECENT`]). The page's message list
+//! result) and the page's "Recent actions" (the last [`super::audit::RECENT`]). The page's message list
 //! is `queue list`'s rows, [`PAGE`] at a time.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,40 +14,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::Admin;
+use super::audit::Audited;
 use super::page::escape;
 use super::sign_in::Role;
 use super::sign_in::flow::Session;
 use crate::delivery::Control;
 use crate::queue::QueueId;
 
-pub const RECENT: usize = 50;
 pub const PAGE: usize = 50;
-
-/// One audited action.
-#[derive(Debug, Clone)]
-pub struct Audited {
-    pub at_ms: u64,
-    pub user: String,
-    pub action: String,
-    pub target: String,
-    pub result: String,
-}
-
-/// The last [`RECENT`] actions, newest first.
-#[derive(Default)]
-pub struct Recent(std::sync::Mutex<VecDeque<Audited>>);
-
-impl Recent {
-    pub fn push(&self, entry: Audited) {
-        let mut recent = self.0.lock().unwrap();
-        recent.push_front(entry);
-        recent.truncate(RECENT);
-    }
-
-    pub fn list(&self) -> Vec<Audited> {
-        self.0.lock().unwrap().iter().cloned().collect()
-    }
-}
 
 #[derive(serde::Deserialize)]
 pub struct ActionForm {

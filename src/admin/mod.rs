@@ -5,6 +5,7 @@
 
 pub mod actions;
 pub mod alerts;
+pub mod audit;
 pub mod control;
 pub mod https;
 pub mod page;

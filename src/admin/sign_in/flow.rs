@@ -72,7 +72,7 @@ pub struct SignIn {
     pending: Mutex<HashMap<String, Pending>>,
     sessions: Mutex<HashMap<String, Session>>,
     /// The page's "Recent actions".
-    pub recent: crate::admin::actions::Recent,
+    pub recent: crate::admin::audit::Recent,
 }
 
 impl SignIn {
