@@ -207,3 +207,69 @@ async fn an_operator_holds_a_message_from_its_row_and_the_log_names_them() {
     );
     assert!(!page(&admin, &olga).await.contains("held by an admin"));
 }
+
+#[tokio::test]
+async fn an_operator_refreshes_an_account_s_token_from_the_page() {
+    let logs = CapturedLogs::install("info");
+    let oidc = Oidc::start().await;
+    let (w, _secret, _id) = common::oidc::console(&oidc).await;
+    let admin = w.relay.admin().await;
+    let requests = || w.entra.state().requests.len();
+
+    oidc.sign_in_as("Olga Operator", "olga@contoso.com", &["Relay.Operator"]);
+    let olga = sign_in(&admin).await;
+    let html = page(&admin, &olga).await;
+    assert!(html.contains("id=\"refresh-contoso\""), "{html}");
+    let token = csrf(&html);
+
+    // A viewer sees no such form, and a POST of theirs (with a token, the operator's) asks
+    // Entra for nothing.
+    oidc.sign_in_as("Vera Viewer", "vera@contoso.com", &["Relay.Viewer"]);
+    let vera = sign_in(&admin).await;
+    let html = page(&admin, &vera).await;
+    assert!(!html.contains("action=\"/token\""), "{html}");
+    let before = requests();
+    let refused = post_to(
+        &admin,
+        "/token",
+        &vera,
+        &[("csrf", &token), ("account", "contoso")],
+    )
+    .await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(requests(), before);
+
+    // An account the configuration does not have: refused, nothing asked.
+    let unknown = post_to(
+        &admin,
+        "/token",
+        &olga,
+        &[("csrf", &token), ("account", "nobody")],
+    )
+    .await;
+    assert_eq!(unknown.status(), 400);
+    assert_eq!(requests(), before);
+
+    let refreshed = post_to(
+        &admin,
+        "/token",
+        &olga,
+        &[("csrf", &token), ("account", "contoso")],
+    )
+    .await;
+    assert_eq!(refreshed.status(), 303);
+    assert_eq!(requests(), before + 1, "one new token request");
+    let html = page(&admin, &olga).await;
+    let recent = &html[html.find("id=\"recent-actions\"").expect("Recent actions")..];
+    assert!(
+        recent.contains("<td>olga@contoso.com</td><td>token refresh</td><td>contoso</td><td>ok: a new token, valid for "),
+        "{recent}"
+    );
+    assert!(
+        logs.text().lines().any(|l| l.contains("admin action")
+            && l.contains("token refresh")
+            && l.contains("olga@contoso.com")),
+        "{}",
+        logs.text()
+    );
+}

@@ -160,6 +160,39 @@ pub async fn act_on_selection(
     Redirect::to("/").into_response()
 }
 
+#[derive(serde::Deserialize)]
+pub struct TokenForm {
+    csrf: String,
+    account: String,
+}
+
+/// `POST /token`: `smtprelay token refresh` for an account: a new access token from the
+/// identity provider now (after a consent or permission change, say), audited.
+pub async fn refresh_token(
+    State(admin): State<Arc<Admin>>,
+    axum::Extension(session): axum::Extension<Session>,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    if let Some(refused) = refuse(&session, &form.csrf) {
+        return refused;
+    }
+    if !admin.config.accounts.iter().any(|a| a.name == form.account) {
+        return (StatusCode::BAD_REQUEST, "no such account\n").into_response();
+    }
+    let result = match &admin.tokens {
+        None => "failed: tokens unavailable: no token store key".to_owned(),
+        Some(tokens) => match tokens.refresh_now(&form.account).await {
+            Ok(token) => {
+                let left = token.expires_at.saturating_sub(crate::clock::unix_secs());
+                format!("ok: a new token, valid for {left} s")
+            }
+            Err(e) => format!("failed: {e}"),
+        },
+    };
+    audit(&admin, &session, "token refresh", form.account, result);
+    Redirect::to("/").into_response()
+}
+
 /// Why `session` may not act with `csrf`, if it may not.
 fn refuse(session: &Session, csrf: &str) -> Option<Response> {
     // The token is compared by digest, like the bearer token: timing says nothing.
@@ -269,6 +302,13 @@ pub async fn sections(admin: &Admin, session: &Session, page: usize) -> String {
         ));
     }
     if operator {
+        // `token refresh` for each account.
+        for account in &admin.config.accounts {
+            let name = escape(&account.name);
+            html.push_str(&format!(
+                "<form method=\"post\" action=\"/token\" style=\"display:inline\">{csrf}<input type=\"hidden\" name=\"account\" value=\"{name}\"><button type=\"submit\" id=\"refresh-{name}\">Refresh the token of {name}</button></form> "
+            ));
+        }
         html.push_str(&format!(
             "<form method=\"post\" action=\"/select\" id=\"selection\">{csrf}\
              <select name=\"action\"><option>hold</option><option>release</option><option>retry</option><option>delete</option></select> \

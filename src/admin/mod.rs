@@ -60,6 +60,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         // /ready, stays open for probes.
         page.route("/action", axum::routing::post(actions::act))
             .route("/select", axum::routing::post(actions::act_on_selection))
+            .route("/token", axum::routing::post(actions::refresh_token))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&admin),
                 signed_in,
