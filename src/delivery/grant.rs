@@ -6,6 +6,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+/// How the budgets name a mailbox: an address's case does not make it another mailbox.
+pub fn key(mailbox: &str) -> String {
+    mailbox.to_ascii_lowercase()
+}
+
 /// Which limit holds a send back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

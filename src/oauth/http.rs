@@ -1,6 +1,5 @@
 //! Form POSTs to token endpoints, and their answers turned into [`TokenError`]s.
 
-use crate::BoxFuture;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -8,6 +7,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::error::{Endpoint, ErrorBody, TokenError};
 use super::secret::Secret;
+use crate::BoxFuture;
 
 /// A successful token response (RFC 6749 5.1).
 #[derive(Debug, Deserialize)]

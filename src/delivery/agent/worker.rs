@@ -164,7 +164,7 @@ pub async fn run(
 /// A worker's way upstream and the connection it holds for a mailbox.
 struct Way<'a> {
     transport: &'a mut dyn Transport,
-    /// The mailbox the transport's connection counts against (lowercased), and its grant.
+    /// The mailbox the transport's connection counts against (its budget key), and its grant.
     connection: &'a mut Option<(String, Grant)>,
 }
 
@@ -172,7 +172,7 @@ impl Way<'_> {
     /// Makes sure the transport may connect as `mailbox`: keeps the connection it has for
     /// that mailbox, or closes one for another and takes one of `mailbox`'s.
     async fn connect_as(&mut self, permits: &dyn Permits, mailbox: &str) -> Result<(), Exhausted> {
-        let key = mailbox.to_ascii_lowercase();
+        let key = crate::delivery::grant::key(mailbox);
         if self
             .connection
             .as_ref()

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::pacing::SlidingWindow;
 pub use crate::BoxFuture;
 use crate::config::values::Rate;
-pub use crate::delivery::grant::{CONNECTION_POLL, Exhausted, Grant, Window};
+pub use crate::delivery::grant::{CONNECTION_POLL, Exhausted, Grant, Window, key};
 
 pub const DAY: Duration = Duration::from_secs(86_400);
 
@@ -186,10 +186,6 @@ struct SavedWindows {
 }
 
 const FORMAT_VERSION: u32 = 1;
-
-pub fn key(mailbox: &str) -> String {
-    mailbox.to_ascii_lowercase()
-}
 
 impl LocalBudget {
     /// Budgets kept in memory only (tests, and the fallback when the file cannot be read).

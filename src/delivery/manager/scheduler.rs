@@ -533,7 +533,7 @@ fn destination(lanes: &[Arc<Lane>], envelope: &Envelope) -> (usize, String) {
     let lane = &lanes[route(lanes, envelope)];
     (
         lane.index,
-        lane.account.auth_mailbox(envelope).to_ascii_lowercase(),
+        super::budget::key(&lane.account.auth_mailbox(envelope)),
     )
 }
 
