@@ -236,7 +236,7 @@ fn no_modules_import_each_other_around_a_loop() {
 }
 
 #[test]
-fn the_reader_sees_an_import_and_a_loop() {
+fn the_reader_sees_imports_in_code_not_in_comments() {
     // The checks above read what this reads: a path in code counts, one in a comment does
     // not, and `super` climbs from the file's module.
     let code = code(
