@@ -41,6 +41,10 @@ pub struct Process {
     pub cluster_config: Option<crate::config::ClusterConfig>,
     pub delivery_status: Arc<DeliveryStatus>,
     pub alerts: crate::admin::alerts::AlertMemory,
+    /// Who is signed in to the console: a reload signs nobody out (see its module).
+    pub console_sessions: Arc<crate::admin::sign_in::sessions::Sessions>,
+    /// The console's "Recent actions".
+    pub console_actions: Arc<crate::admin::audit::Recent>,
     /// Cancelled to stop the relay: everything drains.
     pub shutdown: CancellationToken,
     /// Told when a generation wants to be replaced by a fresh one (a token store key that
@@ -103,6 +107,8 @@ impl Process {
             cluster_config: config.cluster.clone(),
             delivery_status: Arc::default(),
             alerts: Arc::default(),
+            console_sessions: Arc::default(),
+            console_actions: Arc::default(),
             shutdown: CancellationToken::new(),
             reload: Arc::default(),
             tokens: Default::default(),
@@ -356,6 +362,7 @@ pub async fn prepare(
     let admin_sign_in = match &config.admin.sign_in {
         Some(sign_in) => Some(Arc::new(crate::admin::sign_in::flow::SignIn::new(
             sign_in.clone(),
+            Arc::clone(&process.console_sessions),
         )?)),
         None => None,
     };
@@ -439,6 +446,17 @@ impl Prepared {
                 outbound.clone(),
             )));
         }
+        let adopted = process
+            .console_sessions
+            .adopt(config.admin.sign_in.as_ref());
+        if adopted != Default::default() {
+            tracing::info!(
+                kept = adopted.kept,
+                role_changed = adopted.role_changed,
+                signed_out = adopted.signed_out,
+                "admin sessions under the new configuration"
+            );
+        }
         let admin = self.admin_listener.map(|listener| {
             let admin = Arc::new(Admin {
                 bearer_token: self.admin_token,
@@ -450,6 +468,7 @@ impl Prepared {
                 budget: Arc::clone(&process.budget),
                 cluster: process.cluster.clone(),
                 sign_in: self.admin_sign_in,
+                recent: Arc::clone(&process.console_actions),
             });
             tokio::spawn(crate::admin::serve(
                 listener,

@@ -16,22 +16,34 @@ use common::oidc::{CLIENT_SECRET, Oidc, Tamper, browser as client, location, sig
 use common::{TIMEOUT, TestRelay};
 
 async fn relay(oidc: &Oidc, timeout: &str) -> TestRelay {
+    TestRelay::start_with(config(oidc, timeout, "console-app", OPERATORS)).await
+}
+
+const OPERATORS: &str = r#"["role:Relay.Operator", "boss@contoso.com"]"#;
+
+/// The relay's configuration: the console signs in with `oidc` as `client_id`.
+fn config(
+    oidc: &Oidc,
+    timeout: &str,
+    client_id: &str,
+    operators: &str,
+) -> impl Fn(&std::path::Path) -> String {
     let (issuer, timeout) = (oidc.issuer.clone(), timeout.to_owned());
-    TestRelay::start_with(move |state| {
+    let (client_id, operators) = (client_id.to_owned(), operators.to_owned());
+    move |state| {
         let secret = state.parent().unwrap().join("console.secret");
         std::fs::write(&secret, CLIENT_SECRET).unwrap();
         common::config_text(
             state,
             common::PLAIN_LISTENER,
             &format!(
-                "[admin.sign_in]\nissuer = {issuer:?}\nclient_id = \"console-app\"\n\
+                "[admin.sign_in]\nissuer = {issuer:?}\nclient_id = {client_id:?}\n\
                  client_secret_file = {secret:?}\nredirect_url = \"http://localhost/signin/callback\"\n\
-                 viewers = [\"role:Relay.Viewer\"]\noperators = [\"role:Relay.Operator\", \"boss@contoso.com\"]\n\
+                 viewers = [\"role:Relay.Viewer\"]\noperators = {operators}\n\
                  session_timeout = {timeout:?}\n"
             ),
         )
-    })
-    .await
+    }
 }
 
 fn session_cookie(callback: &reqwest::Response) -> String {
@@ -215,4 +227,68 @@ async fn a_session_unused_past_its_timeout_signs_in_again() {
     }
     assert!(used.elapsed() >= Duration::from_secs(2));
     assert!(signed_in.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_reload_keeps_sessions_and_actions_under_the_new_lists_a_new_client_signs_everyone_out() {
+    let oidc = Oidc::start().await;
+    let mut relay = relay(&oidc, "1h").await;
+    let admin = relay.admin().await;
+    oidc.sign_in_as("Olga Operator", "olga@contoso.com", &["Relay.Operator"]);
+    let olga = session_cookie(&sign_in(&admin).await);
+    oidc.sign_in_as("The Boss", "boss@contoso.com", &[]);
+    let boss = session_cookie(&sign_in(&admin).await);
+    oidc.sign_in_as("Vic Viewer", "vic@contoso.com", &["Relay.Viewer"]);
+    let vic = session_cookie(&sign_in(&admin).await);
+
+    // An action before the reload (a flush: this relay has no delivery, so it fails, and is
+    // audited all the same).
+    let html = page(&admin, Some(&olga)).await.text().await.unwrap();
+    let at = html.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = html[at..].split('"').next().unwrap().to_owned();
+    let flushed = client()
+        .post(format!("{admin}/action"))
+        .header("cookie", &olga)
+        .form(&[("csrf", csrf.as_str()), ("action", "flush")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(flushed.status(), 303);
+
+    // The boss is no longer named in operators.
+    relay
+        .reload_with(config(
+            &oidc,
+            "1h",
+            "console-app",
+            r#"["role:Relay.Operator"]"#,
+        ))
+        .await;
+    assert_eq!(relay.admin().await, admin, "the admin socket was handed on");
+    let html = page(&admin, Some(&olga)).await.text().await.unwrap();
+    assert!(html.contains("(olga@contoso.com, operator)"), "{html}");
+    assert!(
+        html.contains(&format!("name=\"csrf\" value=\"{csrf}\"")),
+        "the same session, the same CSRF token: {html}"
+    );
+    let recent = &html[html.find("id=\"recent-actions\"").unwrap()..];
+    assert!(
+        recent.contains("<td>olga@contoso.com</td><td>flush</td>"),
+        "{recent}"
+    );
+    let html = page(&admin, Some(&vic)).await.text().await.unwrap();
+    assert!(html.contains("(vic@contoso.com, viewer)"), "{html}");
+    let dropped = page(&admin, Some(&boss)).await;
+    assert_eq!(dropped.status(), 303);
+    assert_eq!(location(&dropped), "/signin");
+
+    // Another client id: whoever vouched for these sessions is no longer trusted.
+    relay
+        .reload_with(config(&oidc, "1h", "another-app", OPERATORS))
+        .await;
+    for cookie in [&olga, &vic] {
+        let response = page(&admin, Some(cookie)).await;
+        assert_eq!(response.status(), 303);
+        assert_eq!(location(&response), "/signin");
+    }
 }

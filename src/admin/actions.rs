@@ -17,7 +17,7 @@ use super::Admin;
 use super::audit::Audited;
 use super::page::escape;
 use super::sign_in::Role;
-use super::sign_in::flow::Session;
+use super::sign_in::sessions::Session;
 use crate::delivery::Control;
 use crate::queue::QueueId;
 
@@ -226,15 +226,13 @@ fn audit(admin: &Admin, session: &Session, action: &str, target: String, result:
         result = %crate::logging::Untrusted(&result),
         "admin action"
     );
-    if let Some(sign_in) = &admin.sign_in {
-        sign_in.recent.push(Audited {
-            at_ms: crate::clock::unix_ms(),
-            user: session.user.clone(),
-            action: action.to_owned(),
-            target,
-            result,
-        });
-    }
+    admin.recent.push(Audited {
+        at_ms: crate::clock::unix_ms(),
+        user: session.user.clone(),
+        action: action.to_owned(),
+        target,
+        result,
+    });
 }
 
 fn confirm_delete(session: &Session, csrf: &str, id: QueueId) -> Response {
@@ -357,19 +355,17 @@ pub async fn sections(admin: &Admin, session: &Session, page: usize) -> String {
         }
         html.push_str("</p>");
     }
-    if let Some(sign_in) = &admin.sign_in {
-        html.push_str("<h2>Recent actions</h2><table id=\"recent-actions\"><tr><th>When</th><th>Who</th><th>Action</th><th>Target</th><th>Result</th></tr>");
-        for a in sign_in.recent.list() {
-            html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&crate::clock::rfc3339(a.at_ms / 1000)),
-                escape(&a.user),
-                escape(&a.action),
-                escape(&a.target),
-                escape(&a.result)
-            ));
-        }
-        html.push_str("</table>");
+    html.push_str("<h2>Recent actions</h2><table id=\"recent-actions\"><tr><th>When</th><th>Who</th><th>Action</th><th>Target</th><th>Result</th></tr>");
+    for a in admin.recent.list() {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&crate::clock::rfc3339(a.at_ms / 1000)),
+            escape(&a.user),
+            escape(&a.action),
+            escape(&a.target),
+            escape(&a.result)
+        ));
     }
+    html.push_str("</table>");
     html
 }

@@ -47,6 +47,8 @@ pub struct Admin {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// `[admin.sign_in]`: the page needs a signed-in session instead of the bearer token.
     pub sign_in: Option<Arc<sign_in::flow::SignIn>>,
+    /// What operators did: the process's, so a reload forgets nothing.
+    pub recent: Arc<audit::Recent>,
 }
 
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -104,6 +106,9 @@ async fn sign_in_start(State(admin): State<Arc<Admin>>) -> axum::response::Respo
     let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
     match sign_in.start().await {
         Ok(url) => axum::response::Redirect::to(&url).into_response(),
+        Err(e @ sign_in::flow::SignInError::Busy(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "admin sign-in cannot start");
             (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response()
@@ -446,7 +451,7 @@ struct PageQuery {
 
 async fn status_page(
     State(admin): State<Arc<Admin>>,
-    session: Option<axum::Extension<sign_in::flow::Session>>,
+    session: Option<axum::Extension<sign_in::sessions::Session>>,
     axum::extract::Query(query): axum::extract::Query<PageQuery>,
 ) -> impl IntoResponse {
     let report = status_report(&admin).await;

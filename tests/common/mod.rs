@@ -128,6 +128,8 @@ pub struct TestRelay {
     admin_address: Option<SocketAddr>,
     generation: Option<smtprelay::relay::Generation>,
     process: smtprelay::relay::Process,
+    /// Handed from generation to generation, as `serve` hands them on a reload.
+    sockets: smtprelay::relay::Sockets,
 }
 
 /// Adds `line` to the `[table]` of `extra`, or the table with it when `extra` has none.
@@ -181,13 +183,10 @@ impl TestRelay {
             Err(e) => panic!("test config invalid:\n{e}"),
         };
         let process = smtprelay::relay::Process::open(&config).await.unwrap();
-        let prepared = smtprelay::relay::prepare(
-            &process,
-            Arc::new(config),
-            &mut smtprelay::relay::Sockets::default(),
-        )
-        .await
-        .unwrap();
+        let mut sockets = smtprelay::relay::Sockets::default();
+        let prepared = smtprelay::relay::prepare(&process, Arc::new(config), &mut sockets)
+            .await
+            .unwrap();
         let generation = prepared.start(&process).await;
         TestRelay {
             dir,
@@ -201,7 +200,34 @@ impl TestRelay {
             admin_address: generation.admin_address,
             generation: Some(generation),
             process,
+            sockets,
         }
+    }
+
+    /// Reloads from a new config text (with `{state_dir}` replaced), as SIGHUP does in
+    /// `serve`: the next generation is prepared on the same sockets, then the running one
+    /// retires.
+    pub async fn reload_with(&mut self, text: impl Fn(&Path) -> String) {
+        let state_dir = self.dir.path().join("state");
+        let config_path = self.dir.path().join("smtprelay.toml");
+        std::fs::write(&config_path, text(&state_dir)).unwrap();
+        let config = match Config::load(&config_path) {
+            Ok(config) => config,
+            Err(e) => panic!("reloaded test config invalid:\n{e}"),
+        };
+        let prepared =
+            smtprelay::relay::prepare(&self.process, Arc::new(config), &mut self.sockets)
+                .await
+                .unwrap();
+        if let Some(old) = self.generation.take() {
+            drop(old.retire().await);
+        }
+        let generation = prepared.start(&self.process).await;
+        self.addrs = generation.smtp_addresses.clone();
+        self.tokens = generation.tokens.clone();
+        self.config = Arc::clone(&generation.config);
+        self.admin_address = generation.admin_address;
+        self.generation = Some(generation);
     }
 
     /// A relay with one plaintext listener, trusted loopback, and `extra` config.

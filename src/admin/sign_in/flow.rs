@@ -1,30 +1,24 @@
 //! The sign-in itself: `GET /signin` sends the browser to the issuer's authorization
 //! endpoint (authorization code with PKCE S256, `state` and `nonce`); `GET /signin/callback`
 //! takes the code back, redeems it at the token endpoint with the verifier, checks the ID
-//! token ([`super::id_token`]), and opens a session: an opaque random id in a `Secure`,
-//! `HttpOnly`, `SameSite=Lax` cookie, forgotten after `session_timeout` unused. Nothing the
-//! issuer returned is kept but who signed in and their role. The callback always lands on
-//! `/`: no address from the request is ever followed (no open redirect).
+//! token ([`super::id_token`]), and opens a session ([`super::sessions`]): an opaque random
+//! id in a `Secure`, `HttpOnly`, `SameSite=Lax` cookie, forgotten after `session_timeout`
+//! unused. Nothing the issuer returned is kept but who signed in (the ID token's claims)
+//! and their role. The callback always lands on `/`: no address from the request is ever
+//! followed (no open redirect).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Role;
 use super::id_token::{Claims, Expected, IdTokenError, Keys};
+use super::sessions::{Pending, Session, Sessions};
 use crate::config::SignInConfig;
 use crate::oauth::Secret;
 use crate::oauth::flows::{Pkce, random_token};
 
 pub const COOKIE: &str = "smtprelay_session";
-
-/// A sign-in started and not yet back: its browser has this long to return.
-const PENDING_FOR: Duration = Duration::from_secs(600);
-/// Sign-ins under way at once, at most: a stranger's requests to `/signin` cannot grow
-/// memory without bound.
-const PENDING_MAX: usize = 1000;
 
 /// The issuer's endpoints, from its discovery document.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,23 +27,6 @@ struct Discovery {
     authorization_endpoint: String,
     token_endpoint: String,
     jwks_uri: String,
-}
-
-struct Pending {
-    verifier: Secret,
-    nonce: String,
-    started: Instant,
-}
-
-/// A signed-in browser.
-#[derive(Debug, Clone)]
-pub struct Session {
-    pub user: String,
-    pub name: Option<String>,
-    pub role: Role,
-    /// Every form's POST must carry this (CSRF).
-    pub csrf: String,
-    last_seen: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +39,8 @@ pub enum SignInError {
     Refused(String),
     #[error("{0}")]
     IdToken(#[from] IdTokenError),
+    #[error("{0}")]
+    Busy(#[from] super::sessions::TooManySignIns),
 }
 
 pub struct SignIn {
@@ -69,14 +48,14 @@ pub struct SignIn {
     secret: Secret,
     http: reqwest::Client,
     discovery: tokio::sync::OnceCell<(Discovery, Keys)>,
-    pending: Mutex<HashMap<String, Pending>>,
-    sessions: Mutex<HashMap<String, Session>>,
-    /// The page's "Recent actions".
-    pub recent: crate::admin::audit::Recent,
+    /// The process's: they outlive this configuration.
+    sessions: Arc<Sessions>,
 }
 
 impl SignIn {
-    pub fn new(config: SignInConfig) -> Result<SignIn, String> {
+    /// Checks and reads what `config` names; `sessions` are the process's, which
+    /// [`Sessions::adopt`] brings under `config` once it runs.
+    pub fn new(config: SignInConfig, sessions: Arc<Sessions>) -> Result<SignIn, String> {
         let secret = match &config.client_secret_file {
             Some(path) => std::fs::read_to_string(path)
                 .map(|s| Secret::new(s.trim()))
@@ -107,9 +86,7 @@ impl SignIn {
             secret,
             http,
             discovery: tokio::sync::OnceCell::new(),
-            pending: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
-            recent: Default::default(),
+            sessions,
         })
     }
 
@@ -154,21 +131,8 @@ impl SignIn {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &pkce.challenge)
             .append_pair("code_challenge_method", "S256");
-        let mut pending = self.pending.lock().unwrap();
-        pending.retain(|_, p| p.started.elapsed() < PENDING_FOR);
-        if pending.len() >= PENDING_MAX {
-            return Err(SignInError::Issuer(
-                "too many sign-ins under way; try again in a few minutes".into(),
-            ));
-        }
-        pending.insert(
-            state,
-            Pending {
-                verifier: pkce.verifier,
-                nonce,
-                started: Instant::now(),
-            },
-        );
+        self.sessions
+            .begin(state, Pending::new(pkce.verifier, nonce))?;
         Ok(url.into())
     }
 
@@ -180,11 +144,8 @@ impl SignIn {
         state: &str,
     ) -> Result<(Option<(String, Session)>, Claims), SignInError> {
         let pending = self
-            .pending
-            .lock()
-            .unwrap()
-            .remove(state)
-            .filter(|p| p.started.elapsed() < PENDING_FOR)
+            .sessions
+            .take_pending(state)
             .ok_or(SignInError::UnknownState)?;
         let (discovery, keys) = self.discovery().await?;
         let answer = self
@@ -229,35 +190,20 @@ impl SignIn {
         let Some(role) = super::access(&self.config, &claims) else {
             return Ok((None, claims));
         };
-        let session = Session {
-            user: claims.user().to_owned(),
-            name: claims.name.clone(),
-            role,
-            csrf: random_token(32),
-            last_seen: Instant::now(),
-        };
-        let id = random_token(32);
-        let mut sessions = self.sessions.lock().unwrap();
-        let timeout = self.config.session_timeout;
-        sessions.retain(|_, s| s.last_seen.elapsed() < timeout);
-        sessions.insert(id.clone(), session.clone());
+        let session = Session::new(claims.clone(), role);
+        let id = self
+            .sessions
+            .open(session.clone(), self.config.session_timeout);
         Ok((Some((id, session)), claims))
     }
 
     /// The session `id` names, if it was used within `session_timeout` (which it renews).
     pub fn session(&self, id: &str) -> Option<Session> {
-        let mut sessions = self.sessions.lock().unwrap();
-        let session = sessions.get_mut(id)?;
-        if session.last_seen.elapsed() >= self.config.session_timeout {
-            sessions.remove(id);
-            return None;
-        }
-        session.last_seen = Instant::now();
-        Some(session.clone())
+        self.sessions.get(id, self.config.session_timeout)
     }
 
     pub fn sign_out(&self, id: &str) -> Option<Session> {
-        self.sessions.lock().unwrap().remove(id)
+        self.sessions.close(id)
     }
 
     /// The cookie that carries session `id`.
@@ -268,14 +214,6 @@ impl SignIn {
     /// The cookie that ends it in the browser.
     pub fn expired_cookie() -> String {
         format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
-    }
-
-    /// Ages a session, for tests of the timeout.
-    #[doc(hidden)]
-    pub fn age_sessions(&self, by: Duration) {
-        for session in self.sessions.lock().unwrap().values_mut() {
-            session.last_seen -= by;
-        }
     }
 }
 

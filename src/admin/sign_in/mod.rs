@@ -4,6 +4,7 @@
 
 pub mod flow;
 pub mod id_token;
+pub mod sessions;
 
 use crate::config::{Principal, SignInConfig};
 
