@@ -45,6 +45,7 @@ fn main() {
                 tls: false,
             },
             is_dsn: false,
+            account: None,
         };
         let mut bytes = encode_header(&envelope);
         bytes.extend_from_slice(&content);

@@ -1,7 +1,8 @@
 //! Operators act from the signed-in status page: a message held from its row through the
 //! control socket, the action logged with the user's name and shown under "Recent
 //! actions"; a POST with the session cookie but without the page's CSRF token changes
-//! nothing; a viewer sees the messages without any form and cannot act.
+//! nothing; a viewer sees the messages without any form and cannot act; a token refresh
+//! and a test message through an account, from the page.
 
 mod common;
 
@@ -271,5 +272,99 @@ async fn an_operator_refreshes_an_account_s_token_from_the_page() {
             && l.contains("olga@contoso.com")),
         "{}",
         logs.text()
+    );
+}
+
+#[tokio::test]
+async fn an_operator_sends_a_test_message_through_an_account_and_exchange_gets_it() {
+    let logs = CapturedLogs::install("info");
+    let oidc = Oidc::start().await;
+    let (w, _secret, _id) = common::oidc::console(&oidc).await;
+    let admin = w.relay.admin().await;
+    let received = || w.exchange.state().received.len();
+
+    oidc.sign_in_as("Olga Operator", "olga@contoso.com", &["Relay.Operator"]);
+    let olga = sign_in(&admin).await;
+    let html = page(&admin, &olga).await;
+    assert!(html.contains("id=\"test-message\""), "{html}");
+    assert!(html.contains("<option>contoso</option>"), "{html}");
+    let token = csrf(&html);
+
+    // A viewer has no such form, and their POST queues nothing.
+    oidc.sign_in_as("Vera Viewer", "vera@contoso.com", &["Relay.Viewer"]);
+    let vera = sign_in(&admin).await;
+    assert!(!page(&admin, &vera).await.contains("/test-message"));
+    let form = |to: &'static str, account: &'static str| {
+        [
+            ("csrf", token.clone()),
+            ("account", account.to_owned()),
+            ("to", to.to_owned()),
+        ]
+    };
+    let queued_before = w.relay.queued().len();
+    let refused = client()
+        .post(format!("{admin}/test-message"))
+        .header("cookie", &vera)
+        .form(&form("helpdesk@fabrikam.com", "contoso"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    // Not an address, or no such account: a 400 that says why, nothing queued.
+    for (to, account, why) in [
+        ("helpdesk", "contoso", "no domain"),
+        ("a b@fabrikam.com", "contoso", "invalid character"),
+        ("helpdesk@fabrikam.com", "nobody", "no such account"),
+    ] {
+        let bad = client()
+            .post(format!("{admin}/test-message"))
+            .header("cookie", &olga)
+            .form(&form(to, account))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400, "{to} {account}");
+        let text = bad.text().await.unwrap();
+        assert!(text.contains(why), "{to}: {text}");
+    }
+    assert_eq!(w.relay.queued().len(), queued_before);
+
+    let sent = client()
+        .post(format!("{admin}/test-message"))
+        .header("cookie", &olga)
+        .form(&form(" helpdesk@fabrikam.com ", "contoso"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 303);
+    assert_eq!(location(&sent), "/");
+    let html = page(&admin, &olga).await;
+    let recent = &html[html.find("id=\"recent-actions\"").expect("Recent actions")..];
+    let shown = "<td>olga@contoso.com</td><td>test message</td><td>helpdesk@fabrikam.com through contoso</td><td>ok: queued as ";
+    let at = recent.find(shown).unwrap_or_else(|| panic!("{recent}")) + shown.len();
+    let id = recent[at..].split('<').next().unwrap().to_owned();
+    let line = common::oidc::audit_line(&logs, &id);
+    assert!(line.contains("user=olga@contoso.com"), "{line}");
+
+    // Through the account's token and mailbox to the Exchange double, as any mail goes.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while received() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let state = w.exchange.state();
+    let message = &state.received[0];
+    assert_eq!(message.recipients, ["helpdesk@fabrikam.com"]);
+    assert_eq!(message.mailbox, "relay@contoso.com");
+    assert_eq!(message.sender, "relay@contoso.com");
+    let text = String::from_utf8_lossy(&message.data);
+    assert!(
+        text.contains("Subject: smtprelay test message through account contoso\r\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("Queue ID: {id}\r\n")), "{text}");
+    assert!(
+        text.contains("at the request of olga@contoso.com"),
+        "{text}"
     );
 }

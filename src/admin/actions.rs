@@ -1,8 +1,9 @@
 //! What operators do from the status page (with `[admin.sign_in]`): hold, release, retry or
-//! delete a message from its row, and flush. Plain HTML forms, each POST carrying the
+//! delete a message from its row or by selection, flush, refresh an account's token, and
+//! send a test message through an account. Plain HTML forms, each POST carrying the
 //! session's CSRF token; a delete asks for confirmation first (a second form, so no
-//! JavaScript is needed). Every command goes through the control socket, as `smtprelay
-//! queue` sends it, and every action is audited: one log line (user, action, target,
+//! JavaScript is needed). Every queue command goes through the control socket, as
+//! `smtprelay queue` sends it, and every action is audited: one log line (user, action, target,
 //! result) and the page's "Recent actions" (the last [`super::audit::RECENT`]). The page's message list
 //! is `queue list`'s rows, [`PAGE`] at a time.
 
@@ -193,6 +194,53 @@ pub async fn refresh_token(
     Redirect::to("/").into_response()
 }
 
+#[derive(serde::Deserialize)]
+pub struct TestMessageForm {
+    csrf: String,
+    account: String,
+    to: String,
+}
+
+/// `POST /test-message`: a test message to an address through an account, queued like any
+/// other (see `test_message.rs`); the Recent actions row gives its queue ID, which `queue
+/// list` and the delivery log lines name.
+pub async fn send_test_message(
+    State(admin): State<Arc<Admin>>,
+    axum::Extension(session): axum::Extension<Session>,
+    Form(form): Form<TestMessageForm>,
+) -> Response {
+    if let Some(refused) = refuse(&session, &form.csrf) {
+        return refused;
+    }
+    let Some(account) = admin
+        .config
+        .accounts
+        .iter()
+        .find(|a| a.name == form.account)
+    else {
+        return (StatusCode::BAD_REQUEST, "no such account\n").into_response();
+    };
+    let to = match crate::smtp::command::recipient_address(form.to.trim()) {
+        Ok(to) => to,
+        Err(why) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not an address to send to: {why}\n"),
+            )
+                .into_response();
+        }
+    };
+    let queued =
+        super::test_message::queue(&admin.spool, &admin.config, account, &to, &session.user).await;
+    let result = match queued {
+        Ok(id) => format!("ok: queued as {id}"),
+        Err(e) => format!("failed: {e}"),
+    };
+    let target = format!("{to} through {}", account.name);
+    audit(&admin, &session, "test message", target, result);
+    Redirect::to("/").into_response()
+}
+
 /// Why `session` may not act with `csrf`, if it may not.
 fn refuse(session: &Session, csrf: &str) -> Option<Response> {
     // The token is compared by digest, like the bearer token: timing says nothing.
@@ -305,6 +353,20 @@ pub async fn sections(admin: &Admin, session: &Session, page: usize) -> String {
             let name = escape(&account.name);
             html.push_str(&format!(
                 "<form method=\"post\" action=\"/token\" style=\"display:inline\">{csrf}<input type=\"hidden\" name=\"account\" value=\"{name}\"><button type=\"submit\" id=\"refresh-{name}\">Refresh the token of {name}</button></form> "
+            ));
+        }
+        if !admin.config.accounts.is_empty() {
+            let options: String = admin
+                .config
+                .accounts
+                .iter()
+                .map(|a| format!("<option>{}</option>", escape(&a.name)))
+                .collect();
+            html.push_str(&format!(
+                "<form method=\"post\" action=\"/test-message\" id=\"test-message\">{csrf}\
+                 Send a test message through <select name=\"account\">{options}</select> \
+                 to <input name=\"to\" type=\"email\" required placeholder=\"you@contoso.com\"> \
+                 <button type=\"submit\">Send</button></form>"
             ));
         }
         html.push_str(&format!(

@@ -11,6 +11,7 @@ pub mod https;
 pub mod page;
 pub mod sign_in;
 pub mod status;
+pub mod test_message;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         page.route("/action", axum::routing::post(actions::act))
             .route("/select", axum::routing::post(actions::act_on_selection))
             .route("/token", axum::routing::post(actions::refresh_token))
+            .route(
+                "/test-message",
+                axum::routing::post(actions::send_test_message),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&admin),
                 signed_in,

@@ -41,6 +41,10 @@ pub struct Envelope {
     /// A delivery status notification made by this relay: it never bounces in turn.
     #[serde(default)]
     pub is_dsn: bool,
+    /// The account an operator chose for this message (a test message from the console):
+    /// it goes through that account, whatever the accounts' `senders` say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 impl Envelope {
@@ -61,6 +65,7 @@ impl Envelope {
                 tls: false,
             },
             is_dsn: true,
+            account: None,
         }
     }
 }
@@ -251,6 +256,7 @@ mod tests {
                 tls: false,
             },
             is_dsn: false,
+            account: None,
         }
     }
 

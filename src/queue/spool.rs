@@ -765,6 +765,7 @@ mod tests {
                 tls: false,
             },
             is_dsn: false,
+            account: None,
         }
     }
 

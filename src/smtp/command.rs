@@ -209,6 +209,12 @@ enum PathKind {
     Forward,
 }
 
+/// `address` as RCPT TO would take it (a mailbox, or `postmaster`), for addresses that come
+/// from elsewhere than a session (the console's test message).
+pub fn recipient_address(address: &str) -> Result<String, &'static str> {
+    parse_path(address, PathKind::Forward)
+}
+
 fn parse_path(path: &str, kind: PathKind) -> Result<String, &'static str> {
     if path.len() > MAX_PATH_LENGTH {
         return Err("address too long");

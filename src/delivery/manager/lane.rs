@@ -158,17 +158,27 @@ impl FallbackState {
     }
 }
 
-/// The account for a message: the first whose `senders` match, else the first account.
-/// Reports from the relay (null sender) follow the address they go to.
+/// The account for a message: the one it names (`Envelope::account`, while configured),
+/// else the first whose `senders` match, else the first account. Reports from the relay
+/// (null sender) follow the address they go to.
 pub fn route(lanes: &[Arc<Lane>], envelope: &Envelope) -> usize {
     account_for(lanes.iter().map(|lane| lane.config()), envelope)
 }
 
 /// The index of the account among `accounts` that a message goes through (see [`route`]).
 pub fn account_for<'a>(
-    accounts: impl IntoIterator<Item = &'a crate::config::AccountConfig>,
+    accounts: impl IntoIterator<Item = &'a crate::config::AccountConfig> + Clone,
     envelope: &Envelope,
 ) -> usize {
+    let named = envelope.account.as_deref().and_then(|chosen| {
+        accounts
+            .clone()
+            .into_iter()
+            .position(|account| account.name == chosen)
+    });
+    if let Some(index) = named {
+        return index;
+    }
     let first_recipient = envelope.recipients.first().map(String::as_str);
     account_for_sender(accounts, &envelope.sender, first_recipient)
 }
@@ -194,6 +204,32 @@ pub fn account_for_sender<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_naming_an_account_goes_through_it_whatever_its_sender() {
+        let account = |name: &str, senders: &str| {
+            format!(
+                "[[account]]\nname = \"{name}\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"app\"\n\
+                 client_secret_file = \"secret\"\nmailbox = \"{name}@contoso.com\"\nsenders = [{senders:?}]\n"
+            )
+        };
+        let text = format!(
+            "[server]\nstate_dir = \"state\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nauth = \"none\"\n{}{}",
+            account("scanners", "*@scan.contoso.com"),
+            account("apps", "*@apps.contoso.com")
+        );
+        let config =
+            crate::config::Config::parse(std::path::Path::new("/etc/smtprelay.toml"), text)
+                .unwrap();
+        let mut envelope = Envelope::from_relay("a@fabrikam.com", "relay", false);
+        envelope.sender = "hr@apps.contoso.com".into();
+        assert_eq!(account_for(&config.accounts, &envelope), 1);
+        envelope.account = Some("scanners".into());
+        assert_eq!(account_for(&config.accounts, &envelope), 0);
+        // An account no longer configured (a reload removed it): routed by its sender.
+        envelope.account = Some("gone".into());
+        assert_eq!(account_for(&config.accounts, &envelope), 1);
+    }
 
     #[test]
     fn the_switch_lasts_an_hour_and_keeps_its_start_when_renewed() {

@@ -74,6 +74,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 tls: self.stream.is_tls(),
             },
             is_dsn: false,
+            account: None,
         };
         let mut writer = Some(self.intake.spool.create(envelope));
         let mut refusal = None;
