@@ -292,3 +292,43 @@ async fn a_reload_keeps_sessions_and_actions_under_the_new_lists_a_new_client_si
         assert_eq!(location(&response), "/signin");
     }
 }
+
+#[tokio::test]
+async fn a_console_with_a_certificate_signs_in_with_an_assertion_signed_by_its_key() {
+    use common::tokens::{certificate, fixture};
+    let oidc = Oidc::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (cert, key, der) = certificate(keys.path(), &fixture("app-key.pem"), "console");
+    let (_, _, other) = certificate(keys.path(), &fixture("other-key.pem"), "other");
+    let issuer = oidc.issuer.clone();
+    let relay = TestRelay::start_with(move |state| {
+        common::config_text(
+            state,
+            common::PLAIN_LISTENER,
+            &format!(
+                "[admin.sign_in]\nissuer = {issuer:?}\nclient_id = \"console-app\"\n\
+                 client_certificate = {cert:?}\nclient_private_key = {key:?}\n\
+                 client_assertion_algorithm = \"RS256\"\n\
+                 redirect_url = \"http://localhost/signin/callback\"\n\
+                 operators = [\"role:Relay.Operator\"]\n"
+            ),
+        )
+    })
+    .await;
+    let admin = relay.admin().await;
+    oidc.sign_in_as("Olga Operator", "olga@contoso.com", &["Relay.Operator"]);
+
+    // The app has another certificate uploaded: the assertion is refused, and so the sign-in.
+    oidc.state().certificate = Some(other);
+    let refused = sign_in(&admin).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(oidc.state().refusals, ["client credential"]);
+
+    oidc.state().certificate = Some(der);
+    let callback = sign_in(&admin).await;
+    assert_eq!(callback.status(), 303, "{callback:?}");
+    let cookie = session_cookie(&callback);
+    let html = page(&admin, Some(&cookie)).await.text().await.unwrap();
+    assert!(html.contains("(olga@contoso.com, operator)"), "{html}");
+    assert_eq!(oidc.state().refusals.len(), 1, "no new refusal");
+}

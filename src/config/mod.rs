@@ -401,6 +401,8 @@ pub struct SignInConfig {
     pub client_secret_file: Option<PathBuf>,
     pub client_certificate: Option<PathBuf>,
     pub client_private_key: Option<PathBuf>,
+    /// How the assertion signed with `client_private_key` is signed, as for accounts.
+    pub client_assertion_algorithm: AssertionAlgorithm,
     /// Where the issuer sends the browser back: this endpoint's `/signin/callback`.
     pub redirect_url: String,
     /// May see the page.
@@ -1209,6 +1211,9 @@ fn read_sign_in(s: Section) -> Option<SignInConfig> {
     let session_timeout = s
         .parse("session_timeout", parse_duration)
         .unwrap_or(Duration::from_secs(3600));
+    let client_assertion_algorithm = s
+        .parse("client_assertion_algorithm", AssertionAlgorithm::parse)
+        .unwrap_or(AssertionAlgorithm::Ps256);
     s.finish();
     Some(SignInConfig {
         issuer: issuer?.trim_end_matches('/').to_owned(),
@@ -1216,6 +1221,7 @@ fn read_sign_in(s: Section) -> Option<SignInConfig> {
         client_secret_file,
         client_certificate,
         client_private_key,
+        client_assertion_algorithm,
         redirect_url: redirect_url?,
         viewers,
         operators,

@@ -39,7 +39,24 @@ fn credential_error(path: &Path, what: &str, detail: impl std::fmt::Display) -> 
 
 impl ClientCredential {
     pub fn load(account: &AccountConfig) -> Result<ClientCredential, TokenError> {
-        if let Some(path) = &account.client_secret_file {
+        ClientCredential::from_files(
+            account.client_secret_file.as_deref(),
+            account
+                .client_certificate
+                .as_deref()
+                .zip(account.client_private_key.as_deref()),
+            account.client_assertion_algorithm,
+        )
+    }
+
+    /// A secret read from `secret_file`, else a certificate and its private key, else none
+    /// (a public client).
+    pub fn from_files(
+        secret_file: Option<&Path>,
+        certificate: Option<(&Path, &Path)>,
+        algorithm: AssertionAlgorithm,
+    ) -> Result<ClientCredential, TokenError> {
+        if let Some(path) = secret_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| credential_error(path, "cannot read the client secret", e))?;
             let secret = text.trim();
@@ -49,11 +66,11 @@ impl ClientCredential {
             warn_if_world_readable(path);
             return Ok(ClientCredential::Secret(Secret::new(secret)));
         }
-        match (&account.client_certificate, &account.client_private_key) {
-            (Some(cert), Some(key)) => Ok(ClientCredential::Certificate(Box::new(
-                CertificateKey::load(cert, key, account.client_assertion_algorithm)?,
+        match certificate {
+            Some((cert, key)) => Ok(ClientCredential::Certificate(Box::new(
+                CertificateKey::load(cert, key, algorithm)?,
             ))),
-            _ => Ok(ClientCredential::None),
+            None => Ok(ClientCredential::None),
         }
     }
 

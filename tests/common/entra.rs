@@ -353,7 +353,8 @@ fn authenticate_client(
     Ok(app)
 }
 
-fn check_assertion(app: &App, assertion: &str, endpoint: &str) -> Result<(), Response> {
+/// Checks a client assertion as Entra does (also the OpenID Connect double's).
+pub fn check_assertion(app: &App, assertion: &str, endpoint: &str) -> Result<(), Response> {
     let bad = |message: &str| error(401, "invalid_client", 700027, message);
     let parts: Vec<&str> = assertion.split('.').collect();
     if parts.len() != 3 {

@@ -41,6 +41,9 @@ pub struct OidcState {
     grants: HashMap<String, Grant>,
     /// Token requests refused, and why.
     pub refusals: Vec<String>,
+    /// The certificate (DER) uploaded to the console app: its client assertions are then
+    /// accepted, as is the secret.
+    pub certificate: Option<Vec<u8>>,
     /// Where the browser goes back to, instead of the redirect URI's scheme, host and port
     /// (path and query kept): the relay's admin endpoint listens on port 0, so its
     /// `redirect_url` cannot name the port. The token request must still name the
@@ -87,6 +90,7 @@ impl Oidc {
                 tamper: Tamper::None,
                 grants: HashMap::new(),
                 refusals: Vec::new(),
+                certificate: None,
                 callback_base: None,
             })),
             key: Arc::new(key),
@@ -186,7 +190,7 @@ async fn token(
         Some(g) if g.client_id != field("client_id") || field("client_id") != CLIENT_ID => {
             Some("client_id")
         }
-        Some(_) if field("client_secret") != CLIENT_SECRET => Some("client_secret"),
+        Some(_) if !client_proven(&oidc, &state, &form) => Some("client credential"),
         Some(g) if g.redirect_uri != field("redirect_uri") => Some("redirect_uri"),
         Some(g) if verifier.len() < 43 || g.challenge != challenge => Some("code_verifier"),
         Some(_) => None,
@@ -233,6 +237,27 @@ async fn token(
         "access_token": "graph-access-token", "id_token": id_token,
     }))
     .into_response()
+}
+
+/// The console app proves itself with its secret, or an assertion signed with the
+/// certificate's key (checked as the Entra double checks them: signature, thumbprint,
+/// audience = this token endpoint, issuer and subject = the client id, times).
+fn client_proven(oidc: &Oidc, state: &OidcState, form: &HashMap<String, String>) -> bool {
+    match (form.get("client_secret"), form.get("client_assertion")) {
+        (Some(secret), None) => secret == CLIENT_SECRET,
+        (None, Some(assertion)) => {
+            let app = super::entra::App {
+                client_id: CLIENT_ID.into(),
+                certificate: state.certificate.clone(),
+                ..Default::default()
+            };
+            form.get("client_assertion_type").map(String::as_str)
+                == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                && super::entra::check_assertion(&app, assertion, &format!("{}/token", oidc.issuer))
+                    .is_ok()
+        }
+        _ => false,
+    }
 }
 
 /// An HTTP client that reads redirects rather than following them, as the tests step

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::id_token::{Claims, Expected, IdTokenError, Keys};
 use super::sessions::{Pending, Session, Sessions};
 use crate::config::SignInConfig;
-use crate::oauth::Secret;
+use crate::oauth::credential::ClientCredential;
 use crate::oauth::flows::{Pkce, random_token};
 
 pub const COOKIE: &str = "smtprelay_session";
@@ -33,6 +33,8 @@ struct Discovery {
 pub enum SignInError {
     #[error("the issuer cannot be reached or answered badly: {0}")]
     Issuer(String),
+    #[error("the console's client credential cannot be used: {0}")]
+    Credential(String),
     #[error("this sign-in is unknown or too old: start again")]
     UnknownState,
     #[error("the issuer refused the sign-in: {0}")]
@@ -45,7 +47,8 @@ pub enum SignInError {
 
 pub struct SignIn {
     pub config: SignInConfig,
-    secret: Secret,
+    /// How the console proves itself at the token endpoint: a secret or a signed assertion.
+    credential: ClientCredential,
     http: reqwest::Client,
     discovery: tokio::sync::OnceCell<(Discovery, Keys)>,
     /// The process's: they outlive this configuration.
@@ -56,19 +59,16 @@ impl SignIn {
     /// Checks and reads what `config` names; `sessions` are the process's, which
     /// [`Sessions::adopt`] brings under `config` once it runs.
     pub fn new(config: SignInConfig, sessions: Arc<Sessions>) -> Result<SignIn, String> {
-        let secret = match &config.client_secret_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|s| Secret::new(s.trim()))
-                .map_err(|e| {
-                    format!("[admin.sign_in] client_secret_file {}: {e}", path.display())
-                })?,
-            None => {
-                return Err(
-                    "[admin.sign_in]: signing in with a client certificate is not supported yet; use client_secret_file"
-                        .into(),
-                );
-            }
-        };
+        // The config allows a secret or a certificate, never neither.
+        let credential = ClientCredential::from_files(
+            config.client_secret_file.as_deref(),
+            config
+                .client_certificate
+                .as_deref()
+                .zip(config.client_private_key.as_deref()),
+            config.client_assertion_algorithm,
+        )
+        .map_err(|e| format!("[admin.sign_in]: {e}"))?;
         let http = crate::tls::client_config(None)
             .map_err(|e| e.to_string())
             .and_then(|tls| {
@@ -83,7 +83,7 @@ impl SignIn {
             .map_err(|e| format!("[admin.sign_in]: {e}"))?;
         Ok(SignIn {
             config,
-            secret,
+            credential,
             http,
             discovery: tokio::sync::OnceCell::new(),
             sessions,
@@ -148,17 +148,20 @@ impl SignIn {
             .take_pending(state)
             .ok_or(SignInError::UnknownState)?;
         let (discovery, keys) = self.discovery().await?;
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.to_owned()),
+            ("redirect_uri", self.config.redirect_url.clone()),
+            ("client_id", self.config.client_id.clone()),
+            ("code_verifier", pending.verifier.expose().to_owned()),
+        ];
+        self.credential
+            .add_to(&mut form, &self.config.client_id, &discovery.token_endpoint)
+            .map_err(|e| SignInError::Credential(e.to_string()))?;
         let answer = self
             .http
             .post(&discovery.token_endpoint)
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("redirect_uri", self.config.redirect_url.as_str()),
-                ("client_id", self.config.client_id.as_str()),
-                ("client_secret", self.secret.expose()),
-                ("code_verifier", pending.verifier.expose()),
-            ])
+            .form(&form)
             .send()
             .await
             .map_err(|e| SignInError::Issuer(format!("{}: {e}", discovery.token_endpoint)))?;

@@ -189,6 +189,7 @@ mod tests {
             client_secret_file: None,
             client_certificate: None,
             client_private_key: None,
+            client_assertion_algorithm: crate::config::AssertionAlgorithm::Ps256,
             redirect_url: "https://relay.example/signin/callback".into(),
             viewers: vec![Principal::parse("role:Relay.Viewer").unwrap()],
             operators: operators
