@@ -625,6 +625,11 @@ impl TestRelay {
     pub async fn admin(&self) -> String {
         format!("http://{}", self.admin_address.unwrap())
     }
+
+    /// Makes every console session look unused for `by` more (its timeout, without waiting).
+    pub fn age_console_sessions(&self, by: Duration) {
+        self.process.console_sessions.age(by);
+    }
 }
 
 /// The page's DOM after its scripts ran, as headless Chromium sees it.

@@ -26,6 +26,16 @@ pub enum Tamper {
     Expired,
 }
 
+impl Tamper {
+    /// Every way the double can spoil an ID token.
+    pub const EVERY: [Tamper; 4] = [
+        Tamper::Signature,
+        Tamper::Audience,
+        Tamper::Nonce,
+        Tamper::Expired,
+    ];
+}
+
 struct Grant {
     client_id: String,
     redirect_uri: String,
@@ -44,6 +54,8 @@ pub struct OidcState {
     /// The certificate (DER) uploaded to the console app: its client assertions are then
     /// accepted, as is the secret.
     pub certificate: Option<Vec<u8>>,
+    /// Browsers sent to sign in (authorize requests answered).
+    pub authorizations: usize,
     /// Where the browser goes back to, instead of the redirect URI's scheme, host and port
     /// (path and query kept): the relay's admin endpoint listens on port 0, so its
     /// `redirect_url` cannot name the port. The token request must still name the
@@ -91,6 +103,7 @@ impl Oidc {
                 grants: HashMap::new(),
                 refusals: Vec::new(),
                 certificate: None,
+                authorizations: 0,
                 callback_base: None,
             })),
             key: Arc::new(key),
@@ -153,6 +166,7 @@ async fn authorize(
     }
     let code = format!("code-{}", ulid::Ulid::new());
     let mut state = oidc.state();
+    state.authorizations += 1;
     let user = state.user.clone();
     state.grants.insert(
         code.clone(),

@@ -14,6 +14,15 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start() -> Browser {
+        Browser::launch(false).await
+    }
+
+    /// One that takes any server certificate (the relay's test CA is not Chromium's).
+    pub async fn accepting_any_certificate() -> Browser {
+        Browser::launch(true).await
+    }
+
+    async fn launch(accept_insecure_certs: bool) -> Browser {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // chromedriver cannot be told port 0 and report the port it got: a port free a
         // moment ago, on loopback only.
@@ -58,6 +67,7 @@ impl Browser {
             .post(format!("{base}/session"))
             .json(&json!({"capabilities": {"alwaysMatch": {
                 "browserName": "chrome",
+                "acceptInsecureCerts": accept_insecure_certs,
                 "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
             }}}))
             .send()
@@ -78,22 +88,62 @@ impl Browser {
     }
 
     async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        self.try_command(method, path, body)
+            .await
+            .unwrap_or_else(|error| panic!("WebDriver {path}: {error}"))
+    }
+
+    /// The command's value, or the error WebDriver reports (a page that cannot load, say).
+    async fn try_command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, Value> {
         let mut request = self.http.request(method, format!("{}{path}", self.url));
         if !body.is_null() {
             request = request.json(&body);
         }
         let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        assert!(
-            answer["value"].get("error").is_none(),
-            "WebDriver {path}: {answer}"
-        );
-        answer["value"].clone()
+        match answer["value"].get("error") {
+            Some(_) => Err(answer["value"].clone()),
+            None => Ok(answer["value"].clone()),
+        }
     }
 
     /// Opens `url` and waits for the page (redirects followed, as a browser does).
     pub async fn goto(&self, url: &str) {
         self.command(reqwest::Method::POST, "/url", json!({"url": url}))
             .await;
+    }
+
+    /// [`Browser::goto`] for a page that may not load: Chromium's error, if it did not.
+    pub async fn try_goto(&self, url: &str) -> Result<(), Value> {
+        self.try_command(reqwest::Method::POST, "/url", json!({"url": url}))
+            .await
+            .map(drop)
+    }
+
+    /// Where the browser is now (after every redirect).
+    pub async fn current_url(&self) -> String {
+        self.command(reqwest::Method::GET, "/url", Value::Null)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The names of the cookies the current page's site has, HttpOnly ones included.
+    pub async fn cookie_names(&self) -> Vec<String> {
+        let cookies = self
+            .command(reqwest::Method::GET, "/cookie", Value::Null)
+            .await;
+        cookies
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// The current page's DOM.
