@@ -1,8 +1,9 @@
 //! The relay as `serve` runs it, built from a configuration: what lives for the whole
-//! process ([`Process`]: spool, metrics, budgets, delivery status, alert memory, the token
-//! manager, which each generation reconfigures) and a [`Generation`] of everything else the
-//! configuration decides (intake listeners, admin endpoint, delivery, control socket, alerts). `serve` builds the first generation at
-//! start and a new one on each reload; tests build theirs with the same code.
+//! process ([`Process`]: spool, metrics, budgets, delivery status, alert memory, the
+//! console's sessions and audit record, the token manager, which each generation
+//! reconfigures) and a [`Generation`] of everything else the configuration decides (intake
+//! listeners, admin endpoint, delivery, control socket, alerts). `serve` builds the first
+//! generation at start and a new one on each reload; tests build theirs with the same code.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

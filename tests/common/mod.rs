@@ -128,8 +128,9 @@ pub struct TestRelay {
     admin_address: Option<SocketAddr>,
     generation: Option<smtprelay::relay::Generation>,
     process: smtprelay::relay::Process,
-    /// Handed from generation to generation, as `serve` hands them on a reload.
-    sockets: smtprelay::relay::Sockets,
+    /// Handed from generation to generation, as `serve` hands them on a reload; closed at
+    /// the shutdown, as `serve` closes them, so the ports refuse connections from then on.
+    sockets: Arc<std::sync::Mutex<Option<smtprelay::relay::Sockets>>>,
 }
 
 /// Adds `line` to the `[table]` of `extra`, or the table with it when `extra` has none.
@@ -170,6 +171,20 @@ data_timeout = "10s"
 pub const PLAIN_LISTENER: &str =
     "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"none\"\nauth = \"none\"\n";
 
+/// `sockets`, kept until `shutdown`.
+fn closed_at(
+    shutdown: CancellationToken,
+    sockets: smtprelay::relay::Sockets,
+) -> Arc<std::sync::Mutex<Option<smtprelay::relay::Sockets>>> {
+    let kept = Arc::new(std::sync::Mutex::new(Some(sockets)));
+    let closing = Arc::clone(&kept);
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        closing.lock().unwrap().take();
+    });
+    kept
+}
+
 impl TestRelay {
     /// Starts a relay from a full config text (with `{state_dir}` replaced).
     pub async fn start_with(text: impl Fn(&Path) -> String) -> TestRelay {
@@ -188,6 +203,7 @@ impl TestRelay {
             .await
             .unwrap();
         let generation = prepared.start(&process).await;
+        let shutdown = process.shutdown.clone();
         TestRelay {
             dir,
             addrs: generation.smtp_addresses.clone(),
@@ -200,7 +216,7 @@ impl TestRelay {
             admin_address: generation.admin_address,
             generation: Some(generation),
             process,
-            sockets,
+            sockets: closed_at(shutdown, sockets),
         }
     }
 
@@ -215,10 +231,16 @@ impl TestRelay {
             Ok(config) => config,
             Err(e) => panic!("reloaded test config invalid:\n{e}"),
         };
-        let prepared =
-            smtprelay::relay::prepare(&self.process, Arc::new(config), &mut self.sockets)
-                .await
-                .unwrap();
+        let mut sockets = self
+            .sockets
+            .lock()
+            .unwrap()
+            .take()
+            .expect("reloaded before the shutdown");
+        let prepared = smtprelay::relay::prepare(&self.process, Arc::new(config), &mut sockets)
+            .await
+            .unwrap();
+        *self.sockets.lock().unwrap() = Some(sockets);
         if let Some(old) = self.generation.take() {
             drop(old.retire().await);
         }
