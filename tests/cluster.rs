@@ -663,4 +663,15 @@ async fn nodes_sharing_a_name_keep_the_limits_and_say_so() {
         redis.integer("ZCARD test:conn:smtp:relay@contoso.com"),
         held.len() as i64
     );
+
+    // The clash is said for as long as the other beats under the name, not only when its
+    // beat came last; once it stops, the name is this node's alone again.
+    assert!(a.report().name_clash.is_some() && b.report().name_clash.is_some());
+    drop(held);
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.report().name_clash.is_some() {
+        assert!(Instant::now() < deadline, "{:?}", a.report());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -153,8 +153,10 @@ struct State {
     ledger: Ledger,
     /// Live nodes as of the last heartbeat.
     nodes: Vec<Node>,
-    /// Another live node beats under this node's name, as the last heartbeat found.
-    name_clash: Option<NameTaken>,
+    /// Another live node beats under this node's name: what a heartbeat last found, and
+    /// when. A beat finds the clash only when the other node's beat came last, so it is
+    /// kept until no beat has found it for `NODE_TTL_MS` (the other node is then gone).
+    name_clash: Option<(NameTaken, Instant)>,
     /// This node's leases: id → lease set key.
     leases: HashMap<String, String>,
 }
@@ -681,7 +683,10 @@ impl Inner {
             share_of: self.config.nodes,
             nodes: state.nodes.clone(),
             silent_nodes,
-            name_clash: state.name_clash.as_ref().map(ToString::to_string),
+            name_clash: state
+                .name_clash
+                .as_ref()
+                .map(|(clash, _)| clash.to_string()),
             redis_calls: self.calls.load(Ordering::Relaxed),
             redis_failures: self.failures.load(Ordering::Relaxed),
         }
@@ -755,14 +760,26 @@ impl Inner {
         let clash = (!clash.is_empty()).then(|| taken(&clash, 0));
         {
             let mut state = self.state();
-            if let Some(clash) = &clash
-                && state.name_clash.is_none()
-            {
-                // Redis was unreachable at this node's start, or the other started then.
-                tracing::error!(error = %clash, "cluster: another node uses this node's name");
+            match clash {
+                Some(clash) => {
+                    if state.name_clash.is_none() {
+                        // Redis was unreachable at this node's start, or the other started then.
+                        tracing::error!(error = %clash, "cluster: another node uses this node's name");
+                    }
+                    state.name_clash = Some((clash, Instant::now()));
+                }
+                None => {
+                    let ttl = Duration::from_millis(NODE_TTL_MS);
+                    if state
+                        .name_clash
+                        .as_ref()
+                        .is_some_and(|(_, found)| found.elapsed() >= ttl)
+                    {
+                        state.name_clash = None;
+                    }
+                }
             }
             state.nodes = nodes;
-            state.name_clash = clash;
         }
         self.adopt_epoch(&epoch);
         self.pay_back().await;
