@@ -156,7 +156,11 @@ async fn the_image_relays_a_message_and_stops_on_sigterm_with_the_queue_intact()
         serde_json::json!({"destination": "/var/lib/smtprelay", "type": "bind",
         "source": state, "options": ["rbind", "rw"]}),
     );
-    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    // Renamed into place: the other test reads the spec meanwhile, and must never see it
+    // half written (an empty file once made it fail in CI).
+    let written = bundle.join("config.json.new");
+    std::fs::write(&written, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    std::fs::rename(&written, &spec_path).unwrap();
 
     let id = format!("smtprelay-test-{}", std::process::id());
     let mut container = Command::new("runc")
