@@ -177,7 +177,7 @@ pub async fn refresh_token(
     if let Some(refused) = refuse(&session, &form.csrf) {
         return refused;
     }
-    if !admin.config.accounts.iter().any(|a| a.name == form.account) {
+    if admin.config.account(&form.account).is_none() {
         return (StatusCode::BAD_REQUEST, "no such account\n").into_response();
     }
     let result = match &admin.tokens {
@@ -212,12 +212,7 @@ pub async fn send_test_message(
     if let Some(refused) = refuse(&session, &form.csrf) {
         return refused;
     }
-    let Some(account) = admin
-        .config
-        .accounts
-        .iter()
-        .find(|a| a.name == form.account)
-    else {
+    let Some(account) = admin.config.account(&form.account) else {
         return (StatusCode::BAD_REQUEST, "no such account\n").into_response();
     };
     let to = match crate::smtp::command::recipient_address(form.to.trim()) {

@@ -226,7 +226,7 @@ async fn budgets(
     }
     let mut views = Vec::new();
     for (account, mailbox) in mailboxes {
-        let Some(config) = admin.config.accounts.iter().find(|a| a.name == account) else {
+        let Some(config) = admin.config.account(&account) else {
             continue;
         };
         let limits = Limits::of(&config.upstream);

@@ -514,6 +514,11 @@ impl Config {
             .flat_map(|account| std::iter::once(account).chain(account.fallback.as_deref()))
     }
 
+    /// The `[[account]]` named `name`.
+    pub fn account(&self, name: &str) -> Option<&AccountConfig> {
+        self.accounts.iter().find(|account| account.name == name)
+    }
+
     pub fn spool_dir(&self) -> PathBuf {
         self.server.state_dir.join("spool")
     }
