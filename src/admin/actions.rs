@@ -226,7 +226,7 @@ pub async fn send_test_message(
         }
     };
     let queued =
-        super::test_message::queue(&admin.spool, &admin.config, account, &to, &session.user).await;
+        super::test_message::queue(&admin.spool, &admin.config, account, &to, session.user()).await;
     let result = match queued {
         Ok(id) => format!("ok: queued as {id}"),
         Err(e) => format!("failed: {e}"),
@@ -245,7 +245,7 @@ fn refuse(session: &Session, csrf: &str) -> Option<Response> {
             .to_vec()
     };
     if digest(csrf) != digest(&session.csrf) {
-        tracing::warn!(user = %crate::logging::Untrusted(&session.user), "admin action refused: no valid CSRF token");
+        tracing::warn!(user = %crate::logging::Untrusted(session.user()), "admin action refused: no valid CSRF token");
         return Some(
             (
                 StatusCode::FORBIDDEN,
@@ -263,7 +263,7 @@ fn refuse(session: &Session, csrf: &str) -> Option<Response> {
 /// One log line and a row of "Recent actions".
 fn audit(admin: &Admin, session: &Session, action: &str, target: String, result: String) {
     tracing::info!(
-        user = %crate::logging::Untrusted(&session.user),
+        user = %crate::logging::Untrusted(session.user()),
         action = %crate::logging::Untrusted(action),
         target = %crate::logging::Untrusted(&target),
         result = %crate::logging::Untrusted(&result),
@@ -271,7 +271,7 @@ fn audit(admin: &Admin, session: &Session, action: &str, target: String, result:
     );
     admin.recent.push(Audited {
         at_ms: crate::clock::unix_ms(),
-        user: session.user.clone(),
+        user: session.user().to_owned(),
         action: action.to_owned(),
         target,
         result,

@@ -145,7 +145,7 @@ async fn sign_in_callback(
     match sign_in.finish(&code, &state).await {
         // Always to the page itself: nothing in the request chooses where the browser goes.
         Ok((Some((id, session)), _)) => {
-            tracing::info!(user = %crate::logging::Untrusted(&session.user), role = ?session.role, "admin signed in");
+            tracing::info!(user = %crate::logging::Untrusted(session.user()), role = ?session.role, "admin signed in");
             (
                 [(header::SET_COOKIE, sign_in::flow::SignIn::cookie(&id))],
                 axum::response::Redirect::to("/"),
@@ -182,7 +182,7 @@ async fn sign_out(
     let sign_in = admin.sign_in.as_ref().expect("routed only with sign_in");
     if let Some(session) = sign_in::flow::session_id(&headers).and_then(|id| sign_in.sign_out(&id))
     {
-        tracing::info!(user = %crate::logging::Untrusted(&session.user), "admin signed out");
+        tracing::info!(user = %crate::logging::Untrusted(session.user()), "admin signed out");
     }
     (
         [
@@ -464,8 +464,8 @@ async fn status_page(
     if let Some(axum::Extension(session)) = session {
         let who = format!(
             "<p class=\"muted\" id=\"signed-in\">Signed in as {} ({}, {}) · <a href=\"/signout\">Sign out</a></p>",
-            page::escape(session.name.as_deref().unwrap_or(&session.user)),
-            page::escape(&session.user),
+            page::escape(session.name().unwrap_or(session.user())),
+            page::escape(session.user()),
             match session.role {
                 sign_in::Role::Operator => "operator",
                 sign_in::Role::Viewer => "viewer",

@@ -44,21 +44,28 @@ impl Pending {
 /// A signed-in browser.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub user: String,
-    pub name: Option<String>,
     pub role: Role,
     /// Every form's POST must carry this (CSRF).
     pub csrf: String,
-    /// Who the ID token said they are: what a reload decides their role from again.
+    /// Who the ID token said they are: their name on the page and in the log, and what a
+    /// reload decides their role from again.
     claims: Claims,
     last_seen: Instant,
 }
 
 impl Session {
+    /// How the page and the audit log name them (see `Claims::user`).
+    pub fn user(&self) -> &str {
+        self.claims.user()
+    }
+
+    /// Their display name, if the ID token gave one.
+    pub fn name(&self) -> Option<&str> {
+        self.claims.name.as_deref()
+    }
+
     pub fn new(claims: Claims, role: Role) -> Session {
         Session {
-            user: claims.user().to_owned(),
-            name: claims.name.clone(),
             role,
             csrf: crate::oauth::flows::random_token(32),
             claims,
