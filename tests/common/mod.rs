@@ -171,6 +171,16 @@ data_timeout = "10s"
 pub const PLAIN_LISTENER: &str =
     "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"none\"\nauth = \"none\"\n";
 
+/// Writes `dir/smtprelay.toml` from `text` (given `dir/state`) and loads it.
+fn write_config(dir: &Path, text: impl Fn(&Path) -> String) -> Config {
+    let config_path = dir.join("smtprelay.toml");
+    std::fs::write(&config_path, text(&dir.join("state"))).unwrap();
+    match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(e) => panic!("test config invalid:\n{e}"),
+    }
+}
+
 /// `sockets`, kept until `shutdown`.
 fn closed_at(
     shutdown: CancellationToken,
@@ -189,14 +199,8 @@ impl TestRelay {
     /// Starts a relay from a full config text (with `{state_dir}` replaced).
     pub async fn start_with(text: impl Fn(&Path) -> String) -> TestRelay {
         let dir = tempfile::tempdir().unwrap();
-        let state_dir = dir.path().join("state");
-        let config_path = dir.path().join("smtprelay.toml");
         std::fs::write(dir.path().join("token.key"), token_key_hex()).unwrap();
-        std::fs::write(&config_path, text(&state_dir)).unwrap();
-        let config = match Config::load(&config_path) {
-            Ok(config) => config,
-            Err(e) => panic!("test config invalid:\n{e}"),
-        };
+        let config = write_config(dir.path(), text);
         let process = smtprelay::relay::Process::open(&config).await.unwrap();
         let mut sockets = smtprelay::relay::Sockets::default();
         let prepared = smtprelay::relay::prepare(&process, Arc::new(config), &mut sockets)
@@ -224,13 +228,7 @@ impl TestRelay {
     /// `serve`: the next generation is prepared on the same sockets, then the running one
     /// retires.
     pub async fn reload_with(&mut self, text: impl Fn(&Path) -> String) {
-        let state_dir = self.dir.path().join("state");
-        let config_path = self.dir.path().join("smtprelay.toml");
-        std::fs::write(&config_path, text(&state_dir)).unwrap();
-        let config = match Config::load(&config_path) {
-            Ok(config) => config,
-            Err(e) => panic!("reloaded test config invalid:\n{e}"),
-        };
+        let config = write_config(self.dir.path(), text);
         let mut sockets = self
             .sockets
             .lock()
